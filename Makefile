@@ -1,0 +1,42 @@
+# One-command entry points.  Each installs what it needs into .venv first,
+# building the wheel from this checkout (tests never use an in-place build).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install test bench bench-full asan matrix wheel clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY)
+	$(PIP) install --upgrade pip setuptools wheel cffi
+	$(PIP) install -r requirements-test.txt
+	$(PIP) install --force-reinstall --no-deps .
+
+# The test suite, against the freshly built and installed wheel.
+test: install
+	$(VENV)/bin/pytest
+
+# The main job: kqueue_py against ctypes, the stdlib and raw C.
+bench: install
+	$(PY) -m kqueue_py.bench --quick
+
+bench-full: install
+	$(PY) -m kqueue_py.bench --json bench-results/latest.json --png docs/bench.png
+
+# The whole suite with the C backend under AddressSanitizer + UBSan.
+asan: $(PY)
+	bash tools/run-sanitized.sh $(PY)
+
+# CPython 3.9-3.13 and PyPy 3, each against its own installed wheel.
+matrix:
+	bash tools/matrix.sh
+
+wheel: $(PY)
+	$(PIP) install build
+	$(PY) -m build
+
+clean:
+	rm -rf build dist *.egg-info $(VENV) kqueue_py/_kqueue.c kqueue_py/*.so

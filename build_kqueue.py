@@ -1,0 +1,152 @@
+"""cffi builder (API mode) for ``kqueue_py._kqueue``.
+
+The ``cdef`` declares ``struct kevent`` as a partial struct and every
+constant as ``#define NAME ...``: the C compiler then fills in the real
+layout and values from ``<sys/event.h>``, so a wrong ABI fails the build,
+not the user.
+
+* macOS / FreeBSD / other BSDs: the system ``<sys/event.h>`` and the
+  kernel's kqueue; ``kqueue_close`` is ``close``.
+* Linux: kqueue_py's own backend (``csrc/``), which ships a
+  ``<sys/event.h>`` with FreeBSD's numbering.
+
+Environment knobs (build time):
+  KQUEUE_PY_SANITIZE=address,undefined   build the backend with sanitizers
+  KQUEUE_PY_DEBUG=1                      -O0 -g
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join("csrc")  # relative: cffi and setuptools run from HERE
+
+IS_LINUX = sys.platform.startswith("linux")
+IS_DARWIN = sys.platform == "darwin"
+
+FILTERS = [
+    "EVFILT_READ", "EVFILT_WRITE", "EVFILT_VNODE", "EVFILT_PROC",
+    "EVFILT_SIGNAL", "EVFILT_TIMER", "EVFILT_USER", "EVFILT_SYSCOUNT",
+]
+FLAGS = [
+    "EV_ADD", "EV_DELETE", "EV_ENABLE", "EV_DISABLE", "EV_KEEPUDATA",
+    "EV_ONESHOT", "EV_CLEAR", "EV_RECEIPT", "EV_DISPATCH",
+    "EV_SYSFLAGS", "EV_ERROR", "EV_EOF",
+]
+NOTES = [
+    # EVFILT_USER
+    "NOTE_FFNOP", "NOTE_FFAND", "NOTE_FFOR", "NOTE_FFCOPY",
+    "NOTE_FFCTRLMASK", "NOTE_FFLAGSMASK", "NOTE_TRIGGER",
+    # EVFILT_READ / EVFILT_WRITE
+    "NOTE_LOWAT",
+    # EVFILT_VNODE
+    "NOTE_DELETE", "NOTE_WRITE", "NOTE_EXTEND", "NOTE_ATTRIB",
+    "NOTE_LINK", "NOTE_RENAME", "NOTE_REVOKE",
+    # EVFILT_PROC
+    "NOTE_EXIT", "NOTE_FORK", "NOTE_EXEC", "NOTE_PCTRLMASK",
+    "NOTE_PDATAMASK", "NOTE_TRACK", "NOTE_TRACKERR", "NOTE_CHILD",
+    # EVFILT_TIMER
+    "NOTE_SECONDS", "NOTE_MSECONDS", "NOTE_USECONDS", "NOTE_NSECONDS",
+    "NOTE_ABSTIME",
+]
+# Names a platform's <sys/event.h> lacks.  macOS spells NOTE_ABSTIME
+# NOTE_ABSOLUTE (aliased in the shim below) and has no millisecond unit.
+MISSING = {
+    "darwin": {"EV_KEEPUDATA", "NOTE_MSECONDS"},
+}
+
+CONSTANTS = [
+    name for name in FILTERS + FLAGS + NOTES
+    if name not in MISSING.get(sys.platform, set())
+]
+
+CDEF = """
+struct kevent {
+    uintptr_t ident;
+    int16_t   filter;
+    uint16_t  flags;
+    uint32_t  fflags;
+    intptr_t  data;
+    void     *udata;
+    ...;
+};
+
+struct timespec {
+    long tv_sec;
+    long tv_nsec;
+    ...;
+};
+
+int kqueue(void);
+int kevent(int kq, const struct kevent *changelist, int nchanges,
+           struct kevent *eventlist, int nevents,
+           const struct timespec *timeout);
+int kqueue_close(int kq);
+""" + "".join(f"#define {name} ...\n" for name in CONSTANTS)
+
+# The BSD shim: the kernel's kqueue needs no backend, only a close.
+BSD_SOURCE = """
+#include <sys/types.h>
+#include <sys/event.h>
+#include <sys/time.h>
+#include <unistd.h>
+#if !defined(NOTE_ABSTIME) && defined(NOTE_ABSOLUTE)
+#define NOTE_ABSTIME NOTE_ABSOLUTE
+#endif
+static int kqueue_close(int kq) { return close(kq); }
+"""
+
+LINUX_SOURCE = """
+#include <time.h>
+#include <sys/event.h>
+"""
+
+
+def _compile_args() -> tuple[list[str], list[str]]:
+    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
+    ldflags: list[str] = []
+    if os.environ.get("KQUEUE_PY_DEBUG"):
+        cflags += ["-O0", "-g"]
+    sanitize = os.environ.get("KQUEUE_PY_SANITIZE")
+    if sanitize:
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer",
+                   "-fno-sanitize-recover=all", "-g", "-O1"]
+        ldflags += [f"-fsanitize={sanitize}"]
+    return cflags, ldflags
+
+
+def make_ffi() -> FFI:
+    ffibuilder = FFI()
+    ffibuilder.cdef(CDEF)
+    cflags, ldflags = _compile_args()
+    if IS_LINUX:
+        sources = sorted(glob.glob(os.path.join(CSRC, "*.c")))
+        ffibuilder.set_source(
+            "kqueue_py._kqueue",
+            LINUX_SOURCE,
+            sources=sources,
+            include_dirs=[os.path.join(CSRC, "include"), CSRC],
+            depends=sorted(glob.glob(os.path.join(CSRC, "*.h")))
+            + [os.path.join(CSRC, "include", "sys", "event.h")],
+            extra_compile_args=cflags + ["-pthread"],
+            extra_link_args=ldflags + ["-pthread"],
+        )
+    else:
+        ffibuilder.set_source(
+            "kqueue_py._kqueue",
+            BSD_SOURCE,
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+    return ffibuilder
+
+
+ffibuilder = make_ffi()
+
+if __name__ == "__main__":
+    os.chdir(HERE)
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,263 @@
+/*
+ * EVFILT_TIMER.
+ *
+ * All timers of a queue live in one min-heap on their CLOCK_MONOTONIC
+ * deadline; a single timerfd is armed at the earliest one.  So a queue
+ * holds any number of timers with one descriptor (libkqueue spends one
+ * timerfd per timer).  As on FreeBSD, EV_CLEAR is implied, data reports
+ * expirations since the last report, and re-adding restarts the timer.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kq_internal.h"
+
+#define MIN_PERIOD_NS 1000   /* periodic timers fire at most once a microsecond */
+#define NOTE_UNITS (NOTE_SECONDS | NOTE_MSECONDS | NOTE_USECONDS | NOTE_NSECONDS)
+
+static int64_t sat_add(int64_t a, int64_t b)
+{
+    return a > INT64_MAX - b ? INT64_MAX : a + b;
+}
+
+/* ---- heap ---------------------------------------------------------- */
+
+static void heap_set(struct kq *kq, size_t i, struct knote *kn)
+{
+    kq->timers[i] = kn;
+    kn->u.timer.heap_index = i;
+}
+
+static void heap_up(struct kq *kq, size_t i)
+{
+    struct knote *kn = kq->timers[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (kq->timers[parent]->u.timer.deadline <= kn->u.timer.deadline)
+            break;
+        heap_set(kq, i, kq->timers[parent]);
+        i = parent;
+    }
+    heap_set(kq, i, kn);
+}
+
+static void heap_down(struct kq *kq, size_t i)
+{
+    struct knote *kn = kq->timers[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= kq->ntimers)
+            break;
+        if (child + 1 < kq->ntimers &&
+            kq->timers[child + 1]->u.timer.deadline < kq->timers[child]->u.timer.deadline)
+            child++;
+        if (kq->timers[child]->u.timer.deadline >= kn->u.timer.deadline)
+            break;
+        heap_set(kq, i, kq->timers[child]);
+        i = child;
+    }
+    heap_set(kq, i, kn);
+}
+
+static int heap_reserve(struct kq *kq)
+{
+    if (kq->ntimers < kq->timers_cap)
+        return 0;
+    size_t cap = kq->timers_cap ? kq->timers_cap * 2 : 16;
+    struct knote **grown = realloc(kq->timers, cap * sizeof *grown);
+    if (grown == NULL)
+        return ENOMEM;
+    kq->timers = grown;
+    kq->timers_cap = cap;
+    return 0;
+}
+
+static void heap_push(struct kq *kq, struct knote *kn)
+{
+    size_t i = kq->ntimers++;
+    heap_set(kq, i, kn);
+    heap_up(kq, i);
+}
+
+static void heap_remove(struct kq *kq, struct knote *kn)
+{
+    size_t i = kn->u.timer.heap_index;
+    if (i == SIZE_MAX)
+        return;
+    kn->u.timer.heap_index = SIZE_MAX;
+    struct knote *last = kq->timers[--kq->ntimers];
+    if (last == kn)
+        return;
+    heap_set(kq, i, last);
+    heap_down(kq, i);
+    heap_up(kq, last->u.timer.heap_index);
+}
+
+/* ---- timerfd ------------------------------------------------------- */
+
+static int ensure_timer_fd(struct kq *kq)
+{
+    if (kq->timer_fd >= 0)
+        return 0;
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (fd < 0)
+        return errno;
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_TAG(TAG_TIMER, 0) };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int err = errno;
+        close(fd);
+        return err;
+    }
+    kq->timer_fd = fd;
+    return 0;
+}
+
+/* Arm the timerfd at the earliest deadline (only when that changed). */
+int kq_timers_rearm(struct kq *kq)
+{
+    int64_t want = kq->ntimers ? kq->timers[0]->u.timer.deadline : -1;
+    if (want == kq->timer_armed || kq->timer_fd < 0)
+        return 0;
+    struct itimerspec its = { { 0, 0 }, { 0, 0 } };
+    if (want >= 0) {
+        its.it_value.tv_sec = want / 1000000000;
+        its.it_value.tv_nsec = want % 1000000000;
+        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+            its.it_value.tv_nsec = 1;   /* zero would disarm */
+    }
+    if (timerfd_settime(kq->timer_fd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+        return -1;
+    kq->timer_armed = want;
+    return 0;
+}
+
+/* Move every timer whose deadline has passed to the pending list. */
+void kq_timers_expire(struct kq *kq, int64_t now)
+{
+    while (kq->ntimers > 0 && kq->timers[0]->u.timer.deadline <= now) {
+        struct knote *kn = kq->timers[0];
+        int64_t period = kn->u.timer.period;
+        if (period > 0) {
+            /* Count every period that elapsed, including overruns. */
+            int64_t overdue = now - kn->u.timer.deadline;
+            int64_t fired = 1 + overdue / period;
+            kn->u.timer.count += fired;
+            kn->u.timer.deadline = sat_add(kn->u.timer.deadline,
+                                           fired > INT64_MAX / period ? INT64_MAX : fired * period);
+            heap_down(kq, 0);
+        } else {
+            kn->u.timer.count += 1;
+            heap_remove(kq, kn);
+        }
+        kn->status |= KN_ACTIVE;
+        /* A disabled timer keeps counting and reports when enabled. */
+        if (!(kn->status & KN_DISABLED))
+            kq_enqueue(kq, kn);
+    }
+}
+
+/* ---- filter -------------------------------------------------------- */
+
+/* Turn (data, fflags) into a first deadline and a period. */
+static int timer_params(const struct knote *kn, const struct kevent *kev,
+                        int64_t *deadline, int64_t *period)
+{
+    int64_t unit;
+    switch (kev->fflags & NOTE_UNITS) {
+    case 0:
+    case NOTE_MSECONDS: unit = 1000000; break;
+    case NOTE_SECONDS:  unit = 1000000000; break;
+    case NOTE_USECONDS: unit = 1000; break;
+    case NOTE_NSECONDS: unit = 1; break;
+    default:            return EINVAL;   /* more than one unit */
+    }
+    if (kev->data < 0)
+        return EINVAL;
+    int64_t data = (int64_t)kev->data;
+    int64_t ns = data > INT64_MAX / unit ? INT64_MAX : data * unit;
+    int64_t now = kq_now();
+
+    if (kev->fflags & NOTE_ABSTIME) {
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        int64_t real_now = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec;
+        *deadline = ns <= real_now ? now : sat_add(now, ns - real_now);
+        *period = 0;                    /* an absolute time fires once */
+    } else if (kn->kev.flags & EV_ONESHOT) {
+        *deadline = sat_add(now, ns);
+        *period = 0;
+    } else {
+        /* A periodic timer of 0 runs at the smallest period (FreeBSD). */
+        *period = ns < MIN_PERIOD_NS ? MIN_PERIOD_NS : ns;
+        *deadline = sat_add(now, *period);
+    }
+    return 0;
+}
+
+static int timer_start(struct kq *kq, struct knote *kn, const struct kevent *kev)
+{
+    int64_t deadline, period;
+    int err = timer_params(kn, kev, &deadline, &period);
+    if (err)
+        return err;
+    if ((err = ensure_timer_fd(kq)) != 0 || (err = heap_reserve(kq)) != 0)
+        return err;
+    kn->kev.fflags = kev->fflags;
+    kn->kev.data = kev->data;
+    kn->u.timer.deadline = deadline;
+    kn->u.timer.period = period;
+    kn->u.timer.count = 0;
+    heap_push(kq, kn);
+    return 0;
+}
+
+static int timer_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
+{
+    kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
+    kn->u.timer.heap_index = SIZE_MAX;
+    return timer_start(kq, kn, kev);
+}
+
+static int timer_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
+{
+    if (!(kev->flags & EV_ADD))
+        return 0;
+    /* Re-adding restarts the timer and forgets unreported expirations. */
+    int64_t deadline, period;
+    int err = timer_params(kn, kev, &deadline, &period);
+    if (err)
+        return err;
+    heap_remove(kq, kn);
+    kq_dequeue(kq, kn);
+    kn->status &= ~KN_ACTIVE;
+    return timer_start(kq, kn, kev);
+}
+
+static void timer_detach(struct kq *kq, struct knote *kn)
+{
+    heap_remove(kq, kn);
+}
+
+static int timer_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
+{
+    (void)kq;
+    kn->status &= ~KN_ACTIVE;
+    if (kn->u.timer.count == 0)
+        return 0;
+    *out = kn->kev;
+    out->data = (intptr_t)kn->u.timer.count;
+    kn->u.timer.count = 0;
+    return 1;
+}
+
+const struct filter_ops kq_timer_ops = {
+    .attach = timer_attach,
+    .modify = timer_modify,
+    .detach = timer_detach,
+    .deliver = timer_deliver,
+};

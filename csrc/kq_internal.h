@@ -1,0 +1,146 @@
+/*
+ * Internal structures of the Linux kqueue backend.
+ *
+ * One queue is one epoll instance (the descriptor the user sees, and so
+ * pollable like a real kqueue).  Inside it sit:
+ *   - every EVFILT_READ registration, directly (the hot path: one
+ *     epoll_wait returns ready sockets);
+ *   - wr_ep, a nested epoll set holding every EVFILT_WRITE registration.
+ *     A file may sit in two epoll sets with independent EPOLLET /
+ *     EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/EV_DISPATCH hold per filter;
+ *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
+ *     (timers live in a heap, not one descriptor each);
+ *   - wake_fd, an eventfd that is readable while userspace has pending
+ *     events (EVFILT_USER triggers, fired timers) or the queue is closed.
+ * No lock is held across epoll_wait.
+ */
+#ifndef KQ_INTERNAL_H
+#define KQ_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/event.h>
+
+/* knote status bits */
+#define KN_DISABLED  0x01  /* EV_DISABLE or dispatched: not reported */
+#define KN_ACTIVE    0x02  /* userspace filter has an event (triggered, fired) */
+#define KN_QUEUED    0x04  /* on the pending list */
+#define KN_INEPOLL   0x08  /* fd registration present in its epoll set */
+
+/* What kind of file an fd knote watches, learnt on first delivery. */
+enum fd_kind {
+    FDK_UNKNOWN = 0,
+    FDK_SOCKET,        /* FIONREAD / SIOCOUTQ work */
+    FDK_LISTEN,        /* listening TCP socket: data = accept queue length */
+    FDK_LISTEN_OTHER,  /* listening socket of another family: data = 1 */
+    FDK_FIFO,          /* pipe or fifo */
+    FDK_REGULAR,       /* regular file: epoll refuses it, always ready */
+    FDK_OTHER,         /* FIONREAD works (tty, ...) */
+    FDK_NODATA,        /* readiness only (eventfd, epoll, ...) */
+};
+
+struct kq;
+struct knote;
+
+/* One filter's behaviour.  Every hook runs with the queue lock held and
+ * returns 0 or an errno value. */
+struct filter_ops {
+    /* A new registration: validate the change and start watching. */
+    int (*attach)(struct kq *kq, struct knote *kn, const struct kevent *kev);
+    /* A change on an existing registration, after the generic part
+     * (KN_DISABLED from EV_ENABLE/EV_DISABLE, udata) was applied.  A
+     * negative errno means the registration is stale and must go. */
+    int (*modify)(struct kq *kq, struct knote *kn, const struct kevent *kev);
+    /* Stop watching (EV_DELETE, EV_ONESHOT delivery). */
+    void (*detach)(struct kq *kq, struct knote *kn);
+    /* Userspace filters: fill *out from an active knote.  Returns 1 when an
+     * event was produced, 0 when the knote turned out not to be ready. */
+    int (*deliver)(struct kq *kq, struct knote *kn, struct kevent *out);
+};
+
+struct knote {
+    struct kevent kev;          /* ident, filter, stored flags, sfflags, sdata, udata */
+    unsigned status;            /* KN_* */
+    const struct filter_ops *ops;
+    struct knote *hash_next;    /* chain in kq->hash (non-fd filters) */
+    struct knote *q_next;       /* pending list */
+    struct knote *q_prev;
+    union {
+        struct {
+            enum fd_kind kind;
+            int pipe_size;
+        } fd;
+        struct {
+            int64_t deadline;   /* CLOCK_MONOTONIC ns; <0 when not running */
+            int64_t period;     /* ns; 0 = fires once */
+            int64_t count;      /* expirations not yet reported */
+            size_t heap_index;  /* position in kq->timers, or SIZE_MAX */
+        } timer;
+        struct {
+            uint32_t fflags;    /* low 24 bits, after NOTE_FF* controls */
+        } user;
+    } u;
+};
+
+struct kq {
+    int fd;                 /* the user's descriptor (outer epoll) */
+    int waitfd;             /* dup of fd, used internally; outlives kqueue_close */
+    int wr_ep;              /* nested epoll for EVFILT_WRITE */
+    int wake_fd;            /* eventfd: pending events or closed */
+    int timer_fd;           /* timerfd at the earliest timer deadline */
+    pthread_mutex_t lock;
+    int refs;               /* atomic: registry + threads inside kevent() */
+    int closed;
+    int wake_signalled;     /* wake_fd currently readable */
+    int64_t timer_armed;    /* deadline timer_fd is armed for, -1 = disarmed */
+
+    /* EVFILT_READ / EVFILT_WRITE knotes, indexed by fd. */
+    struct knote **rd;
+    struct knote **wr;
+    int fd_cap;
+
+    /* Other filters: chained hash keyed by (ident, filter). */
+    struct knote **hash;
+    size_t hash_cap;        /* power of two */
+    size_t hash_count;
+
+    /* Pending list: knotes with a userspace event to report. */
+    struct knote *q_head;
+    struct knote *q_tail;
+
+    /* Timer min-heap on deadline. */
+    struct knote **timers;
+    size_t ntimers;
+    size_t timers_cap;
+};
+
+/* epoll_data tags: the high 32 bits say what a ready item is. */
+#define TAG_READ    1u   /* low 32 bits: fd of an EVFILT_READ knote */
+#define TAG_WRITES  2u   /* wr_ep has ready items */
+#define TAG_TIMER   3u   /* timer_fd fired */
+#define TAG_WAKE    4u   /* wake_fd */
+#define EP_TAG(tag, low) (((uint64_t)(tag) << 32) | (uint32_t)(low))
+
+/* kqueue.c */
+void kq_enqueue(struct kq *kq, struct knote *kn);
+void kq_dequeue(struct kq *kq, struct knote *kn);
+void kq_knote_drop(struct kq *kq, struct knote *kn);
+int64_t kq_now(void);
+
+/* filter_fd.c */
+extern const struct filter_ops kq_read_ops;
+extern const struct filter_ops kq_write_ops;
+void kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out);
+int kq_fd_unregister(struct kq *kq, struct knote *kn);
+
+/* filter_timer.c */
+extern const struct filter_ops kq_timer_ops;
+void kq_timers_expire(struct kq *kq, int64_t now);
+int kq_timers_rearm(struct kq *kq);
+
+/* filter_user.c */
+extern const struct filter_ops kq_user_ops;
+
+#endif /* KQ_INTERNAL_H */

@@ -1,0 +1,756 @@
+/*
+ * kqueue(2) for Linux: queue lifecycle, change application and the
+ * wait/scan loop.  Filters live in filter_*.c behind struct filter_ops.
+ *
+ * Contract: the FreeBSD kqueue(2) man page.  See kq_internal.h for the
+ * shape of a queue.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kq_internal.h"
+
+#define EBUF_MAX 256   /* epoll events fetched per epoll_wait */
+#ifndef SYS_epoll_pwait2
+#define SYS_epoll_pwait2 441   /* same number on every architecture */
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Registry: kqueue descriptor -> struct kq.                            */
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kq **registry;
+static int registry_cap;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void kq_destroy(struct kq *kq);
+
+static struct kq *kq_get(int fd)
+{
+    struct kq *kq = NULL;
+    if (fd < 0)
+        return NULL;
+    pthread_mutex_lock(&registry_lock);
+    if (fd < registry_cap && registry[fd] != NULL) {
+        kq = registry[fd];
+        __atomic_add_fetch(&kq->refs, 1, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return kq;
+}
+
+static void kq_put(struct kq *kq)
+{
+    if (__atomic_sub_fetch(&kq->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        kq_destroy(kq);
+}
+
+/* Mark a queue closed and wake everything blocked in it.  Lock held. */
+static void kq_mark_closed(struct kq *kq)
+{
+    uint64_t one = 1;
+    kq->closed = 1;
+    if (!kq->wake_signalled) {
+        kq->wake_signalled = 1;
+        (void)!write(kq->wake_fd, &one, sizeof one);
+    }
+}
+
+/*
+ * fork(): as on BSD, a child does not inherit queues.  The child closes
+ * every queue descriptor it inherited; the memory is left alone because
+ * another (now vanished) thread may have been changing it mid-fork.
+ */
+static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
+static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+static void atfork_child(void)
+{
+    for (int i = 0; i < registry_cap; i++) {
+        struct kq *kq = registry[i];
+        if (kq == NULL)
+            continue;
+        registry[i] = NULL;
+        close(kq->fd);
+        close(kq->waitfd);
+        close(kq->wake_fd);
+        if (kq->wr_ep >= 0)
+            close(kq->wr_ep);
+        if (kq->timer_fd >= 0)
+            close(kq->timer_fd);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+static void atfork_install(void)
+{
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+static int registry_insert(struct kq *kq)
+{
+    struct kq *stale = NULL;
+    pthread_mutex_lock(&registry_lock);
+    if (kq->fd >= registry_cap) {
+        int cap = registry_cap ? registry_cap : 64;
+        while (cap <= kq->fd)
+            cap *= 2;
+        struct kq **grown = realloc(registry, (size_t)cap * sizeof *grown);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&registry_lock);
+            return ENOMEM;
+        }
+        memset(grown + registry_cap, 0, (size_t)(cap - registry_cap) * sizeof *grown);
+        registry = grown;
+        registry_cap = cap;
+    }
+    /* A queue still registered under this number was closed with plain
+     * close() rather than kqueue_close(): retire it now. */
+    stale = registry[kq->fd];
+    registry[kq->fd] = kq;
+    pthread_mutex_unlock(&registry_lock);
+    if (stale != NULL) {
+        pthread_mutex_lock(&stale->lock);
+        stale->fd = -1;      /* the number is not ours any more */
+        kq_mark_closed(stale);
+        pthread_mutex_unlock(&stale->lock);
+        kq_put(stale);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Queue lifecycle.                                                    */
+
+static int ep_add(int epfd, int fd, uint32_t events, uint64_t data)
+{
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+int kqueue(void)
+{
+    pthread_once(&atfork_once, atfork_install);
+
+    struct kq *kq = calloc(1, sizeof *kq);
+    if (kq == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    kq->fd = kq->waitfd = kq->wake_fd = kq->wr_ep = kq->timer_fd = -1;
+    kq->timer_armed = -1;
+    kq->refs = 1;  /* the registry's reference */
+    pthread_mutex_init(&kq->lock, NULL);
+
+    int err;
+    kq->fd = epoll_create1(EPOLL_CLOEXEC);
+    if (kq->fd < 0)
+        goto fail;
+    kq->waitfd = fcntl(kq->fd, F_DUPFD_CLOEXEC, 0);
+    if (kq->waitfd < 0)
+        goto fail;
+    kq->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (kq->wake_fd < 0)
+        goto fail;
+    if (ep_add(kq->waitfd, kq->wake_fd, EPOLLIN, EP_TAG(TAG_WAKE, 0)) < 0)
+        goto fail;
+    if ((err = registry_insert(kq)) != 0) {
+        errno = err;
+        goto fail;
+    }
+    return kq->fd;
+
+fail:
+    err = errno;
+    kq_destroy(kq);
+    errno = err;
+    return -1;
+}
+
+static void kq_destroy(struct kq *kq)
+{
+    for (int fd = 0; fd < kq->fd_cap; fd++) {
+        free(kq->rd[fd]);
+        free(kq->wr[fd]);
+    }
+    for (size_t i = 0; i < kq->hash_cap; i++) {
+        struct knote *kn = kq->hash[i];
+        while (kn != NULL) {
+            struct knote *next = kn->hash_next;
+            free(kn);
+            kn = next;
+        }
+    }
+    free(kq->rd);
+    free(kq->wr);
+    free(kq->hash);
+    free(kq->timers);
+    if (kq->fd >= 0)
+        close(kq->fd);
+    if (kq->waitfd >= 0)
+        close(kq->waitfd);
+    if (kq->wake_fd >= 0)
+        close(kq->wake_fd);
+    if (kq->wr_ep >= 0)
+        close(kq->wr_ep);
+    if (kq->timer_fd >= 0)
+        close(kq->timer_fd);
+    pthread_mutex_destroy(&kq->lock);
+    free(kq);
+}
+
+int kqueue_close(int fd)
+{
+    struct kq *kq = NULL;
+    pthread_mutex_lock(&registry_lock);
+    if (fd >= 0 && fd < registry_cap) {
+        kq = registry[fd];
+        registry[fd] = NULL;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    if (kq == NULL) {
+        errno = EBADF;
+        return -1;
+    }
+    pthread_mutex_lock(&kq->lock);
+    kq_mark_closed(kq);
+    /* Free the number now; threads still inside kevent() hold waitfd,
+     * which keeps the epoll instance alive until they leave. */
+    close(kq->fd);
+    kq->fd = -1;
+    pthread_mutex_unlock(&kq->lock);
+    kq_put(kq);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Knote lookup and storage.                                           */
+
+static int is_fd_filter(int16_t filter)
+{
+    return filter == EVFILT_READ || filter == EVFILT_WRITE;
+}
+
+static const struct filter_ops *filter_lookup(int16_t filter)
+{
+    switch (filter) {
+    case EVFILT_READ:   return &kq_read_ops;
+    case EVFILT_WRITE:  return &kq_write_ops;
+    case EVFILT_TIMER:  return &kq_timer_ops;
+    case EVFILT_USER:   return &kq_user_ops;
+    default:            return NULL;
+    }
+}
+
+static size_t hash_slot(const struct kq *kq, uintptr_t ident, int16_t filter)
+{
+    uint64_t h = ((uint64_t)ident ^ ((uint64_t)(uint16_t)filter << 48)) * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 32) & (kq->hash_cap - 1);
+}
+
+static struct knote *knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
+{
+    if (is_fd_filter(filter)) {
+        if (ident >= (uintptr_t)kq->fd_cap)
+            return NULL;
+        return filter == EVFILT_READ ? kq->rd[ident] : kq->wr[ident];
+    }
+    if (kq->hash_cap == 0)
+        return NULL;
+    for (struct knote *kn = kq->hash[hash_slot(kq, ident, filter)]; kn; kn = kn->hash_next)
+        if (kn->kev.ident == ident && kn->kev.filter == filter)
+            return kn;
+    return NULL;
+}
+
+static int hash_grow(struct kq *kq)
+{
+    size_t cap = kq->hash_cap ? kq->hash_cap * 2 : 64;
+    struct knote **table = calloc(cap, sizeof *table);
+    if (table == NULL)
+        return ENOMEM;
+    struct knote **old = kq->hash;
+    size_t old_cap = kq->hash_cap;
+    kq->hash = table;
+    kq->hash_cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        struct knote *kn = old[i];
+        while (kn != NULL) {
+            struct knote *next = kn->hash_next;
+            size_t s = hash_slot(kq, kn->kev.ident, kn->kev.filter);
+            kn->hash_next = table[s];
+            table[s] = kn;
+            kn = next;
+        }
+    }
+    free(old);
+    return 0;
+}
+
+static int fd_table_grow(struct kq *kq, int fd)
+{
+    int cap = kq->fd_cap ? kq->fd_cap : 64;
+    while (cap <= fd)
+        cap *= 2;
+    struct knote **rd = realloc(kq->rd, (size_t)cap * sizeof *rd);
+    if (rd == NULL)
+        return ENOMEM;
+    kq->rd = rd;
+    struct knote **wr = realloc(kq->wr, (size_t)cap * sizeof *wr);
+    if (wr == NULL)
+        return ENOMEM;
+    kq->wr = wr;
+    memset(rd + kq->fd_cap, 0, (size_t)(cap - kq->fd_cap) * sizeof *rd);
+    memset(wr + kq->fd_cap, 0, (size_t)(cap - kq->fd_cap) * sizeof *wr);
+    kq->fd_cap = cap;
+    return 0;
+}
+
+/* Make room for kn before attach, so that insertion cannot fail after. */
+static int knote_reserve(struct kq *kq, const struct kevent *kev)
+{
+    if (is_fd_filter(kev->filter))
+        return (int)kev->ident < kq->fd_cap ? 0 : fd_table_grow(kq, (int)kev->ident);
+    if (kq->hash_count >= kq->hash_cap)
+        return hash_grow(kq);
+    return 0;
+}
+
+static void knote_insert(struct kq *kq, struct knote *kn)
+{
+    if (is_fd_filter(kn->kev.filter)) {
+        struct knote **slot = kn->kev.filter == EVFILT_READ ? kq->rd : kq->wr;
+        slot[kn->kev.ident] = kn;
+        return;
+    }
+    size_t s = hash_slot(kq, kn->kev.ident, kn->kev.filter);
+    kn->hash_next = kq->hash[s];
+    kq->hash[s] = kn;
+    kq->hash_count++;
+}
+
+static void knote_unlink(struct kq *kq, struct knote *kn)
+{
+    if (is_fd_filter(kn->kev.filter)) {
+        struct knote **slot = kn->kev.filter == EVFILT_READ ? kq->rd : kq->wr;
+        slot[kn->kev.ident] = NULL;
+        return;
+    }
+    struct knote **pp = &kq->hash[hash_slot(kq, kn->kev.ident, kn->kev.filter)];
+    while (*pp != kn)
+        pp = &(*pp)->hash_next;
+    *pp = kn->hash_next;
+    kq->hash_count--;
+}
+
+/* Detach from the filter, forget and free.  Lock held. */
+void kq_knote_drop(struct kq *kq, struct knote *kn)
+{
+    kn->ops->detach(kq, kn);
+    kq_dequeue(kq, kn);
+    knote_unlink(kq, kn);
+    free(kn);
+}
+
+/* ------------------------------------------------------------------ */
+/* Pending list (userspace events) and the wake descriptor.            */
+
+void kq_enqueue(struct kq *kq, struct knote *kn)
+{
+    if (kn->status & KN_QUEUED)
+        return;
+    kn->status |= KN_QUEUED;
+    kn->q_next = NULL;
+    kn->q_prev = kq->q_tail;
+    if (kq->q_tail)
+        kq->q_tail->q_next = kn;
+    else
+        kq->q_head = kn;
+    kq->q_tail = kn;
+}
+
+void kq_dequeue(struct kq *kq, struct knote *kn)
+{
+    if (!(kn->status & KN_QUEUED))
+        return;
+    kn->status &= ~KN_QUEUED;
+    if (kn->q_prev)
+        kn->q_prev->q_next = kn->q_next;
+    else
+        kq->q_head = kn->q_next;
+    if (kn->q_next)
+        kn->q_next->q_prev = kn->q_prev;
+    else
+        kq->q_tail = kn->q_prev;
+    kn->q_next = kn->q_prev = NULL;
+}
+
+/* Queue or unqueue a userspace knote after its state changed. */
+static void knote_requeue(struct kq *kq, struct knote *kn)
+{
+    if ((kn->status & (KN_ACTIVE | KN_DISABLED)) == KN_ACTIVE)
+        kq_enqueue(kq, kn);
+    else
+        kq_dequeue(kq, kn);
+}
+
+/* Keep wake_fd readable exactly while something is pending (or closed),
+ * so the queue descriptor polls readable and blocked waiters wake. */
+static void wake_update(struct kq *kq)
+{
+    int want = kq->q_head != NULL || kq->closed;
+    if (want == kq->wake_signalled)
+        return;
+    uint64_t v = 1;
+    if (want)
+        (void)!write(kq->wake_fd, &v, sizeof v);
+    else
+        (void)!read(kq->wake_fd, &v, sizeof v);
+    kq->wake_signalled = want;
+}
+
+int64_t kq_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------ */
+/* Changes.                                                            */
+
+#define EV_ACTIONS (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_KEEPUDATA)
+
+/* Apply one change.  Returns 0 or an errno value.  Lock held. */
+static int apply_change(struct kq *kq, const struct kevent *kev)
+{
+    const struct filter_ops *ops = filter_lookup(kev->filter);
+    if (ops == NULL)
+        return EINVAL;
+    if (is_fd_filter(kev->filter) && kev->ident > INT_MAX)
+        return EBADF;
+
+    struct knote *kn = knote_find(kq, kev->ident, kev->filter);
+    int err;
+
+    if (kn == NULL) {
+        if (!(kev->flags & EV_ADD)) {
+            /* As on BSD, a descriptor that is not open is EBADF. */
+            if (is_fd_filter(kev->filter) && fcntl((int)kev->ident, F_GETFD) < 0)
+                return EBADF;
+            return ENOENT;
+        }
+        if ((err = knote_reserve(kq, kev)) != 0)
+            return err;
+        kn = calloc(1, sizeof *kn);
+        if (kn == NULL)
+            return ENOMEM;
+        kn->ops = ops;
+        kn->kev = *kev;
+        kn->kev.flags &= (uint16_t)~(EV_ACTIONS | EV_SYSFLAGS);
+        if (kev->flags & EV_DISABLE)
+            kn->status |= KN_DISABLED;
+        if ((err = ops->attach(kq, kn, kev)) != 0) {
+            free(kn);
+            return err;
+        }
+        knote_insert(kq, kn);
+        knote_requeue(kq, kn);
+        return 0;
+    }
+
+    if (kev->flags & EV_DELETE) {
+        /* A registration whose descriptor was closed is gone on BSD;
+         * detach reports that as the error BSD would give. */
+        err = is_fd_filter(kev->filter) ? kq_fd_unregister(kq, kn) : 0;
+        kq_knote_drop(kq, kn);
+        return err;
+    }
+
+    if (kev->flags & EV_ENABLE)
+        kn->status &= ~KN_DISABLED;
+    else if (kev->flags & EV_DISABLE)
+        kn->status |= KN_DISABLED;
+    if (!(kev->flags & EV_KEEPUDATA))
+        kn->kev.udata = kev->udata;
+
+    err = ops->modify(kq, kn, kev);
+    if (err < 0) {          /* stale registration: forget it */
+        kq_knote_drop(kq, kn);
+        return -err;
+    }
+    knote_requeue(kq, kn);
+    return err;
+}
+
+/* Apply the changelist; write EV_ERROR/EV_RECEIPT entries to events.
+ * Returns the number of entries written, or -1 with errno set. */
+static int apply_changes(struct kq *kq, const struct kevent *changes, int nchanges,
+                         struct kevent *events, int nevents)
+{
+    int nout = 0;
+    for (int i = 0; i < nchanges; i++) {
+        int err = apply_change(kq, &changes[i]);
+        if (err == 0 && !(changes[i].flags & EV_RECEIPT))
+            continue;
+        if (nout >= nevents) {
+            if (err == 0)
+                continue;   /* a receipt with no room: nothing to say */
+            errno = err;
+            return -1;
+        }
+        events[nout] = changes[i];
+        events[nout].flags = EV_ERROR;
+        events[nout].data = err;
+        nout++;
+    }
+    return nout;
+}
+
+/* ------------------------------------------------------------------ */
+/* Delivery.                                                           */
+
+/* After an event was reported from kn: EV_ONESHOT deletes, EV_DISPATCH
+ * disables, level-triggered userspace knotes go back on the list. */
+static void after_delivery(struct kq *kq, struct knote *kn)
+{
+    if (kn->kev.flags & EV_ONESHOT) {
+        kq_knote_drop(kq, kn);
+        return;
+    }
+    if (kn->kev.flags & EV_DISPATCH)
+        kn->status |= KN_DISABLED;
+    knote_requeue(kq, kn);
+}
+
+/* Report userspace events from the pending list.  Lock held. */
+static int drain_pending(struct kq *kq, struct kevent *out, int room)
+{
+    int n = 0;
+    /* Visit each knote at most once per call: level-triggered ones are
+     * re-queued at the tail and must not be reported twice. */
+    struct knote *last = kq->q_tail;
+    while (n < room && kq->q_head != NULL) {
+        struct knote *kn = kq->q_head;
+        kq_dequeue(kq, kn);
+        if (kn->ops->deliver(kq, kn, &out[n])) {
+            n++;
+            after_delivery(kq, kn);
+        } else {
+            knote_requeue(kq, kn);
+        }
+        if (kn == last)
+            break;
+    }
+    return n;
+}
+
+/* A ready fd knote from epoll.  Returns events written (0 or 1). */
+static int deliver_fd(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
+{
+    if (kn == NULL || (kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
+        return 0;   /* deleted, disabled or replaced since epoll saw it */
+    kq_fd_event(kq, kn, revents, out);
+    after_delivery(kq, kn);
+    return 1;
+}
+
+/* Pull ready EVFILT_WRITE registrations from the nested set. */
+static int drain_writes(struct kq *kq, struct kevent *out, int room)
+{
+    struct epoll_event ebuf[EBUF_MAX];
+    int n = 0;
+    while (n < room) {
+        int want = room - n < EBUF_MAX ? room - n : EBUF_MAX;
+        int r = epoll_wait(kq->wr_ep, ebuf, want, 0);
+        if (r <= 0)
+            break;
+        for (int i = 0; i < r; i++) {
+            int fd = (int)(uint32_t)ebuf[i].data.u64;
+            struct knote *kn = fd < kq->fd_cap ? kq->wr[fd] : NULL;
+            n += deliver_fd(kq, kn, ebuf[i].events, &out[n]);
+        }
+        if (r < want)
+            break;
+    }
+    return n;
+}
+
+/* Process one batch from the queue's epoll set.  Lock held. */
+static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
+                         struct kevent *out, int room)
+{
+    int n = 0, writes = 0, timers = 0;
+    /* Each READ item owns one slot of room; internal items get the rest. */
+    for (int i = 0; i < r; i++) {
+        uint32_t tag = (uint32_t)(ebuf[i].data.u64 >> 32);
+        if (tag == TAG_READ) {
+            int fd = (int)(uint32_t)ebuf[i].data.u64;
+            struct knote *kn = fd < kq->fd_cap ? kq->rd[fd] : NULL;
+            n += deliver_fd(kq, kn, ebuf[i].events, &out[n]);
+        } else if (tag == TAG_WRITES) {
+            writes = 1;
+        } else if (tag == TAG_TIMER) {
+            timers = 1;
+        }
+        /* TAG_WAKE: the pending list is drained below. */
+    }
+    if (timers) {
+        uint64_t ticks;
+        (void)!read(kq->timer_fd, &ticks, sizeof ticks);
+        kq->timer_armed = -1;   /* timerfd fired: it is disarmed now */
+        kq_timers_expire(kq, kq_now());
+    }
+    if (writes && n < room)
+        n += drain_writes(kq, out + n, room - n);
+    if (n < room)
+        n += drain_pending(kq, out + n, room - n);
+    return n;
+}
+
+/* epoll_wait with a nanosecond timeout where the kernel allows it. */
+static int ep_wait(int epfd, struct epoll_event *ebuf, int max, int64_t timeout_ns)
+{
+    static int have_pwait2 = 1;
+    if (timeout_ns < 0)
+        return epoll_wait(epfd, ebuf, max, -1);
+    if (timeout_ns == 0)
+        return epoll_wait(epfd, ebuf, max, 0);
+    if (__atomic_load_n(&have_pwait2, __ATOMIC_RELAXED)) {
+        struct timespec ts = { timeout_ns / 1000000000, timeout_ns % 1000000000 };
+        int r = (int)syscall(SYS_epoll_pwait2, epfd, ebuf, max, &ts, NULL, (size_t)8);
+        if (r >= 0 || errno != ENOSYS)
+            return r;
+        __atomic_store_n(&have_pwait2, 0, __ATOMIC_RELAXED);
+    }
+    /* Round up: never return before the deadline; the caller loops. */
+    int64_t ms = (timeout_ns + 999999) / 1000000;
+    return epoll_wait(epfd, ebuf, max, ms > INT_MAX ? INT_MAX : (int)ms);
+}
+
+/*
+ * Wait for events.  deadline: CLOCK_MONOTONIC ns, or -1 for forever.
+ * Returns the number of events, or -1 with errno (EINTR, EBADF, ...).
+ */
+static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadline,
+                int poll_only)
+{
+    struct epoll_event ebuf[EBUF_MAX];
+    int n = 0;
+
+    pthread_mutex_lock(&kq->lock);
+    if (kq->ntimers > 0)
+        kq_timers_expire(kq, kq_now());
+    if (kq->q_head != NULL)
+        n = drain_pending(kq, events, nevents);
+    wake_update(kq);
+    pthread_mutex_unlock(&kq->lock);
+
+    for (;;) {
+        int64_t timeout_ns = 0;
+        if (n == 0 && !poll_only) {
+            if (deadline < 0) {
+                timeout_ns = -1;
+            } else {
+                timeout_ns = deadline - kq_now();
+                if (timeout_ns < 0)
+                    timeout_ns = 0;
+            }
+        }
+        int want = nevents - n < EBUF_MAX ? nevents - n : EBUF_MAX;
+        int r = ep_wait(kq->waitfd, ebuf, want, timeout_ns);
+        if (r < 0) {
+            if (n > 0)
+                return n;   /* report what we have; the signal is not lost */
+            return -1;
+        }
+        pthread_mutex_lock(&kq->lock);
+        if (kq->closed) {
+            pthread_mutex_unlock(&kq->lock);
+            errno = EBADF;
+            return -1;
+        }
+        if (r > 0)
+            n += process_batch(kq, ebuf, r, events + n, nevents - n);
+        if (kq_timers_rearm(kq) != 0 && n == 0) {
+            int err = errno;
+            wake_update(kq);
+            pthread_mutex_unlock(&kq->lock);
+            errno = err;
+            return -1;
+        }
+        wake_update(kq);
+        pthread_mutex_unlock(&kq->lock);
+
+        if (n == nevents || (n > 0 && r < want))
+            return n;
+        if (n > 0)
+            continue;   /* a full batch: there may be more ready */
+        if (timeout_ns == 0 && (poll_only || deadline >= 0))
+            return 0;   /* polled, or the deadline has passed */
+    }
+}
+
+int kevent(int kqfd, const struct kevent *changelist, int nchanges,
+           struct kevent *eventlist, int nevents, const struct timespec *timeout)
+{
+    if (nchanges < 0 || nevents < 0 || nevents > INT_MAX / (int)sizeof(struct kevent)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if ((nchanges > 0 && changelist == NULL) || (nevents > 0 && eventlist == NULL)) {
+        errno = EFAULT;
+        return -1;
+    }
+    int64_t deadline = -1;
+    int poll_only = 0;
+    if (timeout != NULL) {
+        if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (timeout->tv_sec == 0 && timeout->tv_nsec == 0) {
+            poll_only = 1;
+        } else {
+            int64_t now = kq_now();
+            if (timeout->tv_sec >= (INT64_MAX - now) / 1000000000 - 1)
+                deadline = -1;   /* beyond 292 years: forever */
+            else
+                deadline = now + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec;
+        }
+    }
+
+    struct kq *kq = kq_get(kqfd);
+    if (kq == NULL) {
+        errno = EBADF;
+        return -1;
+    }
+    int n = 0;
+    if (nchanges > 0) {
+        pthread_mutex_lock(&kq->lock);
+        if (kq->closed) {
+            errno = EBADF;
+            n = -1;
+        } else {
+            n = apply_changes(kq, changelist, nchanges, eventlist, nevents);
+            if (kq_timers_rearm(kq) != 0 && n == 0)
+                n = -1;
+            wake_update(kq);
+        }
+        pthread_mutex_unlock(&kq->lock);
+    }
+    /* As on FreeBSD: errors and receipts are returned without a scan. */
+    if (n == 0 && nevents > 0)
+        n = scan(kq, eventlist, nevents, deadline, poll_only);
+    int err = errno;
+    kq_put(kq);
+    errno = err;
+    return n;
+}

@@ -1,0 +1,40 @@
+"""kqueue_py: the kqueue event API for Python, everywhere.
+
+On macOS and FreeBSD this binds the kernel's kqueue; on Linux it ships its
+own kqueue backend (C, over epoll, eventfd and timerfd).
+
+Layers, each built only on the ones before it:
+
+* ``kqueue_py.raw`` — ``ffi``, ``lib`` (the compiled ``kqueue_py._kqueue``),
+  every ``EVFILT_*``/``EV_*``/``NOTE_*`` constant and the helpers
+  ``kev_change``, ``kq_apply``, ``kq_wait``.  All re-exported here.
+"""
+from __future__ import annotations
+
+import sys as _sys
+
+from . import raw
+from .raw import (
+    CONSTANTS,
+    ffi,
+    kev_change,
+    kq_apply,
+    kq_wait,
+    lib,
+    new_events,
+    raise_errno,
+    timespec,
+)
+
+#: Where the events come from: "linux-backend" (kqueue_py's own C backend)
+#: or "kernel" (the BSD/macOS kernel's kqueue).
+BACKEND = "linux-backend" if _sys.platform.startswith("linux") else "kernel"
+
+globals().update(raw.CONSTANTS)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKEND", "CONSTANTS", "ffi", "lib", "kev_change", "kq_apply", "kq_wait",
+    "new_events", "raise_errno", "timespec", *sorted(raw.CONSTANTS),
+]

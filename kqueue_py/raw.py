@@ -1,0 +1,100 @@
+"""The raw layer: the compiled module's ``ffi``/``lib`` and the seed's helpers.
+
+These mirror the origin module (``kev_change``, ``kq_apply``, ``kq_wait``)
+for code that works with ``struct kevent`` arrays directly.  Everything
+above this layer (the Pythonic queue, the stdlib-compatible layer) is
+built on the same ``lib`` functions.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import math
+import os
+import time
+from typing import Any
+
+from ._kqueue import ffi, lib
+
+__all__ = [
+    "ffi", "lib", "CONSTANTS", "kev_change", "kq_apply", "kq_wait",
+    "new_events", "timespec", "raise_errno",
+]
+
+#: Every constant the compiled module exposes, by its C name.
+CONSTANTS: dict[str, int] = {
+    name: getattr(lib, name)
+    for name in dir(lib)
+    if name.startswith(("EVFILT_", "EV_", "NOTE_"))
+}
+
+
+def raise_errno(err: int | None = None) -> Any:
+    """Raise the ``OSError`` subclass for ``err`` (default: ``ffi.errno``)."""
+    if err is None:
+        err = ffi.errno
+    raise OSError(err, os.strerror(err))
+
+
+def kev_change(fd: int, filter: int, flags: int, udata: int = 0, *,
+               fflags: int = 0, data: int = 0) -> Any:
+    """A one-entry change (``struct kevent *``) for ``(fd, filter)``.
+
+    ``udata`` is a machine word here (an int); the Pythonic layer maps
+    arbitrary Python objects onto it.
+    """
+    ch = ffi.new("struct kevent *")
+    ch.ident = fd
+    ch.filter = filter
+    ch.flags = flags
+    ch.fflags = fflags
+    ch.data = data
+    ch.udata = ffi.cast("void *", udata)
+    return ch
+
+
+def kq_apply(kq: int, change: Any) -> bool:
+    """Apply one change now, draining no events.  True on success.
+
+    On failure ``ffi.errno`` holds the error.
+    """
+    return bool(lib.kevent(kq, change, 1, ffi.NULL, 0, ffi.NULL) >= 0)
+
+
+def timespec(seconds: float) -> Any:
+    """A ``struct timespec *`` for a non-negative duration in seconds."""
+    ts = ffi.new("struct timespec *")
+    frac, whole = math.modf(seconds)
+    ts.tv_sec = int(whole)
+    ts.tv_nsec = min(int(frac * 1e9), 999_999_999)
+    return ts
+
+
+def new_events(cap: int) -> Any:
+    """An event buffer: ``struct kevent[cap]``."""
+    return ffi.new("struct kevent[]", cap)
+
+
+def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
+    """Wait for up to ``cap`` events into ``events`` (a ``struct kevent[]``).
+
+    ``timeout_ms`` < 0 waits forever, 0 polls.  Returns the number of events
+    (0 = timeout), or -1 on a real failure with ``ffi.errno`` kept.
+
+    EINTR is retried, waiting only for the time that remains (the origin
+    module reissued the full timeout on every retry).  A Python signal
+    handler runs between retries; if it raises, the exception propagates.
+    """
+    if timeout_ms < 0:
+        while True:
+            n: int = lib.kevent(kq, ffi.NULL, 0, events, cap, ffi.NULL)
+            if n >= 0 or ffi.errno != _errno.EINTR:
+                return n
+    ts = ffi.new("struct timespec *")
+    deadline = time.monotonic() + timeout_ms / 1000.0
+    remaining_ns = timeout_ms * 1_000_000
+    while True:
+        ts.tv_sec, ts.tv_nsec = divmod(remaining_ns, 1_000_000_000)
+        n = lib.kevent(kq, ffi.NULL, 0, events, cap, ts)
+        if n >= 0 or ffi.errno != _errno.EINTR:
+            return n
+        remaining_ns = max(0, int((deadline - time.monotonic()) * 1e9))
