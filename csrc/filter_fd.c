@@ -135,8 +135,7 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
         void *udata = kn->kev.udata;
         kn->kev = *kev;
         kn->kev.udata = udata;              /* already set (or kept) by caller */
-        kn->kev.flags &= (uint16_t)~(EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE |
-                                     EV_KEEPUDATA | EV_SYSFLAGS);
+        kn->kev.flags &= (uint16_t)~KN_INPUT_ONLY;
         kn->status = (kev->flags & EV_DISABLE) ? KN_DISABLED : 0;
         kn->u.fd.kind = FDK_UNKNOWN;
         err = fd_sync(kq, kn);

@@ -29,6 +29,10 @@
 #define KN_QUEUED    0x04  /* on the pending list */
 #define KN_INEPOLL   0x08  /* fd registration present in its epoll set */
 
+/* Change flags that are actions, not state: never stored or reported. */
+#define KN_INPUT_ONLY (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_KEEPUDATA | \
+                       EV_RECEIPT | EV_SYSFLAGS)
+
 /* What kind of file an fd knote watches, learnt on first delivery. */
 enum fd_kind {
     FDK_UNKNOWN = 0,

@@ -426,7 +426,6 @@ int64_t kq_now(void)
 /* ------------------------------------------------------------------ */
 /* Changes.                                                            */
 
-#define EV_ACTIONS (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_KEEPUDATA)
 
 /* Apply one change.  Returns 0 or an errno value.  Lock held. */
 static int apply_change(struct kq *kq, const struct kevent *kev)
@@ -454,7 +453,7 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
             return ENOMEM;
         kn->ops = ops;
         kn->kev = *kev;
-        kn->kev.flags &= (uint16_t)~(EV_ACTIONS | EV_SYSFLAGS);
+        kn->kev.flags &= (uint16_t)~KN_INPUT_ONLY;
         if (kev->flags & EV_DISABLE)
             kn->status |= KN_DISABLED;
         if ((err = ops->attach(kq, kn, kev)) != 0) {
@@ -645,13 +644,19 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
     struct epoll_event ebuf[EBUF_MAX];
     int n = 0;
 
-    pthread_mutex_lock(&kq->lock);
-    if (kq->ntimers > 0)
-        kq_timers_expire(kq, kq_now());
-    if (kq->q_head != NULL)
-        n = drain_pending(kq, events, nevents);
-    wake_update(kq);
-    pthread_mutex_unlock(&kq->lock);
+    /* Fast path: nothing in userspace, go straight to epoll.  The unlocked
+     * reads are hints only; whatever they miss makes wake_fd or timer_fd
+     * readable, which the epoll_wait below reports. */
+    if (__atomic_load_n(&kq->q_head, __ATOMIC_RELAXED) != NULL ||
+        __atomic_load_n(&kq->ntimers, __ATOMIC_RELAXED) > 0) {
+        pthread_mutex_lock(&kq->lock);
+        if (kq->ntimers > 0)
+            kq_timers_expire(kq, kq_now());
+        if (kq->q_head != NULL)
+            n = drain_pending(kq, events, nevents);
+        wake_update(kq);
+        pthread_mutex_unlock(&kq->lock);
+    }
 
     for (;;) {
         int64_t timeout_ns = 0;
@@ -670,6 +675,13 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             if (n > 0)
                 return n;   /* report what we have; the signal is not lost */
             return -1;
+        }
+        if (r == 0 && n > 0)
+            return n;
+        if (r == 0 && timeout_ns == 0 && (poll_only || deadline >= 0)) {
+            /* Nothing ready and no time left; a closed queue has wake_fd
+             * readable, so r == 0 means it was open during the wait. */
+            return 0;
         }
         pthread_mutex_lock(&kq->lock);
         if (kq->closed) {

@@ -8,12 +8,18 @@ Layers, each built only on the ones before it:
 * ``kqueue_py.raw`` — ``ffi``, ``lib`` (the compiled ``kqueue_py._kqueue``),
   every ``EVFILT_*``/``EV_*``/``NOTE_*`` constant and the helpers
   ``kev_change``, ``kq_apply``, ``kq_wait``.  All re-exported here.
+* ``kqueue_py.queue`` — :class:`KQueue`, the Pythonic queue, and
+  :class:`Event`.  Re-exported here.
+* ``kqueue_py.compat`` — ``select.kqueue``/``select.kevent`` work-alikes
+  and ``install()``.
+* ``kqueue_py.selectors`` — ``KqueueSelector`` for ``selectors``/asyncio.
 """
 from __future__ import annotations
 
 import sys as _sys
 
 from . import raw
+from .queue import KEEP, Change, Event, KQueue
 from .raw import (
     CONSTANTS,
     ffi,
@@ -35,6 +41,6 @@ globals().update(raw.CONSTANTS)
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKEND", "CONSTANTS", "ffi", "lib", "kev_change", "kq_apply", "kq_wait",
+    "KQueue", "Event", "Change", "KEEP", "BACKEND", "CONSTANTS", "ffi", "lib", "kev_change", "kq_apply", "kq_wait",
     "new_events", "raise_errno", "timespec", *sorted(raw.CONSTANTS),
 ]

@@ -35,6 +35,10 @@ def raise_errno(err: int | None = None) -> Any:
     raise OSError(err, os.strerror(err))
 
 
+# Shared, never written: a poll's timeout.
+_ZERO_TIMESPEC = ffi.new("struct timespec *")
+
+
 def kev_change(fd: int, filter: int, flags: int, udata: int = 0, *,
                fflags: int = 0, data: int = 0) -> Any:
     """A one-entry change (``struct kevent *``) for ``(fd, filter)``.
@@ -84,9 +88,10 @@ def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
     module reissued the full timeout on every retry).  A Python signal
     handler runs between retries; if it raises, the exception propagates.
     """
-    if timeout_ms < 0:
+    if timeout_ms <= 0:
+        ts = ffi.NULL if timeout_ms < 0 else _ZERO_TIMESPEC
         while True:
-            n: int = lib.kevent(kq, ffi.NULL, 0, events, cap, ffi.NULL)
+            n: int = lib.kevent(kq, ffi.NULL, 0, events, cap, ts)
             if n >= 0 or ffi.errno != _errno.EINTR:
                 return n
     ts = ffi.new("struct timespec *")
