@@ -1,0 +1,175 @@
+"""``python -m kqueue_py.bench``: run the scenarios, print the table."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from .timing import measure_group
+
+__all__ = ["main"]
+
+
+def _raise_nofile() -> tuple[int, str]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; (limit, note)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover
+        return 1024, "resource module unavailable"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    note = ""
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as e:
+            note = f"could not raise RLIMIT_NOFILE to {want}: {e}"
+    return soft, note
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 64
+
+
+def _progress(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .scenarios import SCENARIOS
+
+    names = [s.name for s in SCENARIOS]
+    ap = argparse.ArgumentParser(
+        prog="python -m kqueue_py.bench",
+        description="kqueue_py against a ctypes binding of the same compiled functions, "
+                    "the stdlib and raw C. Progress on stderr, the table on stdout.")
+    ap.add_argument("--quick", action="store_true",
+                    help="short batches and few repeats (whole run well under a minute)")
+    ap.add_argument("--only", metavar="NAME", action="append",
+                    help=f"run only this scenario (repeatable; comma-separated ok): "
+                         f"{', '.join(names)}")
+    ap.add_argument("--json", metavar="PATH", help="write every result and the machine facts")
+    ap.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
+    ap.add_argument("--repeats", type=int, help="timed batches per comparator")
+    ap.add_argument("--no-rawc", action="store_true", help="skip the raw C comparator")
+    ap.add_argument("--dump-c", metavar="PATH", help="write the raw C program's source and exit")
+    ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = ap.parse_args(argv)
+
+    if args.dump_c:
+        from .rawc_source import SOURCE
+
+        with open(args.dump_c, "w", encoding="utf-8") as f:
+            f.write(SOURCE)
+        return 0
+    if args.list:
+        for s in SCENARIOS:
+            print(f"{s.name:20} {s.title}")
+        return 0
+
+    selected = SCENARIOS
+    if args.only:
+        wanted = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+        selected = [s for s in SCENARIOS if s.name in wanted]
+
+    if args.quick:
+        settings: Dict[str, Any] = {"mode": "quick", "repeats": 5, "target_batch_s": 0.02,
+                                    "warmup_s": 0.03}
+    else:
+        settings = {"mode": "full", "repeats": 15, "target_batch_s": 0.1, "warmup_s": 0.3}
+    if args.repeats:
+        settings["repeats"] = max(1, args.repeats)
+
+    from . import report
+    from .ctypes_binding import load
+    from .machine import machine_facts
+    from .rawc import RawC, RawCError
+    from .scenarios import Context, SkipScenario
+
+    t_start = time.perf_counter()
+    limit, limit_note = _raise_nofile()
+    facts = machine_facts()
+    facts["rlimit_nofile"] = limit
+    budget = max(10, limit - _open_fds() - 256)
+    _progress(f"{facts['python']}, cffi {facts['cffi']}, backend "
+              f"{facts['kqueue_py_backend']}, RLIMIT_NOFILE {limit}"
+              + (f" ({limit_note})" if limit_note else ""))
+
+    ct = load()
+    rawc: Optional[RawC] = None
+    rawc_note = ""
+    if not args.no_rawc:
+        rawc = RawC(ct.path)
+        try:
+            rawc.build()
+            _progress(f"raw C: {rawc.compile_note}")
+        except RawCError as e:
+            rawc_note = f"raw C comparator unavailable: {e}"
+            _progress(rawc_note)
+            rawc = None
+
+    ctx = Context(ct=ct, quick=args.quick, fd_budget=budget)
+    results: List[report.ScenarioResult] = []
+    for i, sc in enumerate(selected, 1):
+        res = report.ScenarioResult(sc.name, sc.title, "")
+        results.append(res)
+        tag = f"[{i}/{len(selected)}] {sc.name}"
+        _progress(f"{tag}: setting up")
+        built = None
+        try:
+            built = sc.build(ctx)
+            res.unit = built.unit
+            res.roles = dict(built.roles)
+            res.notes += built.notes
+            for check in built.checks:
+                check()
+            _progress(f"{tag}: timing {len(built.runners)} Python variants")
+            res.variants.update(measure_group(
+                built.runners, repeats=settings["repeats"],
+                target_batch_s=settings["target_batch_s"], warmup_s=settings["warmup_s"],
+                progress=lambda m: _progress(f"{tag}: {m}")))
+        except SkipScenario as e:
+            res.error = f"skipped: {e}"
+        except Exception as e:  # noqa: BLE001 - one scenario must not sink the run
+            res.error = f"{type(e).__name__}: {e}"
+            _progress(f"{tag}: FAILED {res.error}")
+        finally:
+            if built is not None:
+                built.close()
+        if rawc is not None and built is not None and built.rawc and not res.error:
+            _progress(f"{tag}: raw C")
+            cname, n = built.rawc
+            try:
+                for variant, m in rawc.run(cname, n, settings["target_batch_s"],
+                                           settings["repeats"]).items():
+                    key = "rawC kevent" if variant == "kq" else f"rawC {variant}"
+                    res.variants[key] = m
+            except RawCError as e:
+                res.notes.append(str(e))
+        elif rawc_note:
+            res.notes.append(rawc_note)
+
+    elapsed = time.perf_counter() - t_start
+    _progress(f"done in {elapsed:.1f} s")
+    report.render_table(results, facts, settings["mode"], sys.stdout)
+    targets = report.evaluate_targets(results)
+    report.render_targets(targets, sys.stdout)
+    print(f"(run took {elapsed:.1f} s)")
+    settings["elapsed_s"] = round(elapsed, 2)
+    settings["argv"] = sys.argv[1:] if argv is None else argv
+    if args.json:
+        report.write_json(args.json, facts, settings, results, targets)
+        _progress(f"wrote {args.json}")
+    if args.png:
+        msg = report.write_png(args.png, results, facts)
+        _progress(msg or f"wrote {args.png}")
+    return 1 if any(r.error and not r.error.startswith("skipped") for r in results) else 0

@@ -1,0 +1,93 @@
+"""A ctypes binding of the very same compiled functions kqueue_py calls.
+
+The installed extension (``kqueue_py/_kqueue*.so``) exports ``kqueue``,
+``kevent`` and ``kqueue_close`` with default visibility, so
+``ctypes.CDLL(path)`` reaches exactly the code cffi calls (on Linux, the
+package's backend; on BSD/macOS the extension's symbols are the kernel's
+``kqueue``/``kevent`` from libc).  This is the design card's comparison: the
+same C work, a different foreign-function layer.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+from typing import Any
+
+__all__ = ["KEvent", "Timespec", "CtypesKqueue", "extension_path", "load"]
+
+
+class KEvent(ctypes.Structure):
+    """``struct kevent`` (the 32-byte macOS/libkqueue LP64 layout)."""
+
+    _fields_ = [
+        ("ident", ctypes.c_size_t),     # uintptr_t
+        ("filter", ctypes.c_int16),
+        ("flags", ctypes.c_uint16),
+        ("fflags", ctypes.c_uint32),
+        ("data", ctypes.c_ssize_t),     # intptr_t
+        ("udata", ctypes.c_void_p),
+    ]
+
+
+class Timespec(ctypes.Structure):
+    """``struct timespec``."""
+
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def extension_path() -> str:
+    """The file of the installed ``kqueue_py._kqueue`` extension."""
+    from .. import _kqueue
+
+    path: str = _kqueue.__file__  # type: ignore[attr-defined]
+    return path
+
+
+class CtypesKqueue:
+    """``kqueue``/``kevent``/``kqueue_close`` with argtypes and restype."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or extension_path()
+        self.dll = ctypes.CDLL(self.path, use_errno=True)
+        kev_p = ctypes.POINTER(KEvent)
+        self.kqueue: Any = self.dll.kqueue
+        self.kqueue.argtypes = []
+        self.kqueue.restype = ctypes.c_int
+        self.kevent: Any = self.dll.kevent
+        self.kevent.argtypes = [ctypes.c_int, kev_p, ctypes.c_int, kev_p,
+                                ctypes.c_int, ctypes.POINTER(Timespec)]
+        self.kevent.restype = ctypes.c_int
+        close_name = "kqueue_close" if hasattr(self.dll, "kqueue_close") else None
+        if close_name is None:  # BSD: the extension's shim is static
+            libc = ctypes.CDLL(None, use_errno=True)
+            self.kqueue_close: Any = libc.close
+        else:
+            self.kqueue_close = self.dll.kqueue_close
+        self.kqueue_close.argtypes = [ctypes.c_int]
+        self.kqueue_close.restype = ctypes.c_int
+
+    @staticmethod
+    def events(cap: int) -> Any:
+        """A ``struct kevent[cap]`` array."""
+        return (KEvent * cap)()
+
+    @staticmethod
+    def change(ident: int, filter: int, flags: int, udata: int = 0,
+               fflags: int = 0, data: int = 0) -> KEvent:
+        """One change, ``EV_SET`` style."""
+        return KEvent(ident, filter, flags, fflags, data, udata or None)
+
+    def new_queue(self) -> int:
+        """A new queue descriptor; ``OSError`` on failure."""
+        kq: int = self.kqueue()
+        if kq < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "kqueue() failed")
+        return kq
+
+
+def load() -> CtypesKqueue:
+    """The binding for the installed extension of this interpreter."""
+    if sys.platform == "win32":  # pragma: no cover
+        raise OSError("no kqueue on Windows")
+    return CtypesKqueue()

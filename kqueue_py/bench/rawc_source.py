@@ -1,0 +1,551 @@
+"""The raw-C comparator's source, kept as a Python constant.
+
+A string rather than a ``.c`` file so that it is installed with the package
+without any package-data wiring.  :mod:`kqueue_py.bench.rawc` writes it to a
+cache directory and compiles it with the system ``cc``.  ``--dump-c PATH``
+on the command line writes it out for reading or editing.
+"""
+from __future__ import annotations
+
+SOURCE: str = r"""/*
+ * kqueue_py benchmark: the raw C cost of the same work.
+ *
+ *   rawc_bench SO_PATH SCENARIO N TARGET_BATCH_NS REPEATS
+ *
+ * "kq" variants call kqueue()/kevent() of the *installed extension*, found
+ * with dlopen()/dlsym() (SO_PATH "-" links the system's kqueue instead, on
+ * BSD/macOS); "epoll" variants call the kernel directly, the floor.  Each
+ * variant prints one line:  VARIANT MEDIAN_NS_PER_OP MIN_NS_PER_OP BATCH
+ * Exit status 3: the extension could not be loaded.
+ *
+ * Constants and the struct size come from the compiled module at build
+ * time (-D flags), so the numbering is the extension's own.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#define HAVE_EPOLL 1
+#endif
+
+#ifdef KQ_SYSTEM_HEADER
+#include <sys/types.h>
+#include <sys/event.h>
+typedef struct kevent kev_t;
+#else
+typedef struct {
+    uintptr_t ident;
+    int16_t filter;
+    uint16_t flags;
+    uint32_t fflags;
+    intptr_t data;
+    void *udata;
+} kev_t;
+_Static_assert(sizeof(kev_t) == KQ_SIZEOF_KEVENT, "struct kevent layout differs");
+#define EVFILT_READ KQ_EVFILT_READ
+#define EVFILT_TIMER KQ_EVFILT_TIMER
+#define EVFILT_USER KQ_EVFILT_USER
+#define EV_ADD KQ_EV_ADD
+#define EV_DELETE KQ_EV_DELETE
+#define EV_CLEAR KQ_EV_CLEAR
+#define NOTE_TRIGGER KQ_NOTE_TRIGGER
+#endif
+
+typedef int (*kqueue_fn)(void);
+typedef int (*kevent_fn)(int, const kev_t *, int, kev_t *, int, const struct timespec *);
+typedef int (*kqclose_fn)(int);
+static kqueue_fn p_kqueue;
+static kevent_fn p_kevent;
+static kqclose_fn p_kqclose;
+
+static volatile uint64_t sink;
+static const struct timespec ZERO = {0, 0};
+
+static void die(const char *what)
+{
+    fprintf(stderr, "rawc_bench: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- harness ------------------------------------------------------- */
+
+typedef void (*op_fn)(void *ctx, long n);
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void bench(const char *variant, op_fn op, void *ctx, int64_t target_ns, int repeats)
+{
+    /* warm up, then size a batch to about target_ns */
+    long n = 1;
+    int64_t warm_end = now_ns() + target_ns;
+    while (now_ns() < warm_end)
+        op(ctx, 1);
+    for (;;) {
+        int64_t t0 = now_ns();
+        op(ctx, n);
+        int64_t dt = now_ns() - t0;
+        if (dt >= target_ns / 4 || n >= 100000000L) {
+            if (dt > 0)
+                n = (long)((double)n * (double)target_ns / (double)dt);
+            if (n < 1)
+                n = 1;
+            break;
+        }
+        n *= 2;
+    }
+    double *s = calloc((size_t)repeats, sizeof *s);
+    for (int r = 0; r < repeats; r++) {
+        int64_t t0 = now_ns();
+        op(ctx, n);
+        s[r] = (double)(now_ns() - t0) / (double)n;
+    }
+    qsort(s, (size_t)repeats, sizeof *s, cmp_double);
+    double med = repeats % 2 ? s[repeats / 2] : (s[repeats / 2 - 1] + s[repeats / 2]) / 2;
+    printf("%s %.1f %.1f %ld\n", variant, med, s[0], n);
+    fflush(stdout);
+    free(s);
+}
+
+/* ---- fixtures ------------------------------------------------------ */
+
+/* n descriptors: n/2 socketpairs (both ends), plus one more pair if odd. */
+static int *make_fds(int n)
+{
+    int *fds = calloc((size_t)n + 1, sizeof *fds);
+    for (int i = 0; i < n; i += 2) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+            die("socketpair");
+        fds[i] = sv[0];
+        fds[i + 1] = sv[1];
+    }
+    return fds;
+}
+
+static int new_kq(void)
+{
+    int kq = p_kqueue();
+    if (kq < 0)
+        die("kqueue");
+    return kq;
+}
+
+static void kq_change(int kq, uintptr_t ident, int16_t filter, uint16_t flags,
+                      uint32_t fflags, intptr_t data, void *udata)
+{
+    kev_t ch;
+    memset(&ch, 0, sizeof ch);
+    ch.ident = ident;
+    ch.filter = filter;
+    ch.flags = flags;
+    ch.fflags = fflags;
+    ch.data = data;
+    ch.udata = udata;
+    if (p_kevent(kq, &ch, 1, NULL, 0, NULL) < 0)
+        die("kevent change");
+}
+
+struct pollctx {
+    int kq;
+    kev_t *ev;
+    int cap;
+    int expect;
+#ifdef HAVE_EPOLL
+    int ep;
+    struct epoll_event *eev;
+#endif
+};
+
+static void op_kq_poll(void *p, long n)
+{
+    struct pollctx *c = p;
+    for (long i = 0; i < n; i++) {
+        int r = p_kevent(c->kq, NULL, 0, c->ev, c->cap, &ZERO);
+        if (r != c->expect)
+            die("kevent poll: unexpected count");
+        uint64_t acc = 0;
+        for (int j = 0; j < r; j++)   /* hand each event's fields on */
+            acc += c->ev[j].ident + (uint64_t)c->ev[j].filter + (uint64_t)c->ev[j].data +
+                   (uint64_t)(uintptr_t)c->ev[j].udata;
+        sink += acc;
+    }
+}
+
+#ifdef HAVE_EPOLL
+static void op_ep_poll(void *p, long n)
+{
+    struct pollctx *c = p;
+    for (long i = 0; i < n; i++) {
+        int r = epoll_wait(c->ep, c->eev, c->cap, 0);
+        if (r != c->expect)
+            die("epoll_wait: unexpected count");
+        uint64_t acc = 0;
+        for (int j = 0; j < r; j++)
+            acc += c->eev[j].data.u64 + c->eev[j].events;
+        sink += acc;
+    }
+}
+
+static void op_ep_poll_fionread(void *p, long n)
+{
+    struct pollctx *c = p;
+    for (long i = 0; i < n; i++) {
+        int r = epoll_wait(c->ep, c->eev, c->cap, 0);
+        if (r != c->expect)
+            die("epoll_wait: unexpected count");
+        uint64_t acc = 0;
+        for (int j = 0; j < r; j++) {
+            int v = 0;
+            ioctl((int)c->eev[j].data.u32, FIONREAD, &v);
+            acc += c->eev[j].data.u64 + (uint64_t)v;
+        }
+        sink += acc;
+    }
+}
+#endif
+
+/* nfds registered for READ, the first `ready` of them readable. */
+static void scenario_poll(int nfds, int ready, int64_t target, int repeats, int with_fionread)
+{
+    int *fds = make_fds(nfds);
+    /* Make `ready` descriptors readable: write into the peer of fds[2k]. */
+    int made = 0;
+    for (int i = 0; i < nfds && made < ready; i += 2, made++)
+        if (write(fds[i + 1], "x", 1) != 1)
+            die("write");
+    struct pollctx c = {0};
+    c.cap = ready > 64 ? ready : 64;
+    c.expect = ready;
+    c.ev = calloc((size_t)c.cap, sizeof *c.ev);
+    c.kq = new_kq();
+    for (int i = 0; i < nfds; i++)
+        kq_change(c.kq, (uintptr_t)fds[i], EVFILT_READ, EV_ADD, 0, 0, (void *)(intptr_t)(i + 1));
+    bench("kq", op_kq_poll, &c, target, repeats);
+    p_kqclose(c.kq);
+#ifdef HAVE_EPOLL
+    c.ep = epoll_create1(EPOLL_CLOEXEC);
+    c.eev = calloc((size_t)c.cap, sizeof *c.eev);
+    for (int i = 0; i < nfds; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uint32_t)fds[i]};
+        if (epoll_ctl(c.ep, EPOLL_CTL_ADD, fds[i], &ev) < 0)
+            die("epoll_ctl");
+    }
+    bench("epoll", op_ep_poll, &c, target, repeats);
+    if (with_fionread)
+        bench("epoll+FIONREAD", op_ep_poll_fionread, &c, target, repeats);
+    close(c.ep);
+#endif
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+}
+
+struct batchctx {
+    int kq;
+    kev_t *add, *del;
+    int n;
+    int *fds;
+};
+
+static void op_kq_batch(void *p, long n)
+{
+    struct batchctx *c = p;
+    for (long i = 0; i < n; i++) {
+        if (p_kevent(c->kq, c->add, c->n, NULL, 0, NULL) < 0)
+            die("kevent add batch");
+        if (p_kevent(c->kq, c->del, c->n, NULL, 0, NULL) < 0)
+            die("kevent delete batch");
+    }
+}
+
+#ifdef HAVE_EPOLL
+static void op_ep_regdel(void *p, long n)
+{
+    struct batchctx *c = p;
+    for (long i = 0; i < n; i++) {
+        for (int j = 0; j < c->n; j++) {
+            struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)j};
+            if (epoll_ctl(c->kq, EPOLL_CTL_ADD, c->fds[j], &ev) < 0)
+                die("epoll_ctl add");
+        }
+        for (int j = 0; j < c->n; j++)
+            if (epoll_ctl(c->kq, EPOLL_CTL_DEL, c->fds[j], NULL) < 0)
+                die("epoll_ctl del");
+    }
+}
+#endif
+
+static void fill(kev_t *k, uintptr_t ident, int16_t filter, uint16_t flags, intptr_t data)
+{
+    memset(k, 0, sizeof *k);
+    k->ident = ident;
+    k->filter = filter;
+    k->flags = flags;
+    k->data = data;
+    k->udata = (void *)(ident + 1);
+}
+
+static void scenario_regdel(int nfds, int64_t target, int repeats)
+{
+    struct batchctx c = {0};
+    c.n = nfds;
+    c.fds = make_fds(nfds);
+    c.add = calloc((size_t)nfds, sizeof *c.add);
+    c.del = calloc((size_t)nfds, sizeof *c.del);
+    for (int i = 0; i < nfds; i++) {
+        fill(&c.add[i], (uintptr_t)c.fds[i], EVFILT_READ, EV_ADD, 0);
+        fill(&c.del[i], (uintptr_t)c.fds[i], EVFILT_READ, EV_DELETE, 0);
+    }
+    c.kq = new_kq();
+    bench("kq", op_kq_batch, &c, target, repeats);
+    p_kqclose(c.kq);
+#ifdef HAVE_EPOLL
+    c.kq = epoll_create1(EPOLL_CLOEXEC);
+    bench("epoll", op_ep_regdel, &c, target, repeats);
+    close(c.kq);
+#endif
+    for (int i = 0; i < nfds; i++)
+        close(c.fds[i]);
+}
+
+static void scenario_timers(int ntimers, int64_t target, int repeats, int wait)
+{
+    struct batchctx c = {0};
+    c.n = ntimers;
+    c.add = calloc((size_t)ntimers, sizeof *c.add);
+    c.del = calloc((size_t)ntimers, sizeof *c.del);
+    for (int i = 0; i < ntimers; i++) {
+        fill(&c.add[i], (uintptr_t)i, EVFILT_TIMER, EV_ADD, 600000);   /* 10 min periodic */
+        fill(&c.del[i], (uintptr_t)i, EVFILT_TIMER, EV_DELETE, 0);
+    }
+    c.kq = new_kq();
+    if (!wait) {
+        bench("kq", op_kq_batch, &c, target, repeats);
+    } else {
+        if (p_kevent(c.kq, c.add, c.n, NULL, 0, NULL) < 0)
+            die("kevent add timers");
+        struct pollctx pc = {0};
+        pc.kq = c.kq;
+        pc.cap = 64;
+        pc.expect = 0;
+        pc.ev = calloc(64, sizeof *pc.ev);
+        bench("kq", op_kq_poll, &pc, target, repeats);
+    }
+    p_kqclose(c.kq);
+}
+
+/* ---- cross-thread wake round trip --------------------------------- */
+
+struct rtctx {
+    int a, b;            /* kq: queues; epoll: epoll fds */
+    int efa, efb;        /* epoll: eventfds */
+    volatile int stop;
+    pthread_t thread;
+};
+
+static void kq_trigger(int kq)
+{
+    kq_change(kq, 1, EVFILT_USER, 0, NOTE_TRIGGER, 0, NULL);
+}
+
+static void kq_wait1(int kq)
+{
+    kev_t ev;
+    int r;
+    do
+        r = p_kevent(kq, NULL, 0, &ev, 1, NULL);
+    while (r < 0 && errno == EINTR);
+    if (r != 1)
+        die("kevent wait");
+}
+
+static void *kq_echo(void *p)
+{
+    struct rtctx *c = p;
+    for (;;) {
+        kq_wait1(c->b);
+        if (c->stop)
+            break;
+        kq_trigger(c->a);
+    }
+    return NULL;
+}
+
+static void op_kq_rt(void *p, long n)
+{
+    struct rtctx *c = p;
+    for (long i = 0; i < n; i++) {
+        kq_trigger(c->b);
+        kq_wait1(c->a);
+    }
+}
+
+#ifdef HAVE_EPOLL
+static void ep_wait1(int ep, int efd)
+{
+    struct epoll_event ev;
+    uint64_t v;
+    int r;
+    do
+        r = epoll_wait(ep, &ev, 1, -1);
+    while (r < 0 && errno == EINTR);
+    if (r != 1 || read(efd, &v, sizeof v) != sizeof v)
+        die("epoll wait");
+}
+
+static void ep_signal(int efd)
+{
+    uint64_t one = 1;
+    if (write(efd, &one, sizeof one) != sizeof one)
+        die("eventfd write");
+}
+
+static void *ep_echo(void *p)
+{
+    struct rtctx *c = p;
+    for (;;) {
+        ep_wait1(c->b, c->efb);
+        if (c->stop)
+            break;
+        ep_signal(c->efa);
+    }
+    return NULL;
+}
+
+static void op_ep_rt(void *p, long n)
+{
+    struct rtctx *c = p;
+    for (long i = 0; i < n; i++) {
+        ep_signal(c->efb);
+        ep_wait1(c->a, c->efa);
+    }
+}
+#endif
+
+static void scenario_user_rt(int64_t target, int repeats)
+{
+    struct rtctx c = {0};
+    c.a = new_kq();
+    c.b = new_kq();
+    kq_change(c.a, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
+    kq_change(c.b, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
+    pthread_create(&c.thread, NULL, kq_echo, &c);
+    bench("kq", op_kq_rt, &c, target, repeats);
+    c.stop = 1;
+    kq_trigger(c.b);
+    pthread_join(c.thread, NULL);
+    p_kqclose(c.a);
+    p_kqclose(c.b);
+#ifdef HAVE_EPOLL
+    memset(&c, 0, sizeof c);
+    c.a = epoll_create1(EPOLL_CLOEXEC);
+    c.b = epoll_create1(EPOLL_CLOEXEC);
+    c.efa = eventfd(0, EFD_CLOEXEC);
+    c.efb = eventfd(0, EFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN};
+    epoll_ctl(c.a, EPOLL_CTL_ADD, c.efa, &ev);
+    epoll_ctl(c.b, EPOLL_CTL_ADD, c.efb, &ev);
+    pthread_create(&c.thread, NULL, ep_echo, &c);
+    bench("epoll", op_ep_rt, &c, target, repeats);
+    c.stop = 1;
+    ep_signal(c.efb);
+    pthread_join(c.thread, NULL);
+    close(c.a);
+    close(c.b);
+    close(c.efa);
+    close(c.efb);
+#endif
+}
+
+/* ---- main ---------------------------------------------------------- */
+
+static int sys_close(int fd) { return close(fd); }
+
+int main(int argc, char **argv)
+{
+    if (argc != 6) {
+        fprintf(stderr, "usage: %s SO_PATH SCENARIO N TARGET_BATCH_NS REPEATS\n", argv[0]);
+        return 2;
+    }
+    const char *so = argv[1], *scenario = argv[2];
+    int n = atoi(argv[3]);
+    int64_t target = atoll(argv[4]);
+    int repeats = atoi(argv[5]);
+    if (repeats < 1)
+        repeats = 1;
+
+    if (strcmp(so, "-") == 0) {
+#ifdef KQ_SYSTEM_HEADER
+        p_kqueue = kqueue;
+        p_kevent = kevent;
+        p_kqclose = sys_close;
+#else
+        fprintf(stderr, "rawc_bench: no system kqueue\n");
+        return 3;
+#endif
+    } else {
+        void *h = dlopen(so, RTLD_LAZY | RTLD_LOCAL);
+        if (h == NULL) {
+            fprintf(stderr, "rawc_bench: dlopen: %s\n", dlerror());
+            return 3;
+        }
+        p_kqueue = (kqueue_fn)dlsym(h, "kqueue");
+        p_kevent = (kevent_fn)dlsym(h, "kevent");
+        p_kqclose = (kqclose_fn)dlsym(h, "kqueue_close");
+        if (p_kqclose == NULL)
+            p_kqclose = sys_close;
+        if (p_kqueue == NULL || p_kevent == NULL) {
+            fprintf(stderr, "rawc_bench: dlsym: %s\n", dlerror());
+            return 3;
+        }
+    }
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    if (strcmp(scenario, "empty_poll") == 0)
+        scenario_poll(2, 0, target, repeats, 0);
+    else if (strcmp(scenario, "ready") == 0)
+        scenario_poll(2 * n, n, target, repeats, 1);
+    else if (strcmp(scenario, "active") == 0)
+        scenario_poll(n, 1, target, repeats, 0);
+    else if (strcmp(scenario, "regdel") == 0)
+        scenario_regdel(n, target, repeats);
+    else if (strcmp(scenario, "timers") == 0)
+        scenario_timers(n, target, repeats, 0);
+    else if (strcmp(scenario, "timers_wait") == 0)
+        scenario_timers(n, target, repeats, 1);
+    else if (strcmp(scenario, "user_rt") == 0)
+        scenario_user_rt(target, repeats);
+    else {
+        fprintf(stderr, "rawc_bench: unknown scenario %s\n", scenario);
+        return 2;
+    }
+    return 0;
+}
+"""

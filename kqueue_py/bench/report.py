@@ -1,0 +1,206 @@
+"""The table, the targets, JSON and the PNG chart."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any, Dict, List, Optional, TextIO
+
+from .timing import Measurement
+
+__all__ = ["ScenarioResult", "fmt_ns", "render_table", "evaluate_targets",
+           "write_json", "write_png"]
+
+RAWC_KEVENT = "rawC kevent"
+RAWC_EPOLL = "rawC epoll"
+
+
+class ScenarioResult:
+    """Everything measured for one scenario."""
+
+    def __init__(self, name: str, title: str, unit: str) -> None:
+        self.name = name
+        self.title = title
+        self.unit = unit
+        self.variants: Dict[str, Measurement] = {}
+        self.roles: Dict[str, str] = {}
+        self.notes: List[str] = []
+        self.error: Optional[str] = None
+
+    def role(self, role: str) -> Optional[float]:
+        """Median ns/op of the variant playing ``role`` (kqueue_py, ctypes,
+        stdlib, rawC kevent, rawC epoll)."""
+        name = self.roles.get(role, role)
+        m = self.variants.get(name)
+        return m.median_ns if m else None
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "title": self.title, "unit": self.unit, "roles": self.roles,
+            "notes": self.notes, "error": self.error,
+            "variants": {k: asdict(v) for k, v in self.variants.items()},
+            "ratios": ratios(self),
+        }
+
+
+def fmt_ns(ns: Optional[float]) -> str:
+    if ns is None:
+        return "-"
+    if ns < 10_000:
+        return f"{ns:,.0f} ns"
+    if ns < 10_000_000:
+        return f"{ns / 1e3:,.1f} µs"
+    return f"{ns / 1e6:,.2f} ms"
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def ratios(r: ScenarioResult) -> Dict[str, Optional[float]]:
+    kp = r.role("kqueue_py")
+    return {
+        "ctypes/kqueue_py": _ratio(r.role("ctypes"), kp),
+        "kqueue_py/stdlib": _ratio(kp, r.role("stdlib")),
+        "kqueue_py/rawC": _ratio(kp, r.role(RAWC_KEVENT)),
+    }
+
+
+def _fmt_ratio(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _grid(rows: List[List[str]], right: set[int]) -> List[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, row in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths))]
+        out.append("  ".join(cells).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def render_table(results: List[ScenarioResult], facts: Dict[str, Any], mode: str,
+                 out: TextIO) -> None:
+    p = lambda s="": print(s, file=out)  # noqa: E731
+    p(f"kqueue_py benchmark ({mode}): median time per operation; ratios from this run")
+    p(f"machine: {facts['cpu_model']}, {facts['cpu_count']} CPUs "
+      f"({facts['cpu_usable']} usable), {facts['kernel']}, {facts['machine']}")
+    p(f"python: {facts['python']}; cffi {facts['cffi']}; "
+      f"kqueue_py {facts['kqueue_py_version']} backend={facts['kqueue_py_backend']}")
+    p()
+    head = ["scenario", "op", "kqueue_py", "ctypes", "stdlib", "rawC kevent", "rawC epoll",
+            "ctypes/kqueue_py", "kqueue_py/stdlib", "kqueue_py/rawC"]
+    rows = [head]
+    for r in results:
+        if r.error:
+            rows.append([r.name, "ERROR", r.error[:60]] + [""] * 7)
+            continue
+        rt = ratios(r)
+        rows.append([r.name, r.unit, fmt_ns(r.role("kqueue_py")), fmt_ns(r.role("ctypes")),
+                     fmt_ns(r.role("stdlib")), fmt_ns(r.role(RAWC_KEVENT)),
+                     fmt_ns(r.role(RAWC_EPOLL)),
+                     _fmt_ratio(rt["ctypes/kqueue_py"]), _fmt_ratio(rt["kqueue_py/stdlib"]),
+                     _fmt_ratio(rt["kqueue_py/rawC"])])
+    for line in _grid(rows, right=set(range(2, 10))):
+        p(line)
+    p()
+    p("Every variant (median / min ns per op; x = time / the kqueue_py column):")
+    for r in results:
+        if r.error:
+            continue
+        p(f"  {r.name}: {r.title}")
+        kp = r.role("kqueue_py")
+        vrows = [["variant", "median", "min", "vs kqueue_py", "batch"]]
+        for name, m in r.variants.items():
+            role = [k for k, v in r.roles.items() if v == name]
+            label = name + (f"  [{role[0]}]" if role else "")
+            vrows.append([label, fmt_ns(m.median_ns), fmt_ns(m.min_ns),
+                          _fmt_ratio(_ratio(m.median_ns, kp)), str(m.batch)])
+        for line in _grid(vrows, right={1, 2, 3, 4}):
+            p("    " + line)
+        for note in r.notes:
+            p(f"    note: {note}")
+    p()
+
+
+def evaluate_targets(results: List[ScenarioResult]) -> List[Dict[str, Any]]:
+    """The design's targets, each with its value from this run."""
+    by = {r.name: r for r in results if not r.error}
+    targets: List[Dict[str, Any]] = []
+
+    def add(desc: str, value: Optional[float], op: str, bound: float) -> None:
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        targets.append({"target": desc, "value": value, "op": op, "bound": bound,
+                        "met": met})
+
+    e = by.get("empty_poll")
+    add("empty poll: ctypes / kqueue_py (kq_wait)",
+        e and _ratio(e.role("ctypes"), e.role("kqueue_py")), ">=", 2.5)
+    add("empty poll: kqueue_py (kq_wait) / select.epoll.poll(0)",
+        e and _ratio(e.role("kqueue_py"), e.role("stdlib")), "<=", 1.2)
+    r = by.get("ready64")
+    add("64 ready to Python: ctypes / kqueue_py",
+        r and _ratio(r.role("ctypes"), r.role("kqueue_py")), ">=", 3.0)
+    add("64 ready to Python: kqueue_py / raw C (same backend call)",
+        r and _ratio(r.role("kqueue_py"), r.role(RAWC_KEVENT)), "<=", 1.3)
+    a10, a10k = by.get("active1of10"), by.get("active1of10000")
+    add("1 active: among 10,000 / among 10 (kqueue_py)",
+        a10 and a10k and _ratio(a10k.role("kqueue_py"), a10.role("kqueue_py")), "<=", 1.2)
+    return targets
+
+
+def render_targets(targets: List[Dict[str, Any]], out: TextIO) -> None:
+    print("Targets (CPython 3.11, ratios from this run):", file=out)
+    for t in targets:
+        status = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
+        value = "-" if t["value"] is None else f"{t['value']:.2f}x"
+        print(f"  [{status}] {t['target']}: {value} (target {t['op']} {t['bound']}x)",
+              file=out)
+
+
+def write_json(path: str, facts: Dict[str, Any], settings: Dict[str, Any],
+               results: List[ScenarioResult], targets: List[Dict[str, Any]]) -> None:
+    doc = {"machine": facts, "settings": settings,
+           "scenarios": {r.name: r.to_json() for r in results}, "targets": targets}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -> Optional[str]:
+    """A grouped bar chart of the three ratios; returns a message if skipped."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not importable: --png skipped (pip install matplotlib)"
+    ok = [r for r in results if not r.error]
+    keys = ["ctypes/kqueue_py", "kqueue_py/stdlib", "kqueue_py/rawC"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(ok)), 5))
+    width = 0.27
+    for j, key in enumerate(keys):
+        vals = [ratios(r)[key] or 0.0 for r in ok]
+        xs = [i + (j - 1) * width for i in range(len(ok))]
+        bars = ax.bar(xs, vals, width, label=key)
+        for b, v in zip(bars, vals):
+            if v:
+                ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v),
+                            ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(ok)))
+    ax.set_xticklabels([r.name for r in ok], rotation=20, ha="right")
+    ax.set_ylabel("ratio (time / time)")
+    ax.set_yscale("log")
+    ax.set_title(f"kqueue_py ratios - {facts['cpu_model']}, {facts['python']}, "
+                 f"backend={facts['kqueue_py_backend']}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None

@@ -1,0 +1,699 @@
+"""The scenarios and, for each, every comparator's runner.
+
+A runner ``run(n)`` does one scenario operation ``n`` times in its own loop.
+Before timing, each scenario runs a self-check (:attr:`Built.checks`): every
+comparator must see the same events, so a broken comparator cannot win.
+
+Roles: the variant named by ``roles["kqueue_py"]``, ``roles["ctypes"]`` and
+``roles["stdlib"]`` fill the table's main columns; the raw-C program adds
+``rawC kevent`` (the same backend call from C) and ``rawC epoll`` (the
+kernel's floor).  Other variants appear in the detail listing.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import selectors
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import kqueue_py
+from kqueue_py import ffi, kev_change, kq_apply, kq_wait, lib, new_events
+
+from . import pyapi
+from .ctypes_binding import CtypesKqueue, KEvent, Timespec
+from .timing import Runner
+
+__all__ = ["Context", "Built", "Scenario", "SCENARIOS", "SkipScenario"]
+
+KEVENT_SIZE: int = ffi.sizeof("struct kevent")
+# (ident, filter, data, udata): skip flags (2 bytes) and fflags (4 bytes).
+_KEV4 = struct.Struct("=Qh6xqQ")
+_KEVFULL = struct.Struct("=QhHIqQ")
+assert KEVENT_SIZE == _KEV4.size == 32, "struct kevent is not the 32-byte layout"
+assert ffi.offsetof("struct kevent", "data") == 16
+assert ffi.offsetof("struct kevent", "udata") == 24
+
+HAVE_EPOLL = hasattr(select, "epoll")
+HAVE_STDLIB_KQUEUE = hasattr(select, "kqueue")
+TIMER_PERIOD_MS = 600_000          # 10 minutes: armed timers never fire mid-run
+
+
+class SkipScenario(Exception):
+    """The scenario cannot run here (the message says why)."""
+
+
+@dataclass
+class Context:
+    """What every scenario builder gets."""
+
+    ct: CtypesKqueue
+    quick: bool
+    fd_budget: int                 # descriptors a scenario may open
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Built:
+    """A scenario ready to measure."""
+
+    runners: Dict[str, Runner]
+    roles: Dict[str, str]
+    unit: str
+    rawc: Optional[Tuple[str, int]] = None
+    checks: List[Callable[[], None]] = field(default_factory=list)
+    cleanup: List[Callable[[], None]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fn in reversed(self.cleanup):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - cleanup must go on
+                print(f"bench: cleanup error: {e!r}", file=sys.stderr)
+        self.cleanup.clear()
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    build: Callable[[Context], Built]
+
+
+# ---------------------------------------------------------------- fixtures
+
+def _socket_fds(n: int, built: Built) -> List[int]:
+    """``n`` descriptors: both ends of ceil(n/2) socketpairs."""
+    socks: List[socket.socket] = []
+    built.cleanup.append(lambda: [s.close() for s in socks])
+    while len(socks) < n:
+        a, b = socket.socketpair()
+        socks += [a, b]
+    return [s.fileno() for s in socks[:n]]
+
+
+def _make_ready(fds: List[int], ready: int) -> List[int]:
+    """Make fds[0], fds[2], ... (``ready`` of them) readable: write one byte
+    into each one's peer.  Returns the ready descriptors."""
+    out = []
+    for k in range(ready):
+        os.write(fds[2 * k + 1], b"x")
+        out.append(fds[2 * k])
+    return out
+
+
+def _new_kq(built: Built) -> int:
+    kq: int = lib.kqueue()
+    if kq < 0:
+        kqueue_py.raise_errno()
+    built.cleanup.append(lambda: lib.kqueue_close(kq))
+    return kq
+
+
+def _kq_batch(triples: List[Tuple[int, int, int, int, int]]) -> Any:
+    """A ``struct kevent[]`` of (ident, filter, flags, data, udata) changes,
+    filled through one buffer write."""
+    arr = ffi.new("struct kevent[]", max(1, len(triples)))
+    buf = ffi.buffer(arr)
+    for i, (ident, filt, flags, data, udata) in enumerate(triples):
+        _KEVFULL.pack_into(buf, i * KEVENT_SIZE, ident, filt, flags, 0, data, udata)
+    return arr
+
+
+def _kq_apply_all(kq: int, arr: Any, n: int) -> None:
+    if n and lib.kevent(kq, arr, n, ffi.NULL, 0, ffi.NULL) < 0:
+        kqueue_py.raise_errno()
+
+
+def _ct_batch(triples: List[Tuple[int, int, int, int, int]]) -> Any:
+    arr = (KEvent * max(1, len(triples)))()
+    for i, (ident, filt, flags, data, udata) in enumerate(triples):
+        e = arr[i]
+        e.ident, e.filter, e.flags, e.data, e.udata = ident, filt, flags, data, udata or None
+    return arr
+
+
+def _ct_apply_all(ct: CtypesKqueue, kq: int, arr: Any, n: int) -> None:
+    if n and ct.kevent(kq, arr, n, None, 0, None) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _ct_new_kq(ct: CtypesKqueue, built: Built) -> int:
+    kq = ct.new_queue()
+    built.cleanup.append(lambda: ct.kqueue_close(kq))
+    return kq
+
+
+def _expect(name: str, got: List[Tuple[Any, ...]], want: List[int]) -> None:
+    idents = sorted(int(t[0]) for t in got)
+    if idents != sorted(want):
+        raise AssertionError(f"{name}: self-check saw idents {idents[:8]}..., "
+                             f"expected {sorted(want)[:8]}... ({len(got)} vs {len(want)})")
+
+
+# ------------------------------------------------------- poll-type scenarios
+
+def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 0,
+                unit: str, rawc: Tuple[str, int], stdlib: bool = True,
+                cdata_variant: bool = False, lib_variant: bool = True) -> Built:
+    """``nfds`` sockets registered for EVFILT_READ (level-triggered), the
+    first ``ready`` readable; optionally ``timers`` armed timers.  One op:
+    a poll (timeout 0) whose events are handed on as Python tuples."""
+    built = Built(runners={}, roles={}, unit=unit, rawc=rawc)
+    fds = _socket_fds(nfds, built)
+    want = _make_ready(fds, ready)
+    udatas = [i + 1 for i in range(nfds)]
+    regs = [(fd, lib.EVFILT_READ, lib.EV_ADD, 0, u) for fd, u in zip(fds, udatas)]
+    regs += [(i, lib.EVFILT_TIMER, lib.EV_ADD, TIMER_PERIOD_MS, 0) for i in range(timers)]
+
+    # -- kqueue_py: the seed helper kq_wait + one-buffer decode ----------
+    kq = _new_kq(built)
+    _kq_apply_all(kq, _kq_batch(regs), len(regs))
+    events = new_events(cap)
+    view = memoryview(ffi.buffer(events))
+    last: Dict[str, Any] = {}
+
+    def run_kq_wait(n: int) -> None:
+        wait, it, ev, k_, v = kq_wait, _KEV4.iter_unpack, events, kq, view
+        out: List[Tuple[int, int, int, int]] = []
+        for _ in range(n):
+            k = wait(k_, ev, cap, 0)
+            out = list(it(v[: k * 32])) if k > 0 else []
+        last["kqueue_py"] = out
+
+    built.runners["kqueue_py kq_wait"] = run_kq_wait
+    built.roles["kqueue_py"] = "kqueue_py kq_wait"
+
+    if lib_variant:
+        ts0 = ffi.new("struct timespec *")
+
+        def run_lib(n: int) -> None:
+            kevent, null, it, ev, k_, v = lib.kevent, ffi.NULL, _KEV4.iter_unpack, events, kq, view
+            out: List[Tuple[int, int, int, int]] = []
+            for _ in range(n):
+                k = kevent(k_, null, 0, ev, cap, ts0)
+                out = list(it(v[: k * 32])) if k > 0 else []
+            last["lib"] = out
+
+        built.runners["kqueue_py lib.kevent"] = run_lib
+
+    if cdata_variant:
+        ts1 = ffi.new("struct timespec *")
+
+        def run_cdata(n: int) -> None:
+            kevent, null, ev, k_ = lib.kevent, ffi.NULL, events, kq
+            out: List[Tuple[Any, ...]] = []
+            for _ in range(n):
+                k = kevent(k_, null, 0, ev, cap, ts1)
+                out = [(e.ident, e.filter, e.data, e.udata) for e in ev[0:k]] if k > 0 else []
+            last["cdata"] = out
+
+        built.runners["kqueue_py cdata fields"] = run_cdata
+
+    # -- the Pythonic API -------------------------------------------------
+    why = pyapi.available()
+    if why is None and not timers:
+        q = pyapi.new_queue()
+        built.cleanup.append(q.close)
+        pyapi.register_readers(q, fds, udatas)
+        built.runners.update(pyapi.poll_runners(q, cap))
+        built.checks.append(lambda: _expect("KQueue", pyapi.decode_events(q, cap), want))
+    elif why is not None:
+        built.notes.append(why)
+
+    # -- ctypes -----------------------------------------------------------
+    ct = ctx.ct
+    ckq = _ct_new_kq(ct, built)
+    _ct_apply_all(ct, ckq, _ct_batch(regs), len(regs))
+    carr = ct.events(cap)
+    cts = ctypes.pointer(Timespec(0, 0))
+
+    def run_ctypes(n: int) -> None:
+        kevent, arr, k_, tsp = ct.kevent, carr, ckq, cts
+        out: List[Tuple[int, int, int, Any]] = []
+        for _ in range(n):
+            k = kevent(k_, None, 0, arr, cap, tsp)
+            out = [(e.ident, e.filter, e.data, e.udata) for e in arr[:k]] if k > 0 else []
+        last["ctypes"] = out
+
+    built.runners["ctypes"] = run_ctypes
+    built.roles["ctypes"] = "ctypes"
+
+    # -- the stdlib -------------------------------------------------------
+    if stdlib and not timers:
+        _stdlib_poll(built, fds, udatas, cap, last)
+        built.checks.append(lambda: _expect("stdlib", last.get("stdlib", []), want))
+        built.checks.append(lambda: _expect("selectors", last.get("selectors", []), want))
+    elif timers:
+        built.notes.append("stdlib: no timer facility in select/selectors to compare with")
+
+    def check() -> None:
+        for name, run in built.runners.items():
+            if not name.startswith("kqueue_py KQueue"):
+                run(1)
+        _expect("kqueue_py", last["kqueue_py"], want)
+        _expect("ctypes", last["ctypes"], want)
+        for key in ("lib", "cdata"):
+            if key in last:
+                _expect(key, last[key], want)
+        got = {(int(t[0]), int(t[3])) for t in last["kqueue_py"]}
+        ref = {(int(t[0]), int(t[3] or 0)) for t in last["ctypes"]}
+        if got != ref:
+            raise AssertionError("kqueue_py and ctypes disagree on (ident, udata)")
+
+    built.checks.insert(0, check)
+    return built
+
+
+def _stdlib_poll(built: Built, fds: List[int], udatas: List[int], cap: int,
+                 last: Dict[str, Any]) -> None:
+    umap = dict(zip(fds, udatas))
+    if HAVE_EPOLL:
+        ep = select.epoll()
+        built.cleanup.append(ep.close)
+        for fd in fds:
+            ep.register(fd, select.EPOLLIN)
+
+        def run_epoll(n: int) -> None:
+            poll, m = ep.poll, umap
+            out: List[Tuple[int, int, int]] = []
+            for _ in range(n):
+                evs = poll(0, cap)
+                out = [(fd, mask, m[fd]) for fd, mask in evs] if evs else []
+            last["stdlib"] = out
+
+        built.runners["stdlib epoll.poll"] = run_epoll
+        built.roles["stdlib"] = "stdlib epoll.poll"
+    elif HAVE_STDLIB_KQUEUE:  # pragma: no cover - BSD/macOS
+        skq = select.kqueue()
+        built.cleanup.append(skq.close)
+        skq.control([select.kevent(fd, select.KQ_FILTER_READ, select.KQ_EV_ADD, udata=u)
+                     for fd, u in zip(fds, udatas)], 0, 0)
+
+        def run_kqueue(n: int) -> None:
+            control = skq.control
+            out: List[Tuple[int, int, int, int]] = []
+            for _ in range(n):
+                evs = control(None, cap, 0)
+                out = [(e.ident, e.filter, e.data, e.udata) for e in evs] if evs else []
+            last["stdlib"] = out
+
+        built.runners["stdlib kqueue.control"] = run_kqueue
+        built.roles["stdlib"] = "stdlib kqueue.control"
+
+    sel = selectors.DefaultSelector()
+    built.cleanup.append(sel.close)
+    for fd, u in zip(fds, udatas):
+        sel.register(fd, selectors.EVENT_READ, u)
+
+    def run_selectors(n: int) -> None:
+        sel_select = sel.select
+        out: List[Tuple[int, int, Any]] = []
+        for _ in range(n):
+            evs = sel_select(0)
+            out = [(key.fd, mask, key.data) for key, mask in evs] if evs else []
+        last["selectors"] = out
+
+    built.runners[f"stdlib {type(sel).__name__}.select"] = run_selectors
+    if "stdlib" not in built.roles:
+        built.roles["stdlib"] = f"stdlib {type(sel).__name__}.select"
+
+
+def build_empty_poll(ctx: Context) -> Built:
+    return _build_poll(ctx, nfds=2, ready=0, cap=64, unit="poll",
+                       rawc=("empty_poll", 0))
+
+
+def build_ready64(ctx: Context) -> Built:
+    b = _build_poll(ctx, nfds=128, ready=64, cap=64, unit="wait of 64",
+                    rawc=("ready", 64), cdata_variant=True)
+    b.notes.append("stdlib epoll hands (fd, mask, udata-from-dict): it reports no byte "
+                   "count, kqueue_py's data is FIONREAD (see rawC epoll+FIONREAD)")
+    return b
+
+
+def _active_n(want: int) -> Callable[[Context], Built]:
+    def build(ctx: Context) -> Built:
+        n = want
+        if n > ctx.fd_budget:
+            n = max(10, ctx.fd_budget - ctx.fd_budget % 2)
+        b = _build_poll(ctx, nfds=n, ready=1, cap=64, unit="poll", rawc=("active", n))
+        if n != want:
+            b.notes.append(f"scaled down: {n} registered, not {want} "
+                           "(RLIMIT_NOFILE too low)")
+        return b
+
+    return build
+
+
+def build_timers_wait(ctx: Context) -> Built:
+    n = 10_000
+    b = _build_poll(ctx, nfds=2, ready=0, cap=64, timers=n, unit="poll",
+                    rawc=("timers_wait", n))
+    b.notes.append(f"{n} EVFILT_TIMER armed ({TIMER_PERIOD_MS} ms periodic), nothing ready")
+    return b
+
+
+# ------------------------------------------------------- batch scenarios
+
+def _build_batch(ctx: Context, *, regs: List[Tuple[int, int, int, int, int]],
+                 dels: List[Tuple[int, int, int, int, int]], unit: str,
+                 rawc: Tuple[str, int]) -> Built:
+    """One op: one kevent() with every EV_ADD, then one with every EV_DELETE."""
+    built = Built(runners={}, roles={}, unit=unit, rawc=rawc)
+    n = len(regs)
+    kq = _new_kq(built)
+    add, dele = _kq_batch(regs), _kq_batch(dels)
+
+    def run_kq(m: int) -> None:
+        kevent, null, k_, a, d = lib.kevent, ffi.NULL, kq, add, dele
+        for _ in range(m):
+            if kevent(k_, a, n, null, 0, null) < 0 or kevent(k_, d, n, null, 0, null) < 0:
+                kqueue_py.raise_errno()
+
+    built.runners["kqueue_py lib.kevent (prebuilt)"] = run_kq
+    built.roles["kqueue_py"] = "kqueue_py lib.kevent (prebuilt)"
+
+    # The same, building both changelists in Python on every op.
+    buf = bytearray(n * KEVENT_SIZE)
+    cbuf = ffi.from_buffer("struct kevent[]", buf)
+
+    def run_kq_pack(m: int) -> None:
+        kevent, null, k_, pack = lib.kevent, ffi.NULL, kq, _KEVFULL.pack_into
+        for _ in range(m):
+            off = 0
+            for ident, filt, flags, data, udata in regs:
+                pack(buf, off, ident, filt, flags, 0, data, udata)
+                off += 32
+            if kevent(k_, cbuf, n, null, 0, null) < 0:
+                kqueue_py.raise_errno()
+            off = 0
+            for ident, filt, flags, data, udata in dels:
+                pack(buf, off, ident, filt, flags, 0, data, udata)
+                off += 32
+            if kevent(k_, cbuf, n, null, 0, null) < 0:
+                kqueue_py.raise_errno()
+
+    built.runners["kqueue_py struct.pack_into + lib.kevent"] = run_kq_pack
+
+    ct = ctx.ct
+    ckq = _ct_new_kq(ct, built)
+    cadd, cdel = _ct_batch(regs), _ct_batch(dels)
+
+    def run_ct(m: int) -> None:
+        kevent, k_, a, d = ct.kevent, ckq, cadd, cdel
+        for _ in range(m):
+            if kevent(k_, a, n, None, 0, None) < 0 or kevent(k_, d, n, None, 0, None) < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+
+    built.runners["ctypes (prebuilt)"] = run_ct
+    built.roles["ctypes"] = "ctypes (prebuilt)"
+
+    def check() -> None:
+        for run in built.runners.values():
+            run(1)
+
+    built.checks.append(check)
+    return built
+
+
+def build_regdel(ctx: Context) -> Built:
+    want = 1000
+    n = min(want, max(10, ctx.fd_budget))
+    probe = Built(runners={}, roles={}, unit="")
+    fds = _socket_fds(n, probe)
+    regs = [(fd, lib.EVFILT_READ, lib.EV_ADD, 0, i + 1) for i, fd in enumerate(fds)]
+    dels = [(fd, lib.EVFILT_READ, lib.EV_DELETE, 0, 0) for fd in fds]
+    built = _build_batch(ctx, regs=regs, dels=dels, unit=f"add+delete of {n} fds",
+                         rawc=("regdel", n))
+    built.cleanup.insert(0, probe.close)
+    if n != want:
+        built.notes.append(f"scaled down to {n} fds (RLIMIT_NOFILE too low)")
+
+    if HAVE_EPOLL:
+        ep = select.epoll()
+        built.cleanup.append(ep.close)
+
+        def run_epoll(m: int) -> None:
+            reg, unreg, ev = ep.register, ep.unregister, select.EPOLLIN
+            for _ in range(m):
+                for fd in fds:
+                    reg(fd, ev)
+                for fd in fds:
+                    unreg(fd)
+
+        built.runners["stdlib epoll.register/unregister"] = run_epoll
+        built.roles["stdlib"] = "stdlib epoll.register/unregister"
+    sel = selectors.DefaultSelector()
+    built.cleanup.append(sel.close)
+
+    def run_sel(m: int) -> None:
+        reg, unreg, ev = sel.register, sel.unregister, selectors.EVENT_READ
+        for _ in range(m):
+            for i, fd in enumerate(fds):
+                reg(fd, ev, i)
+            for fd in fds:
+                unreg(fd)
+
+    name = f"stdlib {type(sel).__name__}.register/unregister"
+    built.runners[name] = run_sel
+    built.roles.setdefault("stdlib", name)
+    built.notes.append("stdlib: one call per fd (no batch API); kqueue_py/ctypes: "
+                       "2 kevent() calls per op")
+    return built
+
+
+def build_timers(ctx: Context) -> Built:
+    n = 10_000
+    regs = [(i, lib.EVFILT_TIMER, lib.EV_ADD, TIMER_PERIOD_MS, i + 1) for i in range(n)]
+    dels = [(i, lib.EVFILT_TIMER, lib.EV_DELETE, 0, 0) for i in range(n)]
+    b = _build_batch(ctx, regs=regs, dels=dels, unit=f"add+delete of {n} timers",
+                     rawc=("timers", n))
+    b.notes.append("stdlib: no timer facility in select/selectors to compare with")
+    return b
+
+
+# --------------------------------------------- cross-thread EVFILT_USER wake
+
+def _echo_thread(name: str, body: Callable[[], None], built: Built,
+                 stop: Callable[[], None]) -> None:
+    t = threading.Thread(target=body, name=f"bench-echo-{name}", daemon=True)
+    t.start()
+
+    def finish() -> None:
+        stop()
+        t.join(10)
+        if t.is_alive():
+            print(f"bench: echo thread {name} did not stop", file=sys.stderr)
+
+    built.cleanup.append(finish)
+
+
+def build_user_rt(ctx: Context) -> Built:
+    """Thread A triggers B's user event; B, blocked in kevent(), wakes and
+    triggers A's; A wakes.  One op = one round trip."""
+    built = Built(runners={}, roles={}, unit="round trip", rawc=("user_rt", 0))
+    stop_flag = {"stop": False}
+
+    # -- kqueue_py: kq_apply / kq_wait ----------------------------------
+    kqa, kqb = _new_kq(built), _new_kq(built)
+    for kq in (kqa, kqb):
+        if not kq_apply(kq, kev_change(1, lib.EVFILT_USER, lib.EV_ADD | lib.EV_CLEAR)):
+            kqueue_py.raise_errno()
+    trig = kev_change(1, lib.EVFILT_USER, 0, fflags=lib.NOTE_TRIGGER)
+
+    def echo_kq() -> None:
+        ev = new_events(1)
+        while kq_wait(kqb, ev, 1, -1) >= 0 and not stop_flag["stop"]:
+            kq_apply(kqa, trig)
+
+    _echo_thread("kqueue_py", echo_kq, built,
+                 lambda: (stop_flag.__setitem__("stop", True), kq_apply(kqb, trig)))
+    eva = new_events(1)
+
+    def run_kq(n: int) -> None:
+        apply, wait, a, b, t, ev = kq_apply, kq_wait, kqa, kqb, trig, eva
+        for _ in range(n):
+            apply(b, t)
+            wait(a, ev, 1, -1)
+
+    built.runners["kqueue_py kq_apply/kq_wait"] = run_kq
+    built.roles["kqueue_py"] = "kqueue_py kq_apply/kq_wait"
+
+    def check_kq() -> None:
+        kq_apply(kqb, trig)
+        if kq_wait(kqa, eva, 1, 5000) != 1:
+            raise AssertionError("kqueue_py: no wake within 5 s")
+
+    built.checks.append(check_kq)
+
+    # -- the Pythonic API -------------------------------------------------
+    why = pyapi.available()
+    if why is None:
+        qa, qb = pyapi.new_queue(), pyapi.new_queue()
+        parts = pyapi.user_roundtrip_parts(qa, qb)
+        if parts is not None:
+            trigger, wait_one = parts
+
+            def echo_q() -> None:
+                try:
+                    while True:
+                        wait_one(qb)
+                        if stop_flag["stop"]:
+                            break
+                        trigger(qa)
+                except (OSError, ValueError):
+                    pass
+
+            # Thread joined (finish) before the queues close: LIFO cleanup.
+            built.cleanup.append(qa.close)
+            built.cleanup.append(qb.close)
+            _echo_thread("KQueue", echo_q, built,
+                         lambda: (stop_flag.__setitem__("stop", True), trigger(qb)))
+
+            def run_q(n: int) -> None:
+                for _ in range(n):
+                    trigger(qb)
+                    wait_one(qa)
+
+            built.runners["kqueue_py KQueue.trigger/wait"] = run_q
+        else:
+            qa.close()
+            qb.close()
+            built.notes.append("KQueue has no add_user/trigger: its variant skipped")
+    else:
+        built.notes.append(why)
+
+    # -- ctypes -----------------------------------------------------------
+    ct = ctx.ct
+    cka, ckb = _ct_new_kq(ct, built), _ct_new_kq(ct, built)
+    for kq in (cka, ckb):
+        reg = KEvent(1, lib.EVFILT_USER, lib.EV_ADD | lib.EV_CLEAR, 0, 0, None)
+        if ct.kevent(kq, ctypes.byref(reg), 1, None, 0, None) < 0:
+            raise OSError(ctypes.get_errno(), "ctypes kevent")
+    ctrig = KEvent(1, lib.EVFILT_USER, 0, lib.NOTE_TRIGGER, 0, None)
+
+    def echo_ct() -> None:
+        ev = (KEvent * 1)()
+        kevent = ct.kevent
+        while kevent(ckb, None, 0, ev, 1, None) >= 0 and not stop_flag["stop"]:
+            kevent(cka, ctrig, 1, None, 0, None)
+
+    _echo_thread("ctypes", echo_ct, built,
+                 lambda: (stop_flag.__setitem__("stop", True),
+                          ct.kevent(ckb, ctrig, 1, None, 0, None)))
+    ceva = (KEvent * 1)()
+
+    def run_ct(n: int) -> None:
+        kevent, a, b, t, ev = ct.kevent, cka, ckb, ctrig, ceva
+        for _ in range(n):
+            kevent(b, t, 1, None, 0, None)
+            kevent(a, None, 0, ev, 1, None)
+
+    built.runners["ctypes"] = run_ct
+    built.roles["ctypes"] = "ctypes"
+
+    def check_ct() -> None:
+        ct.kevent(ckb, ctrig, 1, None, 0, None)
+        if ct.kevent(cka, None, 0, ceva, 1, ctypes.pointer(Timespec(5, 0))) != 1:
+            raise AssertionError("ctypes: no wake within 5 s")
+
+    built.checks.append(check_ct)
+
+    # -- the stdlib: eventfd (or a pipe) + epoll (or selectors) -----------
+    _stdlib_roundtrip(built, stop_flag)
+    return built
+
+
+def _stdlib_roundtrip(built: Built, stop_flag: Dict[str, bool]) -> None:
+    if HAVE_EPOLL and hasattr(os, "eventfd"):
+        efa, efb = os.eventfd(0), os.eventfd(0)
+        epa, epb = select.epoll(), select.epoll()
+        built.cleanup += [epa.close, epb.close, lambda: os.close(efa), lambda: os.close(efb)]
+        epa.register(efa, select.EPOLLIN)
+        epb.register(efb, select.EPOLLIN)
+
+        def echo() -> None:
+            while True:
+                epb.poll()
+                os.eventfd_read(efb)
+                if stop_flag["stop"]:
+                    break
+                os.eventfd_write(efa, 1)
+
+        _echo_thread("stdlib", echo, built,
+                     lambda: (stop_flag.__setitem__("stop", True), os.eventfd_write(efb, 1)))
+
+        def run(n: int) -> None:
+            write, read, poll, a, b = os.eventfd_write, os.eventfd_read, epa.poll, efa, efb
+            for _ in range(n):
+                write(b, 1)
+                poll()
+                read(a)
+
+        def check() -> None:
+            os.eventfd_write(efb, 1)
+            if not epa.poll(5):
+                raise AssertionError("stdlib: no wake within 5 s")
+            os.eventfd_read(efa)
+
+        name = "stdlib eventfd + epoll.poll"
+    else:  # pragma: no cover - BSD/macOS: pipes and the default selector
+        ra, wa = os.pipe()
+        rb, wb = os.pipe()
+        sa, sb = selectors.DefaultSelector(), selectors.DefaultSelector()
+        built.cleanup += [sa.close, sb.close] + [
+            (lambda fd=fd: os.close(fd)) for fd in (ra, wa, rb, wb)]
+        sa.register(ra, selectors.EVENT_READ)
+        sb.register(rb, selectors.EVENT_READ)
+
+        def echo() -> None:
+            while True:
+                sb.select()
+                os.read(rb, 1)
+                if stop_flag["stop"]:
+                    break
+                os.write(wa, b"x")
+
+        _echo_thread("stdlib", echo, built,
+                     lambda: (stop_flag.__setitem__("stop", True), os.write(wb, b"x")))
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                os.write(wb, b"x")
+                sa.select()
+                os.read(ra, 1)
+
+        def check() -> None:
+            os.write(wb, b"x")
+            if not sa.select(5):
+                raise AssertionError("stdlib: no wake within 5 s")
+            os.read(ra, 1)
+
+        name = "stdlib pipe + selectors"
+    built.runners[name] = run
+    built.roles["stdlib"] = name
+    built.checks.append(check)
+
+
+# ---------------------------------------------------------------- registry
+
+SCENARIOS: List[Scenario] = [
+    Scenario("empty_poll", "empty poll (timeout 0, nothing ready)", build_empty_poll),
+    Scenario("ready64", "wait returning 64 ready sockets -> (ident, filter, data, udata)",
+             build_ready64),
+    Scenario("regdel1000", "register + delete 1,000 fds, one batch each", build_regdel),
+    Scenario("active1of10", "1 active among 10 registered (poll)", _active_n(10)),
+    Scenario("active1of10000", "1 active among 10,000 registered (poll)", _active_n(10_000)),
+    Scenario("user_wake_rt", "cross-thread EVFILT_USER wake round trip", build_user_rt),
+    Scenario("timers10000", "add + delete 10,000 EVFILT_TIMER, one batch each", build_timers),
+    Scenario("timers_armed_wait", "poll while 10,000 timers are armed", build_timers_wait),
+]
