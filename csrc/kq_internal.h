@@ -67,6 +67,7 @@ struct filter_ops {
 struct knote {
     struct kevent kev;          /* ident, filter, stored flags, sfflags, sdata, udata */
     unsigned status;            /* KN_* */
+    uint64_t scan_id;           /* the kevent() call that last reported it */
     const struct filter_ops *ops;
     struct knote *hash_next;    /* chain in kq->hash (non-fd filters) */
     struct knote *q_next;       /* pending list */

@@ -19,7 +19,8 @@
 
 #include "kq_internal.h"
 
-#define EBUF_MAX 256   /* epoll events fetched per epoll_wait */
+#define EBUF_MAX 256          /* epoll events on the stack per epoll_wait */
+#define EBUF_HEAP_MAX 65536   /* most epoll events one call fetches */
 #ifndef SYS_epoll_pwait2
 #define SYS_epoll_pwait2 441   /* same number on every architecture */
 #endif
@@ -529,26 +530,44 @@ static void after_delivery(struct kq *kq, struct knote *kn)
     knote_requeue(kq, kn);
 }
 
-/* Report userspace events from the pending list.  Lock held. */
-static int drain_pending(struct kq *kq, struct kevent *out, int room)
+/* Report userspace events from the pending list.  Lock held.  A knote is
+ * reported at most once per kevent() call: level-triggered ones go back on
+ * the tail, and meeting one again (same scan id) ends the drain. */
+static int drain_pending(struct kq *kq, struct kevent *out, int room, uint64_t scan_id)
 {
     int n = 0;
-    /* Visit each knote at most once per call: level-triggered ones are
-     * re-queued at the tail and must not be reported twice. */
-    struct knote *last = kq->q_tail;
-    while (n < room && kq->q_head != NULL) {
+    while (n < room && kq->q_head != NULL && kq->q_head->scan_id != scan_id) {
         struct knote *kn = kq->q_head;
         kq_dequeue(kq, kn);
         if (kn->ops->deliver(kq, kn, &out[n])) {
             n++;
+            kn->scan_id = scan_id;
             after_delivery(kq, kn);
         } else {
             knote_requeue(kq, kn);
         }
-        if (kn == last)
-            break;
     }
     return n;
+}
+
+/* An epoll_event buffer for up to want items: the caller's stack buffer,
+ * or the heap for large eventlists.  Sets *want to what fits. */
+static struct epoll_event *ebuf_get(struct epoll_event *stack, int *want)
+{
+    if (*want <= EBUF_MAX)
+        return stack;
+    if (*want > EBUF_HEAP_MAX)
+        *want = EBUF_HEAP_MAX;
+    struct epoll_event *heap = malloc((size_t)*want * sizeof *heap);
+    if (heap == NULL)
+        *want = EBUF_MAX;
+    return heap != NULL ? heap : stack;
+}
+
+static void ebuf_put(struct epoll_event *stack, struct epoll_event *buf)
+{
+    if (buf != stack)
+        free(buf);
 }
 
 /* A ready fd knote from epoll.  Returns events written (0 or 1). */
@@ -561,30 +580,27 @@ static int deliver_fd(struct kq *kq, struct knote *kn, uint32_t revents, struct 
     return 1;
 }
 
-/* Pull ready EVFILT_WRITE registrations from the nested set. */
+/* Pull ready EVFILT_WRITE registrations from the nested set: one
+ * epoll_wait, so that no level-triggered registration comes twice. */
 static int drain_writes(struct kq *kq, struct kevent *out, int room)
 {
-    struct epoll_event ebuf[EBUF_MAX];
+    struct epoll_event stack[EBUF_MAX];
+    int want = room;
+    struct epoll_event *ebuf = ebuf_get(stack, &want);
     int n = 0;
-    while (n < room) {
-        int want = room - n < EBUF_MAX ? room - n : EBUF_MAX;
-        int r = epoll_wait(kq->wr_ep, ebuf, want, 0);
-        if (r <= 0)
-            break;
-        for (int i = 0; i < r; i++) {
-            int fd = (int)(uint32_t)ebuf[i].data.u64;
-            struct knote *kn = fd < kq->fd_cap ? kq->wr[fd] : NULL;
-            n += deliver_fd(kq, kn, ebuf[i].events, &out[n]);
-        }
-        if (r < want)
-            break;
+    int r = epoll_wait(kq->wr_ep, ebuf, want, 0);
+    for (int i = 0; i < r; i++) {
+        int fd = (int)(uint32_t)ebuf[i].data.u64;
+        struct knote *kn = fd < kq->fd_cap ? kq->wr[fd] : NULL;
+        n += deliver_fd(kq, kn, ebuf[i].events, &out[n]);
     }
+    ebuf_put(stack, ebuf);
     return n;
 }
 
 /* Process one batch from the queue's epoll set.  Lock held. */
 static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
-                         struct kevent *out, int room)
+                         struct kevent *out, int room, uint64_t scan_id)
 {
     int n = 0, writes = 0, timers = 0;
     /* Each READ item owns one slot of room; internal items get the rest. */
@@ -610,7 +626,7 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
     if (writes && n < room)
         n += drain_writes(kq, out + n, room - n);
     if (n < room)
-        n += drain_pending(kq, out + n, room - n);
+        n += drain_pending(kq, out + n, room - n, scan_id);
     return n;
 }
 
@@ -637,11 +653,16 @@ static int ep_wait(int epfd, struct epoll_event *ebuf, int max, int64_t timeout_
 /*
  * Wait for events.  deadline: CLOCK_MONOTONIC ns, or -1 for forever.
  * Returns the number of events, or -1 with errno (EINTR, EBADF, ...).
+ * Each registration is reported at most once per call.
  */
 static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadline,
                 int poll_only)
 {
-    struct epoll_event ebuf[EBUF_MAX];
+    static uint64_t scan_counter;
+    uint64_t scan_id = __atomic_add_fetch(&scan_counter, 1, __ATOMIC_RELAXED);
+    struct epoll_event stack[EBUF_MAX];
+    int want = nevents;
+    struct epoll_event *ebuf = ebuf_get(stack, &want);
     int n = 0;
 
     /* Fast path: nothing in userspace, go straight to epoll.  The unlocked
@@ -653,7 +674,7 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
         if (kq->ntimers > 0)
             kq_timers_expire(kq, kq_now());
         if (kq->q_head != NULL)
-            n = drain_pending(kq, events, nevents);
+            n = drain_pending(kq, events, nevents, scan_id);
         wake_update(kq);
         pthread_mutex_unlock(&kq->lock);
     }
@@ -669,45 +690,48 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
                     timeout_ns = 0;
             }
         }
-        int want = nevents - n < EBUF_MAX ? nevents - n : EBUF_MAX;
-        int r = ep_wait(kq->waitfd, ebuf, want, timeout_ns);
+        int room = nevents - n < want ? nevents - n : want;
+        int r = ep_wait(kq->waitfd, ebuf, room, timeout_ns);
         if (r < 0) {
             if (n > 0)
-                return n;   /* report what we have; the signal is not lost */
-            return -1;
+                break;      /* report what we have; the signal stays pending */
+            n = -1;
+            break;
         }
-        if (r == 0 && n > 0)
-            return n;
-        if (r == 0 && timeout_ns == 0 && (poll_only || deadline >= 0)) {
-            /* Nothing ready and no time left; a closed queue has wake_fd
-             * readable, so r == 0 means it was open during the wait. */
-            return 0;
+        if (r == 0 && (n > 0 || (timeout_ns == 0 && (poll_only || deadline >= 0)))) {
+            /* Nothing more ready, and events in hand or no time left.  (A
+             * closed queue has wake_fd readable, so r is never 0 then.) */
+            break;
         }
         pthread_mutex_lock(&kq->lock);
         if (kq->closed) {
             pthread_mutex_unlock(&kq->lock);
             errno = EBADF;
-            return -1;
+            n = -1;
+            break;
         }
         if (r > 0)
-            n += process_batch(kq, ebuf, r, events + n, nevents - n);
-        if (kq_timers_rearm(kq) != 0 && n == 0) {
-            int err = errno;
-            wake_update(kq);
-            pthread_mutex_unlock(&kq->lock);
-            errno = err;
-            return -1;
-        }
+            n += process_batch(kq, ebuf, r, events + n, nevents - n, scan_id);
+        int rearm_failed = kq_timers_rearm(kq) != 0;
+        int err = errno;
         wake_update(kq);
         pthread_mutex_unlock(&kq->lock);
-
-        if (n == nevents || (n > 0 && r < want))
-            return n;
         if (n > 0)
-            continue;   /* a full batch: there may be more ready */
+            break;
+        if (rearm_failed) {
+            errno = err;
+            n = -1;
+            break;
+        }
         if (timeout_ns == 0 && (poll_only || deadline >= 0))
-            return 0;   /* polled, or the deadline has passed */
+            break;          /* polled, or the deadline has passed */
+        /* Only internal wake-ups (another thread took the event, a timer
+         * re-armed): wait again for the time that remains. */
     }
+    int err = errno;
+    ebuf_put(stack, ebuf);
+    errno = err;
+    return n;
 }
 
 int kevent(int kqfd, const struct kevent *changelist, int nchanges,

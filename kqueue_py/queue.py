@@ -383,8 +383,7 @@ class KQueue:
                 self._release_oneshots(events)
             return events
         finally:
-            if buf.cap == self._max_events:
-                pool.append(buf)
+            pool.append(buf)   # larger buffers are kept too: callers reuse caps
 
     def _kevent_wait(self, buf: _Buffer, cap: int, timeout: Optional[float]) -> int:
         """The blocking part of a wait, with PEP 475 retries."""

@@ -1,0 +1,442 @@
+"""A drop-in ``select.kqueue`` / ``select.kevent``, and :func:`install`.
+
+``kqueue``, ``kevent`` and the ``KQ_*`` constants behave as the Python
+library reference documents ``select.kqueue`` and ``select.kevent``:
+argument parsing and ranges, defaults, error types and messages, rich
+comparison, ``kqueue.fromfd()``, ``control(changelist, max_events,
+timeout=None, /)``, PEP 475 retries with the remaining timeout,
+non-inheritable descriptors, and the current CPython fork behaviour (a
+queue reads as closed in a forked child).  Constants the stdlib never
+exported are here too: ``KQ_FILTER_USER``, ``KQ_EV_RECEIPT``,
+``KQ_EV_DISPATCH``, ``KQ_NOTE_TRIGGER``, ``KQ_NOTE_FF*``, the timer units.
+
+:func:`install` makes the running interpreter's ``select`` module offer
+these (only where it has no native kqueue, unless forced), and makes
+``selectors.KqueueSelector`` exist and be ``selectors.DefaultSelector`` —
+so unmodified kqueue code (selectors, asyncio, Twisted, watchers) runs on
+Linux.  :func:`uninstall` undoes it.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import math
+import os
+import struct
+import sys
+import time
+import weakref
+from typing import Any, Iterable, Optional
+
+from .raw import ffi, lib
+
+__all__ = ["kqueue", "kevent", "install", "uninstall", "installed"]
+
+_KEVENT = struct.Struct("=QhHIqQ")
+_SIZE = _KEVENT.size
+_INT_MAX = 2**31 - 1
+_U64 = 2**64 - 1
+
+
+def _constant_names() -> dict[str, int]:
+    """KQ_* names for every backend constant, as the stdlib spells them."""
+    names: dict[str, int] = {}
+    for name in dir(lib):
+        if name.startswith("EVFILT_") and name != "EVFILT_SYSCOUNT":
+            names["KQ_FILTER_" + name[len("EVFILT_"):]] = getattr(lib, name)
+        elif name.startswith("EV_"):
+            names["KQ_" + name] = getattr(lib, name)
+        elif name.startswith("NOTE_"):
+            names["KQ_" + name] = getattr(lib, name)
+    return names
+
+
+CONSTANTS: dict[str, int] = _constant_names()
+globals().update(CONSTANTS)
+__all__ += sorted(CONSTANTS)
+
+
+def _ident(obj: Any) -> int:
+    """``ident`` as select.kevent parses it: an int, or a fileno() object."""
+    if isinstance(obj, int):
+        if obj < 0:
+            raise OverflowError("can't convert negative int to unsigned")
+        if obj > _U64:
+            raise OverflowError("int too big to convert")
+        return obj
+    if hasattr(obj, "fileno"):
+        fd = obj.fileno()
+        if not isinstance(fd, int):
+            raise TypeError("fileno() returned a non-integer")
+        if fd < 0:
+            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+        return fd
+    raise TypeError("argument must be an int, or have a fileno() method.")
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, float):
+        raise TypeError(f"'float' object cannot be interpreted as an integer")
+    try:
+        return value.__index__()  # type: ignore[no-any-return]
+    except AttributeError:
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
+
+
+class kevent:
+    """kevent(ident, filter=KQ_FILTER_READ, flags=KQ_EV_ADD, fflags=0, data=0, udata=0)
+
+    A kernel event, as ``select.kevent``: ``ident`` is an int or an object
+    with ``fileno()``; ``filter`` is a signed short (range-checked);
+    ``flags``, ``fflags`` and ``udata`` are unsigned and, as in CPython,
+    truncated to their C width; ``data`` is range-checked.
+    """
+
+    __slots__ = ("ident", "filter", "flags", "fflags", "data", "udata")
+    __hash__ = None  # type: ignore[assignment]
+
+    ident: int
+    filter: int
+    flags: int
+    fflags: int
+    data: int
+    udata: int
+
+    def __init__(self, ident: Any, filter: int = lib.EVFILT_READ,
+                 flags: int = lib.EV_ADD, fflags: int = 0, data: int = 0,
+                 udata: int = 0) -> None:
+        self.ident = _ident(ident)
+        f = _int(filter, "filter")
+        if not -32768 <= f <= 32767:
+            raise OverflowError("signed short integer is "
+                                + ("less than minimum" if f < 0 else "greater than maximum"))
+        self.filter = f
+        self.flags = _int(flags, "flags") & 0xFFFF        # "H": no range check
+        self.fflags = _int(fflags, "fflags") & 0xFFFFFFFF  # "I": no range check
+        d = _int(data, "data")
+        if not -2**63 <= d < 2**63:
+            raise OverflowError("Python int too large to convert to C long")
+        self.data = d
+        self.udata = _int(udata, "udata") & _U64           # "K": no range check
+
+    def _row(self) -> tuple[int, int, int, int, int, int]:
+        return (self.ident, self.filter, self.flags, self.fflags, self.data, self.udata)
+
+    def __repr__(self) -> str:
+        return ("<select.kevent ident={} filter={} flags={:#x} fflags={:#x} "
+                "data={:#x} udata={:#x}>".format(*self._row()))
+
+    def _cmp(self, other: object) -> Optional[int]:
+        if not isinstance(other, kevent):
+            return None
+        a, b = self._row(), other._row()
+        return (a > b) - (a < b)
+
+    def __eq__(self, other: object) -> bool:
+        c = self._cmp(other)
+        return NotImplemented if c is None else c == 0  # type: ignore[return-value]
+
+    def __ne__(self, other: object) -> bool:
+        c = self._cmp(other)
+        return NotImplemented if c is None else c != 0  # type: ignore[return-value]
+
+    def __lt__(self, other: object) -> bool:
+        c = self._cmp(other)
+        return NotImplemented if c is None else c < 0  # type: ignore[return-value]
+
+    def __le__(self, other: object) -> bool:
+        c = self._cmp(other)
+        return NotImplemented if c is None else c <= 0  # type: ignore[return-value]
+
+    def __gt__(self, other: object) -> bool:
+        c = self._cmp(other)
+        return NotImplemented if c is None else c > 0  # type: ignore[return-value]
+
+    def __ge__(self, other: object) -> bool:
+        c = self._cmp(other)
+        return NotImplemented if c is None else c >= 0  # type: ignore[return-value]
+
+
+_new_kevent = object.__new__
+
+
+def _kevent_from_row(row: tuple[int, int, int, int, int, int]) -> kevent:
+    ev = _new_kevent(kevent)
+    ev.ident, ev.filter, ev.flags, ev.fflags, ev.data, ev.udata = row
+    return ev
+
+
+# Queues alive in this process; closed in a forked child, as CPython 3.13
+# does for select.kqueue (the backend has already closed the descriptors).
+_LIVE: "weakref.WeakSet[kqueue]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for q in list(_LIVE):
+        q._fd = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class kqueue:
+    """kqueue()
+
+    A kernel event queue, as ``select.kqueue``.  The descriptor is
+    non-inheritable.
+    """
+
+    __slots__ = ("_fd", "__weakref__")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "kqueue":
+        if args:
+            raise TypeError("kqueue() takes no positional arguments")
+        if kwargs:
+            raise TypeError("kqueue() takes no keyword arguments")
+        self = object.__new__(cls)
+        self._fd = -1
+        fd = lib.kqueue()
+        if fd < 0:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        self._fd = fd
+        _LIVE.add(self)
+        return self
+
+    def __init__(self) -> None:  # arguments are refused in __new__
+        pass
+
+    @classmethod
+    def fromfd(cls, fd: int) -> "kqueue":
+        """Create a kqueue object from a given control fd (sharing its queue)."""
+        fd = _int(fd, "fd")
+        if not -2**31 <= fd <= _INT_MAX:
+            raise OverflowError("Python int too large to convert to C int")
+        self = object.__new__(cls)
+        self._fd = fd
+        _LIVE.add(self)
+        return self
+
+    @property
+    def closed(self) -> bool:
+        """True if the kqueue handler is closed."""
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        """Return the kqueue control file descriptor."""
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed kqueue object")
+        return self._fd
+
+    def close(self) -> None:
+        """Close the kqueue control file descriptor.  Further operations on
+        the kqueue object will raise an exception."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0 and lib.kqueue_close(fd) < 0:
+            err = ffi.errno
+            if err != _errno.EBADF:
+                raise OSError(err, os.strerror(err))
+            os.close(fd)  # not a queue of ours (fromfd on a plain fd)
+
+    def __del__(self) -> None:
+        try:
+            if self._fd >= 0:
+                self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __enter__(self) -> "kqueue":
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed kqueue object")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def control(self, changelist: Optional[Iterable[kevent]], maxevents: int,
+                timeout: Optional[float] = None, /) -> list[kevent]:
+        """Calls the kernel kevent function.
+
+        - changelist must be an iterable of kevent objects describing the
+          changes to be made to the kernel's watch list or None.
+        - maxevents lets you specify the maximum number of events that the
+          kernel will return.
+        - timeout is the maximum time to wait in seconds, or else None to
+          wait forever.  timeout accepts floats for smaller timeouts, too.
+        """
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed kqueue object")
+        maxevents = _int(maxevents, "maxevents")
+        if not -2**31 <= maxevents <= _INT_MAX:
+            raise OverflowError("Python int too large to convert to C int")
+        if maxevents < 0:
+            raise ValueError(f"Length of eventlist must be 0 or positive, got {maxevents}")
+
+        ts = ffi.NULL
+        deadline = 0.0
+        if timeout is not None:
+            seconds = _timeout_seconds(timeout)
+            ts = ffi.new("struct timespec *")
+            _set_timespec(ts, seconds)
+            deadline = time.monotonic() + seconds
+
+        changes = ffi.NULL
+        nchanges = 0
+        if changelist is not None:
+            try:
+                seq = list(changelist)
+            except TypeError:
+                raise TypeError("changelist is not iterable") from None
+            nchanges = len(seq)
+            if nchanges > _INT_MAX:
+                raise OverflowError("changelist is too long")
+            if nchanges:
+                packed = bytearray(nchanges * _SIZE)
+                pack_into = _KEVENT.pack_into
+                for i, ev in enumerate(seq):
+                    if not isinstance(ev, kevent):
+                        raise TypeError("changelist must be an iterable of select.kevent objects")
+                    pack_into(packed, i * _SIZE, ev.ident, ev.filter, ev.flags,
+                              ev.fflags, ev.data, ev.udata)
+                changes = ffi.from_buffer("struct kevent[]", packed)
+
+        events = ffi.new("struct kevent[]", maxevents) if maxevents else ffi.NULL
+        while True:
+            n = lib.kevent(self._fd, changes, nchanges, events, maxevents, ts)
+            if n >= 0:
+                break
+            err = ffi.errno
+            if err != _errno.EINTR:
+                if err == _errno.EBADF and self._fd < 0:
+                    raise ValueError("I/O operation on closed kqueue object")
+                raise OSError(err, os.strerror(err))
+            # PEP 475: the handler ran (or raised) at this point; the changes
+            # were applied before the wait was interrupted, so retry the wait
+            # alone, with the time that remains.
+            changes, nchanges = ffi.NULL, 0
+            if timeout is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                _set_timespec(ts, remaining)
+        if n == 0:
+            return []
+        return list(map(_kevent_from_row, _KEVENT.iter_unpack(ffi.buffer(events, n * _SIZE))))
+
+
+def _timeout_seconds(timeout: Any) -> float:
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) or hasattr(timeout, "__float__"):
+        try:
+            seconds = float(timeout)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}") from exc
+    else:
+        raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}")
+    if math.isnan(seconds):
+        raise ValueError("Invalid value NaN (not a number)")
+    if seconds < 0:
+        raise ValueError("timeout must be positive or None")
+    if math.isinf(seconds) or seconds > 2**62 / 1e9:
+        raise OverflowError("timeout doesn't fit into C timespec")
+    return seconds
+
+
+def _set_timespec(ts: Any, seconds: float) -> None:
+    whole = int(seconds)
+    ts.tv_sec = whole
+    # Round up, as CPython's _PyTime_ROUND_TIMEOUT does: never wait less.
+    ts.tv_nsec = min(math.ceil((seconds - whole) * 1e9), 999_999_999)
+
+
+# ---------------------------------------------------------------------------
+# install() / uninstall()
+
+_saved: Optional[dict[str, Any]] = None
+
+
+def installed() -> bool:
+    """True while :func:`install` is in effect."""
+    return _saved is not None
+
+
+def install(force: bool = False) -> bool:
+    """Offer kqueue_py as ``select.kqueue`` and make it the default selector.
+
+    Without ``force``, nothing happens on a platform whose ``select`` module
+    already has a native kqueue (returns False).  Idempotent; undone by
+    :func:`uninstall`.  Returns True when installed.
+    """
+    global _saved
+    import select
+    import selectors
+
+    if _saved is not None:
+        return True
+    if not force and hasattr(select, "kqueue") and select.kqueue is not kqueue:
+        return False
+    saved: dict[str, Any] = {}
+    missing = object()
+    names = {"kqueue": kqueue, "kevent": kevent, **CONSTANTS}
+    for name, value in names.items():
+        saved["select." + name] = getattr(select, name, missing)
+        setattr(select, name, value)
+    selector_cls = _stdlib_kqueue_selector(selectors)
+    for name, value in (("KqueueSelector", selector_cls), ("DefaultSelector", selector_cls)):
+        saved["selectors." + name] = getattr(selectors, name, missing)
+        setattr(selectors, name, value)
+    saved["_missing"] = missing
+    _saved = saved
+    return True
+
+
+def uninstall() -> None:
+    """Restore ``select`` and ``selectors`` as they were before install()."""
+    global _saved
+    import select
+    import selectors
+
+    if _saved is None:
+        return
+    missing = _saved.pop("_missing")
+    for key, value in _saved.items():
+        modname, name = key.split(".", 1)
+        module = select if modname == "select" else selectors
+        if value is missing:
+            if hasattr(module, name):
+                delattr(module, name)
+        else:
+            setattr(module, name, value)
+    _saved = None
+
+
+def _stdlib_kqueue_selector(selectors_module: Any) -> type:
+    """The stdlib's own KqueueSelector, running on the patched select module.
+
+    ``selectors`` defines KqueueSelector only when ``select.kqueue`` exists
+    at import time.  Where it was imported without one, its class body is
+    taken from the stdlib source and executed in the module's namespace;
+    where the source is unavailable, kqueue_py's own selector stands in.
+    """
+    existing = getattr(selectors_module, "KqueueSelector", None)
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]
+    try:
+        import inspect
+        import textwrap
+
+        source = inspect.getsource(selectors_module)
+        start = source.index("\nif hasattr(select, 'kqueue'):\n")
+        body_start = source.index("\n", start + 1) + 1
+        lines = []
+        for line in source[body_start:].splitlines(keepends=True):
+            if line.strip() and not line.startswith((" ", "\t")):
+                break
+            lines.append(line)
+        namespace = dict(vars(selectors_module))
+        exec(compile(textwrap.dedent("".join(lines)), selectors_module.__file__, "exec"), namespace)
+        cls = namespace["KqueueSelector"]
+        return cls  # type: ignore[no-any-return]
+    except (OSError, TypeError, ValueError, KeyError):
+        from .selectors import KqueueSelector
+
+        return KqueueSelector
