@@ -39,8 +39,13 @@ def machine_facts() -> Dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count() or 0
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = []
     return {
         "cpu_model": _cpu_model(),
+        "loadavg_at_start": load,
         "cpu_count": os.cpu_count(),
         "cpu_usable": usable,
         "kernel": f"{uname.system} {uname.release}",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from .rawc_source import SOURCE
-from .timing import Measurement
+from .timing import Measurement, summarize
 
 __all__ = ["RawC", "RawCError"]
 
@@ -92,12 +92,13 @@ class RawC:
         self._build = _Build(binary=binary, so_arg=self.so_path)
         return self._build
 
-    def run(self, scenario: str, n: int, target_batch_s: float, repeats: int,
+    def run(self, scenario: str, n: int, target_batch_s: float, repeats: int, group: int,
             timeout_s: float = 300.0) -> Dict[str, Measurement]:
-        """Run one scenario; variant name -> ns per operation."""
+        """Run one scenario (``repeats`` groups of ``group`` batches, like the
+        Python side); variant name -> ns per operation."""
         b = self.build()
         cmd = [b.binary, b.so_arg, scenario, str(n), str(int(target_batch_s * 1e9)),
-               str(repeats)]
+               str(repeats * group)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                                   timeout=timeout_s)
@@ -108,9 +109,8 @@ class RawC:
         out: Dict[str, Measurement] = {}
         for line in proc.stdout.splitlines():
             parts = line.split()
-            if len(parts) != 4:
+            if len(parts) < 3:
                 continue
-            variant, med, low, batch = parts
-            out[variant] = Measurement(median_ns=float(med), min_ns=float(low),
-                                       batch=int(batch), repeats=repeats)
+            samples = [float(x) for x in parts[2:]]
+            out[parts[0]] = summarize(samples, int(parts[1]), group)
         return out

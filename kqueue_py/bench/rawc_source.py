@@ -10,12 +10,13 @@ from __future__ import annotations
 SOURCE: str = r"""/*
  * kqueue_py benchmark: the raw C cost of the same work.
  *
- *   rawc_bench SO_PATH SCENARIO N TARGET_BATCH_NS REPEATS
+ *   rawc_bench SO_PATH SCENARIO N TARGET_BATCH_NS BATCHES
  *
  * "kq" variants call kqueue()/kevent() of the *installed extension*, found
  * with dlopen()/dlsym() (SO_PATH "-" links the system's kqueue instead, on
  * BSD/macOS); "epoll" variants call the kernel directly, the floor.  Each
- * variant prints one line:  VARIANT MEDIAN_NS_PER_OP MIN_NS_PER_OP BATCH
+ * variant prints one line:  VARIANT BATCH NS_PER_OP_1 ... NS_PER_OP_REPEATS
+ * (every timed batch in order; Python summarizes them as for its own).
  * Exit status 3: the extension could not be loaded.
  *
  * Constants and the struct size come from the compiled module at build
@@ -90,12 +91,6 @@ static int64_t now_ns(void)
 
 typedef void (*op_fn)(void *ctx, long n);
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static void bench(const char *variant, op_fn op, void *ctx, int64_t target_ns, int repeats)
 {
     /* warm up, then size a batch to about target_ns */
@@ -122,9 +117,10 @@ static void bench(const char *variant, op_fn op, void *ctx, int64_t target_ns, i
         op(ctx, n);
         s[r] = (double)(now_ns() - t0) / (double)n;
     }
-    qsort(s, (size_t)repeats, sizeof *s, cmp_double);
-    double med = repeats % 2 ? s[repeats / 2] : (s[repeats / 2 - 1] + s[repeats / 2]) / 2;
-    printf("%s %.1f %.1f %ld\n", variant, med, s[0], n);
+    printf("%s %ld", variant, n);
+    for (int r = 0; r < repeats; r++)
+        printf(" %.1f", s[r]);
+    printf("\n");
     fflush(stdout);
     free(s);
 }

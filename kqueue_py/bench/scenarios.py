@@ -12,6 +12,7 @@ kernel's floor).  Other variants appear in the detail listing.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import select
 import selectors
@@ -67,7 +68,7 @@ class Built:
     unit: str
     rawc: Optional[Tuple[str, int]] = None
     checks: List[Callable[[], None]] = field(default_factory=list)
-    cleanup: List[Callable[[], None]] = field(default_factory=list)
+    cleanup: List[Callable[[], object]] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
     def close(self) -> None:
@@ -91,7 +92,11 @@ class Scenario:
 def _socket_fds(n: int, built: Built) -> List[int]:
     """``n`` descriptors: both ends of ceil(n/2) socketpairs."""
     socks: List[socket.socket] = []
-    built.cleanup.append(lambda: [s.close() for s in socks])
+    def close_all() -> None:
+        for s in socks:
+            s.close()
+
+    built.cleanup.append(close_all)
     while len(socks) < n:
         a, b = socket.socketpair()
         socks += [a, b]
@@ -289,12 +294,25 @@ def _stdlib_poll(built: Built, fds: List[int], udatas: List[int], cap: int,
                 out = [(fd, mask, m[fd]) for fd, mask in evs] if evs else []
             last["stdlib"] = out
 
-        built.runners["stdlib epoll.poll"] = run_epoll
-        built.roles["stdlib"] = "stdlib epoll.poll"
+        # Literally epoll.poll(0): maxevents defaults to FD_SETSIZE-1, so
+        # CPython allocates and frees a 12 KiB buffer on every call.
+        def run_epoll_default(n: int) -> None:
+            poll, m = ep.poll, umap
+            out: List[Tuple[int, int, int]] = []
+            for _ in range(n):
+                evs = poll(0)
+                out = [(fd, mask, m[fd]) for fd, mask in evs] if evs else []
+            last["stdlib_default"] = out
+
+        built.runners[f"stdlib epoll.poll(0, {cap})"] = run_epoll
+        built.runners["stdlib epoll.poll(0)"] = run_epoll_default
+        built.roles["stdlib"] = f"stdlib epoll.poll(0, {cap})"
+        built.roles["stdlib_literal"] = "stdlib epoll.poll(0)"
     elif HAVE_STDLIB_KQUEUE:  # pragma: no cover - BSD/macOS
-        skq = select.kqueue()
+        skq = select.kqueue()  # type: ignore[attr-defined]
         built.cleanup.append(skq.close)
-        skq.control([select.kevent(fd, select.KQ_FILTER_READ, select.KQ_EV_ADD, udata=u)
+        skq.control([select.kevent(fd, select.KQ_FILTER_READ,  # type: ignore[attr-defined]
+                                   select.KQ_EV_ADD, udata=u)  # type: ignore[attr-defined]
                      for fd, u in zip(fds, udatas)], 0, 0)
 
         def run_kqueue(n: int) -> None:
@@ -484,12 +502,15 @@ def build_timers(ctx: Context) -> Built:
 # --------------------------------------------- cross-thread EVFILT_USER wake
 
 def _echo_thread(name: str, body: Callable[[], None], built: Built,
-                 stop: Callable[[], None]) -> None:
+                 stop_flag: Dict[str, bool], wake: Callable[[], object]) -> None:
+    """Run ``body`` in a daemon thread; cleanup sets the stop flag, calls
+    ``wake`` (which makes the blocked echo thread return) and joins."""
     t = threading.Thread(target=body, name=f"bench-echo-{name}", daemon=True)
     t.start()
 
     def finish() -> None:
-        stop()
+        stop_flag["stop"] = True
+        wake()
         t.join(10)
         if t.is_alive():
             print(f"bench: echo thread {name} did not stop", file=sys.stderr)
@@ -501,6 +522,9 @@ def build_user_rt(ctx: Context) -> Built:
     """Thread A triggers B's user event; B, blocked in kevent(), wakes and
     triggers A's; A wakes.  One op = one round trip."""
     built = Built(runners={}, roles={}, unit="round trip", rawc=("user_rt", 0))
+    built.notes.append("a round trip is two cross-CPU wakeups: on a VM, waking an idle vCPU "
+                       "can cost ~100 us, so results are bimodal (~10 us vs ~100 us) and "
+                       "depend on what else runs; read them with the median/min columns")
     stop_flag = {"stop": False}
 
     # -- kqueue_py: kq_apply / kq_wait ----------------------------------
@@ -516,7 +540,7 @@ def build_user_rt(ctx: Context) -> Built:
             kq_apply(kqa, trig)
 
     _echo_thread("kqueue_py", echo_kq, built,
-                 lambda: (stop_flag.__setitem__("stop", True), kq_apply(kqb, trig)))
+                 stop_flag, lambda: kq_apply(kqb, trig))
     eva = new_events(1)
 
     def run_kq(n: int) -> None:
@@ -557,7 +581,7 @@ def build_user_rt(ctx: Context) -> Built:
             built.cleanup.append(qa.close)
             built.cleanup.append(qb.close)
             _echo_thread("KQueue", echo_q, built,
-                         lambda: (stop_flag.__setitem__("stop", True), trigger(qb)))
+                         stop_flag, lambda: trigger(qb))
 
             def run_q(n: int) -> None:
                 for _ in range(n):
@@ -588,8 +612,7 @@ def build_user_rt(ctx: Context) -> Built:
             kevent(cka, ctrig, 1, None, 0, None)
 
     _echo_thread("ctypes", echo_ct, built,
-                 lambda: (stop_flag.__setitem__("stop", True),
-                          ct.kevent(ckb, ctrig, 1, None, 0, None)))
+                 stop_flag, lambda: ct.kevent(ckb, ctrig, 1, None, 0, None))
     ceva = (KEvent * 1)()
 
     def run_ct(n: int) -> None:
@@ -630,7 +653,7 @@ def _stdlib_roundtrip(built: Built, stop_flag: Dict[str, bool]) -> None:
                 os.eventfd_write(efa, 1)
 
         _echo_thread("stdlib", echo, built,
-                     lambda: (stop_flag.__setitem__("stop", True), os.eventfd_write(efb, 1)))
+                     stop_flag, lambda: os.eventfd_write(efb, 1))
 
         def run(n: int) -> None:
             write, read, poll, a, b = os.eventfd_write, os.eventfd_read, epa.poll, efa, efb
@@ -651,7 +674,7 @@ def _stdlib_roundtrip(built: Built, stop_flag: Dict[str, bool]) -> None:
         rb, wb = os.pipe()
         sa, sb = selectors.DefaultSelector(), selectors.DefaultSelector()
         built.cleanup += [sa.close, sb.close] + [
-            (lambda fd=fd: os.close(fd)) for fd in (ra, wa, rb, wb)]
+            functools.partial(os.close, fd) for fd in (ra, wa, rb, wb)]
         sa.register(ra, selectors.EVENT_READ)
         sb.register(rb, selectors.EVENT_READ)
 
@@ -664,7 +687,7 @@ def _stdlib_roundtrip(built: Built, stop_flag: Dict[str, bool]) -> None:
                 os.write(wa, b"x")
 
         _echo_thread("stdlib", echo, built,
-                     lambda: (stop_flag.__setitem__("stop", True), os.write(wb, b"x")))
+                     stop_flag, lambda: os.write(wb, b"x"))
 
         def run(n: int) -> None:
             for _ in range(n):
