@@ -1,0 +1,441 @@
+"""The queue itself: descriptor properties, pollability, closing, threads,
+big changelists, fd close / reuse, fork."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from kqueue_py import ffi, lib
+
+READ, WRITE, USER, TIMER = lib.EVFILT_READ, lib.EVFILT_WRITE, lib.EVFILT_USER, lib.EVFILT_TIMER
+EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
+EV_ONESHOT, EV_CLEAR, EV_DISPATCH, EV_RECEIPT, EV_ERROR = (
+    lib.EV_ONESHOT, lib.EV_CLEAR, lib.EV_DISPATCH, lib.EV_RECEIPT, lib.EV_ERROR)
+TRIGGER = lib.NOTE_TRIGGER
+
+
+# ---------------------------------------------------------------------------
+# The descriptor
+
+
+def test_kqueue_fd_is_close_on_exec(kq):
+    assert fcntl.fcntl(kq, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+
+
+def test_kqueues_are_distinct_and_independent(make_kq):
+    a, b = make_kq(), make_kq()
+    assert a != b
+    a.change((1, USER, EV_ADD | EV_CLEAR, TRIGGER))
+    assert [e.ident for e in a.poll()] == [1]
+    assert b.poll() == []
+
+
+# ---------------------------------------------------------------------------
+# Pollability: the kqueue fd reports readable exactly while events are pending
+
+
+def _readable_select(fd):
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _readable_poll(fd):
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return any(ev & select.POLLIN for _, ev in p.poll(0))
+
+
+def _readable_epoll(fd):
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+        return any(ev & select.EPOLLIN for _, ev in ep.poll(0))
+    finally:
+        ep.close()
+
+
+POLLERS = {"select": _readable_select, "poll": _readable_poll, "epoll": _readable_epoll}
+
+
+@pytest.fixture(params=list(POLLERS))
+def readable(request):
+    return POLLERS[request.param]
+
+
+def test_kqueue_fd_pollable_user_event(kq, readable):
+    assert not readable(kq)
+    kq.change((1, USER, EV_ADD | EV_CLEAR))
+    assert not readable(kq)
+    kq.change((1, USER, 0, TRIGGER))
+    assert readable(kq)
+    assert len(kq.poll()) == 1
+    assert not readable(kq), "still readable after the only event was collected"
+
+
+def test_kqueue_fd_pollable_read_event(kq, fds, readable):
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD))
+    assert not readable(kq)
+    os.write(w, b"x")
+    assert readable(kq)
+    os.read(r, 1)
+    assert not readable(kq)
+
+
+def test_kqueue_fd_pollable_write_event(kq, fds, readable):
+    r, w = fds.pipe()
+    kq.change((w, WRITE, EV_ADD | EV_CLEAR))
+    assert readable(kq)
+    assert len(kq.poll()) == 1
+    assert not readable(kq)
+
+
+def test_kqueue_fd_pollable_timer_event(kq, readable):
+    kq.change((1, TIMER, EV_ADD | EV_ONESHOT, 0, 10))
+    assert not readable(kq)
+    r, _, _ = select.select([kq], [], [], 2.0)   # blocks until the timer fires
+    assert r == [kq]
+    assert readable(kq)
+    assert len(kq.poll()) == 1
+    assert not readable(kq)
+
+
+def test_kqueue_fd_not_readable_for_disabled_or_dispatched_events(kq, fds, readable):
+    r, w = fds.pipe()
+    os.write(w, b"x")
+    kq.change((r, READ, EV_ADD | EV_DISPATCH), (1, USER, EV_ADD | EV_DISABLE, TRIGGER))
+    assert readable(kq)
+    assert len(kq.poll()) == 1
+    assert not readable(kq)
+
+
+def test_blocking_select_on_kqueue_fd_wakes_on_cross_thread_trigger(kq):
+    kq.change((1, USER, EV_ADD | EV_CLEAR))
+    threading.Timer(0.05, lambda: kq.change((1, USER, 0, TRIGGER))).start()
+    t0 = time.monotonic()
+    r, _, _ = select.select([kq], [], [], 2.0)
+    assert r == [kq] and time.monotonic() - t0 < 1.0
+
+
+def test_kqueue_watched_by_another_kqueue(make_kq):
+    inner, outer = make_kq(), make_kq()
+    outer.change((inner, READ, EV_ADD, 0, 0, 55))
+    assert outer.poll() == []
+    inner.change((1, USER, EV_ADD | EV_CLEAR, TRIGGER))
+    evs = outer.wait(8, 1.0)
+    assert [(e.ident, e.filter, e.udata) for e in evs] == [(inner, READ, 55)]
+    assert len(inner.poll()) == 1
+    assert outer.wait(8, 0.03) == []
+
+
+# ---------------------------------------------------------------------------
+# Blocking behaviour
+
+
+def test_kevent_with_nevents_zero_never_blocks_even_with_null_timeout(kq, h):
+    for changes in ((), [(1, USER, EV_ADD)], [(1, USER, EV_DELETE)]):
+        t0 = time.monotonic()
+        arr, n = h.make_changes(changes)
+        rc = lib.kevent(kq, arr if n else ffi.NULL, n, ffi.NULL, 0, ffi.NULL)
+        assert rc in (0, -1)
+        assert time.monotonic() - t0 < 0.5
+
+
+def test_kevent_zero_timeout_polls(kq):
+    t0 = time.monotonic()
+    assert kq.poll() == []
+    assert time.monotonic() - t0 < 0.1
+
+
+def test_kevent_timeout_waits_about_that_long(kq):
+    t0 = time.monotonic()
+    assert kq.wait(8, 0.1) == []
+    assert 0.1 - 0.002 <= time.monotonic() - t0 < 0.4
+
+
+def _blocked_waiter(kq, h, result, timeout=None):
+    started = threading.Event()
+
+    def run():
+        started.set()
+        result.append(h.kevent_raw(kq, (), 4, timeout))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    started.wait()
+    return t
+
+
+def test_kqueue_close_wakes_blocked_waiter_with_ebadf(h):
+    kq = lib.kqueue()
+    result = []
+    t = _blocked_waiter(kq, h, result)
+    time.sleep(0.05)            # let it block in the wait
+    assert result == []
+    assert lib.kqueue_close(kq) == 0
+    t.join(2.0)
+    assert not t.is_alive(), "kqueue_close did not wake the blocked waiter"
+    rc, err, _ = result[0]
+    assert (rc, err) == (-1, errno.EBADF)
+
+
+def test_kqueue_close_wakes_every_blocked_waiter(h):
+    kq = lib.kqueue()
+    results = [[] for _ in range(4)]
+    threads = [_blocked_waiter(kq, h, r) for r in results]
+    time.sleep(0.05)
+    assert lib.kqueue_close(kq) == 0
+    for t in threads:
+        t.join(2.0)
+        assert not t.is_alive()
+    assert [r[0][:2] for r in results] == [(-1, errno.EBADF)] * 4
+
+
+def test_kqueue_close_with_pending_events_and_registrations_then_reuse_number(fds, h):
+    r, w = fds.pipe()
+    kq = lib.kqueue()
+    h.kevent(kq, [(r, READ, EV_ADD), (1, USER, EV_ADD, TRIGGER), (2, TIMER, EV_ADD, 0, 1)])
+    os.write(w, b"x")
+    assert lib.kqueue_close(kq) == 0
+    kq2 = lib.kqueue()
+    try:
+        # A new queue (perhaps with the same number) starts empty.
+        assert h.kevent(kq2, (), 8, 0.05) == []
+    finally:
+        lib.kqueue_close(kq2)
+
+
+def test_many_threads_waiting_oneshot_user_event_exactly_one_gets_it(kq, h):
+    kq.change((1, USER, EV_ADD | EV_ONESHOT, 0, 0, 77))
+    n = 8
+    barrier = threading.Barrier(n + 1)
+    results = [None] * n
+
+    def waiter(i):
+        barrier.wait()
+        results[i] = h.kevent_raw(kq, (), 4, 0.5)
+
+    threads = [threading.Thread(target=waiter, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(0.05)
+    kq.change((1, USER, lib.EV_KEEPUDATA, TRIGGER))
+    for t in threads:
+        t.join(3.0)
+        assert not t.is_alive()
+    assert all(r is not None and r[0] >= 0 for r in results), results
+    got = [e for r in results for e in r[2]]
+    assert [(e.ident, e.udata) for e in got] == [(1, 77)], f"{len(got)} threads got the oneshot event"
+
+
+def test_many_threads_waiting_level_events_none_blocked_forever(kq, fds, h):
+    """Several waiters, several ready pipes with EV_DISPATCH: each event goes
+    to exactly one waiter per re-enable."""
+    pipes = [fds.pipe() for _ in range(16)]
+    kq.change(*[(r, READ, EV_ADD | EV_DISPATCH) for r, _ in pipes])
+    for _, w in pipes:
+        os.write(w, b"x")
+    got = []
+    lock = threading.Lock()
+
+    def waiter():
+        while True:
+            rc, err, evs = h.kevent_raw(kq, (), 3, 0.2)
+            if rc <= 0:
+                return
+            with lock:
+                got.extend(evs)
+
+    threads = [threading.Thread(target=waiter, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
+        assert not t.is_alive()
+    assert sorted(e.ident for e in got) == sorted(r for r, _ in pipes)
+
+
+# ---------------------------------------------------------------------------
+# Big changelists
+
+
+def test_changelist_of_10000_entries_in_one_call(kq):
+    n = 10_000
+    kq.change(*[(i, USER, EV_ADD | EV_ONESHOT, TRIGGER, 0, i + 1) for i in range(n)])
+    got = []
+    while True:
+        evs = kq.poll(1000)
+        if not evs:
+            break
+        got.extend(evs)
+    assert len(got) == n
+    assert sorted(e.ident for e in got) == list(range(n))
+    assert all(e.udata == e.ident + 1 for e in got)
+
+
+def test_changelist_of_10000_receipts_in_one_call(kq):
+    n = 10_000
+    evs = kq.changes([(i, USER, EV_ADD | EV_RECEIPT, 0, 0, i) for i in range(n)], nevents=n)
+    assert len(evs) == n
+    assert all(e.flags & EV_ERROR and e.data == 0 for e in evs)
+    assert [e.ident for e in evs] == list(range(n))
+    kq.change(*[(i, USER, EV_DELETE) for i in range(n)])
+
+
+def test_changelist_of_10000_timers(kq):
+    n = 10_000
+    kq.change(*[(i, TIMER, EV_ADD | EV_ONESHOT, 0, 5 + i % 20) for i in range(n)])
+    got = set()
+    deadline = time.monotonic() + 5
+    while len(got) < n and time.monotonic() < deadline:
+        for e in kq.wait(1000, 0.2):
+            assert e.ident not in got
+            got.add(e.ident)
+    assert len(got) == n
+
+
+# ---------------------------------------------------------------------------
+# fd close without EV_DELETE, and fd number reuse
+
+
+def test_fd_closed_without_delete_produces_no_further_events(kq, fds):
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD))
+    os.write(w, b"x")
+    assert len(kq.wait()) == 1
+    fds.close(r)
+    assert kq.wait(8, 0.05) == []
+    assert not kq.readable()
+
+
+def test_write_fd_closed_without_delete_produces_no_further_events(kq, fds):
+    r, w = fds.pipe()
+    kq.change((w, WRITE, EV_ADD))
+    assert len(kq.wait()) == 1
+    fds.close(w)
+    assert kq.wait(8, 0.05) == []
+
+
+def test_closed_fd_with_live_dup_produces_no_further_events(kq, fds):
+    """close() removes the fd's registrations even when a dup keeps the file open."""
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD), (r, WRITE, EV_ADD))
+    keep = fds.track(os.dup(r))
+    fds.close(r)
+    os.write(w, b"x")
+    assert kq.wait(8, 0.05) == [], "events reported for a closed descriptor"
+    assert keep >= 0
+
+
+def test_reused_fd_number_new_add_starts_clean(kq, fds):
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD | EV_DISPATCH, 0, 0, 1))
+    os.write(w, b"old data")
+    assert [e.udata for e in kq.wait()] == [1]       # now dispatched (disabled)
+    fds.close(r)
+    fds.close(w)
+    r2, w2 = fds.pipe()
+    assert r2 == r, "the fd number was not reused (test assumption)"
+    kq.change((r2, READ, EV_ADD, 0, 0, 2))          # no error, no stale state
+    assert kq.poll() == []                          # the new pipe is empty
+    os.write(w2, b"abc")
+    for _ in range(2):                              # level-triggered now
+        evs = kq.poll()
+        assert [(e.ident, e.udata, e.data) for e in evs] == [(r2, 2, 3)]
+        assert not evs[0].flags & (EV_DISPATCH | EV_ERROR | lib.EV_EOF)
+
+
+def test_reused_fd_number_after_oneshot_and_disable(kq, fds):
+    r, w = fds.pipe()
+    kq.change((w, WRITE, EV_ADD | EV_DISABLE | EV_CLEAR, 0, 0, 1))
+    fds.close(w)
+    fds.close(r)
+    r2, w2 = fds.pipe()
+    # The lowest free numbers come back: w's old number is one of them.
+    target = w2 if w2 == w else r2 if r2 == w else None
+    if target is None:
+        pytest.skip("fd number not reused")
+    kq.change((target, READ if target == r2 else WRITE, EV_ADD, 0, 0, 2))
+    if target == w2:
+        evs = kq.poll()
+        assert [(e.ident, e.filter, e.udata) for e in evs] == [(w2, WRITE, 2)]
+        assert len(kq.poll()) == 1                  # not EV_CLEAR any more
+    else:
+        assert kq.poll() == []
+        os.write(w2, b"z")
+        assert [(e.ident, e.udata) for e in kq.poll()] == [(r2, 2)]
+
+
+def test_reused_fd_number_without_readd_reports_nothing(kq, fds):
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD, 0, 0, 1))
+    fds.close(r)
+    fds.close(w)
+    r2, w2 = fds.pipe()
+    os.write(w2, b"x")
+    evs = kq.wait(8, 0.05)
+    assert evs == [], f"a stale registration reported the new file: {evs}"
+
+
+def test_delete_after_close_is_an_error_not_a_crash(kq, fds, h):
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD))
+    fds.close(r)
+    rc, err, _ = h.kevent_raw(kq, [(r, READ, EV_DELETE)], 0, None)
+    assert rc == -1 and err in (errno.EBADF, errno.ENOENT)
+
+
+def test_socket_closed_without_delete_then_number_reused_by_socket(kq, fds):
+    a, b = fds.socketpair()
+    num = a.fileno()
+    kq.change((num, READ, EV_ADD | EV_CLEAR, 0, 0, 1), (num, WRITE, EV_ADD | EV_ONESHOT, 0, 0, 1))
+    b.send(b"x")
+    kq.wait()
+    a.close()
+    c, d = fds.socketpair()
+    if c.fileno() != num:
+        pytest.skip("fd number not reused")
+    kq.change((num, READ, EV_ADD, 0, 0, 2), (num, WRITE, EV_ADD, 0, 0, 3))
+    evs = kq.poll()
+    assert [(e.filter, e.udata) for e in evs] == [(WRITE, 3)]
+    d.send(b"hello")
+    for _ in range(2):
+        evs = kq.poll()
+        assert sorted((e.filter, e.udata, e.data if e.filter == READ else 0) for e in evs) == \
+            sorted([(READ, 2, 5), (WRITE, 3, 0)])
+
+
+# ---------------------------------------------------------------------------
+# fork
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_kqueue_not_inherited_by_fork_child_and_parent_unaffected(kq, fds):
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD), (1, USER, EV_ADD | EV_CLEAR))
+    pid = os.fork()
+    if pid == 0:   # child
+        code = 0
+        try:
+            evs = ffi.new("struct kevent[]", 1)
+            ts = ffi.new("struct timespec *")
+            rc = lib.kevent(kq, ffi.NULL, 0, evs, 1, ts)
+            if rc != -1 or ffi.errno != errno.EBADF:
+                code = 2
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "kevent on an inherited kqueue did not fail with EBADF"
+    os.write(w, b"x")
+    kq.change((1, USER, 0, TRIGGER))
+    evs = kq.wait()
+    assert sorted((e.ident, e.filter) for e in evs) == sorted([(r, READ), (1, USER)])
