@@ -353,7 +353,7 @@ def test_reused_fd_number_new_add_starts_clean(kq, fds):
         assert not evs[0].flags & (EV_DISPATCH | EV_ERROR | lib.EV_EOF)
 
 
-def test_reused_fd_number_after_oneshot_and_disable(kq, fds):
+def test_reused_fd_number_after_disabled_clear_registration_starts_clean(kq, fds):
     r, w = fds.pipe()
     kq.change((w, WRITE, EV_ADD | EV_DISABLE | EV_CLEAR, 0, 0, 1))
     fds.close(w)

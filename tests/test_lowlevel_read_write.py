@@ -506,3 +506,29 @@ def test_more_level_events_than_room_each_reported_once_per_round(kq, fds, filt)
         got.extend(evs)
     first_round = [e.ident for e in got[:100]]
     assert sorted(first_round) == sorted(idents), "a level-scan round must visit every event once"
+
+
+# ---------------------------------------------------------------------------
+# NOTE_LOWAT
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_read_note_lowat_reports_only_at_low_water_mark(kq, fds, kind):
+    a, b = fds.socketpair() if kind == "unix" else fds.tcp_pair()
+    fd = a.fileno()
+    kq.change((fd, READ, EV_ADD, lib.NOTE_LOWAT, 100))
+    b.sendall(b"x" * 50)
+    assert kq.wait(8, 0.05) == [], "reported below the low-water mark"
+    b.sendall(b"y" * 60)
+    ev = wait_for(kq, fd, READ, lambda e: e.data == 110)
+    assert ev is not None and ev.data == 110
+
+
+def test_read_note_lowat_eof_is_reported_below_the_mark(kq, fds):
+    a, b = fds.socketpair()
+    fd = a.fileno()
+    kq.change((fd, READ, EV_ADD, lib.NOTE_LOWAT, 100))
+    b.send(b"x" * 10)
+    b.close()
+    ev = one(kq.wait(), fd, READ)
+    assert ev.flags & EV_EOF and ev.data == 10
