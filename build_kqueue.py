@@ -86,24 +86,50 @@ int kevent(int kq, const struct kevent *changelist, int nchanges,
            struct kevent *eventlist, int nevents,
            const struct timespec *timeout);
 int kqueue_close(int kq);
+
+/* kqueue_py's own entry points (the shim below): kevent() with the timeout
+ * in nanoseconds (< 0: forever) and errno folded into the result, -errno on
+ * failure, so that nothing -- not even a Python signal handler running
+ * right after the call -- can clobber it before Python reads it. */
+int kqueue_py_kevent(int kq, const struct kevent *changelist, int nchanges,
+                     struct kevent *eventlist, int nevents, int64_t timeout_ns);
 """ + "".join(f"#define {name} ...\n" for name in CONSTANTS)
+
+# Shared by every platform: see the cdef's comment on kqueue_py_kevent.
+SHIM = """
+#include <errno.h>
+#include <stdint.h>
+static int kqueue_py_kevent(int kq, const struct kevent *changelist, int nchanges,
+                            struct kevent *eventlist, int nevents, int64_t timeout_ns)
+{
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000);
+        tsp = &ts;
+    }
+    int n = kevent(kq, changelist, nchanges, eventlist, nevents, tsp);
+    return n >= 0 ? n : -errno;
+}
+"""
 
 # The BSD shim: the kernel's kqueue needs no backend, only a close.
 BSD_SOURCE = """
 #include <sys/types.h>
 #include <sys/event.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 #if !defined(NOTE_ABSTIME) && defined(NOTE_ABSOLUTE)
 #define NOTE_ABSTIME NOTE_ABSOLUTE
 #endif
 static int kqueue_close(int kq) { return close(kq); }
-"""
+""" + SHIM
 
 LINUX_SOURCE = """
 #include <time.h>
 #include <sys/event.h>
-"""
+""" + SHIM
 
 
 def _compile_args() -> tuple[list[str], list[str]]:

@@ -13,9 +13,14 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
 #include <linux/sockios.h>
+#include <linux/unix_diag.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -23,14 +28,12 @@
 
 #include "kq_internal.h"
 
-static int ensure_wr_ep(struct kq *kq)
+int kq_wr_ep_create(struct kq *kq)
 {
-    if (kq->wr_ep >= 0)
-        return 0;
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
         return errno;
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_TAG(TAG_WRITES, 0) };
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(TAG_WRITES, 0, 0) };
     if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, ep, &ev) < 0) {
         int err = errno;
         close(ep);
@@ -40,13 +43,35 @@ static int ensure_wr_ep(struct kq *kq)
     return 0;
 }
 
-static uint32_t wanted_events(const struct knote *kn)
+static int set_of(const struct kq *kq, const struct knote *kn)
 {
-    uint32_t ev = kn->kev.filter == EVFILT_READ ? (EPOLLIN | EPOLLRDHUP) : EPOLLOUT;
-    if (kn->kev.flags & EV_CLEAR)
-        ev |= EPOLLET;
+    return kn->kev.filter == EVFILT_READ ? kq->waitfd : kq->wr_ep;
+}
+
+/* The epoll registration for a knote's current state.  A disabled (or
+ * dispatched) knote stays registered but disarmed (EPOLLONESHOT with no
+ * events: at most one EPOLLERR/EPOLLHUP, which delivery drops), so that a
+ * later change can still tell whether its descriptor was closed. */
+static struct epoll_event wanted(const struct knote *kn)
+{
+    struct epoll_event ev;
+    int fd = (int)kn->kev.ident;
+    if (kn->kev.filter == EVFILT_READ) {
+        ev.events = EPOLLIN | EPOLLRDHUP;
+        ev.data.u64 = EP_DATA(TAG_READ, kn->u.fd.gen, fd);
+    } else {
+        ev.events = EPOLLOUT;
+        ev.data.u64 = EP_DATA(TAG_WRITE, kn->u.fd.gen, fd);
+    }
+    /* NOTE_LOWAT is judged at delivery: edge-triggered so that a reading
+     * below the mark does not spin; level semantics are restored by
+     * re-arming after each report (kq_fd_rearm). */
+    if (kn->kev.flags & EV_CLEAR || kn->kev.fflags & NOTE_LOWAT)
+        ev.events |= EPOLLET;
     if (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH))
-        ev |= EPOLLONESHOT;
+        ev.events |= EPOLLONESHOT;
+    if (kn->status & KN_DISABLED)
+        ev.events = EPOLLONESHOT;
     return ev;
 }
 
@@ -65,39 +90,19 @@ static int stale_error(int epoll_errno)
 static int fd_sync(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident;
-    int epfd;
-    if (kn->kev.filter == EVFILT_READ) {
-        epfd = kq->waitfd;
-    } else {
-        int err = ensure_wr_ep(kq);
-        if (err)
-            return err;
-        epfd = kq->wr_ep;
-    }
     if (kn->u.fd.kind == FDK_REGULAR) {
         kn->status |= KN_ACTIVE;    /* always ready; queued when enabled */
         return 0;
     }
-
-    if (kn->status & KN_DISABLED) {
-        if (!(kn->status & KN_INEPOLL))
-            return 0;
-        kn->status &= ~KN_INEPOLL;
-        if (epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0)
-            return -stale_error(errno);
-        return 0;
-    }
-
-    struct epoll_event ev = { .events = wanted_events(kn) };
-    ev.data.u64 = kn->kev.filter == EVFILT_READ ? EP_TAG(TAG_READ, fd) : (uint64_t)fd;
+    struct epoll_event ev = wanted(kn);
     if (kn->status & KN_INEPOLL) {
         /* MOD re-arms a dispatched registration and re-checks readiness. */
-        if (epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+        if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, fd, &ev) == 0)
             return 0;
         kn->status &= ~KN_INEPOLL;
         return -stale_error(errno);
     }
-    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
+    if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_ADD, fd, &ev) == 0) {
         kn->status |= KN_INEPOLL;
         return 0;
     }
@@ -109,10 +114,17 @@ static int fd_sync(struct kq *kq, struct knote *kn)
     return errno;
 }
 
+void kq_fd_rearm(struct kq *kq, struct knote *kn)
+{
+    struct epoll_event ev = wanted(kn);
+    epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev);
+}
+
 static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
     (void)kev;
     kn->u.fd.kind = FDK_UNKNOWN;
+    kn->u.fd.gen = ++kq->fd_gen;
     int err = fd_sync(kq, kn);
     return err < 0 ? -err : err;
 }
@@ -138,6 +150,8 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
         kn->kev.flags &= (uint16_t)~KN_INPUT_ONLY;
         kn->status = (kev->flags & EV_DISABLE) ? KN_DISABLED : 0;
         kn->u.fd.kind = FDK_UNKNOWN;
+        kn->u.fd.pipe_size = 0;
+        kn->u.fd.gen = ++kq->fd_gen;
         err = fd_sync(kq, kn);
         if (err > 0)
             err = -err;                     /* could not add: forget it */
@@ -149,8 +163,7 @@ static void fd_detach(struct kq *kq, struct knote *kn)
 {
     if (!(kn->status & KN_INEPOLL))
         return;
-    int epfd = kn->kev.filter == EVFILT_READ ? kq->waitfd : kq->wr_ep;
-    epoll_ctl(epfd, EPOLL_CTL_DEL, (int)kn->kev.ident, NULL);
+    epoll_ctl(set_of(kq, kn), EPOLL_CTL_DEL, (int)kn->kev.ident, NULL);
     kn->status &= ~KN_INEPOLL;
 }
 
@@ -159,9 +172,8 @@ int kq_fd_unregister(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident;
     if (kn->status & KN_INEPOLL) {
-        int epfd = kn->kev.filter == EVFILT_READ ? kq->waitfd : kq->wr_ep;
         kn->status &= ~KN_INEPOLL;
-        if (epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0)
+        if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_DEL, fd, NULL) < 0)
             return stale_error(errno);
         return 0;
     }
@@ -196,6 +208,55 @@ static intptr_t listen_backlog(int fd)
     return -1;
 }
 
+/* Pending connections on a listening AF_UNIX socket.  Linux has no ioctl
+ * for it; sock_diag reports the listener's queue (UNIX_DIAG_RQLEN). */
+static intptr_t unix_listen_backlog(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -1;
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0)
+        return -1;
+    struct {
+        struct nlmsghdr nlh;
+        struct unix_diag_req req;
+    } msg;
+    memset(&msg, 0, sizeof msg);
+    msg.nlh.nlmsg_len = sizeof msg;
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+    msg.req.sdiag_family = AF_UNIX;
+    msg.req.udiag_states = ~0U;
+    msg.req.udiag_ino = (uint32_t)st.st_ino;
+    msg.req.udiag_show = UDIAG_SHOW_RQLEN;
+    msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0U;   /* no cookie */
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    union {
+        struct nlmsghdr nlh;
+        char bytes[1024];
+    } reply;
+    intptr_t backlog = -1;
+    ssize_t len = -1;
+    if (sendto(nl, &msg, sizeof msg, 0, (struct sockaddr *)&kernel, sizeof kernel) == (ssize_t)sizeof msg)
+        len = recv(nl, &reply, sizeof reply, 0);
+    close(nl);
+    struct nlmsghdr *nlh = &reply.nlh;
+    if (len < 0 || !NLMSG_OK(nlh, (size_t)len) || nlh->nlmsg_type != SOCK_DIAG_BY_FAMILY)
+        return -1;
+    struct unix_diag_msg *m = NLMSG_DATA(nlh);
+    struct rtattr *rta = (struct rtattr *)(m + 1);
+    int attrlen = (int)nlh->nlmsg_len - (int)NLMSG_LENGTH(sizeof *m);
+    for (; RTA_OK(rta, attrlen); rta = RTA_NEXT(rta, attrlen)) {
+        if (rta->rta_type == UNIX_DIAG_RQLEN) {
+            struct unix_diag_rqlen rq;
+            memcpy(&rq, RTA_DATA(rta), sizeof rq);
+            backlog = (intptr_t)rq.udiag_rqueue;
+        }
+    }
+    return backlog;
+}
+
 /* Bytes readable (or pending connections).  Learns and caches the kind. */
 static intptr_t read_data(struct knote *kn, int fd)
 {
@@ -209,13 +270,19 @@ static intptr_t read_data(struct knote *kn, int fd)
             return 0;
         /* A listening socket: FIONREAD is refused. */
         backlog = listen_backlog(fd);
-        kn->u.fd.kind = backlog >= 0 ? FDK_LISTEN : FDK_LISTEN_OTHER;
-        return backlog >= 0 ? backlog : 1;
+        if (backlog >= 0) {
+            kn->u.fd.kind = FDK_LISTEN;
+            return backlog;
+        }
+        kn->u.fd.kind = FDK_LISTEN_OTHER;
+        backlog = unix_listen_backlog(fd);
+        return backlog > 0 ? backlog : 1;
     case FDK_LISTEN:
         backlog = listen_backlog(fd);
         return backlog >= 0 ? backlog : 1;
     case FDK_LISTEN_OTHER:
-        return 1;
+        backlog = unix_listen_backlog(fd);
+        return backlog > 0 ? backlog : 1;
     case FDK_FIFO:
     case FDK_OTHER:
         if (ioctl(fd, FIONREAD, &v) == 0)
@@ -265,8 +332,9 @@ static int is_socket(const struct knote *kn)
            kn->u.fd.kind == FDK_LISTEN_OTHER;
 }
 
-/* Fill *out for a registration epoll reported ready with revents. */
-void kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
+/* Fill *out for a registration epoll reported ready with revents.
+ * Returns 0 when the event is below the registration's NOTE_LOWAT mark. */
+int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
 {
     (void)kq;
     int fd = (int)kn->kev.ident;
@@ -278,13 +346,19 @@ void kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct keven
         out->data = read_data(kn, fd);
         if (revents & (EPOLLRDHUP | EPOLLHUP))
             out->flags |= EV_EOF;
+        else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data &&
+                 !(revents & EPOLLERR))
+            return 0;
     } else {
         out->data = write_data(kn, fd);
         if (revents & (EPOLLHUP | EPOLLERR))
             out->flags |= EV_EOF;
+        else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data)
+            return 0;
     }
     if ((revents & EPOLLERR) && is_socket(kn))
         out->fflags = socket_error(fd);
+    return 1;
 }
 
 /* Regular files, from the pending list: always ready. */

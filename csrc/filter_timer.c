@@ -100,14 +100,12 @@ static void heap_remove(struct kq *kq, struct knote *kn)
 
 /* ---- timerfd ------------------------------------------------------- */
 
-static int ensure_timer_fd(struct kq *kq)
+int kq_timer_fd_create(struct kq *kq)
 {
-    if (kq->timer_fd >= 0)
-        return 0;
     int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     if (fd < 0)
         return errno;
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_TAG(TAG_TIMER, 0) };
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(TAG_TIMER, 0, 0) };
     if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         int err = errno;
         close(fd);
@@ -205,7 +203,7 @@ static int timer_start(struct kq *kq, struct knote *kn, const struct kevent *kev
     int err = timer_params(kn, kev, &deadline, &period);
     if (err)
         return err;
-    if ((err = ensure_timer_fd(kq)) != 0 || (err = heap_reserve(kq)) != 0)
+    if ((err = heap_reserve(kq)) != 0)
         return err;
     kn->kev.fflags = kev->fflags;
     kn->kev.data = kev->data;

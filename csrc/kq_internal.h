@@ -27,7 +27,8 @@
 #define KN_DISABLED  0x01  /* EV_DISABLE or dispatched: not reported */
 #define KN_ACTIVE    0x02  /* userspace filter has an event (triggered, fired) */
 #define KN_QUEUED    0x04  /* on the pending list */
-#define KN_INEPOLL   0x08  /* fd registration present in its epoll set */
+#define KN_INEPOLL   0x08  /* fd registration present in its epoll set (armed,
+                              or disarmed while disabled/dispatched) */
 
 /* Change flags that are actions, not state: never stored or reported. */
 #define KN_INPUT_ONLY (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_KEEPUDATA | \
@@ -38,7 +39,7 @@ enum fd_kind {
     FDK_UNKNOWN = 0,
     FDK_SOCKET,        /* FIONREAD / SIOCOUTQ work */
     FDK_LISTEN,        /* listening TCP socket: data = accept queue length */
-    FDK_LISTEN_OTHER,  /* listening socket of another family: data = 1 */
+    FDK_LISTEN_OTHER,  /* other listener (AF_UNIX): data from sock_diag */
     FDK_FIFO,          /* pipe or fifo */
     FDK_REGULAR,       /* regular file: epoll refuses it, always ready */
     FDK_OTHER,         /* FIONREAD works (tty, ...) */
@@ -76,6 +77,7 @@ struct knote {
         struct {
             enum fd_kind kind;
             int pipe_size;
+            uint32_t gen;       /* generation in epoll_data (24 bits used) */
         } fd;
         struct {
             int64_t deadline;   /* CLOCK_MONOTONIC ns; <0 when not running */
@@ -100,6 +102,7 @@ struct kq {
     int closed;
     int wake_signalled;     /* wake_fd currently readable */
     int64_t timer_armed;    /* deadline timer_fd is armed for, -1 = disarmed */
+    uint32_t fd_gen;        /* last generation given to an fd registration */
 
     /* EVFILT_READ / EVFILT_WRITE knotes, indexed by fd. */
     struct knote **rd;
@@ -121,12 +124,19 @@ struct kq {
     size_t timers_cap;
 };
 
-/* epoll_data tags: the high 32 bits say what a ready item is. */
-#define TAG_READ    1u   /* low 32 bits: fd of an EVFILT_READ knote */
-#define TAG_WRITES  2u   /* wr_ep has ready items */
-#define TAG_TIMER   3u   /* timer_fd fired */
-#define TAG_WAKE    4u   /* wake_fd */
-#define EP_TAG(tag, low) (((uint64_t)(tag) << 32) | (uint32_t)(low))
+/* epoll_data: bits 56-63 say what a ready item is; for fd knotes bits
+ * 32-55 carry the registration's generation and bits 0-31 the fd, so an
+ * event from an older registration of the same number is recognised. */
+#define TAG_READ    1u   /* an EVFILT_READ knote */
+#define TAG_WRITE   2u   /* an EVFILT_WRITE knote (inside wr_ep) */
+#define TAG_WRITES  3u   /* wr_ep has ready items */
+#define TAG_TIMER   4u   /* timer_fd fired */
+#define TAG_WAKE    5u   /* wake_fd */
+#define EP_DATA(tag, gen, fd) (((uint64_t)(tag) << 56) | ((uint64_t)((gen) & 0xffffff) << 32) | \
+                               (uint32_t)(fd))
+#define EP_TAG_OF(u64)  ((uint32_t)((u64) >> 56))
+#define EP_GEN_OF(u64)  ((uint32_t)((u64) >> 32) & 0xffffff)
+#define EP_FD_OF(u64)   ((int)(uint32_t)(u64))
 
 /* kqueue.c */
 void kq_enqueue(struct kq *kq, struct knote *kn);
@@ -137,10 +147,13 @@ int64_t kq_now(void);
 /* filter_fd.c */
 extern const struct filter_ops kq_read_ops;
 extern const struct filter_ops kq_write_ops;
-void kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out);
+int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out);
 int kq_fd_unregister(struct kq *kq, struct knote *kn);
+void kq_fd_rearm(struct kq *kq, struct knote *kn);
+int kq_wr_ep_create(struct kq *kq);
 
 /* filter_timer.c */
+int kq_timer_fd_create(struct kq *kq);
 extern const struct filter_ops kq_timer_ops;
 void kq_timers_expire(struct kq *kq, int64_t now);
 int kq_timers_rearm(struct kq *kq);

@@ -160,8 +160,14 @@ int kqueue(void)
     kq->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (kq->wake_fd < 0)
         goto fail;
-    if (ep_add(kq->waitfd, kq->wake_fd, EPOLLIN, EP_TAG(TAG_WAKE, 0)) < 0)
+    if (ep_add(kq->waitfd, kq->wake_fd, EPOLLIN, EP_DATA(TAG_WAKE, 0, 0)) < 0)
         goto fail;
+    /* Created now, not on first use: a lazily created descriptor could
+     * take a number the program just closed and is about to register. */
+    if ((err = kq_wr_ep_create(kq)) != 0 || (err = kq_timer_fd_create(kq)) != 0) {
+        errno = err;
+        goto fail;
+    }
     if ((err = registry_insert(kq)) != 0) {
         errno = err;
         goto fail;
@@ -299,7 +305,7 @@ static int fd_table_grow(struct kq *kq, int fd)
 {
     int cap = kq->fd_cap ? kq->fd_cap : 64;
     while (cap <= fd)
-        cap *= 2;
+        cap = cap > INT_MAX / 2 ? INT_MAX : cap * 2;
     struct knote **rd = realloc(kq->rd, (size_t)cap * sizeof *rd);
     if (rd == NULL)
         return ENOMEM;
@@ -317,8 +323,15 @@ static int fd_table_grow(struct kq *kq, int fd)
 /* Make room for kn before attach, so that insertion cannot fail after. */
 static int knote_reserve(struct kq *kq, const struct kevent *kev)
 {
-    if (is_fd_filter(kev->filter))
-        return (int)kev->ident < kq->fd_cap ? 0 : fd_table_grow(kq, (int)kev->ident);
+    if (is_fd_filter(kev->filter)) {
+        if ((int)kev->ident < kq->fd_cap)
+            return 0;
+        /* Only an open descriptor grows the table (open ones are bounded by
+         * RLIMIT_NOFILE; a huge closed number must not allocate). */
+        if (fcntl((int)kev->ident, F_GETFD) < 0)
+            return EBADF;
+        return fd_table_grow(kq, (int)kev->ident);
+    }
     if (kq->hash_count >= kq->hash_cap)
         return hash_grow(kq);
     return 0;
@@ -570,12 +583,20 @@ static void ebuf_put(struct epoll_event *stack, struct epoll_event *buf)
         free(buf);
 }
 
-/* A ready fd knote from epoll.  Returns events written (0 or 1). */
-static int deliver_fd(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
+/* A ready fd registration from epoll.  Returns events written (0 or 1). */
+static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32_t revents,
+                      struct kevent *out)
 {
-    if (kn == NULL || (kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
-        return 0;   /* deleted, disabled or replaced since epoll saw it */
-    kq_fd_event(kq, kn, revents, out);
+    int fd = EP_FD_OF(data);
+    struct knote *kn = fd < kq->fd_cap ? slots[fd] : NULL;
+    /* Deleted, disabled, or an older registration of a reused number. */
+    if (kn == NULL || (kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL ||
+        (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data))
+        return 0;
+    if (!kq_fd_event(kq, kn, revents, out))
+        return 0;   /* below its NOTE_LOWAT mark */
+    if (kn->kev.fflags & NOTE_LOWAT && !(kn->kev.flags & (EV_CLEAR | EV_ONESHOT | EV_DISPATCH)))
+        kq_fd_rearm(kq, kn);   /* level-triggered over an edge registration */
     after_delivery(kq, kn);
     return 1;
 }
@@ -589,11 +610,8 @@ static int drain_writes(struct kq *kq, struct kevent *out, int room)
     struct epoll_event *ebuf = ebuf_get(stack, &want);
     int n = 0;
     int r = epoll_wait(kq->wr_ep, ebuf, want, 0);
-    for (int i = 0; i < r; i++) {
-        int fd = (int)(uint32_t)ebuf[i].data.u64;
-        struct knote *kn = fd < kq->fd_cap ? kq->wr[fd] : NULL;
-        n += deliver_fd(kq, kn, ebuf[i].events, &out[n]);
-    }
+    for (int i = 0; i < r; i++)
+        n += deliver_fd(kq, kq->wr, ebuf[i].data.u64, ebuf[i].events, &out[n]);
     ebuf_put(stack, ebuf);
     return n;
 }
@@ -605,11 +623,9 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
     int n = 0, writes = 0, timers = 0;
     /* Each READ item owns one slot of room; internal items get the rest. */
     for (int i = 0; i < r; i++) {
-        uint32_t tag = (uint32_t)(ebuf[i].data.u64 >> 32);
+        uint32_t tag = EP_TAG_OF(ebuf[i].data.u64);
         if (tag == TAG_READ) {
-            int fd = (int)(uint32_t)ebuf[i].data.u64;
-            struct knote *kn = fd < kq->fd_cap ? kq->rd[fd] : NULL;
-            n += deliver_fd(kq, kn, ebuf[i].events, &out[n]);
+            n += deliver_fd(kq, kq->rd, ebuf[i].data.u64, ebuf[i].events, &out[n]);
         } else if (tag == TAG_WRITES) {
             writes = 1;
         } else if (tag == TAG_TIMER) {

@@ -27,7 +27,7 @@ import time
 import weakref
 from typing import Any, Iterable, Optional
 
-from .raw import ffi, lib
+from .raw import _NULL, _kevent_ns, ffi, lib
 
 __all__ = ["kqueue", "kevent", "install", "uninstall", "installed"]
 
@@ -35,6 +35,8 @@ _KEVENT = struct.Struct("=QhHIqQ")
 _SIZE = _KEVENT.size
 _INT_MAX = 2**31 - 1
 _U64 = 2**64 - 1
+_MINUS_EINTR = -_errno.EINTR
+_MAX_TIMEOUT_S = 2**63 // 10**9 - 1   # what fits the backend's int64 ns
 
 
 def _constant_names() -> dict[str, int]:
@@ -272,13 +274,11 @@ class kqueue:
         if maxevents < 0:
             raise ValueError(f"Length of eventlist must be 0 or positive, got {maxevents}")
 
-        ts = ffi.NULL
-        deadline = 0.0
+        timeout_ns = -1
+        deadline = 0
         if timeout is not None:
-            seconds = _timeout_seconds(timeout)
-            ts = ffi.new("struct timespec *")
-            _set_timespec(ts, seconds)
-            deadline = time.monotonic() + seconds
+            timeout_ns = _timeout_ns(timeout)
+            deadline = time.monotonic_ns() + timeout_ns
 
         changes = ffi.NULL
         nchanges = 0
@@ -302,50 +302,48 @@ class kqueue:
 
         events = ffi.new("struct kevent[]", maxevents) if maxevents else ffi.NULL
         while True:
-            n = lib.kevent(self._fd, changes, nchanges, events, maxevents, ts)
+            n = _kevent_ns(self._fd, changes, nchanges, events, maxevents, timeout_ns)
             if n >= 0:
                 break
-            err = ffi.errno
-            if err != _errno.EINTR:
-                if err == _errno.EBADF and self._fd < 0:
+            if n != _MINUS_EINTR:
+                if self._fd < 0:
                     raise ValueError("I/O operation on closed kqueue object")
-                raise OSError(err, os.strerror(err))
+                raise OSError(-n, os.strerror(-n))
             # PEP 475: the handler ran (or raised) at this point; the changes
             # were applied before the wait was interrupted, so retry the wait
             # alone, with the time that remains.
-            changes, nchanges = ffi.NULL, 0
-            if timeout is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            changes, nchanges = _NULL, 0
+            if timeout_ns > 0:
+                timeout_ns = deadline - time.monotonic_ns()
+                if timeout_ns <= 0:
                     return []
-                _set_timespec(ts, remaining)
         if n == 0:
             return []
         return list(map(_kevent_from_row, _KEVENT.iter_unpack(ffi.buffer(events, n * _SIZE))))
 
 
-def _timeout_seconds(timeout: Any) -> float:
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) or hasattr(timeout, "__float__"):
-        try:
-            seconds = float(timeout)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}") from exc
+def _timeout_ns(timeout: Any) -> int:
+    """A control() timeout as nanoseconds, checked as CPython checks it."""
+    if isinstance(timeout, float):
+        seconds = timeout
+    elif isinstance(timeout, int):
+        seconds = float(timeout) if abs(timeout) < 2**53 else timeout
+    elif hasattr(timeout, "__index__"):
+        seconds = timeout.__index__()
+    elif hasattr(timeout, "__float__"):
+        seconds = float(timeout)
     else:
         raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}")
-    if math.isnan(seconds):
+    if seconds != seconds:
         raise ValueError("Invalid value NaN (not a number)")
     if seconds < 0:
         raise ValueError("timeout must be positive or None")
-    if math.isinf(seconds) or seconds > 2**62 / 1e9:
+    if seconds > _MAX_TIMEOUT_S:
         raise OverflowError("timeout doesn't fit into C timespec")
-    return seconds
-
-
-def _set_timespec(ts: Any, seconds: float) -> None:
-    whole = int(seconds)
-    ts.tv_sec = whole
     # Round up, as CPython's _PyTime_ROUND_TIMEOUT does: never wait less.
-    ts.tv_nsec = min(math.ceil((seconds - whole) * 1e9), 999_999_999)
+    if isinstance(seconds, int):
+        return seconds * 1_000_000_000
+    return math.ceil(seconds * 1e9)
 
 
 # ---------------------------------------------------------------------------

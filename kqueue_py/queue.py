@@ -1,6 +1,6 @@
 """The Pythonic queue: :class:`KQueue` and :class:`Event`.
 
-Built on the raw layer (``lib.kqueue``/``lib.kevent``/``lib.kqueue_close``).
+Built on the raw layer (``lib.kqueue``, ``lib.kqueue_py_kevent``, ``lib.kqueue_close``).
 
 Design notes
 ------------
@@ -31,7 +31,7 @@ import time
 import weakref
 from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
-from .raw import _ZERO_TIMESPEC, ffi, lib
+from .raw import _NULL, _kevent_ns, ffi, lib
 
 __all__ = ["KQueue", "Event", "Change", "KEEP"]
 
@@ -50,7 +50,7 @@ _EV_ONESHOT = lib.EV_ONESHOT
 _EV_ERROR = lib.EV_ERROR
 _EV_RECEIPT = lib.EV_RECEIPT
 _EV_KEEPUDATA = getattr(lib, "EV_KEEPUDATA", 0)
-_EINTR = _errno.EINTR
+_MINUS_EINTR = -_errno.EINTR
 _INT_MAX = 2**31 - 1
 
 
@@ -110,13 +110,13 @@ def _change_error(err: int, change: Change) -> OSError:
 class _Buffer:
     """An event array with a memoryview over it, pooled per queue."""
 
-    __slots__ = ("events", "view", "cap", "ts")
+    __slots__ = ("events", "view", "cap", "deadline_ns")
 
     def __init__(self, cap: int) -> None:
         self.events = ffi.new("struct kevent[]", cap)
         self.view = memoryview(ffi.buffer(self.events))
         self.cap = cap
-        self.ts = ffi.new("struct timespec *")
+        self.deadline_ns = 0   # of the wait in progress, for EINTR retries
 
 
 ChangeLike = Union[Change, Sequence[Any]]
@@ -253,12 +253,10 @@ class KQueue:
                     raise OverflowError(f"change {i} out of range: {c!r}") from exc
         changelist = ffi.from_buffer("struct kevent[]", packed)
         out = ffi.new("struct kevent[]", n)
-        r = lib.kevent(self._fd, changelist, n, out, n, ffi.NULL)
+        r = _kevent_ns(self._fd, changelist, n, out, n, 0)
         if r < 0:
-            err = ffi.errno
-            if err == _errno.EBADF and self._fd < 0:
-                raise ValueError("I/O operation on closed kqueue")
-            raise OSError(err, os.strerror(err))
+            self._check()
+            raise OSError(-r, os.strerror(-r))
         failures: list[tuple[Change, OSError]] = []
         results = _KEVENT.iter_unpack(ffi.buffer(out, r * _KEVENT_SIZE))
         with self._lock:
@@ -364,13 +362,17 @@ class KQueue:
         buf = pool.pop() if pool else _Buffer(self._max_events)
         if buf.cap < cap:
             buf = _Buffer(cap)
+        if timeout is None:
+            timeout_ns = -1
+        elif timeout == 0:
+            timeout_ns = 0
+        else:
+            timeout_ns = _timeout_ns(timeout)
+            buf.deadline_ns = time.monotonic_ns() + timeout_ns
         try:
-            if timeout == 0:
-                n = lib.kevent(self._fd, ffi.NULL, 0, buf.events, cap, _ZERO_TIMESPEC)
-                if n < 0:
-                    n = self._kevent_wait(buf, cap, timeout)
-            else:
-                n = self._kevent_wait(buf, cap, timeout)
+            n = _kevent_ns(self._fd, _NULL, 0, buf.events, cap, timeout_ns)
+            if n < 0:
+                n = self._kevent_retry(buf, cap, timeout_ns, n)
             if n == 0:
                 return []
             objects = self._objects
@@ -385,35 +387,20 @@ class KQueue:
         finally:
             pool.append(buf)   # larger buffers are kept too: callers reuse caps
 
-    def _kevent_wait(self, buf: _Buffer, cap: int, timeout: Optional[float]) -> int:
-        """The blocking part of a wait, with PEP 475 retries."""
+    def _kevent_retry(self, buf: _Buffer, cap: int, timeout_ns: int, n: int) -> int:
+        """A wait failed with -errno ``n``: retry EINTR (PEP 475; a handler
+        that raised has already propagated), raise anything else."""
+        if n == _MINUS_EINTR and timeout_ns > 0:
+            # Waits with a timeout carry their deadline in buf.deadline_ns.
+            while n == _MINUS_EINTR:
+                remaining = max(0, buf.deadline_ns - time.monotonic_ns())
+                n = _kevent_ns(self._fd, _NULL, 0, buf.events, cap, remaining)
+        while n == _MINUS_EINTR:
+            n = _kevent_ns(self._fd, _NULL, 0, buf.events, cap, timeout_ns)
+        if n >= 0:
+            return n
         self._check()
-        if timeout is None:
-            ts = ffi.NULL
-            deadline = 0.0
-        elif timeout == 0:
-            ts = _ZERO_TIMESPEC
-            deadline = 0.0
-        else:
-            if timeout < 0:
-                raise ValueError("timeout must be non-negative")
-            ts = buf.ts
-            deadline = time.monotonic() + timeout
-            _set_timespec(ts, timeout)
-        while True:
-            n: int = lib.kevent(self._fd, ffi.NULL, 0, buf.events, cap, ts)
-            if n >= 0:
-                return n
-            err = ffi.errno
-            if err == _EINTR:
-                # PEP 475: retry with what remains (a handler that raised
-                # has already propagated at this point).
-                if timeout:
-                    _set_timespec(ts, max(0.0, deadline - time.monotonic()))
-                continue
-            if err == _errno.EBADF and self._fd < 0:
-                raise ValueError("I/O operation on closed kqueue")
-            raise OSError(err, os.strerror(err))
+        raise OSError(-n, os.strerror(-n))
 
     def _release_oneshots(self, events: list[tuple[int, int, int, int, int, Any]]) -> None:
         with self._lock:
@@ -440,12 +427,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _set_timespec(ts: Any, seconds: float) -> None:
-    if seconds != seconds or seconds == math.inf:
+def _timeout_ns(seconds: float) -> int:
+    """A non-negative timeout in seconds as nanoseconds (rounded up)."""
+    if seconds > 0:
+        if seconds > 9e9:   # ~285 years: forever in practice
+            if seconds != seconds or seconds == math.inf:
+                raise ValueError("timeout must be a finite number")
+            return 9_000_000_000 * 1_000_000_000
+        return math.ceil(seconds * 1e9)
+    if seconds == 0:
+        return 0
+    if seconds != seconds:
         raise ValueError("timeout must be a finite number")
-    whole = int(seconds)
-    ts.tv_sec = whole
-    ts.tv_nsec = min(int((seconds - whole) * 1e9), 999_999_999)
+    raise ValueError("timeout must be non-negative")
 
 
 def _fileno(obj: Union[int, Any]) -> int:

@@ -35,8 +35,9 @@ def raise_errno(err: int | None = None) -> Any:
     raise OSError(err, os.strerror(err))
 
 
-# Shared, never written: a poll's timeout.
-_ZERO_TIMESPEC = ffi.new("struct timespec *")
+_kevent_ns = lib.kqueue_py_kevent   # kevent(); timeout in ns; returns -errno
+_NULL = ffi.NULL
+_MINUS_EINTR = -_errno.EINTR
 
 
 def kev_change(fd: int, filter: int, flags: int, udata: int = 0, *,
@@ -61,7 +62,11 @@ def kq_apply(kq: int, change: Any) -> bool:
 
     On failure ``ffi.errno`` holds the error.
     """
-    return bool(lib.kevent(kq, change, 1, ffi.NULL, 0, ffi.NULL) >= 0)
+    r: int = _kevent_ns(kq, change, 1, _NULL, 0, 0)
+    if r < 0:
+        ffi.errno = -r
+        return False
+    return True
 
 
 def timespec(seconds: float) -> Any:
@@ -87,19 +92,25 @@ def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
     EINTR is retried, waiting only for the time that remains (the origin
     module reissued the full timeout on every retry).  A Python signal
     handler runs between retries; if it raises, the exception propagates.
+    The errno comes back folded into the C result, so a handler that makes
+    kqueue calls of its own cannot disturb it.
     """
     if timeout_ms <= 0:
-        ts = ffi.NULL if timeout_ms < 0 else _ZERO_TIMESPEC
+        timeout_ns = -1 if timeout_ms < 0 else 0
         while True:
-            n: int = lib.kevent(kq, ffi.NULL, 0, events, cap, ts)
-            if n >= 0 or ffi.errno != _errno.EINTR:
+            n: int = _kevent_ns(kq, _NULL, 0, events, cap, timeout_ns)
+            if n >= 0:
                 return n
-    ts = ffi.new("struct timespec *")
-    deadline = time.monotonic() + timeout_ms / 1000.0
-    remaining_ns = timeout_ms * 1_000_000
+            if n != _MINUS_EINTR:
+                ffi.errno = -n
+                return -1
+    timeout_ns = timeout_ms * 1_000_000
+    deadline = time.monotonic_ns() + timeout_ns
     while True:
-        ts.tv_sec, ts.tv_nsec = divmod(remaining_ns, 1_000_000_000)
-        n = lib.kevent(kq, ffi.NULL, 0, events, cap, ts)
-        if n >= 0 or ffi.errno != _errno.EINTR:
+        n = _kevent_ns(kq, _NULL, 0, events, cap, timeout_ns)
+        if n >= 0:
             return n
-        remaining_ns = max(0, int((deadline - time.monotonic()) * 1e9))
+        if n != _MINUS_EINTR:
+            ffi.errno = -n
+            return -1
+        timeout_ns = max(0, deadline - time.monotonic_ns())
