@@ -13,18 +13,22 @@ $(PY):
 install: $(PY)
 	$(PIP) install --upgrade pip setuptools wheel cffi
 	$(PIP) install -r requirements-test.txt
+	rm -rf build   # setuptools reuses objects there, even from a sanitizer build
 	$(PIP) install --force-reinstall --no-deps .
 
 # The test suite, against the freshly built and installed wheel.
 test: install
 	$(VENV)/bin/pytest
 
-# The main job: kqueue_py against ctypes, the stdlib and raw C.
+# The main job: kqueue_py against ctypes, the stdlib and raw C.  Run from
+# inside the venv so that the checkout's kqueue_py/ does not shadow the
+# installed package.
 bench: install
-	$(PY) -m kqueue_py.bench --quick
+	cd $(VENV) && bin/python -m kqueue_py.bench --quick
 
 bench-full: install
-	$(PY) -m kqueue_py.bench --json bench-results/latest.json --png docs/bench.png
+	mkdir -p bench-results docs
+	cd $(VENV) && bin/python -m kqueue_py.bench --json $(CURDIR)/bench-results/latest.json --png $(CURDIR)/docs/bench.png
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.
 asan: $(PY)

@@ -14,10 +14,12 @@ VENV=.venv-sanitize
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel cffi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-test.txt
+rm -rf build   # never link objects of an earlier, uninstrumented build (nor leave ours)
 KQUEUE_PY_SANITIZE=address,undefined \
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir \
     --force-reinstall --no-deps .
 
+rm -rf build
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
