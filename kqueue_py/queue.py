@@ -146,9 +146,9 @@ class KQueue:
         # udata: (ident, filter) -> token, token -> object.
         self._tokens: dict[tuple[int, int], int] = {}
         self._objects: dict[int, Any] = {}
-        # A hint: non-zero while EV_ONESHOT registrations may hold udata, so
-        # wait() must release it when they fire.
-        self._oneshots = 0
+        # Tokens of EV_ONESHOT registrations holding udata: wait() releases
+        # the udata when they fire.  Empty (falsy) in the common case.
+        self._oneshots: set[int] = set()
         self._next_token = itertools.count(1).__next__
         self._lock = threading.Lock()   # guards the udata maps only
         _LIVE.add(self)
@@ -172,6 +172,7 @@ class KQueue:
             lib.kqueue_close(fd)
         self._objects.clear()
         self._tokens.clear()
+        self._oneshots.clear()
 
     def __enter__(self) -> "KQueue":
         self._check()
@@ -206,8 +207,7 @@ class KQueue:
         token = self._tokens.pop((ident, filter), None)
         if token is not None:
             self._objects.pop(token, None)
-        if not self._objects:
-            self._oneshots = 0
+            self._oneshots.discard(token)
 
     def apply(self, changes: Iterable[ChangeLike], *, raise_errors: bool = True
               ) -> list[tuple[Change, OSError]]:
@@ -241,10 +241,13 @@ class KQueue:
                 if c.udata is not KEEP and not flags & (_EV_KEEPUDATA | _EV_DELETE):
                     if c.udata is None:
                         self._objects.pop(token, None)
+                        self._oneshots.discard(token)
                     else:
                         self._objects[token] = c.udata
                         if flags & _EV_ONESHOT:
-                            self._oneshots += 1
+                            self._oneshots.add(token)
+                        else:
+                            self._oneshots.discard(token)
                 try:
                     pack_into(packed, i * _KEVENT_SIZE, ident, filt,
                               flags | _EV_RECEIPT, operator.index(c.fflags),
@@ -358,16 +361,17 @@ class KQueue:
             if max_events > _INT_MAX // _KEVENT_SIZE:
                 raise ValueError("max_events is too large")
             cap = max_events
-        pool = self._pool
-        buf = pool.pop() if pool else _Buffer(self._max_events)
-        if buf.cap < cap:
-            buf = _Buffer(cap)
         if timeout is None:
             timeout_ns = -1
         elif timeout == 0:
             timeout_ns = 0
         else:
             timeout_ns = _timeout_ns(timeout)
+        pool = self._pool
+        buf = pool.pop() if pool else _Buffer(self._max_events)
+        if buf.cap < cap:
+            buf = _Buffer(cap)
+        if timeout_ns > 0:
             buf.deadline_ns = time.monotonic_ns() + timeout_ns
         try:
             n = _kevent_ns(self._fd, _NULL, 0, buf.events, cap, timeout_ns)
@@ -403,11 +407,18 @@ class KQueue:
         raise OSError(-n, os.strerror(-n))
 
     def _release_oneshots(self, events: list[tuple[int, int, int, int, int, Any]]) -> None:
+        """Fired EV_ONESHOT registrations are gone: drop their udata."""
         with self._lock:
+            tokens, objects, oneshots = self._tokens, self._objects, self._oneshots
             for e in events:
                 if e[2] & _EV_ONESHOT and e[5] is not None:
-                    self._forget(e[0], e[1])
-                    self._oneshots -= 1
+                    token = tokens.get((e[0], e[1]))
+                    # Unless another thread re-registered it meanwhile
+                    # (with a different object).
+                    if token in oneshots and objects.get(token) is e[5]:
+                        del tokens[(e[0], e[1])]
+                        del objects[token]
+                        oneshots.discard(token)
 
 
 # Queues alive in this process.  As on BSD, a forked child does not inherit
@@ -421,6 +432,7 @@ def _after_fork_in_child() -> None:
         q._fd = -1
         q._objects.clear()
         q._tokens.clear()
+        q._oneshots.clear()
 
 
 if hasattr(os, "register_at_fork"):
