@@ -11,7 +11,12 @@
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
  *     (timers live in a heap, not one descriptor each);
  *   - wake_fd, an eventfd that is readable while userspace has pending
- *     events (EVFILT_USER triggers, fired timers) or the queue is closed.
+ *     events (EVFILT_USER triggers, fired timers) or the queue is closed;
+ *   - once the queue watches a signal: the process-wide signal eventfd
+ *     (edge-triggered, filter_signal.c);
+ *   - one pidfd per EVFILT_PROC registration (filter_proc.c);
+ *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
+ *     created on the first one (filter_vnode.c).
  * No lock is held across epoll_wait.
  */
 #ifndef KQ_INTERNAL_H
@@ -88,6 +93,24 @@ struct knote {
         struct {
             uint32_t fflags;    /* low 24 bits, after NOTE_FF* controls */
         } user;
+        struct {
+            uint64_t seen;      /* process-wide count when last looked at */
+            uint64_t count;     /* deliveries not yet reported */
+            struct knote *next; /* kq->signals list */
+        } sig;
+        struct {
+            int pidfd;
+            uint32_t gen;       /* generation in epoll_data (24 bits used) */
+        } proc;
+        struct {
+            int wd;             /* inotify watch, -1 once the kernel dropped it */
+            uint32_t fired;     /* NOTE_* seen since the last report */
+            uint64_t dev, ino;  /* the file the registration watches */
+            int64_t size;       /* st_size when last looked at */
+            uint64_t nlink;     /* st_nlink when last looked at */
+            uint64_t stamp;     /* mode, owner, mtime when last looked at */
+            struct knote *next; /* chain in kq->vn_buckets */
+        } vnode;
     } u;
 };
 
@@ -122,6 +145,13 @@ struct kq {
     struct knote **timers;
     size_t ntimers;
     size_t timers_cap;
+
+    /* EVFILT_SIGNAL knotes (chained by u.sig.next). */
+    struct knote *signals;
+
+    /* EVFILT_VNODE: one inotify instance, knotes hashed by watch. */
+    int inotify_fd;             /* -1 until the first VNODE registration */
+    struct knote **vn_buckets;  /* KQ_VN_BUCKETS chains on wd */
 };
 
 /* epoll_data: bits 56-63 say what a ready item is; for fd knotes bits
@@ -132,6 +162,9 @@ struct kq {
 #define TAG_WRITES  3u   /* wr_ep has ready items */
 #define TAG_TIMER   4u   /* timer_fd fired */
 #define TAG_WAKE    5u   /* wake_fd */
+#define TAG_SIGNAL  6u   /* the process-wide signal eventfd */
+#define TAG_PROC    7u   /* a pidfd: bits 0-31 the pid, 32-55 the generation */
+#define TAG_VNODE   8u   /* inotify_fd */
 #define EP_DATA(tag, gen, fd) (((uint64_t)(tag) << 56) | ((uint64_t)((gen) & 0xffffff) << 32) | \
                                (uint32_t)(fd))
 #define EP_TAG_OF(u64)  ((uint32_t)((u64) >> 56))
@@ -142,6 +175,7 @@ struct kq {
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);
+struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 int64_t kq_now(void);
 
 /* filter_fd.c */
@@ -160,5 +194,19 @@ int kq_timers_rearm(struct kq *kq);
 
 /* filter_user.c */
 extern const struct filter_ops kq_user_ops;
+
+/* filter_signal.c */
+extern const struct filter_ops kq_signal_ops;
+void kq_signal_ready(struct kq *kq);
+void kq_signal_atfork_child(void);
+
+/* filter_proc.c */
+extern const struct filter_ops kq_proc_ops;
+void kq_proc_ready(struct kq *kq, uint64_t data);
+
+/* filter_vnode.c */
+#define KQ_VN_BUCKETS 256
+extern const struct filter_ops kq_vnode_ops;
+void kq_vnode_ready(struct kq *kq);
 
 #endif /* KQ_INTERNAL_H */

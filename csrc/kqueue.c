@@ -87,8 +87,12 @@ static void atfork_child(void)
             close(kq->wr_ep);
         if (kq->timer_fd >= 0)
             close(kq->timer_fd);
+        if (kq->inotify_fd >= 0)
+            close(kq->inotify_fd);
+        /* pidfds are close-on-exec; like the memory, they are left. */
     }
     pthread_mutex_unlock(&registry_lock);
+    kq_signal_atfork_child();
 }
 static void atfork_install(void)
 {
@@ -145,7 +149,7 @@ int kqueue(void)
         errno = ENOMEM;
         return -1;
     }
-    kq->fd = kq->waitfd = kq->wake_fd = kq->wr_ep = kq->timer_fd = -1;
+    kq->fd = kq->waitfd = kq->wake_fd = kq->wr_ep = kq->timer_fd = kq->inotify_fd = -1;
     kq->timer_armed = -1;
     kq->refs = 1;  /* the registry's reference */
     pthread_mutex_init(&kq->lock, NULL);
@@ -191,6 +195,8 @@ static void kq_destroy(struct kq *kq)
         struct knote *kn = kq->hash[i];
         while (kn != NULL) {
             struct knote *next = kn->hash_next;
+            /* Release what the filter holds (pidfds, signal hooks). */
+            kn->ops->detach(kq, kn);
             free(kn);
             kn = next;
         }
@@ -199,6 +205,7 @@ static void kq_destroy(struct kq *kq)
     free(kq->wr);
     free(kq->hash);
     free(kq->timers);
+    free(kq->vn_buckets);
     if (kq->fd >= 0)
         close(kq->fd);
     if (kq->waitfd >= 0)
@@ -209,6 +216,8 @@ static void kq_destroy(struct kq *kq)
         close(kq->wr_ep);
     if (kq->timer_fd >= 0)
         close(kq->timer_fd);
+    if (kq->inotify_fd >= 0)
+        close(kq->inotify_fd);
     pthread_mutex_destroy(&kq->lock);
     free(kq);
 }
@@ -252,6 +261,9 @@ static const struct filter_ops *filter_lookup(int16_t filter)
     case EVFILT_WRITE:  return &kq_write_ops;
     case EVFILT_TIMER:  return &kq_timer_ops;
     case EVFILT_USER:   return &kq_user_ops;
+    case EVFILT_SIGNAL: return &kq_signal_ops;
+    case EVFILT_PROC:   return &kq_proc_ops;
+    case EVFILT_VNODE:  return &kq_vnode_ops;
     default:            return NULL;
     }
 }
@@ -275,6 +287,11 @@ static struct knote *knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
         if (kn->kev.ident == ident && kn->kev.filter == filter)
             return kn;
     return NULL;
+}
+
+struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
+{
+    return knote_find(kq, ident, filter);
 }
 
 static int hash_grow(struct kq *kq)
@@ -620,7 +637,7 @@ static int drain_writes(struct kq *kq, struct kevent *out, int room)
 static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
                          struct kevent *out, int room, uint64_t scan_id)
 {
-    int n = 0, writes = 0, timers = 0;
+    int n = 0, writes = 0, timers = 0, vnodes = 0;
     /* Each READ item owns one slot of room; internal items get the rest. */
     for (int i = 0; i < r; i++) {
         uint32_t tag = EP_TAG_OF(ebuf[i].data.u64);
@@ -630,9 +647,18 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
             writes = 1;
         } else if (tag == TAG_TIMER) {
             timers = 1;
+        } else if (tag == TAG_VNODE) {
+            vnodes = 1;
+        } else if (tag == TAG_SIGNAL) {
+            kq_signal_ready(kq);
+        } else if (tag == TAG_PROC) {
+            kq_proc_ready(kq, ebuf[i].data.u64);
         }
-        /* TAG_WAKE: the pending list is drained below. */
+        /* TAG_WAKE: the pending list is drained below, where SIGNAL,
+         * PROC and VNODE knotes made active above are reported too. */
     }
+    if (vnodes)
+        kq_vnode_ready(kq);
     if (timers) {
         uint64_t ticks;
         (void)!read(kq->timer_fd, &ticks, sizeof ticks);

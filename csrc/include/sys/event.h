@@ -3,9 +3,13 @@
  *
  * The kqueue(2) API with FreeBSD's numbering and the 32-byte
  * struct kevent layout shared by macOS and libkqueue (LP64).  The
- * implementation is the C files of csrc/, built on epoll, eventfd and
- * timerfd.  Filters the backend does not implement are declared so that
- * code written for BSD compiles; registering them fails with EINVAL.
+ * implementation is the C files of csrc/, built on epoll, eventfd,
+ * timerfd, pidfd and inotify.  Filters: READ, WRITE, TIMER, USER, SIGNAL,
+ * PROC (NOTE_EXIT only: NOTE_FORK, NOTE_EXEC and NOTE_TRACK fail with
+ * EINVAL) and VNODE; see filter_*.c for each one's Linux specifics
+ * (notably how EVFILT_SIGNAL coexists with signal handlers).  Filters
+ * not implemented (EVFILT_AIO, ...) are not declared; an unknown filter
+ * number fails with EINVAL.
  */
 #ifndef KQUEUE_PY_SYS_EVENT_H
 #define KQUEUE_PY_SYS_EVENT_H

@@ -1,0 +1,377 @@
+/*
+ * EVFILT_VNODE: ident is an open descriptor of a file or directory;
+ * fflags says which changes to report (NOTE_DELETE, NOTE_WRITE,
+ * NOTE_EXTEND, NOTE_ATTRIB, NOTE_LINK, NOTE_RENAME, NOTE_REVOKE).  The
+ * event's fflags are the requested changes seen since the last report.
+ * As on BSD, without EV_CLEAR (or EV_DISPATCH) they stay set and the
+ * event is reported again on every call; EV_CLEAR is the normal usage.
+ *
+ * One inotify instance per queue, for all its VNODE registrations, in the
+ * queue's epoll set (libkqueue spends an instance per watch, and the
+ * per-user limit on instances is 128 by default; watches are limited
+ * only by fs.inotify.max_user_watches).  It is created on the first
+ * VNODE registration, after the user's descriptor was checked to be open:
+ * so the new descriptor cannot take that number.  A queue with no VNODE
+ * registration holds no instance, but each queue that has one holds one,
+ * so at most max_user_instances queues can watch files at once.
+ *
+ * The watch is added on /proc/self/fd/N, which names the very file the
+ * descriptor refers to (even renamed or unlinked), not a path that may
+ * have changed.  inotify gives one watch (wd) per file per instance, so
+ * several registrations (several descriptors of one file) may share a
+ * wd; they are chained in a small hash on wd.
+ *
+ * Mapping (inotify -> kqueue):
+ *   IN_MODIFY                 NOTE_WRITE, and NOTE_EXTEND if st_size grew
+ *   IN_ATTRIB                 NOTE_ATTRIB if mode/owner/mtime changed;
+ *                             NOTE_LINK if st_nlink changed, NOTE_DELETE
+ *                             if it dropped (unlink(), rename over it)
+ *   IN_DELETE_SELF            NOTE_DELETE
+ *   IN_MOVE_SELF              NOTE_RENAME
+ *   entry created / deleted / moved in a directory
+ *                             NOTE_WRITE, and NOTE_LINK for subdirectories
+ *   IN_UNMOUNT                NOTE_REVOKE, with EV_EOF | EV_ONESHOT
+ *   IN_Q_OVERFLOW (events lost)  every registration: NOTE_WRITE |
+ *                             NOTE_ATTRIB plus what fstat shows
+ * Limits: rmdir() of a watched directory is not reported while a
+ * descriptor keeps it open (inotify sends IN_DELETE_SELF only once the
+ * last reference goes); when the last link of a file is removed the
+ * kernel may drop the watch, and later writes through a still-open
+ * descriptor are not reported.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kq_internal.h"
+
+#define VN_MASK (IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | \
+                 IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
+#define VN_ENTRY (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
+#define NOTE_VNODE_ALL (NOTE_DELETE | NOTE_WRITE | NOTE_EXTEND | NOTE_ATTRIB | \
+                        NOTE_LINK | NOTE_RENAME | NOTE_REVOKE)
+
+/* ---- the queue's inotify instance ------------------------------------ */
+
+static int inotify_ensure(struct kq *kq)
+{
+    if (kq->inotify_fd >= 0)
+        return 0;
+    struct knote **buckets = calloc(KQ_VN_BUCKETS, sizeof *buckets);
+    if (buckets == NULL)
+        return ENOMEM;
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        free(buckets);
+        return err;
+    }
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(TAG_VNODE, 0, 0) };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int err = errno;
+        close(fd);
+        free(buckets);
+        return err;
+    }
+    kq->inotify_fd = fd;
+    kq->vn_buckets = buckets;
+    return 0;
+}
+
+static struct knote **bucket_of(struct kq *kq, int wd)
+{
+    return &kq->vn_buckets[(unsigned)wd % KQ_VN_BUCKETS];
+}
+
+static void wd_link(struct kq *kq, struct knote *kn)
+{
+    struct knote **b = bucket_of(kq, kn->u.vnode.wd);
+    kn->u.vnode.next = *b;
+    *b = kn;
+}
+
+static void wd_unlink(struct kq *kq, struct knote *kn)
+{
+    if (kn->u.vnode.wd < 0)
+        return;
+    struct knote **pp = bucket_of(kq, kn->u.vnode.wd);
+    while (*pp != NULL && *pp != kn)
+        pp = &(*pp)->u.vnode.next;
+    if (*pp != NULL)
+        *pp = kn->u.vnode.next;
+    kn->u.vnode.next = NULL;
+}
+
+static int wd_in_use(struct kq *kq, int wd)
+{
+    for (struct knote *kn = *bucket_of(kq, wd); kn != NULL; kn = kn->u.vnode.next)
+        if (kn->u.vnode.wd == wd)
+            return 1;
+    return 0;
+}
+
+/* Stop watching: remove the inotify watch if no other knote shares it. */
+static void unwatch(struct kq *kq, struct knote *kn)
+{
+    int wd = kn->u.vnode.wd;
+    if (wd < 0)
+        return;
+    wd_unlink(kq, kn);
+    kn->u.vnode.wd = -1;
+    if (!wd_in_use(kq, wd))
+        inotify_rm_watch(kq->inotify_fd, wd);
+}
+
+/* ---- file state -------------------------------------------------------- */
+
+/* A file kqueue can watch: not a socket, pipe, or anonymous inode. */
+static int watchable(const struct stat *st)
+{
+    return S_ISREG(st->st_mode) || S_ISDIR(st->st_mode) || S_ISCHR(st->st_mode) ||
+           S_ISBLK(st->st_mode) || S_ISLNK(st->st_mode);
+}
+
+static uint64_t attr_stamp(const struct stat *st)
+{
+    uint64_t h = st->st_mode;
+    h = h * 1000003u ^ st->st_uid;
+    h = h * 1000003u ^ st->st_gid;
+    h = h * 1000003u ^ (uint64_t)st->st_mtim.tv_sec;
+    h = h * 1000003u ^ (uint64_t)st->st_mtim.tv_nsec;
+    return h;
+}
+
+static void remember(struct knote *kn, const struct stat *st)
+{
+    kn->u.vnode.dev = st->st_dev;
+    kn->u.vnode.ino = st->st_ino;
+    kn->u.vnode.size = st->st_size;
+    kn->u.vnode.nlink = st->st_nlink;
+    kn->u.vnode.stamp = attr_stamp(st);
+    kn->kev.data = 0;
+}
+
+/* fstat the knote's descriptor; 0 if it no longer names the watched file
+ * (closed, or the number reused), which makes the event stale. */
+static int vnode_stat(const struct knote *kn, struct stat *st)
+{
+    return fstat((int)kn->kev.ident, st) == 0 && st->st_dev == kn->u.vnode.dev &&
+           st->st_ino == kn->u.vnode.ino;
+}
+
+/* Start watching the file the descriptor names.  Returns 0 or errno. */
+static int watch(struct kq *kq, struct knote *kn, const struct stat *st)
+{
+    char path[sizeof "/proc/self/fd/" + 12];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", (int)kn->kev.ident);
+    int wd = inotify_add_watch(kq->inotify_fd, path, VN_MASK);
+    if (wd < 0)
+        return errno;
+    kn->u.vnode.wd = wd;
+    remember(kn, st);
+    wd_link(kq, kn);
+    return 0;
+}
+
+/* ---- the filter ------------------------------------------------------ */
+
+static int vnode_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
+{
+    struct stat st;
+    kn->u.vnode.wd = -1;
+    if (kev->ident > INT_MAX || fstat((int)kev->ident, &st) < 0)
+        return EBADF;
+    if (!watchable(&st))
+        return EINVAL;
+    /* Only now, with the user's descriptor known open, may a new
+     * descriptor be made: it cannot take the user's number. */
+    int err = inotify_ensure(kq);
+    if (err)
+        return err;
+    kn->kev.fflags = kev->fflags;
+    kn->u.vnode.fired = 0;
+    return watch(kq, kn, &st);
+}
+
+static int vnode_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
+{
+    kn->kev.fflags = kev->fflags;
+    kn->u.vnode.fired &= kev->fflags;
+    if (!(kev->flags & EV_ADD))
+        return 0;
+    /* Re-adding: if the number now names another file (the old one was
+     * closed behind our back), or the kernel dropped the watch, start
+     * over on the file it names now. */
+    struct stat st;
+    if (fstat((int)kn->kev.ident, &st) < 0)
+        return -EBADF;
+    if (!watchable(&st))
+        return -EINVAL;
+    if (kn->u.vnode.wd >= 0 && st.st_dev == kn->u.vnode.dev && st.st_ino == kn->u.vnode.ino)
+        return 0;
+    unwatch(kq, kn);
+    kn->u.vnode.fired = 0;
+    kn->status &= ~KN_ACTIVE;
+    kq_dequeue(kq, kn);
+    int err = watch(kq, kn, &st);
+    return err ? -err : 0;
+}
+
+static void vnode_detach(struct kq *kq, struct knote *kn)
+{
+    unwatch(kq, kn);
+}
+
+/* Record changes on a knote; queue it if it has something to say. */
+static void vnode_fire(struct kq *kq, struct knote *kn, uint32_t notes)
+{
+    kn->u.vnode.fired |= notes & kn->kev.fflags & NOTE_VNODE_ALL;
+    if (kn->u.vnode.fired == 0 && !(kn->kev.flags & EV_EOF))
+        return;
+    kn->status |= KN_ACTIVE;
+    if (!(kn->status & KN_DISABLED))
+        kq_enqueue(kq, kn);
+}
+
+/* What fstat shows changed since last time: NOTE_EXTEND, NOTE_LINK,
+ * NOTE_DELETE, NOTE_ATTRIB (the last only when attr is set). */
+static uint32_t stat_changes(struct knote *kn, const struct stat *st, int attr)
+{
+    uint32_t notes = 0;
+    if (st->st_size > kn->u.vnode.size)
+        notes |= NOTE_EXTEND;
+    if (st->st_nlink != kn->u.vnode.nlink) {
+        notes |= NOTE_LINK;
+        if (st->st_nlink < kn->u.vnode.nlink)
+            notes |= NOTE_DELETE;       /* unlink(), or renamed over */
+    }
+    uint64_t stamp = attr_stamp(st);
+    if (attr && (stamp != kn->u.vnode.stamp || !(notes & NOTE_LINK)))
+        notes |= NOTE_ATTRIB;           /* not just the link count */
+    kn->u.vnode.size = st->st_size;
+    kn->u.vnode.nlink = st->st_nlink;
+    kn->u.vnode.stamp = stamp;
+    return notes;
+}
+
+/* One inotify event for one knote. */
+static void vnode_event(struct kq *kq, struct knote *kn, const struct inotify_event *ev)
+{
+    uint32_t m = ev->mask, notes = 0;
+    if (ev->len > 0) {
+        /* About an entry of a watched directory: only the directory's
+         * own contents changing concerns it, not the entry's data. */
+        if (m & VN_ENTRY)
+            notes |= NOTE_WRITE;
+        if ((m & VN_ENTRY) && (m & IN_ISDIR))
+            notes |= NOTE_LINK;         /* a subdirectory's ".." link */
+        vnode_fire(kq, kn, notes);
+        return;
+    }
+    if (m & (IN_MODIFY | IN_ATTRIB)) {
+        struct stat st;
+        if (!vnode_stat(kn, &st))
+            return;                     /* stale: descriptor closed */
+        notes |= stat_changes(kn, &st, (m & IN_ATTRIB) != 0);
+        if (m & IN_MODIFY)
+            notes |= NOTE_WRITE;
+    }
+    if (m & IN_DELETE_SELF)
+        notes |= NOTE_DELETE;
+    if (m & IN_MOVE_SELF)
+        notes |= NOTE_RENAME;
+    if (m & IN_UNMOUNT) {
+        notes |= NOTE_REVOKE;
+        kn->kev.flags |= EV_EOF | EV_ONESHOT;   /* as FreeBSD on revoke */
+    }
+    vnode_fire(kq, kn, notes);
+}
+
+/* Events were lost: tell every registration something may have changed. */
+static void vnode_overflow(struct kq *kq)
+{
+    for (size_t b = 0; b < KQ_VN_BUCKETS; b++) {
+        for (struct knote *kn = kq->vn_buckets[b]; kn != NULL; kn = kn->u.vnode.next) {
+            struct stat st;
+            uint32_t notes = NOTE_WRITE | NOTE_ATTRIB;
+            if (vnode_stat(kn, &st))
+                notes |= stat_changes(kn, &st, 1);
+            vnode_fire(kq, kn, notes);
+        }
+    }
+}
+
+/* The kernel dropped a watch (file deleted, unmounted, removed). */
+static void vnode_ignored(struct kq *kq, int wd)
+{
+    struct knote **pp = bucket_of(kq, wd);
+    while (*pp != NULL) {
+        struct knote *kn = *pp;
+        if (kn->u.vnode.wd == wd) {
+            *pp = kn->u.vnode.next;
+            kn->u.vnode.next = NULL;
+            kn->u.vnode.wd = -1;
+        } else {
+            pp = &kn->u.vnode.next;
+        }
+    }
+}
+
+static void vnode_dispatch(struct kq *kq, const struct inotify_event *ev)
+{
+    if (ev->mask & IN_Q_OVERFLOW) {
+        vnode_overflow(kq);
+        return;
+    }
+    for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next)
+        if (kn->u.vnode.wd == ev->wd)
+            vnode_event(kq, kn, ev);
+    if (ev->mask & IN_IGNORED)
+        vnode_ignored(kq, ev->wd);
+}
+
+/* inotify_fd is readable: read and dispatch everything.  Lock held. */
+void kq_vnode_ready(struct kq *kq)
+{
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (;;) {
+        ssize_t len = read(kq->inotify_fd, buf, sizeof buf);
+        if (len <= 0)
+            return;     /* EAGAIN: drained */
+        for (char *p = buf; p < buf + len;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            vnode_dispatch(kq, ev);
+            p += sizeof *ev + ev->len;
+        }
+    }
+}
+
+static int vnode_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
+{
+    (void)kq;
+    if (kn->u.vnode.fired == 0 && !(kn->kev.flags & EV_EOF)) {
+        kn->status &= ~KN_ACTIVE;
+        return 0;
+    }
+    *out = kn->kev;
+    out->fflags = kn->u.vnode.fired;
+    out->data = 0;
+    /* As on FreeBSD, EV_CLEAR and EV_DISPATCH reset the state. */
+    if (kn->kev.flags & (EV_CLEAR | EV_DISPATCH)) {
+        kn->u.vnode.fired = 0;
+        kn->status &= ~KN_ACTIVE;
+    }
+    return 1;
+}
+
+const struct filter_ops kq_vnode_ops = {
+    .attach = vnode_attach,
+    .modify = vnode_modify,
+    .detach = vnode_detach,
+    .deliver = vnode_deliver,
+};
