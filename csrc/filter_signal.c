@@ -53,6 +53,10 @@
  *     gets the original dispositions back: see kq_signal_atfork_child);
  *   - standard signals sent while one is already pending are merged by
  *     the kernel before delivery, so data counts deliveries, as on BSD.
+ *   - when a queue starts watching signals, the eventfd may already be
+ *     readable (from earlier signals), which gives that queue one
+ *     spurious wake-up: its descriptor polls readable and kevent() finds
+ *     no event.
  */
 #define _GNU_SOURCE
 #include <errno.h>
