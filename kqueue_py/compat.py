@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno as _errno
 import math
+import operator
 import os
 import struct
 import sys
@@ -36,7 +37,7 @@ _SIZE = _KEVENT.size
 _INT_MAX = 2**31 - 1
 _U64 = 2**64 - 1
 _MINUS_EINTR = -_errno.EINTR
-_MAX_TIMEOUT_S = 2**63 // 10**9 - 1   # what fits the backend's int64 ns
+_MAX_TIMEOUT_S = (2**63 - 1) // 10**9   # CPython's _PyTime_t (int64 ns) limit
 
 
 def _constant_names() -> dict[str, int]:
@@ -53,35 +54,47 @@ def _constant_names() -> dict[str, int]:
 
 
 CONSTANTS: dict[str, int] = _constant_names()
+# Names the stdlib exports on FreeBSD and macOS that this backend has no
+# filter/flag for: defined (FreeBSD values) so code naming them imports;
+# registering KQ_FILTER_AIO fails with EINVAL.
+CONSTANTS.setdefault("KQ_FILTER_AIO", -3)
+CONSTANTS.setdefault("KQ_EV_FLAG1", 0x2000)
 globals().update(CONSTANTS)
 __all__ += sorted(CONSTANTS)
 
 
 def _ident(obj: Any) -> int:
-    """``ident`` as select.kevent parses it: an int, or a fileno() object."""
+    """``ident`` as select.kevent parses it: an int (a ``size_t``), or an
+    object with ``fileno()`` (a non-negative C ``int``)."""
     if isinstance(obj, int):
         if obj < 0:
-            raise OverflowError("can't convert negative int to unsigned")
+            raise OverflowError("can't convert negative value to size_t")
         if obj > _U64:
-            raise OverflowError("int too big to convert")
-        return obj
-    if hasattr(obj, "fileno"):
-        fd = obj.fileno()
-        if not isinstance(fd, int):
-            raise TypeError("fileno() returned a non-integer")
-        if fd < 0:
-            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-        return fd
-    raise TypeError("argument must be an int, or have a fileno() method.")
+            raise OverflowError("Python int too large to convert to C size_t")
+        return int(obj)
+    fileno = getattr(obj, "fileno", None)
+    if fileno is None:
+        raise TypeError("argument must be an int, or have a fileno() method.")
+    fd = fileno()
+    if not isinstance(fd, int):
+        raise TypeError("fileno() returned a non-integer")
+    return _fd(fd)
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, float):
-        raise TypeError(f"'float' object cannot be interpreted as an integer")
-    try:
-        return value.__index__()  # type: ignore[no-any-return]
-    except AttributeError:
-        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
+def _fd(fd: int) -> int:
+    if not -2**31 <= fd <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    if fd < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    return int(fd)
+
+
+def _c_int(value: Any) -> int:
+    """An ``int`` argument as CPython's argument clinic converts it."""
+    v: int = operator.index(value)
+    if not -2**31 <= v <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return v
 
 
 class kevent:
@@ -106,31 +119,46 @@ class kevent:
     def __init__(self, ident: Any, filter: int = lib.EVFILT_READ,
                  flags: int = lib.EV_ADD, fflags: int = 0, data: int = 0,
                  udata: int = 0) -> None:
-        self.ident = _ident(ident)
-        f = _int(filter, "filter")
+        # The getargs format units of CPython's kevent(): "O|hHILK".
+        f = operator.index(filter)                      # "h": range-checked
         if not -32768 <= f <= 32767:
             raise OverflowError("signed short integer is "
                                 + ("less than minimum" if f < 0 else "greater than maximum"))
-        self.filter = f
-        self.flags = _int(flags, "flags") & 0xFFFF        # "H": no range check
-        self.fflags = _int(fflags, "fflags") & 0xFFFFFFFF  # "I": no range check
-        d = _int(data, "data")
+        flags = operator.index(flags) & 0xFFFF          # "H": truncated
+        fflags = operator.index(fflags) & 0xFFFFFFFF    # "I": truncated
+        d = operator.index(data)                        # "L": range-checked
         if not -2**63 <= d < 2**63:
-            raise OverflowError("Python int too large to convert to C long")
+            raise OverflowError("int too big to convert")
+        if not isinstance(udata, int):                  # "K": an int, truncated
+            raise TypeError(f"kevent() argument 6 must be int, not {type(udata).__name__}")
+        # ident last, as CPython converts it after the other arguments.
+        self.ident = _ident(ident)
+        self.filter = f
+        self.flags = flags
+        self.fflags = fflags
         self.data = d
-        self.udata = _int(udata, "udata") & _U64           # "K": no range check
+        self.udata = udata & _U64
 
     def _row(self) -> tuple[int, int, int, int, int, int]:
         return (self.ident, self.filter, self.flags, self.fflags, self.data, self.udata)
 
     def __repr__(self) -> str:
+        # data is printed as C's %llx prints it (two's complement).
         return ("<select.kevent ident={} filter={} flags={:#x} fflags={:#x} "
-                "data={:#x} udata={:#x}>".format(*self._row()))
+                "data={:#x} udata={:#x}>".format(
+                    self.ident, self.filter, self.flags, self.fflags,
+                    self.data & _U64, self.udata))
+
+    def _key(self) -> tuple[int, int, int, int, int, int]:
+        # CPython compares the fields in order, udata as a signed intptr_t.
+        u = self.udata
+        return (self.ident, self.filter, self.flags, self.fflags, self.data,
+                u - 2**64 if u >= 2**63 else u)
 
     def _cmp(self, other: object) -> Optional[int]:
         if not isinstance(other, kevent):
             return None
-        a, b = self._row(), other._row()
+        a, b = self._key(), other._key()
         return (a > b) - (a < b)
 
     def __eq__(self, other: object) -> bool:
@@ -211,9 +239,7 @@ class kqueue:
     @classmethod
     def fromfd(cls, fd: int) -> "kqueue":
         """Create a kqueue object from a given control fd (sharing its queue)."""
-        fd = _int(fd, "fd")
-        if not -2**31 <= fd <= _INT_MAX:
-            raise OverflowError("Python int too large to convert to C int")
+        fd = _c_int(fd)
         self = object.__new__(cls)
         self._fd = fd
         _LIVE.add(self)
@@ -234,11 +260,12 @@ class kqueue:
         """Close the kqueue control file descriptor.  Further operations on
         the kqueue object will raise an exception."""
         fd, self._fd = self._fd, -1
-        if fd >= 0 and lib.kqueue_close(fd) < 0:
-            err = ffi.errno
-            if err != _errno.EBADF:
-                raise OSError(err, os.strerror(err))
-            os.close(fd)  # not a queue of ours (fromfd on a plain fd)
+        # As CPython's: a failing close() is not reported.
+        if fd >= 0 and lib.kqueue_close(fd) < 0 and ffi.errno == _errno.EBADF:
+            try:
+                os.close(fd)  # not a queue of ours (fromfd on a plain fd)
+            except OSError:
+                pass
 
     def __del__(self) -> None:
         try:
@@ -266,11 +293,9 @@ class kqueue:
         - timeout is the maximum time to wait in seconds, or else None to
           wait forever.  timeout accepts floats for smaller timeouts, too.
         """
+        maxevents = _c_int(maxevents)
         if self._fd < 0:
             raise ValueError("I/O operation on closed kqueue object")
-        maxevents = _int(maxevents, "maxevents")
-        if not -2**31 <= maxevents <= _INT_MAX:
-            raise OverflowError("Python int too large to convert to C int")
         if maxevents < 0:
             raise ValueError(f"Length of eventlist must be 0 or positive, got {maxevents}")
 
@@ -284,9 +309,10 @@ class kqueue:
         nchanges = 0
         if changelist is not None:
             try:
-                seq = list(changelist)
+                it = iter(changelist)
             except TypeError:
                 raise TypeError("changelist is not iterable") from None
+            seq = list(it)
             nchanges = len(seq)
             if nchanges > _INT_MAX:
                 raise OverflowError("changelist is too long")
@@ -296,8 +322,14 @@ class kqueue:
                 for i, ev in enumerate(seq):
                     if not isinstance(ev, kevent):
                         raise TypeError("changelist must be an iterable of select.kevent objects")
-                    pack_into(packed, i * _SIZE, ev.ident, ev.filter, ev.flags,
-                              ev.fflags, ev.data, ev.udata)
+                    try:
+                        pack_into(packed, i * _SIZE, ev.ident, ev.filter, ev.flags,
+                                  ev.fflags, ev.data, ev.udata)
+                    except struct.error:
+                        # An attribute was assigned a value out of its C
+                        # range: check it as the constructor would.
+                        ev = kevent(ev.ident, ev.filter, ev.flags, ev.fflags, ev.data, ev.udata)
+                        pack_into(packed, i * _SIZE, *ev._row())
                 changes = ffi.from_buffer("struct kevent[]", packed)
 
         events = ffi.new("struct kevent[]", maxevents) if maxevents else ffi.NULL
@@ -323,27 +355,31 @@ class kqueue:
 
 
 def _timeout_ns(timeout: Any) -> int:
-    """A control() timeout as nanoseconds, checked as CPython checks it."""
-    if isinstance(timeout, float):
-        seconds = timeout
-    elif isinstance(timeout, int):
-        seconds = float(timeout) if abs(timeout) < 2**53 else timeout
-    elif hasattr(timeout, "__index__"):
-        seconds = timeout.__index__()
-    elif hasattr(timeout, "__float__"):
-        seconds = float(timeout)
-    else:
-        raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}")
-    if seconds != seconds:
-        raise ValueError("Invalid value NaN (not a number)")
-    if seconds < 0:
+    """A control() timeout as nanoseconds, checked as CPython checks it.
+
+    CPython accepts a float or an integer (``__index__``), and reports any
+    failure to convert it (NaN, out of range, wrong type) as this TypeError.
+    """
+    ns: Optional[int] = None
+    try:
+        if isinstance(timeout, float):
+            if timeout == timeout:          # not NaN
+                # Round away from zero, as _PyTime_ROUND_TIMEOUT: never wait less.
+                t = timeout * 1e9
+                if -9.2e18 < t < 9.2e18:
+                    ns = math.ceil(t) if t >= 0 else math.floor(t)
+        else:
+            seconds = operator.index(timeout)
+            if -_MAX_TIMEOUT_S <= seconds <= _MAX_TIMEOUT_S:
+                ns = seconds * 1_000_000_000
+    except TypeError:
+        pass
+    if ns is None:
+        raise TypeError("timeout argument must be a number or None, got "
+                        + type(timeout).__name__)
+    if ns < 0:
         raise ValueError("timeout must be positive or None")
-    if seconds > _MAX_TIMEOUT_S:
-        raise OverflowError("timeout doesn't fit into C timespec")
-    # Round up, as CPython's _PyTime_ROUND_TIMEOUT does: never wait less.
-    if isinstance(seconds, int):
-        return seconds * 1_000_000_000
-    return math.ceil(seconds * 1e9)
+    return ns
 
 
 # ---------------------------------------------------------------------------
