@@ -200,8 +200,9 @@ static int vnode_attach(struct kq *kq, struct knote *kn, const struct kevent *ke
 
 static int vnode_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
+    /* As on FreeBSD, every change sets the fflags to watch, and changes
+     * already seen stay to be reported. */
     kn->kev.fflags = kev->fflags;
-    kn->u.vnode.fired &= kev->fflags;
     if (!(kev->flags & EV_ADD))
         return 0;
     /* Re-adding: if the number now names another file (the old one was
