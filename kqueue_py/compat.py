@@ -217,6 +217,7 @@ class kqueue:
     """
 
     __slots__ = ("_fd", "__weakref__")
+    _fd: int
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "kqueue":
         if args:

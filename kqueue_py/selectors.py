@@ -28,6 +28,12 @@ _DELETE = lib.EV_DELETE
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):  # type: ignore[misc,name-defined]
     """Kqueue-based selector (one READ and/or WRITE registration per fd)."""
 
+    # Provided by selectors._BaseSelectorImpl (typeshed does not declare them).
+    _fd_to_key: dict[int, SelectorKey]
+
+    def _fileobj_lookup(self, fileobj: Any) -> int:
+        return super()._fileobj_lookup(fileobj)  # type: ignore[no-any-return,misc]
+
     def __init__(self) -> None:
         super().__init__()
         self._queue = KQueue()
