@@ -19,6 +19,7 @@ find_python() {
     ls -d "$root"/versions/"$1".*/bin/python3 2>/dev/null | sort -V | tail -n 1
 }
 
+rm -rf build   # never reuse objects of another build
 mkdir -p dist/matrix
 wheel=""
 summary=()

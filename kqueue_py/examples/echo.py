@@ -102,8 +102,6 @@ class EchoServer:
                 return
             if len(chunk) < want:
                 break
-        if eof and available <= 0:
-            eof = True
         if eof:
             if fd in self.pending:
                 self.draining.add(fd)

@@ -5,11 +5,12 @@ module's ``std.http``: ``python -m kqueue_py.examples.http --port N [--workers N
   number of headers, body bytes) answered with 431 / 413 / 400.
 * ``workers=0`` (the default) runs handlers inline on the loop thread.
   ``workers=N`` hands each parsed request to a pool of N threads: the
-  connection freezes while its handler runs (its READ registration is
-  disabled; it is neither read nor evicted), completions are queued under a
-  lock and wake the loop through ``EVFILT_USER``, a full backlog sheds with
-  503, and a completion for a connection closed meanwhile is dropped
-  (generation check: fd numbers are reused, generations are not).
+  connection freezes while its handler runs (it is neither read nor
+  evicted; bytes that arrive wait in the socket), completions are queued
+  under a lock and wake the loop through ``EVFILT_USER``, a full backlog
+  sheds with 503, and a completion for a connection closed meanwhile (a
+  reset, shutdown) is dropped (generation check: fd numbers are reused,
+  generations are not).
 * Idle connections time out through one periodic ``EVFILT_TIMER``.
 * SIGINT/SIGTERM stop the server gracefully through ``EVFILT_SIGNAL`` where
   the backend has it (a plain signal handler otherwise).
@@ -41,7 +42,7 @@ from http import HTTPStatus
 from typing import Callable, Optional
 from urllib.parse import parse_qs
 
-from .. import (EV_ADD, EV_CLEAR, EV_DISABLE, EV_ENABLE, EV_EOF, EV_ONESHOT, EVFILT_READ,
+from .. import (EV_ADD, EV_CLEAR, EV_EOF, EV_ONESHOT, EVFILT_READ,
                 EVFILT_SIGNAL, EVFILT_TIMER, EVFILT_USER, EVFILT_WRITE, KQueue)
 from ..queue import Change
 
@@ -330,14 +331,14 @@ class HTTPServer:
                 if self._changes:
                     changes, self._changes = self._changes, []
                     self.queue.apply(changes, raise_errors=False)
-                for ident, filt, flags, _, data, _ in self.queue.wait_tuples():
+                for ident, filt, flags, fflags, data, _ in self.queue.wait_tuples():
                     if filt == EVFILT_READ:
                         if ident == lfd:
                             self._accept(data)
                         else:
                             conn = self.conns.get(ident)
                             if conn is not None:
-                                self._on_readable(conn, data, flags & EV_EOF)
+                                self._on_readable(conn, data, flags & EV_EOF, fflags)
                     elif filt == EVFILT_WRITE:
                         conn = self.conns.get(ident)
                         if conn is not None:
@@ -386,9 +387,16 @@ class HTTPServer:
             self.stats["accepted"] += 1
             self._changes.append(Change(conn.fd, EVFILT_READ, EV_ADD | EV_CLEAR))
 
-    def _on_readable(self, conn: Connection, available: int, eof: int) -> None:
+    def _on_readable(self, conn: Connection, available: int, eof: int, error: int = 0) -> None:
         if conn.busy:
-            return    # frozen: its READ is disabled; a stale event is ignored
+            # Frozen: not read (what arrives waits in the socket and is read
+            # when the handler completes).  A reset ends it now, and the
+            # worker's completion will then be dropped as stale.
+            if error:
+                self._close(conn)
+            elif eof:
+                conn.peer_done = True
+            return
         sock = conn.sock
         # Edge-triggered (EV_CLEAR): read what is there.  kqueue says how much
         # (data); a short read means the socket is dry, and new bytes bring
@@ -410,7 +418,7 @@ class HTTPServer:
                 break
             if len(conn.inbuf) > self.limits.max_header_bytes + self.limits.max_body_bytes + 65536:
                 break   # parse now: it refuses what is too large
-        if eof and available == 0:
+        if eof:
             conn.peer_done = True
         conn.last_active = time.monotonic()
         self._process(conn)
@@ -454,7 +462,6 @@ class HTTPServer:
                 conn.close_after = True
             return
         conn.busy = True   # frozen until the completion: no reads, no eviction
-        self._changes.append(Change(conn.fd, EVFILT_READ, EV_DISABLE))
 
     def _flush(self, conn: Connection) -> None:
         if conn.outbuf and not conn.writing:
@@ -515,13 +522,12 @@ class HTTPServer:
                 self.stats["stale_dropped"] += 1    # closed (and maybe reused) meanwhile
                 continue
             conn.busy = False
-            conn.last_active = time.monotonic()
             conn.outbuf += data
             if not keep_alive:
                 conn.close_after = True
-            else:
-                self._changes.append(Change(conn.fd, EVFILT_READ, EV_ENABLE))
-            self._process(conn)   # pipelined requests already buffered
+            # Read what arrived while frozen (its edge has passed), then
+            # answer pipelined requests.
+            self._on_readable(conn, 0, 0)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

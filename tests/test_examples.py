@@ -1,0 +1,367 @@
+"""The example servers under real sockets: correctness, limits, the worker
+pool, and robustness (slow clients, disconnects, malformed input, idle and
+thousands of connections, a full backlog).  No timings are asserted."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import pytest
+
+from kqueue_py.examples.echo import EchoServer
+from kqueue_py.examples.http import HTTPServer, Limits, Request, Response, Router, default_app
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@contextmanager
+def running(server) -> Iterator[tuple[str, int]]:
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server.address
+    finally:
+        server.stop()
+        t.join(10)
+        assert not t.is_alive(), "server did not stop"
+
+
+def read_response(f) -> tuple[int, dict[str, str], bytes]:
+    status_line = f.readline()
+    if not status_line:
+        raise ConnectionError("closed before a response")
+    status = int(status_line.split()[1])
+    headers = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    body = f.read(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+def request(addr, raw: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(addr, timeout=timeout) as s:
+        s.sendall(raw)
+        return read_response(s.makefile("rb"))
+
+
+def closed_by_peer(s: socket.socket, timeout: float = 5.0) -> bool:
+    s.settimeout(timeout)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+# --------------------------------------------------------------------------
+# Echo
+
+
+def test_echo_server_echoes_many_connections_and_large_payloads():
+    fds_before = _open_fds()
+    server = EchoServer()
+    with running(server) as addr:
+        clients = [socket.create_connection(addr) for _ in range(200)]
+        for i, c in enumerate(clients):
+            c.sendall(b"msg %d\n" % i)
+        for i, c in enumerate(clients):
+            assert c.recv(100) == b"msg %d\n" % i
+        big = os.urandom(2 << 20)                     # forces the WRITE path
+        c = clients[0]
+        got = bytearray()
+        t = threading.Thread(target=c.sendall, args=(big,))
+        t.start()
+        while len(got) < len(big):
+            got += c.recv(1 << 20)
+        t.join()
+        assert bytes(got) == big
+        for c in clients:
+            c.close()
+    assert _open_fds() == fds_before
+
+
+def test_echo_server_closes_after_peer_shutdown():
+    server = EchoServer()
+    with running(server) as addr:
+        c = socket.create_connection(addr)
+        c.sendall(b"bye")
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        c.settimeout(5)
+        while True:
+            chunk = c.recv(100)
+            if not chunk:
+                break
+            data += chunk
+        assert data == b"bye"
+        c.close()
+
+
+# --------------------------------------------------------------------------
+# HTTP: protocol
+
+
+@pytest.fixture(params=[0, 2], ids=["inline", "workers"])
+def http(request):
+    server = HTTPServer(workers=request.param)
+    with running(server) as addr:
+        yield server, addr
+
+
+def test_get_root_is_200_with_text(http):
+    _, addr = http
+    status, headers, body = request(addr, GET)
+    assert status == 200 and body == b"Hello from kqueue_py\n"
+    assert headers["connection"] == "keep-alive"
+
+
+def test_keep_alive_and_pipelining_answer_in_order(http):
+    _, addr = http
+    with socket.create_connection(addr, timeout=5) as s:
+        f = s.makefile("rb")
+        for _ in range(3):                            # keep-alive
+            s.sendall(GET)
+            assert read_response(f)[0] == 200
+        s.sendall(b"".join(b"POST /echo HTTP/1.1\r\nContent-Length: 1\r\n\r\n%d" % i
+                           for i in range(5)))        # pipelined
+        assert [read_response(f)[2] for _ in range(5)] == [b"%d" % i for i in range(5)]
+        s.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        status, headers, _ = read_response(f)
+        assert status == 200 and headers["connection"] == "close"
+        assert closed_by_peer(s)
+
+
+def test_http10_closes_unless_keep_alive(http):
+    _, addr = http
+    with socket.create_connection(addr, timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert read_response(s.makefile("rb"))[0] == 200
+        assert closed_by_peer(s)
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nbad header line\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\n\r\n", 505),
+    (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 431),
+    (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+    (b"GET /nope HTTP/1.1\r\n\r\n", 404),
+    (b"DELETE / HTTP/1.1\r\n\r\n", 405),
+])
+def test_bad_requests_get_the_right_status(http, raw, status):
+    _, addr = http
+    assert request(addr, raw)[0] == status
+
+
+def test_errors_close_the_connection_and_the_server_carries_on(http):
+    _, addr = http
+    with socket.create_connection(addr, timeout=5) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        status, headers, _ = read_response(s.makefile("rb"))
+        assert status == 400 and headers["connection"] == "close"
+        assert closed_by_peer(s)
+    assert request(addr, GET)[0] == 200
+
+
+def test_handler_exception_is_a_500_not_a_dead_server():
+    app = Router()
+
+    @app.route("GET", "/boom")
+    def boom(req: Request) -> Response:
+        raise RuntimeError("handler bug")
+
+    for workers in (0, 1):
+        server = HTTPServer(app, workers=workers)
+        with running(server) as addr:
+            assert request(addr, b"GET /boom HTTP/1.1\r\n\r\n")[0] == 500
+            assert request(addr, b"GET /boom HTTP/1.1\r\n\r\n")[0] == 500
+
+
+# --------------------------------------------------------------------------
+# HTTP: robustness
+
+
+def test_slow_client_one_byte_at_a_time(http):
+    _, addr = http
+    with socket.create_connection(addr, timeout=5) as s:
+        for b in b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello":
+            s.send(bytes([b]))
+        status, _, body = read_response(s.makefile("rb"))
+        assert (status, body) == (200, b"hello")
+
+
+def test_disconnects_mid_request_and_mid_response_leave_no_leak(http):
+    server, addr = http
+    for _ in range(20):
+        s = socket.create_connection(addr)
+        s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\npartial")
+        s.close()                                     # mid-request
+    big = os.urandom(1_000_000)                       # within the 1 MiB body limit
+    for _ in range(5):
+        s = socket.create_connection(addr)
+        s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big))
+        s.sendall(big[:300_000])
+        s.close()                                     # the body never completes
+        s = socket.create_connection(addr)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        s.recv(10)
+        s.close()                                     # mid-response, with a reset
+    assert request(addr, GET)[0] == 200
+    deadline = time.monotonic() + 5
+    while len(server.conns) > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(server.conns) == 0, "connections leaked"
+
+
+def test_idle_connections_time_out_through_the_timer():
+    server = HTTPServer(idle_timeout=0.2)
+    with running(server) as addr:
+        with socket.create_connection(addr) as s:
+            s.sendall(GET)
+            assert read_response(s.makefile("rb"))[0] == 200
+            assert closed_by_peer(s, timeout=5)
+        assert server.stats["idle_closed"] >= 1
+
+
+def test_full_worker_backlog_sheds_with_503():
+    server = HTTPServer(workers=1, backlog=1)
+    with running(server) as addr:
+        socks = [socket.create_connection(addr, timeout=10) for _ in range(6)]
+        for s in socks:
+            s.sendall(b"GET /sleep?ms=300 HTTP/1.1\r\n\r\n")
+        statuses = sorted(read_response(s.makefile("rb"))[0] for s in socks)
+        for s in socks:
+            s.close()
+        # One worker busy for 300 ms, room for one more: the rest are shed.
+        assert set(statuses) == {200, 503} and statuses.count(503) >= 4, statuses
+        assert server.stats["shed_503"] == statuses.count(503)
+
+
+def test_completion_for_a_closed_connection_is_dropped():
+    server = HTTPServer(workers=1)
+    with running(server) as addr:
+        s = socket.create_connection(addr)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.sendall(b"GET /sleep?ms=300 HTTP/1.1\r\n\r\n")
+        time.sleep(0.05)
+        s.close()                                     # a reset while the worker has it
+        # The closed number is likely reused by this new connection.
+        with socket.create_connection(addr, timeout=5) as s2:
+            s2.sendall(GET)
+            status, _, body = read_response(s2.makefile("rb"))
+            assert (status, body) == (200, b"Hello from kqueue_py\n")
+            deadline = time.monotonic() + 5
+            while server.stats["stale_dropped"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert server.stats["stale_dropped"] == 1
+
+
+def test_worker_pool_keeps_other_connections_moving():
+    server = HTTPServer(workers=4)
+    with running(server) as addr:
+        slow = socket.create_connection(addr, timeout=10)
+        slow.sendall(b"GET /sleep?ms=1000 HTTP/1.1\r\n\r\n")
+        # While a handler sleeps, other connections are answered.
+        t0 = time.monotonic()
+        for _ in range(20):
+            assert request(addr, GET)[0] == 200
+        fast_done = time.monotonic()
+        assert read_response(slow.makefile("rb"))[0] == 200
+        slow_done = time.monotonic()
+        slow.close()
+        assert fast_done < slow_done, "fast requests waited behind the slow handler"
+        assert fast_done - t0 < 1.0
+
+
+_SERVER_SCRIPT = """
+import resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from kqueue_py.examples.http import HTTPServer
+s = HTTPServer(port=0, listen_backlog=4096, idle_timeout=120, handle_signals=True)
+print(s.address[1], flush=True)
+s.serve_forever()
+"""
+
+
+def test_ten_thousand_idle_connections():
+    n = 10_000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < n + 200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {n + 200}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER_SCRIPT], stdout=subprocess.PIPE,
+                            cwd="/")
+    socks: list[socket.socket] = []
+    try:
+        port = int(proc.stdout.readline())
+        for _ in range(n):
+            socks.append(socket.create_connection(("127.0.0.1", port)))
+        # All idle; the server still answers a new client and old ones.
+        assert request(("127.0.0.1", port), GET, timeout=30)[0] == 200
+        for s in (socks[0], socks[n // 2], socks[-1]):
+            s.sendall(GET)
+            assert read_response(s.makefile("rb"))[0] == 200
+        assert proc.poll() is None
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_sigterm_stops_the_server_gracefully():
+    proc = subprocess.Popen([sys.executable, "-m", "kqueue_py.examples.http", "--port", "0"],
+                            stderr=subprocess.PIPE, cwd="/")
+    try:
+        line = proc.stderr.readline().decode()
+        assert "http server on" in line
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        assert request(("127.0.0.1", port), GET)[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert b"stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_server_leaves_no_descriptors_behind():
+    before = _open_fds()
+    for workers in (0, 2):
+        server = HTTPServer(workers=workers)
+        with running(server) as addr:
+            for _ in range(5):
+                assert request(addr, GET)[0] == 200
+    assert _open_fds() == before
