@@ -432,19 +432,35 @@ static void knote_requeue(struct kq *kq, struct knote *kn)
         kq_dequeue(kq, kn);
 }
 
-/* Keep wake_fd readable exactly while something is pending (or closed),
- * so the queue descriptor polls readable and blocked waiters wake. */
-static void wake_update(struct kq *kq)
+/*
+ * Keep wake_fd readable exactly while something is pending (or the queue is
+ * closed), so the queue descriptor polls readable and blocked waiters wake.
+ * Lock held.  Returns 1 when the caller owes a wake_signal() after it has
+ * unlocked: a waiter woken while we still hold the lock would only block on
+ * it and need a second wake-up.
+ */
+static int wake_update(struct kq *kq)
 {
     int want = kq->q_head != NULL || kq->closed;
     if (want == kq->wake_signalled)
-        return;
-    uint64_t v = 1;
-    if (want)
-        (void)!write(kq->wake_fd, &v, sizeof v);
-    else
-        (void)!read(kq->wake_fd, &v, sizeof v);
+        return 0;
     kq->wake_signalled = want;
+    if (want)
+        return 1;
+    int saved = errno;
+    uint64_t v;
+    if (read(kq->wake_fd, &v, sizeof v) < 0 && errno == EAGAIN)
+        kq->wake_signalled = 1;   /* an owed write has not landed yet: clear it next time */
+    errno = saved;
+    return 0;
+}
+
+static void wake_signal(struct kq *kq)
+{
+    int saved = errno;
+    uint64_t one = 1;
+    (void)!write(kq->wake_fd, &one, sizeof one);
+    errno = saved;
 }
 
 int64_t kq_now(void)
@@ -717,8 +733,10 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             kq_timers_expire(kq, kq_now());
         if (kq->q_head != NULL)
             n = drain_pending(kq, events, nevents, scan_id);
-        wake_update(kq);
+        int owed = wake_update(kq);
         pthread_mutex_unlock(&kq->lock);
+        if (owed)
+            wake_signal(kq);
     }
 
     for (;;) {
@@ -756,8 +774,10 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             n += process_batch(kq, ebuf, r, events + n, nevents - n, scan_id);
         int rearm_failed = kq_timers_rearm(kq) != 0;
         int err = errno;
-        wake_update(kq);
+        int owed = wake_update(kq);
         pthread_mutex_unlock(&kq->lock);
+        if (owed)
+            wake_signal(kq);
         if (n > 0)
             break;
         if (rearm_failed) {
@@ -810,7 +830,7 @@ int kevent(int kqfd, const struct kevent *changelist, int nchanges,
         errno = EBADF;
         return -1;
     }
-    int n = 0;
+    int n = 0, owed = 0;
     if (nchanges > 0) {
         pthread_mutex_lock(&kq->lock);
         if (kq->closed) {
@@ -820,9 +840,11 @@ int kevent(int kqfd, const struct kevent *changelist, int nchanges,
             n = apply_changes(kq, changelist, nchanges, eventlist, nevents);
             if (kq_timers_rearm(kq) != 0 && n == 0)
                 n = -1;
-            wake_update(kq);
+            owed = wake_update(kq);
         }
         pthread_mutex_unlock(&kq->lock);
+        if (owed)
+            wake_signal(kq);
     }
     /* As on FreeBSD: errors and receipts are returned without a scan. */
     if (n == 0 && nevents > 0)
