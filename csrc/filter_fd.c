@@ -31,16 +31,10 @@
 int kq_wr_ep_create(struct kq *kq)
 {
     int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0)
-        return errno;
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(TAG_WRITES, 0, 0) };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, ep, &ev) < 0) {
-        int err = errno;
-        close(ep);
-        return err;
-    }
-    kq->wr_ep = ep;
-    return 0;
+    int err = kq_watch_internal(kq, ep, EPOLLIN, EP_DATA(TAG_WRITES, 0, 0));
+    if (err == 0)
+        kq->wr_ep = ep;
+    return err;
 }
 
 static int set_of(const struct kq *kq, const struct knote *kn)

@@ -62,17 +62,11 @@ static int proc_attach(struct kq *kq, struct knote *kn, const struct kevent *kev
     kn->u.proc.gen = ++kq->fd_gen;
     kn->kev.fflags = kev->fflags;
     kn->kev.data = 0;
-    struct epoll_event ev = {
-        .events = EPOLLIN | EPOLLONESHOT,
-        .data.u64 = EP_DATA(TAG_PROC, kn->u.proc.gen, pid),
-    };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, pidfd, &ev) < 0) {
-        err = errno;
-        close(pidfd);
+    err = kq_watch_internal(kq, pidfd, EPOLLIN | EPOLLONESHOT,
+                            EP_DATA(TAG_PROC, kn->u.proc.gen, pid));
+    if (err)
         kn->u.proc.pidfd = -1;
-        return err;
-    }
-    return 0;
+    return err;
 }
 
 static int proc_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)

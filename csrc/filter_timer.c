@@ -103,16 +103,10 @@ static void heap_remove(struct kq *kq, struct knote *kn)
 int kq_timer_fd_create(struct kq *kq)
 {
     int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-    if (fd < 0)
-        return errno;
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(TAG_TIMER, 0, 0) };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        int err = errno;
-        close(fd);
-        return err;
-    }
-    kq->timer_fd = fd;
-    return 0;
+    int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_TIMER, 0, 0));
+    if (err == 0)
+        kq->timer_fd = fd;
+    return err;
 }
 
 /* Arm the timerfd at the earliest deadline (only when that changed). */

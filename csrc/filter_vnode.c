@@ -66,15 +66,8 @@ static int inotify_ensure(struct kq *kq)
     if (buckets == NULL)
         return ENOMEM;
     int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (fd < 0) {
-        int err = errno;
-        free(buckets);
-        return err;
-    }
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(TAG_VNODE, 0, 0) };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        int err = errno;
-        close(fd);
+    int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_VNODE, 0, 0));
+    if (err) {
         free(buckets);
         return err;
     }

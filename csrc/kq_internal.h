@@ -172,6 +172,7 @@ struct kq {
 #define EP_FD_OF(u64)   ((int)(uint32_t)(u64))
 
 /* kqueue.c */
+int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);

@@ -66,6 +66,33 @@ static void kq_mark_closed(struct kq *kq)
     }
 }
 
+/* The queue's own descriptors (the user's one included, if still open). */
+static void close_queue_fds(struct kq *kq)
+{
+    int *fds[] = { &kq->fd, &kq->waitfd, &kq->wake_fd, &kq->wr_ep, &kq->timer_fd,
+                   &kq->inotify_fd };
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
+}
+
+/* Put an internal descriptor (nested set, timerfd, pidfd, ...) into the
+ * queue's epoll set.  Returns 0, or an errno after closing fd.  Called
+ * with fd < 0 straight from its failed creation, it returns that errno. */
+int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
+{
+    if (fd < 0)
+        return errno;
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
+        return 0;
+    int err = errno;
+    close(fd);
+    return err;
+}
+
 /*
  * fork(): as on BSD, a child does not inherit queues.  The child closes
  * every queue descriptor it inherited; the memory is left alone because
@@ -80,15 +107,7 @@ static void atfork_child(void)
         if (kq == NULL)
             continue;
         registry[i] = NULL;
-        close(kq->fd);
-        close(kq->waitfd);
-        close(kq->wake_fd);
-        if (kq->wr_ep >= 0)
-            close(kq->wr_ep);
-        if (kq->timer_fd >= 0)
-            close(kq->timer_fd);
-        if (kq->inotify_fd >= 0)
-            close(kq->inotify_fd);
+        close_queue_fds(kq);
         /* pidfds are close-on-exec; like the memory, they are left. */
     }
     pthread_mutex_unlock(&registry_lock);
@@ -206,18 +225,7 @@ static void kq_destroy(struct kq *kq)
     free(kq->hash);
     free(kq->timers);
     free(kq->vn_buckets);
-    if (kq->fd >= 0)
-        close(kq->fd);
-    if (kq->waitfd >= 0)
-        close(kq->waitfd);
-    if (kq->wake_fd >= 0)
-        close(kq->wake_fd);
-    if (kq->wr_ep >= 0)
-        close(kq->wr_ep);
-    if (kq->timer_fd >= 0)
-        close(kq->timer_fd);
-    if (kq->inotify_fd >= 0)
-        close(kq->inotify_fd);
+    close_queue_fds(kq);
     pthread_mutex_destroy(&kq->lock);
     free(kq);
 }
