@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full asan matrix wheel clean
+.PHONY: install test bench bench-full asan matrix wheel sdist-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ matrix:
 wheel: $(PY)
 	$(PIP) install build
 	$(PY) -m build
+
+# The sdist is complete: a wheel built from the unpacked sdist passes the
+# suite in a fresh venv (everything happens in a temp dir).
+sdist-check:
+	bash tools/check-sdist.sh $(PYTHON)
 
 clean:
 	rm -rf build dist *.egg-info $(VENV) kqueue_py/_kqueue.c kqueue_py/*.so
