@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full asan matrix wheel sdist-check clean
+.PHONY: install test bench bench-full asan matrix wheel wheels sdist-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ matrix:
 wheel: $(PY)
 	$(PIP) install build
 	$(PY) -m build
+
+# The cp39-abi3 wheel, auditwheel-repaired into a manylinux wheel in dist/.
+wheels:
+	PYTHON=$(PYTHON) bash tools/build-wheels.sh dist
 
 # The sdist is complete: a wheel built from the unpacked sdist passes the
 # suite in a fresh venv (everything happens in a temp dir).
