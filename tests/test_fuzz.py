@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kqueue_py import compat, ffi, lib
 from kqueue_py.raw import kq_wait, new_events
 
-SETTINGS = settings(max_examples=250, deadline=None, print_blob=False,
+SETTINGS = settings(max_examples=250, deadline=None, print_blob=False, database=None,
                     suppress_health_check=list(HealthCheck))
 
 READ, WRITE, VNODE, PROC = lib.EVFILT_READ, lib.EVFILT_WRITE, lib.EVFILT_VNODE, lib.EVFILT_PROC
@@ -628,7 +628,8 @@ def run_model_ops(kq, ops):
     assert sorted(ev_tuple(evs[i]) for i in range(rc)) == sorted(model.expected_event(k) for k in ready)
 
 
-@settings(max_examples=300, deadline=None, print_blob=False, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, print_blob=False, database=None,
+          suppress_health_check=list(HealthCheck))
 @given(ops=st.lists(OP, max_size=30))
 def test_differential_user_timer_model(ops):
     kq = lib.kqueue()
