@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full asan matrix wheel wheels sdist-check clean
+.PHONY: install test bench bench-full asan matrix wheel wheels sdist-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ wheels:
 # suite in a fresh venv (everything happens in a temp dir).
 sdist-check:
 	bash tools/check-sdist.sh $(PYTHON)
+
+# mypy --strict on the package and ruff on the code (config in pyproject.toml).
+lint: $(PY)
+	$(PIP) install mypy ruff
+	$(VENV)/bin/mypy --strict kqueue_py
+	$(VENV)/bin/ruff check kqueue_py tests build_kqueue.py setup.py
 
 clean:
 	rm -rf build dist *.egg-info $(VENV) kqueue_py/_kqueue.c kqueue_py/*.so

@@ -17,6 +17,7 @@ Layers, each built only on the ones before it:
 from __future__ import annotations
 
 import sys as _sys
+from typing import TYPE_CHECKING
 
 from . import raw
 from .queue import KEEP, Change, Event, KQueue
@@ -38,9 +39,15 @@ BACKEND = "linux-backend" if _sys.platform.startswith("linux") else "kernel"
 
 globals().update(raw.CONSTANTS)
 
+if TYPE_CHECKING:
+    # For type checkers only: the EVFILT_*/EV_*/NOTE_* constants set from
+    # raw.CONSTANTS just above are ints (``from kqueue_py import EV_ADD``).
+    def __getattr__(name: str) -> int: ...
+
 __version__ = "0.1.0"
 
 __all__ = [
-    "KQueue", "Event", "Change", "KEEP", "BACKEND", "CONSTANTS", "ffi", "lib", "kev_change", "kq_apply", "kq_wait",
-    "new_events", "raise_errno", "timespec", *sorted(raw.CONSTANTS),
+    "KQueue", "Event", "Change", "KEEP", "BACKEND", "CONSTANTS", "ffi", "lib",
+    "kev_change", "kq_apply", "kq_wait", "new_events", "raise_errno", "timespec",
+    *sorted(raw.CONSTANTS),
 ]

@@ -1,15 +1,20 @@
 # Type stubs for the cffi-compiled module kqueue_py._kqueue.
+# ``ffi`` and cdata (``struct kevent *`` ...) are typed Any: cffi's objects
+# are dynamic, and typing them precisely would need types-cffi, whose
+# _CDataBase does not know the struct fields anyway.
 from typing import Any
 
-import _cffi_backend
-
-ffi: _cffi_backend.FFI
+ffi: Any
 
 class _Lib:
     def kqueue(self) -> int: ...
     def kevent(self, kq: int, changelist: Any, nchanges: int,
                eventlist: Any, nevents: int, timeout: Any) -> int: ...
     def kqueue_close(self, kq: int) -> int: ...
+    # kevent() with the timeout in nanoseconds (< 0: forever, 0: poll);
+    # returns the number of events, or -errno on failure.
+    def kqueue_py_kevent(self, kq: int, changelist: Any, nchanges: int,
+                         eventlist: Any, nevents: int, timeout_ns: int) -> int: ...
     def __getattr__(self, name: str) -> int: ...  # EVFILT_*, EV_*, NOTE_*
 
 lib: _Lib

@@ -23,7 +23,6 @@ import math
 import operator
 import os
 import struct
-import sys
 import time
 import weakref
 from typing import Any, Iterable, Optional
@@ -144,10 +143,9 @@ class kevent:
 
     def __repr__(self) -> str:
         # data is printed as C's %llx prints it (two's complement).
-        return ("<select.kevent ident={} filter={} flags={:#x} fflags={:#x} "
-                "data={:#x} udata={:#x}>".format(
-                    self.ident, self.filter, self.flags, self.fflags,
-                    self.data & _U64, self.udata))
+        return (f"<select.kevent ident={self.ident} filter={self.filter} "
+                f"flags={self.flags:#x} fflags={self.fflags:#x} "
+                f"data={self.data & _U64:#x} udata={self.udata:#x}>")
 
     def _key(self) -> tuple[int, int, int, int, int, int]:
         # CPython compares the fields in order, udata as a signed intptr_t.
@@ -163,27 +161,27 @@ class kevent:
 
     def __eq__(self, other: object) -> bool:
         c = self._cmp(other)
-        return NotImplemented if c is None else c == 0  # type: ignore[return-value]
+        return NotImplemented if c is None else c == 0
 
     def __ne__(self, other: object) -> bool:
         c = self._cmp(other)
-        return NotImplemented if c is None else c != 0  # type: ignore[return-value]
+        return NotImplemented if c is None else c != 0
 
     def __lt__(self, other: object) -> bool:
         c = self._cmp(other)
-        return NotImplemented if c is None else c < 0  # type: ignore[return-value]
+        return NotImplemented if c is None else c < 0
 
     def __le__(self, other: object) -> bool:
         c = self._cmp(other)
-        return NotImplemented if c is None else c <= 0  # type: ignore[return-value]
+        return NotImplemented if c is None else c <= 0
 
     def __gt__(self, other: object) -> bool:
         c = self._cmp(other)
-        return NotImplemented if c is None else c > 0  # type: ignore[return-value]
+        return NotImplemented if c is None else c > 0
 
     def __ge__(self, other: object) -> bool:
         c = self._cmp(other)
-        return NotImplemented if c is None else c >= 0  # type: ignore[return-value]
+        return NotImplemented if c is None else c >= 0
 
 
 _new_kevent = object.__new__
@@ -197,7 +195,7 @@ def _kevent_from_row(row: tuple[int, int, int, int, int, int]) -> kevent:
 
 # Queues alive in this process; closed in a forked child, as CPython 3.13
 # does for select.kqueue (the backend has already closed the descriptors).
-_LIVE: "weakref.WeakSet[kqueue]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[kqueue] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -219,7 +217,7 @@ class kqueue:
     __slots__ = ("_fd", "__weakref__")
     _fd: int
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "kqueue":
+    def __new__(cls, *args: Any, **kwargs: Any) -> kqueue:
         if args:
             raise TypeError("kqueue() takes no positional arguments")
         if kwargs:
@@ -238,7 +236,7 @@ class kqueue:
         pass
 
     @classmethod
-    def fromfd(cls, fd: int) -> "kqueue":
+    def fromfd(cls, fd: int) -> kqueue:
         """Create a kqueue object from a given control fd (sharing its queue)."""
         fd = _c_int(fd)
         self = object.__new__(cls)
@@ -275,7 +273,7 @@ class kqueue:
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 
-    def __enter__(self) -> "kqueue":
+    def __enter__(self) -> kqueue:
         if self._fd < 0:
             raise ValueError("I/O operation on closed kqueue object")
         return self

@@ -67,7 +67,7 @@ class Event(tuple):  # type: ignore[type-arg]
     flags: int = property(operator.itemgetter(2))  # type: ignore[assignment]
     fflags: int = property(operator.itemgetter(3))  # type: ignore[assignment]
     data: int = property(operator.itemgetter(4))  # type: ignore[assignment]
-    udata: Any = property(operator.itemgetter(5))  # type: ignore[assignment]
+    udata: Any = property(operator.itemgetter(5))
 
     def __repr__(self) -> str:
         return ("Event(ident={}, filter={}, flags={:#x}, fflags={:#x}, data={}, udata={!r})"
@@ -174,7 +174,7 @@ class KQueue:
         self._tokens.clear()
         self._oneshots.clear()
 
-    def __enter__(self) -> "KQueue":
+    def __enter__(self) -> KQueue:
         self._check()
         return self
 
@@ -424,7 +424,7 @@ class KQueue:
 # Queues alive in this process.  As on BSD, a forked child does not inherit
 # them: the backend closes their descriptors in the child (pthread_atfork)
 # and here they turn "closed", so using one raises ValueError.
-_LIVE: "weakref.WeakSet[KQueue]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[KQueue] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:

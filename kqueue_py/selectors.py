@@ -25,7 +25,7 @@ _ADD = lib.EV_ADD
 _DELETE = lib.EV_DELETE
 
 
-class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):  # type: ignore[misc,name-defined]
+class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
     """Kqueue-based selector (one READ and/or WRITE registration per fd)."""
 
     # Provided by selectors._BaseSelectorImpl (typeshed does not declare them).

@@ -12,12 +12,12 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 
 from kqueue_py.examples.echo import EchoServer
-from kqueue_py.examples.http import HTTPServer, Limits, Request, Response, Router, default_app
+from kqueue_py.examples.http import HTTPServer, Request, Response, Router
 
 
 def _open_fds() -> int:

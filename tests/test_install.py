@@ -5,13 +5,11 @@ process's select/selectors modules stay untouched.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 import textwrap
 
-import pytest
 
 PRELUDE = """
 import asyncio, select, selectors, socket, sys

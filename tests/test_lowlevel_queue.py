@@ -6,7 +6,6 @@ import errno
 import fcntl
 import os
 import select
-import socket
 import sys
 import threading
 import time

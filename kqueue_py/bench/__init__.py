@@ -26,7 +26,7 @@ from __future__ import annotations
 __all__ = ["main"]
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the benchmark command line; see ``python -m kqueue_py.bench -h``."""
     from .cli import main as _main
 

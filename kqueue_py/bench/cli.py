@@ -140,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             res.variants.update(measure_group(
                 built.runners, repeats=settings["repeats"], group=settings["group"],
                 target_batch_s=settings["target_batch_s"], warmup_s=settings["warmup_s"],
-                progress=lambda m: _progress(f"{tag}: {m}")))
+                progress=lambda m: _progress(f"{tag}: {m}")))  # noqa: B023 - called in this iteration
         except SkipScenario as e:
             res.error = f"skipped: {e}"
         except Exception as e:  # noqa: BLE001 - one scenario must not sink the run

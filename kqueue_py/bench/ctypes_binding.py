@@ -39,7 +39,7 @@ def extension_path() -> str:
     """The file of the installed ``kqueue_py._kqueue`` extension."""
     from .. import _kqueue
 
-    path: str = _kqueue.__file__  # type: ignore[attr-defined]
+    path: str = _kqueue.__file__
     return path
 
 

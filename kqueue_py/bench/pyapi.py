@@ -30,7 +30,7 @@ def available() -> Optional[str]:
 def new_queue() -> Any:
     import kqueue_py
 
-    return kqueue_py.KQueue()  # type: ignore[attr-defined]
+    return kqueue_py.KQueue()
 
 
 def register_readers(q: Any, fds: Sequence[int], udatas: Sequence[int]) -> None:

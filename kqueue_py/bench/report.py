@@ -99,7 +99,9 @@ def _grid(rows: List[List[str]], right: set[int]) -> List[str]:
 
 def render_table(results: List[ScenarioResult], facts: Dict[str, Any], mode: str,
                  out: TextIO) -> None:
-    p = lambda s="": print(s, file=out)  # noqa: E731
+    def p(s: str = "") -> None:
+        print(s, file=out)
+
     p(f"kqueue_py benchmark ({mode}): time per operation (min over groups of the "
       f"group median), ratios from this run")
     p(f"machine: {facts['cpu_model']}, {facts['cpu_count']} CPUs "

@@ -33,8 +33,16 @@ import threading
 import time
 from typing import Any, Optional
 
-from ..examples.http import (HTTPServer, Limits, ParseError, default_app, error_response,
-                             parse_request, run_handler, serialize)
+from ..examples.http import (
+    HTTPServer,
+    Limits,
+    ParseError,
+    default_app,
+    error_response,
+    parse_request,
+    run_handler,
+    serialize,
+)
 
 KINDS = ["kqueue_py", "kqueue_py+pool", "selectors", "asyncio", "asyncio+kqueue_py", "uvloop"]
 
@@ -323,7 +331,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for kind in kinds:
         if kind == "uvloop":
             try:
-                import uvloop  # type: ignore[import-not-found]  # noqa: F401
+                import uvloop  # noqa: F401
             except ImportError:
                 print("uvloop: not installed (pip install uvloop), skipped", file=sys.stderr)
                 continue
@@ -339,7 +347,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     base = results.get("selectors", {}).get("rps")
     print(f"\nHTTP/1.1 keep-alive, GET /, wrk -t1 -c{args.connections} -d{args.seconds:g}s, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print(f"{'server':<20} {'req/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'vs selectors':>13} {'non-2xx':>8}")
+    print(f"{'server':<20} {'req/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+          f"{'vs selectors':>13} {'non-2xx':>8}")
     for kind, r in rows:
         ratio = f"{r['rps'] / base:.2f}x" if base else "-"
         print(f"{kind:<20} {r['rps']:>10,.0f} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} "
@@ -352,7 +361,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"\nGET / while {SLEEPERS} connections run a 10 ms handler")
         print(f"{'kqueue_py server':<20} {'GET / p50 ms':>13} {'p99 ms':>8} {'max ms':>8} {'requests':>9}")
         for name, s in stall.items():
-            print(f"{name:<20} {s['p50_ms']:>13.2f} {s['p99_ms']:>8.2f} {s['max_ms']:>8.2f} {s['requests']:>9.0f}")
+            print(f"{name:<20} {s['p50_ms']:>13.2f} {s['p99_ms']:>8.2f} {s['max_ms']:>8.2f} "
+                  f"{s['requests']:>9.0f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

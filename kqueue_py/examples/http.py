@@ -42,8 +42,18 @@ from http import HTTPStatus
 from typing import Callable, Optional
 from urllib.parse import parse_qs
 
-from .. import (EV_ADD, EV_CLEAR, EV_EOF, EV_ONESHOT, EVFILT_READ,
-                EVFILT_SIGNAL, EVFILT_TIMER, EVFILT_USER, EVFILT_WRITE, KQueue)
+from .. import (
+    EV_ADD,
+    EV_CLEAR,
+    EV_EOF,
+    EV_ONESHOT,
+    EVFILT_READ,
+    EVFILT_SIGNAL,
+    EVFILT_TIMER,
+    EVFILT_USER,
+    EVFILT_WRITE,
+    KQueue,
+)
 from ..queue import Change
 
 __all__ = ["Request", "Response", "Router", "Limits", "HTTPServer", "ParseError",
@@ -290,7 +300,7 @@ class HTTPServer:
         self._changes: list[Change] = []
         self._lock = threading.Lock()
         self._completions: list[tuple[int, int, bytes, bool]] = []
-        self._jobs: "_queue.Queue[Optional[tuple[int, int, Request]]]" = _queue.Queue(maxsize=backlog)
+        self._jobs: _queue.Queue[Optional[tuple[int, int, Request]]] = _queue.Queue(maxsize=backlog)
         self._workers = [threading.Thread(target=self._worker, name=f"http-worker-{i}", daemon=True)
                          for i in range(workers)]
         self.stats = {"accepted": 0, "requests": 0, "shed_503": 0, "stale_dropped": 0,
@@ -303,7 +313,7 @@ class HTTPServer:
 
     # -- lifecycle ----------------------------------------------------------
     def _watch_signals(self) -> list[int]:
-        watched = []
+        watched: list[int] = []
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 # As on BSD: ignore the signal's default action, count it in
