@@ -257,9 +257,17 @@ int kqueue_close(int fd)
 /* ------------------------------------------------------------------ */
 /* Knote lookup and storage.                                           */
 
+/* Filters whose knotes live in the per-fd tables (READ, WRITE). */
 static int is_fd_filter(int16_t filter)
 {
     return filter == EVFILT_READ || filter == EVFILT_WRITE;
+}
+
+/* Filters whose ident is a descriptor: as on BSD, a change naming one that
+ * is not open fails with EBADF before any registration is looked up. */
+static int ident_is_fd(int16_t filter)
+{
+    return is_fd_filter(filter) || filter == EVFILT_VNODE;
 }
 
 static const struct filter_ops *filter_lookup(int16_t filter)
@@ -488,7 +496,7 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
     const struct filter_ops *ops = filter_lookup(kev->filter);
     if (ops == NULL)
         return EINVAL;
-    if (is_fd_filter(kev->filter) && kev->ident > INT_MAX)
+    if (ident_is_fd(kev->filter) && kev->ident > INT_MAX)
         return EBADF;
 
     struct knote *kn = knote_find(kq, kev->ident, kev->filter);
@@ -497,7 +505,7 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
     if (kn == NULL) {
         if (!(kev->flags & EV_ADD)) {
             /* As on BSD, a descriptor that is not open is EBADF. */
-            if (is_fd_filter(kev->filter) && fcntl((int)kev->ident, F_GETFD) < 0)
+            if (ident_is_fd(kev->filter) && fcntl((int)kev->ident, F_GETFD) < 0)
                 return EBADF;
             return ENOENT;
         }

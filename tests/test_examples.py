@@ -53,9 +53,11 @@ def read_response(f) -> tuple[int, dict[str, str], bytes]:
 
 
 def request(addr, raw: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(addr, timeout=timeout) as s:
+    # The file object is closed explicitly: a socket's fd stays open while a
+    # makefile() object lives, which on PyPy lasts until a garbage collection.
+    with socket.create_connection(addr, timeout=timeout) as s, s.makefile("rb") as f:
         s.sendall(raw)
-        return read_response(s.makefile("rb"))
+        return read_response(f)
 
 
 def closed_by_peer(s: socket.socket, timeout: float = 5.0) -> bool:
