@@ -42,7 +42,7 @@ NOTES = [
     "NOTE_FFNOP", "NOTE_FFAND", "NOTE_FFOR", "NOTE_FFCOPY",
     "NOTE_FFCTRLMASK", "NOTE_FFLAGSMASK", "NOTE_TRIGGER",
     # EVFILT_READ / EVFILT_WRITE
-    "NOTE_LOWAT",
+    "NOTE_LOWAT", "NOTE_NODATA",
     # EVFILT_VNODE
     "NOTE_DELETE", "NOTE_WRITE", "NOTE_EXTEND", "NOTE_ATTRIB",
     "NOTE_LINK", "NOTE_RENAME", "NOTE_REVOKE",
@@ -59,9 +59,12 @@ MISSING = {
     "darwin": {"EV_KEEPUDATA", "NOTE_MSECONDS"},
 }
 
+# kqueue_py's own extensions, implemented by the Linux backend only.
+LINUX_ONLY = {"NOTE_NODATA"}
+
 CONSTANTS = [
     name for name in FILTERS + FLAGS + NOTES
-    if name not in MISSING.get(sys.platform, set())
+    if name not in MISSING.get(sys.platform, set()) and (IS_LINUX or name not in LINUX_ONLY)
 ]
 
 CDEF = """

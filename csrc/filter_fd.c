@@ -332,19 +332,26 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
 {
     (void)kq;
     int fd = (int)kn->kev.ident;
-    if (kn->u.fd.kind == FDK_UNKNOWN)
+    /* NOTE_NODATA (a kqueue_py extension): readiness only, data = 0 --
+     * saves the ioctl per event for callers such as selectors that never
+     * look at data.  NOTE_LOWAT needs the count, so it wins. */
+    int counted = !(kn->kev.fflags & NOTE_NODATA) || (kn->kev.fflags & NOTE_LOWAT);
+    if (kn->u.fd.kind == FDK_UNKNOWN && (counted || (revents & EPOLLERR)))
         kn->u.fd.kind = learn_kind(fd);
     *out = kn->kev;
     out->fflags = 0;
+    out->data = 0;
     if (kn->kev.filter == EVFILT_READ) {
-        out->data = read_data(kn, fd);
+        if (counted)
+            out->data = read_data(kn, fd);
         if (revents & (EPOLLRDHUP | EPOLLHUP))
             out->flags |= EV_EOF;
         else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data &&
                  !(revents & EPOLLERR))
             return 0;
     } else {
-        out->data = write_data(kn, fd);
+        if (counted)
+            out->data = write_data(kn, fd);
         if (revents & (EPOLLHUP | EPOLLERR))
             out->flags |= EV_EOF;
         else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data)

@@ -324,9 +324,10 @@ class kqueue:
                     try:
                         pack_into(packed, i * _SIZE, ev.ident, ev.filter, ev.flags,
                                   ev.fflags, ev.data, ev.udata)
-                    except struct.error:
+                    except (struct.error, ValueError, OverflowError):
                         # An attribute was assigned a value out of its C
-                        # range: check it as the constructor would.
+                        # range (PyPy's struct raises ValueError for some):
+                        # check it as the constructor would.
                         ev = kevent(ev.ident, ev.filter, ev.flags, ev.fflags, ev.data, ev.udata)
                         pack_into(packed, i * _SIZE, *ev._row())
                 changes = ffi.from_buffer("struct kevent[]", packed)

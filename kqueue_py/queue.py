@@ -252,7 +252,7 @@ class KQueue:
                     pack_into(packed, i * _KEVENT_SIZE, ident, filt,
                               flags | _EV_RECEIPT, operator.index(c.fflags),
                               operator.index(c.data), token)
-                except struct.error as exc:
+                except (struct.error, ValueError, OverflowError) as exc:  # PyPy: ValueError
                     raise OverflowError(f"change {i} out of range: {c!r}") from exc
         changelist = ffi.from_buffer("struct kevent[]", packed)
         out = ffi.new("struct kevent[]", n)

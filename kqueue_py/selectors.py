@@ -10,12 +10,14 @@ without :func:`kqueue_py.compat.install`::
 """
 from __future__ import annotations
 
+import errno
+import os
 import selectors as _stdlib_selectors
 from selectors import EVENT_READ, EVENT_WRITE, SelectorKey
 from typing import Any, Optional
 
-from .queue import Change, KQueue
-from .raw import lib
+from .queue import Change, KQueue, _timeout_ns
+from .raw import _NULL, _kevent_ns, ffi, lib
 
 __all__ = ["KqueueSelector", "EVENT_READ", "EVENT_WRITE"]
 
@@ -23,6 +25,8 @@ _READ = lib.EVFILT_READ
 _WRITE = lib.EVFILT_WRITE
 _ADD = lib.EV_ADD
 _DELETE = lib.EV_DELETE
+_NODATA = getattr(lib, "NOTE_NODATA", 0)
+_MINUS_EINTR = -errno.EINTR
 
 
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
@@ -38,6 +42,11 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         super().__init__()
         self._queue = KQueue()
         self._filters = 0   # registered (fd, filter) pairs: the most events one wait can return
+        # select()'s own event array (a selector is used from one thread).
+        self._cap = 0
+        self._events: Any = None
+        self._words: Any = None
+        self._shorts: Any = None
 
     def fileno(self) -> int:
         return self._queue.fileno()
@@ -82,13 +91,30 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         return key
 
     def select(self, timeout: Optional[float] = None) -> list[tuple[SelectorKey, int]]:
-        timeout = None if timeout is None else max(timeout, 0)
+        if timeout is None:
+            timeout_ns = -1
+        elif timeout <= 0:
+            timeout_ns = 0
+        else:
+            timeout_ns = _timeout_ns(timeout)
         # With nothing registered this still waits (for the timeout), as
         # the stdlib selectors do.
-        events = self._queue.wait_tuples(timeout, max(self._filters, 1))
+        cap = self._filters if self._filters > 0 else 1
+        if cap > self._cap:
+            self._grow(cap)
+        n: int = _kevent_ns(self._queue._fd, _NULL, 0, self._events, cap, timeout_ns)
+        if n <= 0:
+            if n == 0 or n == _MINUS_EINTR:
+                return []   # interrupted: the handler ran; callers loop (as stdlib selectors)
+            self._queue._check()
+            raise OSError(-n, os.strerror(-n))
+        # Only ident and filter are needed: read them as two strided views
+        # of the event array instead of unpacking whole events.
+        idents = self._words[0:4 * n:4].tolist()
+        filters = self._shorts[4:16 * n:16].tolist()
         ready = []
         fd_to_key = self._fd_to_key
-        for ident, filt, _, _, _, _ in events:
+        for ident, filt in zip(idents, filters):
             key = fd_to_key.get(ident)
             if key is not None:
                 mask = EVENT_READ if filt == _READ else EVENT_WRITE
@@ -96,15 +122,26 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
                     ready.append((key, mask))
         return ready
 
+    def _grow(self, cap: int) -> None:
+        cap = max(cap, 2 * self._cap, 64)
+        self._events = ffi.new("struct kevent[]", cap)
+        view = memoryview(ffi.buffer(self._events))
+        self._words = view.cast("Q")     # 4 words per event: ident is word 0
+        self._shorts = view.cast("h")    # 16 shorts per event: filter is short 4
+        self._cap = cap
+
     def close(self) -> None:
         self._queue.close()
         super().close()
 
 
 def _changes(fd: int, events: int, flags: int) -> list[Change]:
+    # Selectors never look at data: where the backend offers it, skip its
+    # computation (one ioctl per event on Linux).
+    fflags = _NODATA if flags & _ADD else 0
     changes = []
     if events & EVENT_READ:
-        changes.append(Change(fd, _READ, flags))
+        changes.append(Change(fd, _READ, flags, fflags))
     if events & EVENT_WRITE:
-        changes.append(Change(fd, _WRITE, flags))
+        changes.append(Change(fd, _WRITE, flags, fflags))
     return changes

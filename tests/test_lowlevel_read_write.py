@@ -532,3 +532,39 @@ def test_read_note_lowat_eof_is_reported_below_the_mark(kq, fds):
     b.close()
     ev = one(kq.wait(), fd, READ)
     assert ev.flags & EV_EOF and ev.data == 10
+
+
+# --------------------------------------------------------------------------
+# NOTE_NODATA: a kqueue_py extension of the Linux backend.
+
+
+@pytest.mark.skipif(not hasattr(lib, "NOTE_NODATA"), reason="Linux backend extension")
+def test_note_nodata_reports_readiness_with_data_zero_and_keeps_eof(kq):
+    a, b = socket.socketpair()
+    try:
+        kq.change((a.fileno(), READ, EV_ADD, lib.NOTE_NODATA),
+                  (a.fileno(), lib.EVFILT_WRITE, EV_ADD, lib.NOTE_NODATA))
+        b.send(b"12345")
+        evs = {e.filter: e for e in kq.wait()}
+        assert evs[READ].data == 0 and evs[lib.EVFILT_WRITE].data == 0
+        assert not evs[READ].flags & lib.EV_EOF
+        b.close()
+        evs = {e.filter: e for e in kq.wait()}
+        assert evs[READ].flags & lib.EV_EOF and evs[READ].data == 0
+    finally:
+        a.close()
+
+
+@pytest.mark.skipif(not hasattr(lib, "NOTE_NODATA"), reason="Linux backend extension")
+def test_note_nodata_yields_to_note_lowat(kq):
+    a, b = socket.socketpair()
+    try:
+        kq.change((a.fileno(), READ, EV_ADD, lib.NOTE_NODATA | lib.NOTE_LOWAT, 4))
+        b.send(b"12")
+        assert kq.poll() == []                     # below the mark: counted
+        b.send(b"345")
+        (ev,) = kq.wait()
+        assert ev.data == 5
+    finally:
+        a.close()
+        b.close()

@@ -256,6 +256,8 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
         _stdlib_poll(built, fds, udatas, cap, last)
         built.checks.append(lambda: _expect("stdlib", last.get("stdlib", []), want))
         built.checks.append(lambda: _expect("selectors", last.get("selectors", []), want))
+        built.checks.append(lambda: _expect("kqueue_py selector",
+                                            last.get("kqueue_py selector", []), want))
     elif timers:
         built.notes.append("stdlib: no timer facility in select/selectors to compare with")
 
@@ -342,6 +344,24 @@ def _stdlib_poll(built: Built, fds: List[int], udatas: List[int], cap: int,
     built.runners[f"stdlib {type(sel).__name__}.select"] = run_selectors
     if "stdlib" not in built.roles:
         built.roles["stdlib"] = f"stdlib {type(sel).__name__}.select"
+
+    # kqueue_py's own selector on the same fds: the selector-level comparison.
+    from ..selectors import KqueueSelector
+
+    ksel = KqueueSelector()
+    built.cleanup.append(ksel.close)
+    for fd, u in zip(fds, udatas):
+        ksel.register(fd, selectors.EVENT_READ, u)
+
+    def run_kqueue_selector(n: int) -> None:
+        ksel_select = ksel.select
+        out: List[Tuple[int, int, Any]] = []
+        for _ in range(n):
+            evs = ksel_select(0)
+            out = [(key.fd, mask, key.data) for key, mask in evs] if evs else []
+        last["kqueue_py selector"] = out
+
+    built.runners["kqueue_py KqueueSelector.select"] = run_kqueue_selector
 
 
 def build_empty_poll(ctx: Context) -> Built:

@@ -176,8 +176,9 @@ def _serve(kind: str, port: int) -> None:
     elif kind == "selectors":
         SelectorsHTTPServer(host, port).serve_forever()
     else:
+        loop: asyncio.AbstractEventLoop
         if kind == "uvloop":
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
             loop = uvloop.new_event_loop()
         elif kind == "asyncio+kqueue_py":
             from ..selectors import KqueueSelector

@@ -79,6 +79,9 @@ struct kevent {
 
 /* EVFILT_READ / EVFILT_WRITE. */
 #define NOTE_LOWAT      0x0001
+/* kqueue_py extension (Linux backend only): report readiness without
+ * computing data (data = 0), saving one ioctl per event. */
+#define NOTE_NODATA     0x40000000
 
 /* EVFILT_VNODE. */
 #define NOTE_DELETE     0x0001
