@@ -27,6 +27,7 @@ bench: install
 	cd $(VENV) && bin/python -m kqueue_py.bench --quick
 
 bench-full: install
+	$(PIP) install matplotlib   # for the chart
 	mkdir -p bench-results docs
 	cd $(VENV) && bin/python -m kqueue_py.bench --json $(CURDIR)/bench-results/latest.json --png $(CURDIR)/docs/bench.png
 

@@ -344,7 +344,8 @@ class KQueue:
         Interrupted waits are retried with the remaining time (PEP 475); a
         signal handler's exception propagates.
         """
-        return list(map(_make_event, self.wait_tuples(timeout, max_events)))
+        events = self.wait_tuples(timeout, max_events)
+        return list(map(_make_event, events)) if events else []
 
     def wait_tuples(self, timeout: Optional[float] = None,
                     max_events: Optional[int] = None
