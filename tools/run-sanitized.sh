@@ -20,6 +20,7 @@ KQUEUE_PY_SANITIZE=address,undefined \
     --force-reinstall --no-deps .
 
 rm -rf build
+KQUEUE_PY_SANITIZED=1 \
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
