@@ -27,7 +27,7 @@ import time
 import weakref
 from typing import Any, Iterable, Optional
 
-from .raw import _NULL, _kevent_ns, ffi, lib
+from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, lib
 
 __all__ = ["kqueue", "kevent", "install", "uninstall", "installed"]
 
@@ -35,7 +35,6 @@ _KEVENT = struct.Struct("=QhHIqQ")
 _SIZE = _KEVENT.size
 _INT_MAX = 2**31 - 1
 _U64 = 2**64 - 1
-_MINUS_EINTR = -_errno.EINTR
 _MAX_TIMEOUT_S = (2**63 - 1) // 10**9   # CPython's _PyTime_t (int64 ns) limit
 
 

@@ -31,7 +31,7 @@ import time
 import weakref
 from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
-from .raw import _NULL, _kevent_ns, ffi, lib
+from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, lib
 
 __all__ = ["KQueue", "Event", "Change", "KEEP"]
 
@@ -50,7 +50,6 @@ _EV_ONESHOT = lib.EV_ONESHOT
 _EV_ERROR = lib.EV_ERROR
 _EV_RECEIPT = lib.EV_RECEIPT
 _EV_KEEPUDATA = getattr(lib, "EV_KEEPUDATA", 0)
-_MINUS_EINTR = -_errno.EINTR
 _INT_MAX = 2**31 - 1
 
 

@@ -10,7 +10,6 @@ without :func:`kqueue_py.compat.install`::
 """
 from __future__ import annotations
 
-import errno
 import os
 import selectors as _stdlib_selectors
 import struct
@@ -18,7 +17,7 @@ from selectors import EVENT_READ, EVENT_WRITE, SelectorKey
 from typing import Any, Optional
 
 from .queue import Change, KQueue, _timeout_ns
-from .raw import _NULL, _kevent_ns, ffi, lib
+from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, lib
 
 __all__ = ["KqueueSelector", "EVENT_READ", "EVENT_WRITE"]
 
@@ -27,7 +26,6 @@ _WRITE = lib.EVFILT_WRITE
 _ADD = lib.EV_ADD
 _DELETE = lib.EV_DELETE
 _NODATA = getattr(lib, "NOTE_NODATA", 0)
-_MINUS_EINTR = -errno.EINTR
 _IDENT_FILTER = struct.Struct("=Qh")   # the head of a struct kevent
 
 
