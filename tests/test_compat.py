@@ -161,6 +161,10 @@ def test_changelist_any_iterable(kq):
         kq.control(LyingLength(), 0)
         kq.control(iter([ev]), 0)
         kq.control((e for e in [ev]), 0)
+        # Every form was applied (none raised) and the registration works.
+        b.send(b"x")
+        got = kq.control(None, 4, 5)
+        assert [(e.ident, e.filter) for e in got] == [(a.fileno(), compat.KQ_FILTER_READ)]
     finally:
         a.close()
         b.close()
