@@ -17,6 +17,7 @@ descriptor, and leave the queue usable (a USER trigger still round-trips).
 from __future__ import annotations
 
 import errno
+import fcntl
 import math
 import os
 import sys
@@ -63,6 +64,12 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+#: Per-example descriptor-leak checks need prompt finalization of garbage;
+#: PyPy closes dropped sockets only when its GC runs (a full collection per
+#: example would take minutes).  The soak tests check leaks there instead.
+CHECK_FDS = sys.implementation.name != "pypy"
+
+
 # ---------------------------------------------------------------------------
 # Module-wide real kernel objects the changelists point at.
 
@@ -102,8 +109,11 @@ def objs():
 
 
 def closed_fd() -> int:
-    """A descriptor number that is not open (right now)."""
-    fd = os.dup(0)
+    """A descriptor number that is not open (right now).  Taken from high up
+    so that a descriptor the backend creates while the same changelist is
+    applied (an inotify instance, a pidfd: lowest free numbers) cannot take
+    it and turn a "closed" ident into one of the backend's own."""
+    fd = fcntl.fcntl(0, fcntl.F_DUPFD, 1000)
     os.close(fd)
     return fd
 
@@ -291,7 +301,8 @@ def test_fuzz_raw_kevent(objs, changes, nevents, timeout, waits):
         user_round_trip(kq)
     finally:
         assert lib.kqueue_close(kq) == 0
-    assert fd_count() == before
+    if CHECK_FDS:
+        assert fd_count() == before
 
 
 @SETTINGS
@@ -452,7 +463,8 @@ def test_fuzz_compat_control(objs, changes, maxevents, timeout, bad, mutate, non
     assert kq.closed
     with pytest.raises(ValueError):
         kq.control(None, 1, 0)
-    assert fd_count() == before
+    if CHECK_FDS:
+        assert fd_count() == before
 
 
 # ---------------------------------------------------------------------------
