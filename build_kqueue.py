@@ -90,6 +90,10 @@ int kevent(int kq, const struct kevent *changelist, int nchanges,
            const struct timespec *timeout);
 int kqueue_close(int kq);
 
+/* Which queue the descriptor names now (never reused; 0: none).  The kernel
+ * kqueue has no such notion: there it is always 0. */
+uint64_t kqueue_py_queue_id(int kq);
+
 /* kqueue_py's own entry points (the shim below): kevent() with the timeout
  * in nanoseconds (< 0: forever) and errno folded into the result, -errno on
  * failure, so that nothing -- not even a Python signal handler running
@@ -118,6 +122,7 @@ static int kqueue_py_kevent(int kq, const struct kevent *changelist, int nchange
 
 # The BSD shim: the kernel's kqueue needs no backend, only a close.
 BSD_SOURCE = """
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/event.h>
 #include <sys/time.h>
@@ -127,6 +132,7 @@ BSD_SOURCE = """
 #define NOTE_ABSTIME NOTE_ABSOLUTE
 #endif
 static int kqueue_close(int kq) { return close(kq); }
+static uint64_t kqueue_py_queue_id(int kq) { (void)kq; return 0; }
 """ + SHIM
 
 LINUX_SOURCE = """

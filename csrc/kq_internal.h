@@ -116,6 +116,7 @@ struct knote {
 
 struct kq {
     int fd;                 /* the user's descriptor (outer epoll) */
+    uint64_t id;            /* unique in the process: see kqueue_py_queue_id() */
     int waitfd;             /* dup of fd, used internally; outlives kqueue_close */
     int wr_ep;              /* nested epoll for EVFILT_WRITE */
     int wake_fd;            /* eventfd: pending events or closed */

@@ -171,6 +171,8 @@ int kqueue(void)
     kq->fd = kq->waitfd = kq->wake_fd = kq->wr_ep = kq->timer_fd = kq->inotify_fd = -1;
     kq->timer_armed = -1;
     kq->refs = 1;  /* the registry's reference */
+    static uint64_t last_id;
+    kq->id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED);
     pthread_mutex_init(&kq->lock, NULL);
 
     int err;
@@ -228,6 +230,16 @@ static void kq_destroy(struct kq *kq)
     close_queue_fds(kq);
     pthread_mutex_destroy(&kq->lock);
     free(kq);
+}
+
+uint64_t kqueue_py_queue_id(int fd)
+{
+    uint64_t id = 0;
+    pthread_mutex_lock(&registry_lock);
+    if (fd >= 0 && fd < registry_cap && registry[fd] != NULL)
+        id = registry[fd]->id;
+    pthread_mutex_unlock(&registry_lock);
+    return id;
 }
 
 int kqueue_close(int fd)

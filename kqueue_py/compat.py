@@ -213,8 +213,9 @@ class kqueue:
     non-inheritable.
     """
 
-    __slots__ = ("_fd", "__weakref__")
+    __slots__ = ("_fd", "_id", "__weakref__")
     _fd: int
+    _id: int
 
     def __new__(cls, *args: Any, **kwargs: Any) -> kqueue:
         if args:
@@ -228,6 +229,7 @@ class kqueue:
             err = ffi.errno
             raise OSError(err, os.strerror(err))
         self._fd = fd
+        self._id = lib.kqueue_py_queue_id(fd)
         _LIVE.add(self)
         return self
 
@@ -240,6 +242,7 @@ class kqueue:
         fd = _c_int(fd)
         self = object.__new__(cls)
         self._fd = fd
+        self._id = lib.kqueue_py_queue_id(fd) if fd >= 0 else 0
         _LIVE.add(self)
         return self
 
@@ -258,8 +261,12 @@ class kqueue:
         """Close the kqueue control file descriptor.  Further operations on
         the kqueue object will raise an exception."""
         fd, self._fd = self._fd, -1
+        # The number may name another queue by now (this one was closed
+        # through a fromfd() twin and the number reused): never close that.
+        if fd < 0 or lib.kqueue_py_queue_id(fd) != self._id:
+            return
         # As CPython's: a failing close() is not reported.
-        if fd >= 0 and lib.kqueue_close(fd) < 0 and ffi.errno == _errno.EBADF:
+        if lib.kqueue_close(fd) < 0 and ffi.errno == _errno.EBADF:
             try:
                 os.close(fd)  # not a queue of ours (fromfd on a plain fd)
             except OSError:

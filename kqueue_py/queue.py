@@ -140,6 +140,7 @@ class KQueue:
             err = ffi.errno
             raise OSError(err, os.strerror(err))
         self._fd: int = fd
+        self._id: int = lib.kqueue_py_queue_id(fd)
         self._max_events = max_events
         self._pool: list[_Buffer] = []
         # udata: (ident, filter) -> token, token -> object.
@@ -167,7 +168,9 @@ class KQueue:
         """Close the queue; threads blocked in :meth:`wait` wake and raise
         ``ValueError``.  Idempotent."""
         fd, self._fd = self._fd, -1
-        if fd >= 0:
+        # Close only if the number still names this queue: a finalizer that
+        # runs late (PyPy) must not close a queue that reused the number.
+        if fd >= 0 and lib.kqueue_py_queue_id(fd) == self._id:
             lib.kqueue_close(fd)
         self._objects.clear()
         self._tokens.clear()

@@ -596,3 +596,20 @@ def test_user_filter_and_receipt(kq):
     assert [e.ident for e in kq.control(None, 2, 1)] == [1]
     kq.control([kevent(1, compat.KQ_FILTER_USER, 0, compat.KQ_NOTE_TRIGGER)], 0)
     assert kq.control(None, 2, 0) == []     # dispatched: disabled until re-enabled
+
+
+def test_closing_a_stale_fromfd_twin_never_closes_a_queue_that_reused_the_number():
+    q = kqueue()
+    twin = kqueue.fromfd(q.fileno())
+    q.close()                                 # the queue is gone; twin still holds the number
+    new = kqueue()
+    try:
+        if new.fileno() != twin._fd:
+            pytest.skip("the number was not reused")
+        twin.close()                          # (a late finalizer does the same)
+        assert not new.closed
+        ev = kevent(1, compat.KQ_FILTER_USER, compat.KQ_EV_ADD | compat.KQ_EV_ONESHOT,
+                    compat.KQ_NOTE_TRIGGER)
+        assert [e.ident for e in new.control([ev], 1, 0)] == [1]   # still a live queue
+    finally:
+        new.close()

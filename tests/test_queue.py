@@ -730,3 +730,16 @@ def test_wait_allocates_only_the_events_it_returns(q):
         sys.getsizeof(e) + sum(sys.getsizeof(v) for v in e[:5] if not -5 <= v <= 256)
         for e in last)
     assert size <= 500 * per_call_bytes * 1.2 + 4096, (size, per_call_bytes)
+
+
+def test_close_after_the_number_was_reused_leaves_the_new_queue_alone():
+    q = KQueue()
+    lib.kqueue_close(q.fileno())              # closed behind the object's back
+    other = KQueue()
+    try:
+        q.close()                             # must not close `other`, whatever its number
+        other.add_user(1, udata="alive")
+        other.trigger(1)
+        assert [e.udata for e in other.wait(0)] == ["alive"]
+    finally:
+        other.close()

@@ -118,6 +118,10 @@ KQ_API int kevent(int kq, const struct kevent *changelist, int nchanges,
 /* Release a queue made by kqueue(): closes its descriptor, frees its
  * state and wakes (with EBADF) every thread blocked in kevent() on it. */
 KQ_API int kqueue_close(int kq);
+/* kqueue_py extension: which queue a descriptor is right now (unique in the
+ * process, never reused), 0 if none.  Lets an owner check that a number it
+ * holds still names its queue before closing it. */
+KQ_API uint64_t kqueue_py_queue_id(int kq);
 
 #ifdef __cplusplus
 }
