@@ -25,9 +25,6 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")  # relative: cffi and setuptools run from HERE
 
-IS_LINUX = sys.platform.startswith("linux")
-IS_DARWIN = sys.platform == "darwin"
-
 FILTERS = [
     "EVFILT_READ", "EVFILT_WRITE", "EVFILT_VNODE", "EVFILT_PROC",
     "EVFILT_SIGNAL", "EVFILT_TIMER", "EVFILT_USER", "EVFILT_SYSCOUNT",
@@ -62,10 +59,16 @@ MISSING = {
 # kqueue_py's own extensions, implemented by the Linux backend only.
 LINUX_ONLY = {"NOTE_NODATA"}
 
-CONSTANTS = [
-    name for name in FILTERS + FLAGS + NOTES
-    if name not in MISSING.get(sys.platform, set()) and (IS_LINUX or name not in LINUX_ONLY)
-]
+
+
+def constants(platform: str) -> list[str]:
+    """The constant names that ``platform`` (a ``sys.platform`` value) has."""
+    linux = platform.startswith("linux")
+    return [
+        name for name in FILTERS + FLAGS + NOTES
+        if name not in MISSING.get(platform, set()) and (linux or name not in LINUX_ONLY)
+    ]
+
 
 CDEF = """
 struct kevent {
@@ -100,7 +103,7 @@ uint64_t kqueue_py_queue_id(int kq);
  * right after the call -- can clobber it before Python reads it. */
 int kqueue_py_kevent(int kq, const struct kevent *changelist, int nchanges,
                      struct kevent *eventlist, int nevents, int64_t timeout_ns);
-""" + "".join(f"#define {name} ...\n" for name in CONSTANTS)
+"""
 
 # Shared by every platform: see the cdef's comment on kqueue_py_kevent.
 SHIM = """
@@ -154,11 +157,14 @@ def _compile_args() -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
-def make_ffi() -> FFI:
+def make_ffi(platform: str = sys.platform) -> FFI:
+    """The builder for ``platform`` (default: this one).  Another platform's
+    builder is only good for emitting its C source (tools/check-bsd-build.py
+    cross-compiles that to check the BSD/macOS branch from Linux)."""
     ffibuilder = FFI()
-    ffibuilder.cdef(CDEF)
+    ffibuilder.cdef(CDEF + "".join(f"#define {name} ...\n" for name in constants(platform)))
     cflags, ldflags = _compile_args()
-    if IS_LINUX:
+    if platform.startswith("linux"):
         sources = sorted(glob.glob(os.path.join(CSRC, "*.c")))
         ffibuilder.set_source(
             "kqueue_py._kqueue",

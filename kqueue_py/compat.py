@@ -27,11 +27,11 @@ import time
 import weakref
 from typing import Any, Iterable, Optional
 
-from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, lib
+from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, kevent_struct, lib
 
 __all__ = ["kqueue", "kevent", "install", "uninstall", "installed"]
 
-_KEVENT = struct.Struct("=QhHIqQ")
+_KEVENT = kevent_struct()   # this platform's struct kevent layout
 _SIZE = _KEVENT.size
 _INT_MAX = 2**31 - 1
 _U64 = 2**64 - 1

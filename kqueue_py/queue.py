@@ -31,18 +31,14 @@ import time
 import weakref
 from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
-from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, lib
+from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, kevent_struct, lib
 
 __all__ = ["KQueue", "Event", "Change", "KEEP"]
 
-# struct kevent: uintptr_t ident; int16 filter; uint16 flags; uint32 fflags;
-# intptr_t data; void *udata.  The compiler checked this layout at build time;
-# the asserts below check that this module agrees with it.
-_KEVENT = struct.Struct("=QhHIqQ")
-_KEVENT_SIZE = ffi.sizeof("struct kevent")
-assert _KEVENT.size == _KEVENT_SIZE == 32, "unexpected struct kevent layout"
-assert ffi.offsetof("struct kevent", "data") == 16
-assert ffi.offsetof("struct kevent", "udata") == 24
+# struct kevent as the compiler laid it out on this platform (ident, filter,
+# flags, fflags, data, udata; anything else, e.g. FreeBSD's ext[4], padding).
+_KEVENT = kevent_struct()
+_KEVENT_SIZE = _KEVENT.size
 
 _EV_ADD = lib.EV_ADD
 _EV_DELETE = lib.EV_DELETE

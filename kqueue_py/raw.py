@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno as _errno
 import math
 import os
+import struct
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from ._kqueue import ffi, lib
 
 __all__ = [
     "ffi", "lib", "CONSTANTS", "kev_change", "kq_apply", "kq_wait",
-    "new_events", "timespec", "raise_errno",
+    "new_events", "timespec", "raise_errno", "KEVENT_FIELDS", "kevent_struct",
 ]
 
 #: Every constant the compiled module exposes, by its C name.
@@ -26,6 +27,41 @@ CONSTANTS: dict[str, int] = {
     for name in dir(lib)
     if name.startswith(("EVFILT_", "EV_", "NOTE_"))
 }
+
+
+#: The ``struct kevent`` fields every platform has, in the order Python sees them.
+KEVENT_FIELDS = ("ident", "filter", "flags", "fflags", "data", "udata")
+
+_INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+
+def kevent_struct(fields: tuple[str, ...] = KEVENT_FIELDS, ffi: Any = ffi) -> struct.Struct:
+    """A :class:`struct.Struct` for one ``struct kevent`` as compiled here.
+
+    The layout is the C compiler's (cffi records it at build time): 32 bytes
+    on macOS and the Linux backend, 64 on FreeBSD 12+ (``ext[4]`` follows
+    ``udata``), other field widths elsewhere.  ``fields`` are packed and
+    unpacked in the order given; every other byte is padding, and the
+    struct always spans ``sizeof(struct kevent)``, so arrays of it can be
+    walked with ``iter_unpack``.  ``udata`` reads as an unsigned integer.
+    """
+    ctype = ffi.typeof("struct kevent")
+    layout = dict(ctype.fields)
+    fmt, at = "=", 0
+    for name in fields:
+        field = layout[name]   # KeyError: not a struct kevent field
+        size = ffi.sizeof(field.type)
+        code = _INT_CODES.get(size)
+        if code is None or field.bitshift != -1:
+            raise TypeError(f"struct kevent.{name}: unsupported type {field.type.cname}")
+        if field.offset < at:
+            raise ValueError(f"struct kevent fields must be given in memory order: {fields}")
+        if field.type.kind == "pointer" or int(ffi.cast(field.type, -1)) > 0:
+            code = code.upper()   # unsigned
+        fmt += f"{field.offset - at}x{code}" if field.offset > at else code
+        at = field.offset + size
+    end = ffi.sizeof(ctype)
+    return struct.Struct(fmt + f"{end - at}x" if end > at else fmt)
 
 
 def raise_errno(err: int | None = None) -> Any:

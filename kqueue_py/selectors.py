@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import selectors as _stdlib_selectors
-import struct
 from selectors import EVENT_READ, EVENT_WRITE, SelectorKey
 from typing import Any, Optional
 
 from .queue import Change, KQueue, _timeout_ns
-from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, lib
+from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, kevent_struct, lib
 
 __all__ = ["KqueueSelector", "EVENT_READ", "EVENT_WRITE"]
 
@@ -26,7 +25,15 @@ _WRITE = lib.EVFILT_WRITE
 _ADD = lib.EV_ADD
 _DELETE = lib.EV_DELETE
 _NODATA = getattr(lib, "NOTE_NODATA", 0)
-_IDENT_FILTER = struct.Struct("=Qh")   # the head of a struct kevent
+# Only ident and filter of each event are read (the rest is padding here).
+_IDENT_FILTER = kevent_struct(("ident", "filter"))
+_SIZE = _IDENT_FILTER.size
+# Many events are read as two strided views of the array, which needs an
+# 8-byte ident and a 2-byte filter at even offsets (every 64-bit platform).
+_FIELDS = dict(ffi.typeof("struct kevent").fields)
+_FILTER_AT = _FIELDS["filter"].offset
+_STRIDED = (_FIELDS["ident"].offset == 0 and ffi.sizeof(_FIELDS["ident"].type) == 8
+            and _SIZE % 8 == 0 and ffi.sizeof(_FIELDS["filter"].type) == 2 and _FILTER_AT % 2 == 0)
 
 
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
@@ -112,11 +119,13 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         # Only ident and filter are needed.  For a few events unpack just
         # those two fields; for many, read them as two strided views of the
         # event array (cheaper per event, dearer to set up).
-        if n <= 8:
+        if n <= 8 or not _STRIDED:
             unpack_from, view = _IDENT_FILTER.unpack_from, self._view
-            pairs: Any = [unpack_from(view, 32 * i) for i in range(n)]
+            pairs: Any = [unpack_from(view, _SIZE * i) for i in range(n)]
         else:
-            pairs = zip(self._words[0:4 * n:4].tolist(), self._shorts[4:16 * n:16].tolist())
+            words, shorts = _SIZE // 8, _SIZE // 2
+            pairs = zip(self._words[0:words * n:words].tolist(),
+                        self._shorts[_FILTER_AT // 2:shorts * n:shorts].tolist())
         ready = []
         fd_to_key = self._fd_to_key
         for ident, filt in pairs:
@@ -132,8 +141,8 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         self._events = ffi.new("struct kevent[]", cap)
         view = memoryview(ffi.buffer(self._events))
         self._view = view
-        self._words = view.cast("Q")     # 4 words per event: ident is word 0
-        self._shorts = view.cast("h")    # 16 shorts per event: filter is short 4
+        self._words = view.cast("Q")     # ident is each event's first word
+        self._shorts = view.cast("h")
         self._cap = cap
 
     def close(self) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import struct
 
 from kqueue_py import ffi, lib
+from kqueue_py.raw import kevent_struct
 
-KEVENT = struct.Struct("=QhHIqQ")
+KEVENT = kevent_struct()
 N = 100_000
 
 
@@ -59,5 +59,5 @@ def test_100k_user_events_trigger_and_drain_in_order_without_loss(kq):
         assert n >= 0
         if n == 0:
             break
-        seen.extend(ident for ident, *_ in KEVENT.iter_unpack(ffi.buffer(events, n * 32)))
+        seen.extend(ident for ident, *_ in KEVENT.iter_unpack(ffi.buffer(events, n * KEVENT.size)))
     assert seen == list(range(N))              # every one exactly once, FIFO

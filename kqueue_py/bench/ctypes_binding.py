@@ -13,20 +13,33 @@ import ctypes
 import sys
 from typing import Any
 
+from ..raw import ffi
+
 __all__ = ["KEvent", "Timespec", "CtypesKqueue", "extension_path", "load"]
 
 
+# FreeBSD 12+ appends ``uint64_t ext[4]`` to the six common fields.
+_TAIL = ffi.sizeof("struct kevent") - 32
+
+
 class KEvent(ctypes.Structure):
-    """``struct kevent`` (the 32-byte macOS/libkqueue LP64 layout)."""
+    """``struct kevent``: the six common fields (LP64), then any platform tail."""
 
     _fields_ = [
         ("ident", ctypes.c_size_t),     # uintptr_t
         ("filter", ctypes.c_int16),
         ("flags", ctypes.c_uint16),
         ("fflags", ctypes.c_uint32),
-        ("data", ctypes.c_ssize_t),     # intptr_t
+        ("data", ctypes.c_ssize_t),     # intptr_t (int64_t on FreeBSD)
         ("udata", ctypes.c_void_p),
-    ]
+    ] + ([("ext", ctypes.c_char * _TAIL)] if _TAIL > 0 else [])
+
+
+# The compiler's layout (recorded by cffi) must be the one declared above.
+assert ctypes.sizeof(KEvent) == ffi.sizeof("struct kevent"), "struct kevent size differs"
+assert all(getattr(KEvent, name).offset == ffi.offsetof("struct kevent", name)
+           for name in ("ident", "filter", "flags", "fflags", "data", "udata")), \
+    "struct kevent layout differs"
 
 
 class Timespec(ctypes.Structure):

@@ -17,7 +17,6 @@ import os
 import select
 import selectors
 import socket
-import struct
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import kqueue_py
 from kqueue_py import ffi, kev_change, kq_apply, kq_wait, lib, new_events
+from kqueue_py.raw import kevent_struct
 
 from . import pyapi
 from .ctypes_binding import CtypesKqueue, KEvent, Timespec
@@ -33,12 +33,9 @@ from .timing import Runner
 __all__ = ["Context", "Built", "Scenario", "SCENARIOS", "SkipScenario"]
 
 KEVENT_SIZE: int = ffi.sizeof("struct kevent")
-# (ident, filter, data, udata): skip flags (2 bytes) and fflags (4 bytes).
-_KEV4 = struct.Struct("=Qh6xqQ")
-_KEVFULL = struct.Struct("=QhHIqQ")
-assert KEVENT_SIZE == _KEV4.size == 32, "struct kevent is not the 32-byte layout"
-assert ffi.offsetof("struct kevent", "data") == 16
-assert ffi.offsetof("struct kevent", "udata") == 24
+# (ident, filter, data, udata): flags and fflags are skipped as padding.
+_KEV4 = kevent_struct(("ident", "filter", "data", "udata"))
+_KEVFULL = kevent_struct()
 
 HAVE_EPOLL = hasattr(select, "epoll")
 HAVE_STDLIB_KQUEUE = hasattr(select, "kqueue")
@@ -190,7 +187,7 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
         out: List[Tuple[int, int, int, int]] = []
         for _ in range(n):
             k = wait(k_, ev, cap, 0)
-            out = list(it(v[: k * 32])) if k > 0 else []
+            out = list(it(v[: k * KEVENT_SIZE])) if k > 0 else []
         last["kqueue_py"] = out
 
     built.runners["kqueue_py kq_wait"] = run_kq_wait
@@ -204,7 +201,7 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
             out: List[Tuple[int, int, int, int]] = []
             for _ in range(n):
                 k = kevent(k_, null, 0, ev, cap, ts0)
-                out = list(it(v[: k * 32])) if k > 0 else []
+                out = list(it(v[: k * KEVENT_SIZE])) if k > 0 else []
             last["lib"] = out
 
         built.runners["kqueue_py lib.kevent"] = run_lib
@@ -429,13 +426,13 @@ def _build_batch(ctx: Context, *, regs: List[Tuple[int, int, int, int, int]],
             off = 0
             for ident, filt, flags, data, udata in regs:
                 pack(buf, off, ident, filt, flags, 0, data, udata)
-                off += 32
+                off += KEVENT_SIZE
             if kevent(k_, cbuf, n, null, 0, null) < 0:
                 kqueue_py.raise_errno()
             off = 0
             for ident, filt, flags, data, udata in dels:
                 pack(buf, off, ident, filt, flags, 0, data, udata)
-                off += 32
+                off += KEVENT_SIZE
             if kevent(k_, cbuf, n, null, 0, null) < 0:
                 kqueue_py.raise_errno()
 
