@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full asan matrix wheel wheels sdist-check lint clean
+.PHONY: install test bench bench-full asan matrix wheel wheels sdist-check check-bsd lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ wheels:
 # suite in a fresh venv (everything happens in a temp dir).
 sdist-check:
 	bash tools/check-sdist.sh $(PYTHON)
+
+# The builder's macOS/FreeBSD branch, cross-compiled and linked with zig
+# against those systems' headers (tests/test_bsd_build.py runs it too).
+check-bsd: $(PY)
+	$(PIP) install cffi -r requirements-test.txt
+	$(PY) tools/check-bsd-build.py
 
 # mypy --strict on the package and ruff on the code (config in pyproject.toml).
 lint: $(PY)
