@@ -35,7 +35,7 @@ bench-full: install
 asan: $(PY)
 	bash tools/run-sanitized.sh $(PY)
 
-# CPython 3.9-3.13 and PyPy 3, each against its own installed wheel.
+# CPython 3.9-3.13 and PyPy 3 via nox (noxfile.py), each against an installed wheel.
 matrix:
 	bash tools/matrix.sh
 
@@ -62,7 +62,7 @@ check-bsd: $(PY)
 lint: $(PY)
 	$(PIP) install mypy ruff
 	$(VENV)/bin/mypy --strict kqueue_py
-	$(VENV)/bin/ruff check kqueue_py tests build_kqueue.py setup.py
+	$(VENV)/bin/ruff check kqueue_py tests tools build_kqueue.py setup.py noxfile.py
 
 clean:
-	rm -rf build dist *.egg-info $(VENV) kqueue_py/_kqueue.c kqueue_py/*.so
+	rm -rf build dist *.egg-info $(VENV) .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so

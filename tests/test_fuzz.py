@@ -260,7 +260,9 @@ def check_result(changes, nevents, rc, err, out):
         matches = e is not None and (e[0], e[1], e[3], e[5]) == (ident, filt, fflags, udata)
         if must:
             assert matches and e[2] == EV_ERROR and e[4] == must, (c, e)
-        elif flags & EV_RECEIPT:
+        elif flags & EV_RECEIPT and k < nevents:
+            # (With the list full, a successful change's receipt is dropped,
+            # as FreeBSD stops reporting there; an error would fail the call.)
             assert matches and e[2] == EV_ERROR, (c, e)
         if matches and (must or flags & EV_RECEIPT or e[4] != 0):
             assert e[2] == EV_ERROR

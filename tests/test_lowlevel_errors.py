@@ -214,15 +214,22 @@ def test_successful_changes_without_receipt_return_zero_and_then_scan(kq):
 
 
 def test_receipt_with_room_for_fewer_receipts_than_changes(kq, h):
-    # No error: the changes are applied even when receipts cannot all be returned.
+    # Every change is applied; receipts are written while there is room and
+    # the ones that do not fit are dropped (no error: the call succeeds).
     rc, err, evs = h.kevent_raw(kq, [(i, USER, EV_ADD | EV_RECEIPT) for i in range(4)], 2, None)
-    assert rc >= 0 or err != 0
-    for i in range(2):
-        if rc >= 0:
-            assert evs[i].flags & EV_ERROR and evs[i].data == 0
-    # Whatever was reported, at least the reported ones are registered.
-    for i in range(max(rc, 0)):
-        kq.change((i, USER, EV_DELETE))
+    assert (rc, err) == (2, 0)
+    assert [(e.ident, e.flags, e.data) for e in evs[:2]] == [(0, EV_ERROR, 0), (1, EV_ERROR, 0)]
+    for i in range(4):
+        kq.change((i, USER, EV_DELETE))   # raises ENOENT if i was not registered
+
+
+def test_failure_after_the_receipts_filled_the_list_fails_the_call(kq, h):
+    # No room left for the error entry: the call fails with that errno
+    # (the changes before it stay applied).
+    changes = [(0, USER, EV_ADD | EV_RECEIPT), (1, USER, EV_DELETE)]
+    rc, err, _ = h.kevent_raw(kq, changes, 1, None)
+    assert (rc, err) == (-1, errno.ENOENT)
+    kq.change((0, USER, EV_DELETE))
 
 
 def test_kev_change_and_kq_apply_helpers(kq):
