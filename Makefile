@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full asan matrix wheel wheels sdist-check check-bsd lint clean
+.PHONY: install test bench bench-full asan matrix wheel wheels wheels-all test-wheel sdist-check check-bsd lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,9 +43,18 @@ wheel: $(PY)
 	$(PIP) install build
 	$(PY) -m build
 
-# The cp39-abi3 wheel, auditwheel-repaired into a manylinux wheel in dist/.
+# manylinux2014 (manylinux_2_17) cp39-abi3 wheels built with zig, into dist/.
 wheels:
 	PYTHON=$(PYTHON) bash tools/build-wheels.sh dist
+
+# Also the aarch64 wheel (cross-built; auditwheel-checked, not tested here).
+wheels-all:
+	PYTHON=$(PYTHON) bash tools/build-wheels.sh --arch x86_64 --arch aarch64 dist
+
+# The suite against a built wheel on CPython 3.9 and 3.13:
+#   make test-wheel WHEEL=dist/kqueue_py-...whl
+test-wheel:
+	bash tools/test-wheel.sh $(WHEEL)
 
 # The sdist is complete: a wheel built from the unpacked sdist passes the
 # suite in a fresh venv (everything happens in a temp dir).

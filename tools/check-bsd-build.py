@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -74,6 +75,25 @@ LAYOUT_SOURCE = (
 )
 
 
+def python_includes(work: str) -> list[str]:
+    """-I flags for Python.h.  Debian's pyconfig.h is a wrapper that, on
+    Linux only, includes the real one from /usr/include/<multiarch>/; for
+    another target it includes nothing.  Python.h finds pyconfig.h next to
+    itself, so such headers are copied with the real pyconfig.h in place."""
+    include = sysconfig.get_paths()["include"]
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    real = os.path.join("/usr/include", multiarch, os.path.basename(include), "pyconfig.h")
+    with open(os.path.join(include, "pyconfig.h")) as f:
+        wrapper = bool(multiarch) and f"<{multiarch}/" in f.read()
+    if not wrapper or not os.path.exists(real):
+        return ["-I", include]
+    copy = os.path.join(work, "pyinc")
+    shutil.copytree(include, copy)
+    os.remove(os.path.join(copy, "pyconfig.h"))
+    shutil.copy(real, os.path.join(copy, "pyconfig.h"))
+    return ["-I", copy]
+
+
 def zig_cc(target: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", target, *args],
                           capture_output=True, text=True)
@@ -107,8 +127,7 @@ def check(target: str, work: str) -> str:
         f.write("\n/* check-bsd-build: declared field types match the system's */\n")
         f.write(field_checks("kevent") + field_checks("timespec"))
     obj, module = os.path.join(work, "_kqueue.o"), os.path.join(work, "_kqueue.abi3.so")
-    include = sysconfig.get_paths()["include"]
-    r = zig_cc(target, "-c", src, "-o", obj, "-I", include, "-std=gnu11", "-Wall", "-Wextra",
+    r = zig_cc(target, "-c", src, "-o", obj, *python_includes(work), "-std=gnu11", "-Wall", "-Wextra",
                "-Werror", "-fvisibility=hidden", "-fPIC", "-O2")
     if r.returncode:
         raise RuntimeError(f"compile failed:\n{r.stderr}")
