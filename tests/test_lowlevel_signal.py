@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -155,14 +156,9 @@ def test_signal_from_child_process_realtime_exact(kq, handled):
     sig = signal.SIGRTMIN + 2
     handled(sig)
     kq.change((sig, SIG, EV_ADD))
-    pid = os.fork()
-    if pid == 0:
-        try:
-            for _ in range(3):
-                os.kill(os.getppid(), sig)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    # Another process (a fresh interpreter: no fork() of this threaded one).
+    subprocess.run([sys.executable, "-c", f"import os\nfor _ in range(3): os.kill({os.getpid()}, {sig})"],
+                   check=True, timeout=60)
     total = 0
     while total < 3:
         evs = wait_retry(kq, timeout=2.0)
@@ -174,14 +170,9 @@ def test_signal_from_child_process_realtime_exact(kq, handled):
 def test_signal_from_child_process_standard(kq, handled):
     counts = handled(USR2)
     kq.change((USR2, SIG, EV_ADD))
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.kill(os.getppid(), USR2)
-        finally:
-            os._exit(0)
-    evs = wait_retry(kq, timeout=5.0)
-    os.waitpid(pid, 0)
+    child = subprocess.Popen([sys.executable, "-c", f"import os; os.kill({os.getpid()}, {USR2})"])
+    evs = wait_retry(kq, timeout=10.0)
+    assert child.wait(timeout=60) == 0
     assert [(e.ident, e.data) for e in evs] == [(USR2, 1)]
     assert wait_until(lambda: counts[USR2] == 1)
 
