@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full asan matrix wheel wheels wheels-all test-wheel sdist-check check-bsd lint clean
+.PHONY: install test bench bench-full asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ wheel: $(PY)
 wheels:
 	PYTHON=$(PYTHON) bash tools/build-wheels.sh dist
 
-# Also the aarch64 wheel (cross-built; auditwheel-checked, not tested here).
+# Also the aarch64 wheel (cross-built; auditwheel-checked; make test-aarch64 tests it).
 wheels-all:
 	PYTHON=$(PYTHON) bash tools/build-wheels.sh --arch x86_64 --arch aarch64 dist
 
@@ -55,6 +55,12 @@ wheels-all:
 #   make test-wheel WHEEL=dist/kqueue_py-...whl
 test-wheel:
 	bash tools/test-wheel.sh $(WHEEL)
+
+# The suite against the aarch64 wheel under qemu-user, with Debian's arm64
+# CPython 3.11 from a cached sysroot (Debian 12 x86_64, as root; builds the
+# wheel unless WHEEL is given):  make test-aarch64 [WHEEL=dist/kqueue_py-...aarch64.whl]
+test-aarch64:
+	PYTHON=$(PYTHON) bash tools/test-aarch64.sh $(WHEEL)
 
 # The sdist is complete: a wheel built from the unpacked sdist passes the
 # suite in a fresh venv (everything happens in a temp dir).
