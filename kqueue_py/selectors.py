@@ -34,6 +34,8 @@ _FIELDS = dict(ffi.typeof("struct kevent").fields)
 _FILTER_AT = _FIELDS["filter"].offset
 _STRIDED = (_FIELDS["ident"].offset == 0 and ffi.sizeof(_FIELDS["ident"].type) == 8
             and _SIZE % 8 == 0 and ffi.sizeof(_FIELDS["filter"].type) == 2 and _FILTER_AT % 2 == 0)
+# Strides of one event in 8-byte words and 2-byte shorts; the filter's short.
+_WORDS, _SHORTS, _FILTER_SHORT = _SIZE // 8, _SIZE // 2, _FILTER_AT // 2
 
 
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
@@ -123,9 +125,8 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
             unpack_from, view = _IDENT_FILTER.unpack_from, self._view
             pairs: Any = [unpack_from(view, _SIZE * i) for i in range(n)]
         else:
-            words, shorts = _SIZE // 8, _SIZE // 2
-            pairs = zip(self._words[0:words * n:words].tolist(),
-                        self._shorts[_FILTER_AT // 2:shorts * n:shorts].tolist())
+            pairs = zip(self._words[0:_WORDS * n:_WORDS].tolist(),
+                        self._shorts[_FILTER_SHORT:_SHORTS * n:_SHORTS].tolist())
         ready = []
         fd_to_key = self._fd_to_key
         for ident, filt in pairs:
