@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
+.PHONY: install test bench bench-full bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,30 @@ bench-full: install
 	$(PIP) install matplotlib   # for the chart
 	mkdir -p bench-results docs
 	cd $(VENV) && bin/python -m kqueue_py.bench --json $(CURDIR)/bench-results/latest.json --png $(CURDIR)/docs/bench.png
+
+# The numbers in docs/benchmarks.md and README.md, regenerated: a full run on
+# CPython (this venv) and, when pypy3 is installed, on PyPy (in .venv-pypy),
+# their JSON kept in docs/bench/, the chart, then tools/bench-docs.py
+# rewrites the tables between the <!-- bench:...:begin/end --> markers.
+# BENCH_DOCS_ARGS=--quick for a faster, noisier run.
+PYPY ?= pypy3
+BENCH_DOCS_ARGS ?=
+bench-docs: install
+	$(PIP) install matplotlib   # for the chart
+	mkdir -p docs/bench
+	cd $(VENV) && bin/python -m kqueue_py.bench $(BENCH_DOCS_ARGS) \
+	    --json $(CURDIR)/docs/bench/cpython.json --png $(CURDIR)/docs/bench.png
+	if command -v $(PYPY) >/dev/null 2>&1; then \
+	    [ -x .venv-pypy/bin/python ] || $(PYPY) -m venv .venv-pypy; \
+	    rm -rf build; \
+	    .venv-pypy/bin/python -m pip --disable-pip-version-check -q install --force-reinstall --no-deps . && \
+	    cd .venv-pypy && bin/python -m kqueue_py.bench $(BENCH_DOCS_ARGS) \
+	        --json $(CURDIR)/docs/bench/pypy.json; \
+	else \
+	    echo "bench-docs: no $(PYPY): the docs will say PyPy was not run"; \
+	    rm -f docs/bench/pypy.json; \
+	fi
+	$(PY) tools/bench-docs.py --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.
 asan: $(PY)
@@ -80,4 +104,4 @@ lint: $(PY)
 	$(VENV)/bin/ruff check kqueue_py tests tools build_kqueue.py setup.py noxfile.py
 
 clean:
-	rm -rf build dist *.egg-info $(VENV) .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so
+	rm -rf build dist *.egg-info $(VENV) .venv-pypy .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so
