@@ -33,8 +33,8 @@ bench-full: install
 
 # The numbers in docs/benchmarks.md and README.md, regenerated: a full run on
 # CPython (this venv) and, when pypy3 is installed, on PyPy (in .venv-pypy),
-# their JSON kept in docs/bench/, the chart, then tools/bench-docs.py
-# rewrites the tables between the <!-- bench:...:begin/end --> markers.
+# their JSON kept in docs/bench/; then tools/bench-docs.py draws the chart
+# (docs/bench.png) and rewrites the tables between the <!-- bench:...:begin/end --> markers.
 # BENCH_DOCS_ARGS=--quick for a faster, noisier run.
 PYPY ?= pypy3
 BENCH_DOCS_ARGS ?=
@@ -42,7 +42,7 @@ bench-docs: install
 	$(PIP) install matplotlib   # for the chart
 	mkdir -p docs/bench
 	cd $(VENV) && bin/python -m kqueue_py.bench $(BENCH_DOCS_ARGS) \
-	    --json $(CURDIR)/docs/bench/cpython.json --png $(CURDIR)/docs/bench.png
+	    --json $(CURDIR)/docs/bench/cpython.json
 	if command -v $(PYPY) >/dev/null 2>&1; then \
 	    [ -x .venv-pypy/bin/python ] || $(PYPY) -m venv .venv-pypy; \
 	    rm -rf build; \
@@ -53,7 +53,8 @@ bench-docs: install
 	    echo "bench-docs: no $(PYPY): the docs will say PyPy was not run"; \
 	    rm -f docs/bench/pypy.json; \
 	fi
-	$(PY) tools/bench-docs.py --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json
+	$(PY) tools/bench-docs.py --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json \
+	    --png docs/bench.png
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.
 asan: $(PY)
