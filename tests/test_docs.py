@@ -3,8 +3,9 @@
 The blocks come from README.md, docs/*.md and CONTRIBUTING.md (files that do
 not exist are skipped).  Each one runs in a fresh subprocess of the test
 interpreter, from an empty temporary directory (so the checkout's
-``kqueue_py/`` is never imported: the installed package is), with a timeout,
-and must exit with status 0.  A block whose first line starts with ``>>>``
+``kqueue_py/`` is never imported: the installed package is), with a timeout
+and ``-W default``, and must exit with status 0 without a traceback or a
+warning on stderr.  A block whose first line starts with ``>>>``
 is run as a doctest instead (its printed output must match).
 
 A block that deliberately does not run as pasted (a server that runs until
@@ -123,15 +124,30 @@ def run_block(code: str, cwd: Path, timeout: float = TIMEOUT_S) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     first = next((ln for ln in code.splitlines() if ln.strip()), "")
     if first.lstrip().startswith(">>>"):
-        argv = [sys.executable, "-c", _DOCTEST_DRIVER]
+        argv = [sys.executable, "-W", "default", "-c", _DOCTEST_DRIVER]
         stdin = code
     else:
         script = cwd / "snippet.py"
         script.write_text(code, encoding="utf-8")
-        argv = [sys.executable, str(script)]
+        argv = [sys.executable, "-W", "default", str(script)]
         stdin = ""
     return subprocess.run(argv, cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
                           timeout=timeout)
+
+
+#: What a snippet must not print even when it exits 0: a traceback (from a
+#: thread, or a __del__), a deprecation, or a RuntimeWarning (a coroutine
+#: never awaited), as shown by -W default.  (ResourceWarnings for sockets
+#: left to the interpreter's exit are tolerated: snippets stay short.)
+_STDERR_PROBLEMS = ("Traceback (most recent call last)", "Exception ignored",
+                    "DeprecationWarning", "RuntimeWarning")
+
+
+def stderr_problem(stderr: str) -> Optional[str]:
+    for marker in _STDERR_PROBLEMS:
+        if marker in stderr:
+            return f"stderr has {marker!r}"
+    return None
 
 
 def _python_blocks() -> List[Block]:
@@ -147,9 +163,10 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
         assert block.no_run.strip(), f"{block.id}: a no-run block must say why"
         pytest.skip(f"marked no-run: {block.no_run}")
     r = run_block(block.code, tmp_path)
-    assert r.returncode == 0, (
-        f"{block.id}: exit status {r.returncode}\n--- code ---\n{block.code}"
-        f"--- stdout ---\n{r.stdout}--- stderr ---\n{r.stderr}")
+    problem = stderr_problem(r.stderr)
+    assert r.returncode == 0 and problem is None, (
+        f"{block.id}: exit status {r.returncode}, {problem or 'stderr clean'}\n"
+        f"--- code ---\n{block.code}--- stdout ---\n{r.stdout}--- stderr ---\n{r.stderr}")
 
 
 def test_readme_has_runnable_blocks() -> None:
@@ -217,6 +234,12 @@ def test_extractor_and_runner_catch_broken_snippets(tmp_path: Path) -> None:
     r = run_block(doctest_.code, tmp_path)
     assert r.returncode == 1 and "Expected:" in r.stdout
     assert run_block(">>> 1 + 1\n2\n", tmp_path).returncode == 0
+    # Exit status 0 is not enough: a traceback in a thread, an unclosed socket.
+    r = run_block("import threading\nt = threading.Thread(target=lambda: 1 / 0)\n"
+                  "t.start()\nt.join()\n", tmp_path)
+    assert r.returncode == 0 and stderr_problem(r.stderr) is not None
+    r = run_block("async def f(): pass\nf()\n", tmp_path)
+    assert r.returncode == 0 and stderr_problem(r.stderr) == "stderr has 'RuntimeWarning'"
     with pytest.raises(subprocess.TimeoutExpired):
         run_block(forever.code, tmp_path, timeout=1)
 
