@@ -297,8 +297,11 @@ def sec_headline(cp: Run, pp: Optional[Run]) -> str:
             lines.append(line + ".")
     a10, a10k = cp.role("active1of10", "kqueue_py"), cp.role("active1of10000", "kqueue_py")
     if a10 and a10k:
+        growth = a10k / a10
+        verdict = ("the cost does not grow with registrations" if growth <= 1.2
+                   else f"{growth:.2f}x the cost with 1,000 times the registrations")
         lines.append(f"- 1 active among 10,000 registered: {fmt_ns(a10k)}, against "
-                     f"{fmt_ns(a10)} among 10: the cost does not grow with registrations.")
+                     f"{fmt_ns(a10)} among 10: {verdict}.")
     if pp is not None:
         kp, ct = pp.role("empty_poll", "kqueue_py"), pp.role("empty_poll", "ctypes")
         r64 = speedup(pp.role("ready64", "ctypes"), pp.role("ready64", "kqueue_py"))
