@@ -64,10 +64,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     if args.dump_c:
-        from .rawc_source import SOURCE
+        from .rawc import source
 
         with open(args.dump_c, "w", encoding="utf-8") as f:
-            f.write(SOURCE)
+            f.write(source())
         return 0
     if args.list:
         for s in SCENARIOS:

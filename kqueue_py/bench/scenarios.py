@@ -175,7 +175,7 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
     regs = [(fd, lib.EVFILT_READ, lib.EV_ADD, 0, u) for fd, u in zip(fds, udatas)]
     regs += [(i, lib.EVFILT_TIMER, lib.EV_ADD, TIMER_PERIOD_MS, 0) for i in range(timers)]
 
-    # -- kqueue_py: the seed helper kq_wait + one-buffer decode ----------
+    # -- kqueue_py: the raw helper kq_wait + one-buffer decode -----------
     kq = _new_kq(built)
     _kq_apply_all(kq, _kq_batch(regs), len(regs))
     events = new_events(cap)
