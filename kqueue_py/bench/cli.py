@@ -51,11 +51,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "the stdlib and raw C. Progress on stderr, the table on stdout.")
     ap.add_argument("--quick", action="store_true",
                     help="short batches and few repeats (whole run well under a minute)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="also print every variant of every scenario (the per-variant breakdown)")
     ap.add_argument("--only", metavar="NAME", action="append",
                     help=f"run only this scenario (repeatable; comma-separated ok): "
                          f"{', '.join(names)}")
     ap.add_argument("--json", metavar="PATH", help="write every result and the machine facts")
-    ap.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
+    ap.add_argument("--png", metavar="PATH",
+                    help="chart: kqueue_py's speed-up over each comparator and the absolute "
+                         "times (needs matplotlib: the [bench] extra)")
     ap.add_argument("--repeats", type=int,
                     help="groups of timed batches per comparator (min of group medians)")
     ap.add_argument("--no-rawc", action="store_true", help="skip the raw C comparator")
@@ -164,9 +168,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     elapsed = time.perf_counter() - t_start
     _progress(f"done in {elapsed:.1f} s")
-    report.render_table(results, facts, settings["mode"], sys.stdout)
+    report.render_table(results, facts, settings["mode"], sys.stdout, verbose=args.verbose)
     targets = report.evaluate_targets(results)
-    report.render_targets(targets, sys.stdout)
+    report.render_targets(targets, sys.stdout, facts["python"])
     print(f"(run took {elapsed:.1f} s)")
     settings["elapsed_s"] = round(elapsed, 2)
     settings["argv"] = sys.argv[1:] if argv is None else argv
