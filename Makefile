@@ -42,8 +42,8 @@ test-fast: install
 
 # The threaded tests on a ThreadSanitizer build of the backend
 # (tools/run-tsan.sh says what it runs and why the preload).
-tsan: $(PY)
-	bash tools/run-tsan.sh $(PY) $(ARGS)
+tsan:
+	bash tools/run-tsan.sh $(PYTHON) $(ARGS)
 
 # The main job: kqueue_py against ctypes, the stdlib and raw C.  Run from
 # inside the venv so that the checkout's kqueue_py/ does not shadow the
