@@ -112,6 +112,7 @@ def test_report_names_the_running_interpreter_and_quotes_one_empty_poll_ratio(tm
     assert sc["speedups"]["ctypes"] == pytest.approx(ct / kp)
 
 
+@pytest.mark.slow
 def test_quick_output_is_short_and_verbose_adds_the_breakdown(tmp_path):
     out = _bench(tmp_path, "--only", "empty_poll,active1of10")
     verbose = _bench(tmp_path, "--only", "empty_poll,active1of10", "--verbose")

@@ -680,6 +680,7 @@ def test_wait_returning_nothing_allocates_nothing(q, fds):
     assert _traced_growth(lambda: q.wait_tuples(0), 10000) < 512
 
 
+@pytest.mark.slow
 def test_wait_returning_the_same_events_does_not_grow(q):
     for i in range(16):
         q.add_user(i, udata=Thing(str(i)), flags=0)   # level-triggered: fires every time
