@@ -62,7 +62,7 @@ asan: $(PY)
 
 # CPython 3.9-3.13 and PyPy 3 via nox (noxfile.py), each against an installed wheel.
 matrix:
-	bash tools/matrix.sh
+	bash tools/matrix.sh $(ARGS)
 
 wheel: $(PY)
 	$(PIP) install build
@@ -105,4 +105,4 @@ lint: $(PY)
 	$(VENV)/bin/ruff check kqueue_py tests tools build_kqueue.py setup.py noxfile.py
 
 clean:
-	rm -rf build dist *.egg-info $(VENV) .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so
+	rm -rf build dist *.egg-info $(VENV) .venv-sanitize .venv-tsan .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so
