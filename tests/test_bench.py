@@ -110,6 +110,13 @@ def test_report_names_the_running_interpreter_and_quotes_one_empty_poll_ratio(tm
     kp = sc["variants"][sc["roles"]["kqueue_py"]]["value_ns"]
     ct = sc["variants"][sc["roles"]["ctypes"]]["value_ns"]
     assert sc["speedups"]["ctypes"] == pytest.approx(ct / kp)
+    # --replot draws the chart from this file: it reads back what was measured.
+    from kqueue_py.bench.report import read_json, speedups
+
+    facts, results = read_json(str(tmp_path / "r.json"))
+    assert facts["python"] == me
+    assert [r.name for r in results] == ["empty_poll"]
+    assert speedups(results[0]) == pytest.approx(sc["speedups"])
 
 
 @pytest.mark.slow

@@ -60,6 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--png", metavar="PATH",
                     help="chart: kqueue_py's speed-up over each comparator and the absolute "
                          "times (needs matplotlib: the [bench] extra)")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="measure nothing: draw --png from a run saved with --json")
     ap.add_argument("--repeats", type=int,
                     help="groups of timed batches per comparator (min of group medians)")
     ap.add_argument("--no-rawc", action="store_true", help="skip the raw C comparator")
@@ -73,6 +75,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.dump_c, "w", encoding="utf-8") as f:
             f.write(source())
         return 0
+    if args.replot:
+        from .report import read_json, write_png
+
+        if not args.png:
+            ap.error("--replot needs --png PATH")
+        facts, saved = read_json(args.replot)
+        msg = write_png(args.png, saved, facts)
+        _progress(msg or f"wrote {args.png}")
+        return 1 if msg else 0
     if args.list:
         for s in SCENARIOS:
             print(f"{s.name:20} {s.title}")

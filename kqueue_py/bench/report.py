@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, TextIO
 from .timing import Measurement
 
 __all__ = ["ScenarioResult", "fmt_ns", "render_table", "render_variants", "evaluate_targets",
-           "speedups", "write_json", "write_png"]
+           "speedups", "read_json", "write_json", "write_png"]
 
 RAWC_KEVENT = "rawC kevent"
 RAWC_EPOLL = "rawC epoll"
@@ -213,6 +213,21 @@ def render_targets(targets: List[Dict[str, Any]], out: TextIO, python: str = "")
               file=out)
 
 
+def read_json(path: str) -> tuple[Dict[str, Any], List[ScenarioResult]]:
+    """The machine facts and the results of a run saved by :func:`write_json`."""
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    results = []
+    for name, sc in doc["scenarios"].items():
+        r = ScenarioResult(name, sc["title"], sc["unit"])
+        r.roles = dict(sc["roles"])
+        r.notes = list(sc["notes"])
+        r.error = sc["error"]
+        r.variants = {k: Measurement(**v) for k, v in sc["variants"].items()}
+        results.append(r)
+    return doc["machine"], results
+
+
 def write_json(path: str, facts: Dict[str, Any], settings: Dict[str, Any],
                results: List[ScenarioResult], targets: List[Dict[str, Any]]) -> None:
     doc = {"machine": facts, "settings": settings,
@@ -243,11 +258,12 @@ def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "matplotlib is not importable: --png skipped (pip install 'kqueue_py[bench]')"
     ok = [r for r in results if not r.error and r.role("kqueue_py")]
     series = [("kqueue_py", "kqueue_py")] + CHART_COMPARATORS
-    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(max(12, 2.4 * len(ok)), 5.5),
+    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(max(12, 1.7 * len(ok)), 5.5),
                                    gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(CHART_COMPARATORS)
     for j, (role, label) in enumerate(CHART_COMPARATORS):
@@ -262,7 +278,11 @@ def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -
     ax.set_xticks(range(len(ok)))
     ax.set_xticklabels([r.name for r in ok], rotation=25, ha="right")
     ax.set_ylabel("speed-up of kqueue_py (comparator time / kqueue_py time)")
-    ax.set_yscale("log")
+    ax.set_yscale("log")       # (resets the tick formatters: set them after)
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}x")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_title("> 1: kqueue_py faster; < 1: the comparator is faster", fontsize=9)
     ax.legend(fontsize=8)
     width_t = 0.8 / len(series)
@@ -274,8 +294,11 @@ def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -
     ax_t.set_xticklabels([r.name for r in ok], rotation=25, ha="right")
     ax_t.set_ylabel("time per operation (ns, log scale)")
     ax_t.set_yscale("log")
+    times = [v for r in ok for role, _ in series for v in [r.role(role)] if v]
+    if times:
+        ax_t.set_ylim(min(times) / 2, max(times) * 40)    # room for the legend above the bars
     ax_t.set_title("absolute times", fontsize=9)
-    ax_t.legend(fontsize=8)
+    ax_t.legend(fontsize=8, loc="upper left", ncol=2)
     fig.suptitle(f"kqueue_py benchmark - {facts['python']}, {facts['cpu_model']}, "
                  f"backend={facts['kqueue_py_backend']}", fontsize=9)
     fig.tight_layout()
