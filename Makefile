@@ -5,29 +5,54 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install test bench bench-full bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
+# The release tier's zig (also in pyproject's [release] extra and
+# tools/build-wheels.sh; tests/test_packaging.py checks they agree).
+ZIGLANG = ziglang==0.15.2
+# Extra pytest arguments:  make test ARGS="-k timer"
+ARGS   ?=
+
+.PHONY: install install-pkg zig test test-fast tsan bench bench-full bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-install: $(PY)
+# Dependency tiers: install-pkg is kqueue_py alone (all `make bench` needs);
+# install adds the test tier (requirements-test.txt = the [test] extra);
+# zig (the release tier's compiler) only comes with `make zig`/check-bsd/wheels.
+install-pkg: $(PY)
 	$(PIP) install --upgrade pip setuptools wheel cffi
-	$(PIP) install -r requirements-test.txt
 	rm -rf build   # setuptools reuses objects there, even from a sanitizer build
 	$(PIP) install --force-reinstall --no-deps .
 
-# The test suite, against the freshly built and installed wheel.
+install: install-pkg
+	$(PIP) install -r requirements-test.txt
+
+# zig for tests/test_bsd_build.py (which skips, saying so, without it).
+zig: $(PY)
+	$(PIP) install "$(ZIGLANG)"
+
+# The whole test suite, against the freshly built and installed wheel.
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(ARGS)
+
+# The inner loop: everything but the tests marked slow (stress, soak,
+# fuzzing, the BSD cross-build).
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow" $(ARGS)
+
+# The threaded tests on a ThreadSanitizer build of the backend
+# (tools/run-tsan.sh says what it runs and why the preload).
+tsan:
+	bash tools/run-tsan.sh $(PYTHON) $(ARGS)
 
 # The main job: kqueue_py against ctypes, the stdlib and raw C.  Run from
 # inside the venv so that the checkout's kqueue_py/ does not shadow the
 # installed package.
-bench: install
+bench: install-pkg
 	cd $(VENV) && bin/python -m kqueue_py.bench --quick
 
-bench-full: install
-	$(PIP) install matplotlib   # for the chart
+bench-full: install-pkg
+	$(PIP) install "matplotlib>=3.5"   # for the chart: the [bench] extra
 	mkdir -p bench-results docs
 	cd $(VENV) && bin/python -m kqueue_py.bench --json $(CURDIR)/bench-results/latest.json --png $(CURDIR)/docs/bench.png
 
@@ -38,8 +63,8 @@ bench-full: install
 # BENCH_DOCS_ARGS=--quick for a faster, noisier run.
 PYPY ?= pypy3
 BENCH_DOCS_ARGS ?=
-bench-docs: install
-	$(PIP) install matplotlib   # for the chart
+bench-docs: install-pkg
+	$(PIP) install "matplotlib>=3.5"   # for the chart: the [bench] extra
 	mkdir -p docs/bench
 	cd $(VENV) && bin/python -m kqueue_py.bench $(BENCH_DOCS_ARGS) \
 	    --json $(CURDIR)/docs/bench/cpython.json
@@ -58,11 +83,11 @@ bench-docs: install
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.
 asan: $(PY)
-	bash tools/run-sanitized.sh $(PY)
+	bash tools/run-sanitized.sh $(PY) $(ARGS)
 
 # CPython 3.9-3.13 and PyPy 3 via nox (noxfile.py), each against an installed wheel.
 matrix:
-	bash tools/matrix.sh
+	bash tools/matrix.sh $(ARGS)
 
 wheel: $(PY)
 	$(PIP) install build
@@ -94,7 +119,7 @@ sdist-check:
 
 # The builder's macOS/FreeBSD branch, cross-compiled and linked with zig
 # against those systems' headers (tests/test_bsd_build.py runs it too).
-check-bsd: $(PY)
+check-bsd: zig
 	$(PIP) install cffi -r requirements-test.txt
 	$(PY) tools/check-bsd-build.py
 
@@ -105,4 +130,4 @@ lint: $(PY)
 	$(VENV)/bin/ruff check kqueue_py tests tools build_kqueue.py setup.py noxfile.py
 
 clean:
-	rm -rf build dist *.egg-info $(VENV) .venv-pypy .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so
+	rm -rf build dist *.egg-info $(VENV) .venv-sanitize .venv-tsan .venv-pypy .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so

@@ -79,7 +79,8 @@ static int heap_reserve(struct kq *kq)
 
 static void heap_push(struct kq *kq, struct knote *kn)
 {
-    size_t i = kq->ntimers++;
+    size_t i = kq->ntimers;
+    __atomic_store_n(&kq->ntimers, i + 1, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
     heap_set(kq, i, kn);
     heap_up(kq, i);
 }
@@ -90,7 +91,9 @@ static void heap_remove(struct kq *kq, struct knote *kn)
     if (i == SIZE_MAX)
         return;
     kn->u.timer.heap_index = SIZE_MAX;
-    struct knote *last = kq->timers[--kq->ntimers];
+    size_t n = kq->ntimers - 1;
+    __atomic_store_n(&kq->ntimers, n, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
+    struct knote *last = kq->timers[n];
     if (last == kn)
         return;
     heap_set(kq, i, last);

@@ -431,7 +431,7 @@ void kq_enqueue(struct kq *kq, struct knote *kn)
     if (kq->q_tail)
         kq->q_tail->q_next = kn;
     else
-        kq->q_head = kn;
+        __atomic_store_n(&kq->q_head, kn, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
     kq->q_tail = kn;
 }
 
@@ -443,7 +443,7 @@ void kq_dequeue(struct kq *kq, struct knote *kn)
     if (kn->q_prev)
         kn->q_prev->q_next = kn->q_next;
     else
-        kq->q_head = kn->q_next;
+        __atomic_store_n(&kq->q_head, kn->q_next, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
     if (kn->q_next)
         kn->q_next->q_prev = kn->q_prev;
     else

@@ -10,6 +10,8 @@ Fixtures
              closed with ``lib.kqueue_close`` at teardown.
 ``make_kq``  a factory for more queues, each closed at teardown.
 ``fds``      a tracker that makes pipes/sockets and closes them at teardown.
+``lowest_free``  ``lowest_free.next_is(n)`` makes the next descriptor the
+             process opens get the number ``n`` (for fd-reuse tests).
 
 Events are decoded into :class:`Event` tuples
 ``(ident, filter, flags, fflags, data, udata)`` with ``udata`` as an int.
@@ -260,6 +262,46 @@ def fds():
     f = Fds()
     yield f
     f.close_all()
+
+
+class LowestFree:
+    """Forces a descriptor number to be reused.
+
+    POSIX gives every new descriptor (open, pipe, socket, epoll_create, ...)
+    the lowest number not in use.  :meth:`next_is` holds every free number
+    below ``num`` open (on /dev/null) until teardown, so the next descriptor
+    the process opens is ``num`` itself -- the reuse a test needs happens for
+    sure instead of by luck.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[int] = []
+
+    def next_is(self, num: int) -> None:
+        try:
+            os.fstat(num)
+        except OSError:
+            pass
+        else:
+            raise AssertionError(f"descriptor {num} is still open")
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            if fd >= num:        # == num: every number below it is now in use
+                os.close(fd)
+                return
+            self._held.append(fd)
+
+    def release(self) -> None:
+        for fd in self._held:
+            os.close(fd)
+        self._held.clear()
+
+
+@pytest.fixture
+def lowest_free():
+    lf = LowestFree()
+    yield lf
+    lf.release()
 
 
 def wait_until(pred, timeout=2.0, interval=0.002):

@@ -20,10 +20,21 @@ TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 COMMON = "ident@0:8, filter@8:2, flags@10:2, fflags@12:4, data@16:8, udata@24:8"
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"),
                        reason="on macOS/FreeBSD the real build is the check"),
     pytest.mark.timeout(600),   # a cold zig cache builds its libc stubs first
 ]
+
+
+def _have_zig() -> bool:
+    try:
+        import ziglang  # noqa: F401
+    except ImportError:
+        if os.environ.get("KQUEUE_PY_REQUIRE_ZIG"):   # set by .ci/run
+            pytest.fail("KQUEUE_PY_REQUIRE_ZIG is set but the ziglang package is not installed")
+        return False
+    return True
 
 
 @pytest.mark.parametrize("target, size", [
@@ -31,7 +42,9 @@ pytestmark = [
     ("x86_64-freebsd", 64), ("aarch64-freebsd", 64),
 ])
 def test_bsd_branch_builds_against_the_system_headers(target, size):
-    pytest.importorskip("ziglang", reason="pip install ziglang (requirements-test.txt)")
+    if not _have_zig():
+        pytest.skip("zig is not installed: this cross-build check needs the release tier "
+                    "(`make zig`, or pip install 'kqueue_py[release]'); .ci/run installs it")
     r = subprocess.run([sys.executable, TOOL, target], capture_output=True, text=True, timeout=590)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{target} " in r.stdout and ": OK, " in r.stdout, r.stdout

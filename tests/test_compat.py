@@ -1,4 +1,4 @@
-"""kqueue_py.compat: select.kqueue / select.kevent work-alikes (issue 4, part 2).
+"""kqueue_py.compat: select.kqueue / select.kevent work-alikes.
 
 The first group re-states, in our own words, what CPython's
 Lib/test/test_kqueue.py checks of select.kqueue, run here against
@@ -598,14 +598,14 @@ def test_user_filter_and_receipt(kq):
     assert kq.control(None, 2, 0) == []     # dispatched: disabled until re-enabled
 
 
-def test_closing_a_stale_fromfd_twin_never_closes_a_queue_that_reused_the_number():
+def test_closing_a_stale_fromfd_twin_never_closes_a_queue_that_reused_the_number(lowest_free):
     q = kqueue()
     twin = kqueue.fromfd(q.fileno())
     q.close()                                 # the queue is gone; twin still holds the number
+    lowest_free.next_is(twin._fd)
     new = kqueue()
     try:
-        if new.fileno() != twin._fd:
-            pytest.skip("the number was not reused")
+        assert new.fileno() == twin._fd       # the new queue has the stale twin's number
         twin.close()                          # (a late finalizer does the same)
         assert not new.closed
         ev = kevent(1, compat.KQ_FILTER_USER, compat.KQ_EV_ADD | compat.KQ_EV_ONESHOT,

@@ -1,4 +1,4 @@
-"""kqueue_py.compat.install(): unmodified kqueue code on kqueue_py (issue 4, part 3).
+"""kqueue_py.compat.install(): unmodified kqueue code on kqueue_py.
 
 Every scenario runs as a real program in a subprocess, so this test
 process's select/selectors modules stay untouched.

@@ -197,15 +197,17 @@ def test_kqueue_close_wakes_every_blocked_waiter(h):
     assert [r[0][:2] for r in results] == [(-1, errno.EBADF)] * 4
 
 
-def test_kqueue_close_with_pending_events_and_registrations_then_reuse_number(fds, h):
+def test_kqueue_close_with_pending_events_and_registrations_then_reuse_number(fds, h, lowest_free):
     r, w = fds.pipe()
     kq = lib.kqueue()
     h.kevent(kq, [(r, READ, EV_ADD), (1, USER, EV_ADD, TRIGGER), (2, TIMER, EV_ADD, 0, 1)])
     os.write(w, b"x")
     assert lib.kqueue_close(kq) == 0
+    lowest_free.next_is(kq)
     kq2 = lib.kqueue()
     try:
-        # A new queue (perhaps with the same number) starts empty.
+        assert kq2 == kq
+        # A new queue with the same number starts empty.
         assert h.kevent(kq2, (), 8, 0.05) == []
     finally:
         lib.kqueue_close(kq2)
@@ -331,7 +333,7 @@ def test_closed_fd_without_dup_produces_no_further_events(kq, fds):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backend semantics")
-def test_dup_kept_registration_is_never_attributed_to_a_reused_number(kq, fds):
+def test_dup_kept_registration_is_never_attributed_to_a_reused_number(kq, fds, lowest_free):
     """Linux (documented limitation): a registration belongs to the open file,
     so a dup() kept open after close() keeps it alive in epoll.  Its events
     must never be reported under a new registration of the reused number."""
@@ -339,9 +341,9 @@ def test_dup_kept_registration_is_never_attributed_to_a_reused_number(kq, fds):
     kq.change((r, READ, EV_ADD, 0, 0, 1))
     keep = fds.track(os.dup(r))
     fds.close(r)
+    lowest_free.next_is(r)
     r2, w2 = fds.pipe()
-    if r2 != r:
-        pytest.skip("the fd number was not reused")
+    assert r2 == r
     kq.change((r2, READ, EV_ADD, 0, 0, 2))
     os.write(w, b"old file")                      # readiness of the dup-kept file
     assert kq.wait(8, 0.05) == []
@@ -352,15 +354,16 @@ def test_dup_kept_registration_is_never_attributed_to_a_reused_number(kq, fds):
     assert kq.poll() == []
 
 
-def test_reused_fd_number_new_add_starts_clean(kq, fds):
+def test_reused_fd_number_new_add_starts_clean(kq, fds, lowest_free):
     r, w = fds.pipe()
     kq.change((r, READ, EV_ADD | EV_DISPATCH, 0, 0, 1))
     os.write(w, b"old data")
     assert [e.udata for e in kq.wait()] == [1]       # now dispatched (disabled)
     fds.close(r)
     fds.close(w)
+    lowest_free.next_is(r)
     r2, w2 = fds.pipe()
-    assert r2 == r, "the fd number was not reused (test assumption)"
+    assert r2 == r
     kq.change((r2, READ, EV_ADD, 0, 0, 2))          # no error, no stale state
     assert kq.poll() == []                          # the new pipe is empty
     os.write(w2, b"abc")
@@ -370,16 +373,20 @@ def test_reused_fd_number_new_add_starts_clean(kq, fds):
         assert not evs[0].flags & (EV_DISPATCH | EV_ERROR | lib.EV_EOF)
 
 
-def test_reused_fd_number_after_disabled_clear_registration_starts_clean(kq, fds):
+@pytest.mark.parametrize("reused_by", ["write-end", "read-end"])
+def test_reused_fd_number_after_disabled_clear_registration_starts_clean(kq, fds, lowest_free,
+                                                                         reused_by):
     r, w = fds.pipe()
     kq.change((w, WRITE, EV_ADD | EV_DISABLE | EV_CLEAR, 0, 0, 1))
     fds.close(w)
-    fds.close(r)
+    if reused_by == "write-end":
+        fds.close(r)
+        lowest_free.next_is(r)                  # the new pipe takes r's and w's numbers
+    else:
+        lowest_free.next_is(w)                  # r stays open: the new read end gets w's number
     r2, w2 = fds.pipe()
-    # The lowest free numbers come back: w's old number is one of them.
-    target = w2 if w2 == w else r2 if r2 == w else None
-    if target is None:
-        pytest.skip("fd number not reused")
+    target = w2 if reused_by == "write-end" else r2
+    assert target == w
     kq.change((target, READ if target == r2 else WRITE, EV_ADD, 0, 0, 2))
     if target == w2:
         evs = kq.poll()
@@ -391,12 +398,14 @@ def test_reused_fd_number_after_disabled_clear_registration_starts_clean(kq, fds
         assert [(e.ident, e.udata) for e in kq.poll()] == [(r2, 2)]
 
 
-def test_reused_fd_number_without_readd_reports_nothing(kq, fds):
+def test_reused_fd_number_without_readd_reports_nothing(kq, fds, lowest_free):
     r, w = fds.pipe()
     kq.change((r, READ, EV_ADD, 0, 0, 1))
     fds.close(r)
     fds.close(w)
+    lowest_free.next_is(r)
     r2, w2 = fds.pipe()
+    assert r2 == r
     os.write(w2, b"x")
     evs = kq.wait(8, 0.05)
     assert evs == [], f"a stale registration reported the new file: {evs}"
@@ -410,16 +419,16 @@ def test_delete_after_close_is_an_error_not_a_crash(kq, fds, h):
     assert rc == -1 and err in (errno.EBADF, errno.ENOENT)
 
 
-def test_socket_closed_without_delete_then_number_reused_by_socket(kq, fds):
+def test_socket_closed_without_delete_then_number_reused_by_socket(kq, fds, lowest_free):
     a, b = fds.socketpair()
     num = a.fileno()
     kq.change((num, READ, EV_ADD | EV_CLEAR, 0, 0, 1), (num, WRITE, EV_ADD | EV_ONESHOT, 0, 0, 1))
     b.send(b"x")
     kq.wait()
     a.close()
+    lowest_free.next_is(num)
     c, d = fds.socketpair()
-    if c.fileno() != num:
-        pytest.skip("fd number not reused")
+    assert c.fileno() == num
     kq.change((num, READ, EV_ADD, 0, 0, 2), (num, WRITE, EV_ADD, 0, 0, 3))
     evs = kq.poll()
     assert [(e.filter, e.udata) for e in evs] == [(WRITE, 3)]

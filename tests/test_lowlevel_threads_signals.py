@@ -1,5 +1,5 @@
 """Signals during a wait (EINTR, PEP 475-style retry in kq_wait) and the
-seed helpers' error reporting."""
+raw helpers' (kq_wait/kq_apply) error reporting."""
 from __future__ import annotations
 
 import errno

@@ -331,13 +331,14 @@ def test_closed_descriptor_is_ebadf(kq, fds):
         os.fstat(r)                          # the backend took no descriptor there
 
 
-def test_closed_then_reused_number(kq, tmp_path):
+def test_closed_then_reused_number(kq, tmp_path, lowest_free):
     a = make_file(tmp_path / "a")
     b = make_file(tmp_path / "b")
     fd = os.open(a, os.O_RDONLY)
     try:
         watch(kq, fd, ATTRIB)
         os.close(fd)                         # without EV_DELETE
+        lowest_free.next_is(fd)
         fd2 = os.open(b, os.O_RDONLY)
         assert fd2 == fd
         os.chmod(a, 0o600)                   # the old file: stale, not reported

@@ -1,4 +1,4 @@
-"""kqueue_py.selectors.KqueueSelector (issue 4, part 4)."""
+"""kqueue_py.selectors.KqueueSelector."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Soak and resource-exhaustion tests (DESIGN.md §7, issue 7).
+"""Soak and resource-exhaustion tests.
 
 (a) Leaks: 200,000 register/wait/delete cycles (EVFILT_READ on a
     socketpair plus EVFILT_USER) through ``lib.kevent``, more through
@@ -30,6 +30,8 @@ import tempfile
 import pytest
 
 from kqueue_py import KQueue, compat, ffi, lib
+
+pytestmark = pytest.mark.slow
 
 LONG = os.environ.get("KQUEUE_PY_LONG", "") not in ("", "0")
 SCALE = 10 if LONG else 1

@@ -1,4 +1,4 @@
-"""Stress tests (DESIGN.md §7, issue 7): signal storms and many threads.
+"""Stress tests: signal storms and many threads.
 
 (a) Signal storm: a Python SIGALRM handler fired every millisecond by
     ``signal.setitimer`` while the main thread waits through ``raw.kq_wait``,
@@ -33,7 +33,6 @@ from kqueue_py.raw import kq_wait, new_events
 
 LONG = os.environ.get("KQUEUE_PY_LONG", "") not in ("", "0")
 SCALE = 10 if LONG else 1
-pytestmark = pytest.mark.timeout(120 * SCALE)
 
 USER = lib.EVFILT_USER
 EV_ADD, EV_DELETE, EV_ONESHOT, EV_DISPATCH, EV_CLEAR = (
@@ -45,7 +44,11 @@ OVERSHOOT = 0.050
 #: How early: never (1 ms of slack for clock granularity).
 EARLY = 0.001
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(120 * SCALE),
+    pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer"),
+]
 
 
 class Boom(Exception):

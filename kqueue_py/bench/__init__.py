@@ -1,25 +1,26 @@
 """kqueue_py's benchmark: ``python -m kqueue_py.bench``.
 
 Every number it prints is a ratio from one run, against comparators doing the
-same work in the same process (DESIGN.md section 6):
+same work in the same process:
 
-* ``kqueue_py`` -- the cffi module (``kqueue_py.lib``/``ffi``) and the seed
+* ``kqueue_py`` -- the cffi module (``kqueue_py.lib``/``ffi``) and the raw
   helpers (``kq_wait``), events decoded from the array as one buffer with
   ``struct.iter_unpack``, never field by field through cdata attributes;
-  plus the Pythonic ``kqueue_py.KQueue`` when it exists;
+  plus the Pythonic ``kqueue_py.KQueue``;
 * ``ctypes`` -- a ctypes binding of the very same compiled ``kqueue``/
   ``kevent``/``kqueue_close`` (``ctypes.CDLL`` on the installed extension),
   events decoded the ordinary ctypes way;
 * ``stdlib`` -- ``select.epoll`` (``select.kqueue`` on BSD/macOS) and
   ``selectors.DefaultSelector`` doing the same work;
-* ``raw C`` -- a C program compiled at run time with the system ``cc`` that
-  ``dlopen()``s the installed extension and calls the same ``kevent``, plus
-  raw ``epoll_wait`` on Linux: the kernel's own floor.
+* ``raw C`` -- ``rawc_bench.c`` (package data), compiled at run time with the
+  system ``cc`` against ``<sys/event.h>``; it ``dlopen()``s the installed
+  extension and calls the same ``kevent``, plus raw ``epoll_wait`` on Linux:
+  the kernel's own floor.
 
 Modules: :mod:`.timing` (perf_counter_ns batches), :mod:`.machine` (facts
-recorded with each run), :mod:`.ctypes_binding`, :mod:`.rawc` (C source and
-its build), :mod:`.scenarios`, :mod:`.pyapi` (the ``KQueue`` slot),
-:mod:`.report` (table, targets, JSON, PNG), :mod:`.cli`.
+recorded with each run), :mod:`.ctypes_binding`, :mod:`.rawc` (the C
+program's build and run), :mod:`.scenarios`, :mod:`.pyapi` (the ``KQueue``
+variants), :mod:`.report` (table, targets, JSON, PNG), :mod:`.cli`.
 """
 from __future__ import annotations
 

@@ -51,11 +51,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "the stdlib and raw C. Progress on stderr, the table on stdout.")
     ap.add_argument("--quick", action="store_true",
                     help="short batches and few repeats (whole run well under a minute)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="also print every variant of every scenario (the per-variant breakdown)")
     ap.add_argument("--only", metavar="NAME", action="append",
                     help=f"run only this scenario (repeatable; comma-separated ok): "
                          f"{', '.join(names)}")
     ap.add_argument("--json", metavar="PATH", help="write every result and the machine facts")
-    ap.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
+    ap.add_argument("--png", metavar="PATH",
+                    help="chart: kqueue_py's speed-up over each comparator and the absolute "
+                         "times (needs matplotlib: the [bench] extra)")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="measure nothing: draw --png from a run saved with --json")
     ap.add_argument("--repeats", type=int,
                     help="groups of timed batches per comparator (min of group medians)")
     ap.add_argument("--no-rawc", action="store_true", help="skip the raw C comparator")
@@ -64,11 +70,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     if args.dump_c:
-        from .rawc_source import SOURCE
+        from .rawc import source
 
         with open(args.dump_c, "w", encoding="utf-8") as f:
-            f.write(SOURCE)
+            f.write(source())
         return 0
+    if args.replot:
+        from .report import read_json, write_png
+
+        if not args.png:
+            ap.error("--replot needs --png PATH")
+        facts, saved = read_json(args.replot)
+        msg = write_png(args.png, saved, facts)
+        _progress(msg or f"wrote {args.png}")
+        return 1 if msg else 0
     if args.list:
         for s in SCENARIOS:
             print(f"{s.name:20} {s.title}")
@@ -164,9 +179,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     elapsed = time.perf_counter() - t_start
     _progress(f"done in {elapsed:.1f} s")
-    report.render_table(results, facts, settings["mode"], sys.stdout)
+    report.render_table(results, facts, settings["mode"], sys.stdout, verbose=args.verbose)
     targets = report.evaluate_targets(results)
-    report.render_targets(targets, sys.stdout)
+    report.render_targets(targets, sys.stdout, facts["python"])
     print(f"(run took {elapsed:.1f} s)")
     settings["elapsed_s"] = round(elapsed, 2)
     settings["argv"] = sys.argv[1:] if argv is None else argv

@@ -33,6 +33,7 @@ def _cffi_version() -> str:
 def machine_facts() -> Dict[str, Any]:
     """CPU model and count, kernel, Python, cffi, kqueue_py's backend."""
     import kqueue_py
+    from kqueue_py import _kqueue
 
     uname = platform.uname()
     try:
@@ -54,8 +55,7 @@ def machine_facts() -> Dict[str, Any]:
         "python_build": " ".join(platform.python_build()),
         "executable": sys.executable,
         "cffi": _cffi_version(),
-        "kqueue_py_version": getattr(kqueue_py, "__version__", "?"),
-        "kqueue_py_backend": getattr(kqueue_py, "BACKEND", "?"),
-        "kqueue_py_extension": getattr(getattr(kqueue_py, "_kqueue", None), "__file__", "?"),
-        "has_KQueue": hasattr(kqueue_py, "KQueue"),
+        "kqueue_py_version": kqueue_py.__version__,
+        "kqueue_py_backend": kqueue_py.BACKEND,
+        "kqueue_py_extension": _kqueue.__file__,
     }

@@ -1,11 +1,15 @@
-"""Build and run the raw-C comparator (:mod:`.rawc_source`).
+"""Build and run the raw-C comparator (``rawc_bench.c``, shipped beside this module).
 
 The program is compiled once per source/flags/compiler with the system C
-compiler and cached under the temp directory.  It ``dlopen()``s the
-installed extension and calls its ``kevent`` -- the very function the Python
-comparators call -- so "raw C" is the same backend call without any Python.
-On Linux it also times raw ``epoll_wait``/``epoll_ctl``/eventfd: the kernel's
-own floor.
+compiler (``-Wall -Wextra -Werror``) and cached under the temp directory.
+It ``dlopen()``s the installed extension and calls its ``kevent`` -- the very
+function the Python comparators call -- so "raw C" is the same backend call
+without any Python.  On Linux it also times raw ``epoll_wait``/``epoll_ctl``/
+eventfd: the kernel's own floor.
+
+``struct kevent`` and the constants come from ``<sys/event.h>``: on Linux
+the backend's header (installed as ``kqueue_py/include/sys/event.h``; in a
+checkout, ``csrc/include``), on BSD/macOS the system's.
 """
 from __future__ import annotations
 
@@ -16,12 +20,18 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional
 
-from .rawc_source import SOURCE
 from .timing import Measurement, summarize
 
-__all__ = ["RawC", "RawCError"]
+__all__ = ["RawC", "RawCError", "SOURCE_PATH", "compile_command", "source"]
+
+#: The C program (package data).
+SOURCE_PATH = Path(__file__).with_name("rawc_bench.c")
+
+#: Warnings are errors: the suite builds it the same way (tests/test_bench.py).
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
 
 
 class RawCError(RuntimeError):
@@ -41,17 +51,39 @@ def _compiler() -> Optional[str]:
     return None
 
 
+def source() -> str:
+    """The program's C source."""
+    return SOURCE_PATH.read_text(encoding="utf-8")
+
+
+def _include_dirs() -> List[str]:
+    """Where the backend's <sys/event.h> is (Linux); [] for the system's."""
+    if not sys.platform.startswith("linux"):
+        return []
+    pkg = Path(__file__).resolve().parent.parent
+    for cand in (pkg / "include", pkg.parent / "csrc" / "include"):
+        if (cand / "sys" / "event.h").is_file():
+            return [str(cand)]
+    raise RawCError(f"the backend's <sys/event.h> is not installed (looked in {pkg / 'include'})")
+
+
 def _defines() -> List[str]:
-    """The extension's own constants and struct size, as -D flags."""
+    """The extension's own constants and struct size, as -D flags (the
+    program checks them against the header at compile time)."""
     from .. import ffi, lib
 
-    if sys.platform.startswith("linux"):
-        names = ["EVFILT_READ", "EVFILT_TIMER", "EVFILT_USER",
-                 "EV_ADD", "EV_DELETE", "EV_CLEAR", "NOTE_TRIGGER"]
-        flags = [f"-DKQ_{n}={int(getattr(lib, n))}" for n in names]
-        flags.append(f"-DKQ_SIZEOF_KEVENT={ffi.sizeof('struct kevent')}")
-        return flags
-    return ["-DKQ_SYSTEM_HEADER"]
+    names = ["EVFILT_READ", "EVFILT_TIMER", "EVFILT_USER",
+             "EV_ADD", "EV_DELETE", "EV_CLEAR", "NOTE_TRIGGER"]
+    flags = [f"-DKQ_{n}={int(getattr(lib, n))}" for n in names]
+    flags.append(f"-DKQ_SIZEOF_KEVENT={ffi.sizeof('struct kevent')}")
+    return flags
+
+
+def compile_command(cc: str, src: str, out: str) -> List[str]:
+    """The compiler command line for the program."""
+    libs = ["-pthread"] + (["-ldl"] if sys.platform.startswith("linux") else [])
+    incs = [f"-I{d}" for d in _include_dirs()]
+    return [cc, *CFLAGS, *incs, *_defines(), "-o", out, src, *libs]
 
 
 class RawC:
@@ -71,17 +103,19 @@ class RawC:
         cc = _compiler()
         if cc is None:
             raise RawCError("no C compiler (cc/gcc/clang) on PATH")
-        flags = ["-O2", "-std=gnu11", "-Wall", *_defines()]
-        libs = ["-pthread"] + (["-ldl"] if sys.platform.startswith("linux") else [])
-        key = hashlib.sha256("\0".join([SOURCE, cc, *flags, *libs]).encode()).hexdigest()[:16]
+        text = source()
+        probe = compile_command(cc, "SRC", "OUT")
+        headers = [(Path(d) / "sys" / "event.h").read_text(encoding="utf-8")
+                   for d in _include_dirs()]
+        key = hashlib.sha256("\0".join([text, *headers, *probe]).encode()).hexdigest()[:16]
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
         binary = os.path.join(self.cache_dir, f"rawc_bench-{key}")
         if not os.path.exists(binary):
             src = os.path.join(self.cache_dir, f"rawc_bench-{key}.c")
             with open(src, "w", encoding="utf-8") as f:
-                f.write(SOURCE)
+                f.write(text)
             tmp = f"{binary}.{os.getpid()}.tmp"
-            proc = subprocess.run([cc, *flags, "-o", tmp, src, *libs],
+            proc = subprocess.run(compile_command(cc, src, tmp),
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise RawCError(f"{cc} failed:\n{proc.stderr.strip()}")

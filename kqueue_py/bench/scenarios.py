@@ -175,7 +175,7 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
     regs = [(fd, lib.EVFILT_READ, lib.EV_ADD, 0, u) for fd, u in zip(fds, udatas)]
     regs += [(i, lib.EVFILT_TIMER, lib.EV_ADD, TIMER_PERIOD_MS, 0) for i in range(timers)]
 
-    # -- kqueue_py: the seed helper kq_wait + one-buffer decode ----------
+    # -- kqueue_py: the raw helper kq_wait + one-buffer decode -----------
     kq = _new_kq(built)
     _kq_apply_all(kq, _kq_batch(regs), len(regs))
     events = new_events(cap)
@@ -220,15 +220,12 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
         built.runners["kqueue_py cdata fields"] = run_cdata
 
     # -- the Pythonic API -------------------------------------------------
-    why = pyapi.available()
-    if why is None and not timers:
+    if not timers:
         q = pyapi.new_queue()
         built.cleanup.append(q.close)
         pyapi.register_readers(q, fds, udatas)
         built.runners.update(pyapi.poll_runners(q, cap))
         built.checks.append(lambda: _expect("KQueue", pyapi.decode_events(q, cap), want))
-    elif why is not None:
-        built.notes.append(why)
 
     # -- ctypes -----------------------------------------------------------
     ct = ctx.ct
@@ -293,20 +290,10 @@ def _stdlib_poll(built: Built, fds: List[int], udatas: List[int], cap: int,
                 out = [(fd, mask, m[fd]) for fd, mask in evs] if evs else []
             last["stdlib"] = out
 
-        # Literally epoll.poll(0): maxevents defaults to FD_SETSIZE-1, so
-        # CPython allocates and frees a 12 KiB buffer on every call.
-        def run_epoll_default(n: int) -> None:
-            poll, m = ep.poll, umap
-            out: List[Tuple[int, int, int]] = []
-            for _ in range(n):
-                evs = poll(0)
-                out = [(fd, mask, m[fd]) for fd, mask in evs] if evs else []
-            last["stdlib_default"] = out
-
+        # The same maxevents as kqueue_py's event array: the one epoll call
+        # the table, the targets and the chart compare with.
         built.runners[f"stdlib epoll.poll(0, {cap})"] = run_epoll
-        built.runners["stdlib epoll.poll(0)"] = run_epoll_default
         built.roles["stdlib"] = f"stdlib epoll.poll(0, {cap})"
-        built.roles["stdlib_literal"] = "stdlib epoll.poll(0)"
     elif HAVE_STDLIB_KQUEUE:  # pragma: no cover - BSD/macOS
         skq = select.kqueue()  # type: ignore[attr-defined]
         built.cleanup.append(skq.close)
@@ -577,41 +564,31 @@ def build_user_rt(ctx: Context) -> Built:
     built.checks.append(check_kq)
 
     # -- the Pythonic API -------------------------------------------------
-    why = pyapi.available()
-    if why is None:
-        qa, qb = pyapi.new_queue(), pyapi.new_queue()
-        parts = pyapi.user_roundtrip_parts(qa, qb)
-        if parts is not None:
-            trigger, wait_one = parts
+    qa, qb = pyapi.new_queue(), pyapi.new_queue()
+    trigger, wait_one = pyapi.user_roundtrip_parts(qa, qb)
 
-            def echo_q() -> None:
-                try:
-                    while True:
-                        wait_one(qb)
-                        if stop_flag["stop"]:
-                            break
-                        trigger(qa)
-                except (OSError, ValueError):
-                    pass
+    def echo_q() -> None:
+        try:
+            while True:
+                wait_one(qb)
+                if stop_flag["stop"]:
+                    break
+                trigger(qa)
+        except (OSError, ValueError):
+            pass
 
-            # Thread joined (finish) before the queues close: LIFO cleanup.
-            built.cleanup.append(qa.close)
-            built.cleanup.append(qb.close)
-            _echo_thread("KQueue", echo_q, built,
-                         stop_flag, lambda: trigger(qb))
+    # Thread joined (finish) before the queues close: LIFO cleanup.
+    built.cleanup.append(qa.close)
+    built.cleanup.append(qb.close)
+    _echo_thread("KQueue", echo_q, built,
+                 stop_flag, lambda: trigger(qb))
 
-            def run_q(n: int) -> None:
-                for _ in range(n):
-                    trigger(qb)
-                    wait_one(qa)
+    def run_q(n: int) -> None:
+        for _ in range(n):
+            trigger(qb)
+            wait_one(qa)
 
-            built.runners["kqueue_py KQueue.trigger/wait"] = run_q
-        else:
-            qa.close()
-            qb.close()
-            built.notes.append("KQueue has no add_user/trigger: its variant skipped")
-    else:
-        built.notes.append(why)
+    built.runners["kqueue_py KQueue.trigger/wait"] = run_q
 
     # -- ctypes -----------------------------------------------------------
     ct = ctx.ct

@@ -1,26 +1,24 @@
-"""The raw-C comparator's source, kept as a Python constant.
-
-A string rather than a ``.c`` file so that it is installed with the package
-without any package-data wiring.  :mod:`kqueue_py.bench.rawc` writes it to a
-cache directory and compiles it with the system ``cc``.  ``--dump-c PATH``
-on the command line writes it out for reading or editing.
-"""
-from __future__ import annotations
-
-SOURCE: str = r"""/*
+/*
  * kqueue_py benchmark: the raw C cost of the same work.
  *
  *   rawc_bench SO_PATH SCENARIO N TARGET_BATCH_NS BATCHES
  *
  * "kq" variants call kqueue()/kevent() of the *installed extension*, found
- * with dlopen()/dlsym() (SO_PATH "-" links the system's kqueue instead, on
+ * with dlopen()/dlsym() (SO_PATH "-" calls the system's kqueue instead, on
  * BSD/macOS); "epoll" variants call the kernel directly, the floor.  Each
  * variant prints one line:  VARIANT BATCH NS_PER_OP_1 ... NS_PER_OP_REPEATS
  * (every timed batch in order; Python summarizes them as for its own).
  * Exit status 3: the extension could not be loaded.
  *
- * Constants and the struct size come from the compiled module at build
- * time (-D flags), so the numbering is the extension's own.
+ * struct kevent and the constants come from <sys/event.h>: on Linux the
+ * backend's own header (installed as kqueue_py/include/sys/event.h, or
+ * csrc/include in a checkout; kqueue_py/bench/rawc.py passes -I), on
+ * BSD/macOS the system's.  The extension's own values arrive as -DKQ_*
+ * flags and must agree with the header (checked at compile time), so the
+ * program and the module it loads cannot disagree on the ABI.
+ *
+ * Built by rawc.py with -O2 -std=gnu11 -Wall -Wextra -Werror
+ * (tests/test_bench.py builds it the same way).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -33,6 +31,9 @@ SOURCE: str = r"""/*
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <sys/event.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -41,27 +42,17 @@ SOURCE: str = r"""/*
 #define HAVE_EPOLL 1
 #endif
 
-#ifdef KQ_SYSTEM_HEADER
-#include <sys/types.h>
-#include <sys/event.h>
 typedef struct kevent kev_t;
-#else
-typedef struct {
-    uintptr_t ident;
-    int16_t filter;
-    uint16_t flags;
-    uint32_t fflags;
-    intptr_t data;
-    void *udata;
-} kev_t;
-_Static_assert(sizeof(kev_t) == KQ_SIZEOF_KEVENT, "struct kevent layout differs");
-#define EVFILT_READ KQ_EVFILT_READ
-#define EVFILT_TIMER KQ_EVFILT_TIMER
-#define EVFILT_USER KQ_EVFILT_USER
-#define EV_ADD KQ_EV_ADD
-#define EV_DELETE KQ_EV_DELETE
-#define EV_CLEAR KQ_EV_CLEAR
-#define NOTE_TRIGGER KQ_NOTE_TRIGGER
+
+#ifdef KQ_SIZEOF_KEVENT
+_Static_assert(sizeof(kev_t) == KQ_SIZEOF_KEVENT, "struct kevent: header and extension differ");
+_Static_assert(EVFILT_READ == KQ_EVFILT_READ, "EVFILT_READ: header and extension differ");
+_Static_assert(EVFILT_TIMER == KQ_EVFILT_TIMER, "EVFILT_TIMER: header and extension differ");
+_Static_assert(EVFILT_USER == KQ_EVFILT_USER, "EVFILT_USER: header and extension differ");
+_Static_assert(EV_ADD == KQ_EV_ADD, "EV_ADD: header and extension differ");
+_Static_assert(EV_DELETE == KQ_EV_DELETE, "EV_DELETE: header and extension differ");
+_Static_assert(EV_CLEAR == KQ_EV_CLEAR, "EV_CLEAR: header and extension differ");
+_Static_assert(NOTE_TRIGGER == KQ_NOTE_TRIGGER, "NOTE_TRIGGER: header and extension differ");
 #endif
 
 typedef int (*kqueue_fn)(void);
@@ -493,13 +484,13 @@ int main(int argc, char **argv)
         repeats = 1;
 
     if (strcmp(so, "-") == 0) {
-#ifdef KQ_SYSTEM_HEADER
+#ifdef __linux__
+        fprintf(stderr, "rawc_bench: no system kqueue\n");
+        return 3;
+#else
         p_kqueue = kqueue;
         p_kevent = kevent;
         p_kqclose = sys_close;
-#else
-        fprintf(stderr, "rawc_bench: no system kqueue\n");
-        return 3;
 #endif
     } else {
         void *h = dlopen(so, RTLD_LAZY | RTLD_LOCAL);
@@ -544,4 +535,3 @@ int main(int argc, char **argv)
     }
     return 0;
 }
-"""
