@@ -621,7 +621,8 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
      * saves the ioctl per event for callers such as selectors that never
      * look at data.  NOTE_LOWAT needs the count, so it wins. */
     int counted = !(kn->kev.fflags & NOTE_NODATA) || (kn->kev.fflags & NOTE_LOWAT);
-    if (kn->u.fd.kind == FDK_UNKNOWN && (counted || (revents & EPOLLERR)))
+    if (kn->u.fd.kind == FDK_UNKNOWN &&
+        (counted || (revents & EPOLLERR) || kn->kev.filter == EVFILT_WRITE))
         kn->u.fd.kind = learn_kind(fd);
     *out = kn->kev;
     out->fflags = 0;
@@ -642,7 +643,7 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
             out->data = write_data(kn, fd);
         /* A pipe whose reader is gone reports EPOLLERR only. */
         if (revents & EPOLLHUP || (revents & EPOLLERR && !is_socket(kn)) ||
-            (counted && is_socket(kn) && send_shut_down(kn, fd)))
+            (is_socket(kn) && send_shut_down(kn, fd)))
             out->flags |= EV_EOF;
         else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data &&
                  !(revents & EPOLLERR)) {
