@@ -18,10 +18,12 @@
  * an EPOLL_CTL_ADD probe that must fail with EEXIST.  A stale registration
  * is dropped and its udata kept for kqueue_py_take_dropped().
  *
- * Regular files (and directories) cannot be added to epoll.  As on FreeBSD
- * (filt_vfsread), READ is ready while the offset is not at the end, data =
- * size - offset, and a change of the file (an inotify watch, IN_MODIFY)
- * makes it look again; WRITE is always ready with data 0.
+ * Regular files cannot be added to epoll.  As on FreeBSD (filt_vfsread),
+ * READ is ready while the offset is not at the end, data = size - offset
+ * (negative past the end), and a change of the file (an inotify watch,
+ * IN_MODIFY) makes it look again; WRITE is always ready with data 0.
+ * Directories and devices epoll refuses (no poll method) are always ready,
+ * as poll(2) has them.
  *
  * Socket errors stay with the application: Linux cannot read a socket's
  * pending error without clearing it (SO_ERROR and a failing recv(), even
@@ -180,9 +182,7 @@ static int files_watch(struct kq *kq, struct knote *kn)
     }
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", (int)kn->kev.ident);
-    int wd = inotify_add_watch(kq->files_ino_fd, path,
-                               IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_FROM |
-                               IN_MOVED_TO);
+    int wd = inotify_add_watch(kq->files_ino_fd, path, IN_MODIFY);
     if (wd < 0)
         return errno;
     kn->u.fd.wd = wd;
@@ -234,8 +234,9 @@ static int file_attach(struct kq *kq, struct knote *kn)
     kn->u.fd.kind = FDK_REGULAR;
     kn->u.fd.dev = (uint64_t)st.st_dev;
     kn->u.fd.ino = (uint64_t)st.st_ino;
+    kn->u.fd.mode = (uint32_t)(st.st_mode & S_IFMT);
     kn->u.fd.wd = -1;
-    if (kn->kev.filter == EVFILT_READ) {
+    if (kn->kev.filter == EVFILT_READ && S_ISREG(st.st_mode)) {
         int err = files_watch(kq, kn);
         if (err != 0)
             return err;
@@ -316,8 +317,7 @@ static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 static int file_current(const struct knote *kn, struct stat *st)
 {
     return fstat((int)kn->kev.ident, st) == 0 && (uint64_t)st->st_dev == kn->u.fd.dev &&
-           (uint64_t)st->st_ino == kn->u.fd.ino &&
-           (S_ISREG(st->st_mode) || S_ISDIR(st->st_mode));
+           (uint64_t)st->st_ino == kn->u.fd.ino && (st->st_mode & S_IFMT) == kn->u.fd.mode;
 }
 
 static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
@@ -675,7 +675,13 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
     *out = kn->kev;
     out->fflags = 0;
     out->data = 0;
-    if (kn->kev.filter == EVFILT_READ) {
+    if (kn->kev.filter == EVFILT_READ && !S_ISREG(st.st_mode)) {
+        /* A directory, or a device epoll cannot watch (no poll method):
+         * always ready, as poll(2) says; data the bytes before the size. */
+        off_t pos = lseek(fd, 0, SEEK_CUR);
+        if (pos >= 0 && st.st_size > pos)
+            out->data = (intptr_t)(st.st_size - pos);
+    } else if (kn->kev.filter == EVFILT_READ) {
         off_t pos = lseek(fd, 0, SEEK_CUR);
         if (pos < 0 || st.st_size == pos) {
             kn->status &= ~KN_ACTIVE;   /* quiet until the file changes */

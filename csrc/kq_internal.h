@@ -48,9 +48,9 @@ enum fd_kind {
     FDK_LISTEN,        /* listening TCP socket: data = accept queue length */
     FDK_LISTEN_OTHER,  /* other listener (AF_UNIX): data from sock_diag */
     FDK_FIFO,          /* pipe or fifo */
-    FDK_REGULAR,       /* regular file or directory: epoll refuses it; READ is
-                          ready while offset < size (woken by inotify), WRITE
-                          always */
+    FDK_REGULAR,       /* a file epoll refuses: regular file (READ ready while
+                          offset != size, woken by inotify), or a directory or
+                          device without poll (always ready); WRITE always */
     FDK_OTHER,         /* FIONREAD works (tty, ...) */
     FDK_NODATA,        /* readiness only (eventfd, epoll, ...) */
 };
@@ -89,7 +89,8 @@ struct knote {
             uint32_t gen;       /* generation in epoll_data (24 bits used) */
             int sock;           /* FDS_*: what a WRITE probe for local shutdown uses */
             int wd;             /* regular-file READ: inotify watch, else -1 */
-            uint64_t dev, ino;  /* regular file: the file registered */
+            uint64_t dev, ino;  /* FDK_REGULAR: the file registered ... */
+            uint32_t mode;      /* ... and its type (S_IFREG, S_IFDIR, S_IFCHR) */
             struct knote *next; /* kq->files or kq->lowat_wait chain */
         } fd;
         struct {

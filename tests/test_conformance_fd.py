@@ -752,3 +752,14 @@ def test_regular_file_read_woken_by_a_writer_in_another_thread(kq, tmp_path):
         assert ev.data == 5 and time.monotonic() - t0 < 2.0
     finally:
         os.close(fd)
+
+
+def test_device_without_poll_stays_always_ready(kq):
+    # /dev/null has no poll method: epoll refuses it, poll(2) calls it ready.
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        kq.change((fd, READ, EV_ADD, 0, 0, 5))
+        for _ in range(2):
+            assert [(e.ident, e.data, e.udata) for e in kq.poll()] == [(fd, 0, 5)]
+    finally:
+        os.close(fd)
