@@ -202,6 +202,7 @@ struct kq {
 
 /* kqueue.c */
 int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);
+void kq_fd_forget(struct kq *kq, int fd);
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);

@@ -85,6 +85,7 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
 {
     if (fd < 0)
         return errno;
+    kq_fd_forget(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
     if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
         return 0;
@@ -436,6 +437,26 @@ static void knote_unlink(struct kq *kq, struct knote *kn)
         pp = &(*pp)->hash_next;
     *pp = kn->hash_next;
     kq->hash_count--;
+}
+
+/* An internal descriptor is about to join the queue's epoll set under the
+ * number fd.  A READ or WRITE registration still recorded under that
+ * number was made on a file since closed (the kernel just handed the
+ * number out again), so it is stale: drop it now, before an epoll_ctl()
+ * confirming it could reach the internal item.  Lock held (or the queue
+ * not yet shared). */
+void kq_fd_forget(struct kq *kq, int fd)
+{
+    if (fd < 0 || fd >= kq->fd_cap)
+        return;
+    struct knote *stale[2] = { kq->rd[fd], kq->wr[fd] };
+    for (int i = 0; i < 2; i++) {
+        if (stale[i] == NULL)
+            continue;
+        stale[i]->status &= ~KN_INEPOLL;     /* no epoll_ctl() on the number */
+        kq_fd_note_dropped(kq, stale[i]->kev.udata);
+        kq_knote_drop(kq, stale[i]);
+    }
 }
 
 /* Detach from the filter, forget and free.  Lock held. */

@@ -402,6 +402,34 @@ def test_reused_number_is_never_reported_with_the_old_registration(kq, fds, hold
             os.close(keep)
 
 
+def test_stale_number_taken_by_a_pidfd_of_the_queue_breaks_nothing(kq, fds):
+    # A prefork pattern: the parent registers a connection, forks a worker
+    # that keeps it, closes its copy without EV_DELETE, and watches the
+    # worker's exit -- whose pidfd takes the freed number.  The old file's
+    # readiness must neither be reported nor disturb the PROC registration.
+    a, b = fds.socketpair()
+    fd = a.fileno()
+    kq.change((fd, READ, EV_ADD, 0, 0, 0xB1))
+    pid, w = fork_holding(fd)
+    try:
+        a.close()
+        kq.change((pid, lib.EVFILT_PROC, EV_ADD, lib.NOTE_EXIT, 0, 0xB2))
+        assert "pidfd" in os.readlink(f"/proc/self/fd/{fd}"), "the pidfd took another number"
+        b.send(b"for the worker")
+        assert kq.wait(64, 0.2) == []
+        assert take_dropped(kq) == [0xB1]
+        os.close(w)                         # the worker exits
+        ev = kq.wait_one(5.0)
+        assert (ev.ident, ev.filter, ev.udata) == (pid, lib.EVFILT_PROC, 0xB2)
+        assert ev.fflags & lib.NOTE_EXIT
+    finally:
+        try:
+            os.close(w)
+        except OSError:
+            pass
+        os.waitpid(pid, 0)
+
+
 def test_write_registration_dies_with_its_descriptor_too(kq, fds):
     a, b = fds.socketpair()
     fd = a.fileno()
