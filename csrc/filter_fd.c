@@ -65,14 +65,6 @@ static int set_of(const struct kq *kq, const struct knote *kn)
     return kn->kev.filter == EVFILT_READ ? kq->waitfd : kq->wr_ep;
 }
 
-/* Level-triggered without NOTE_LOWAT: registered EPOLLONESHOT and re-armed
- * after every report. */
-static int rearmed_level(const struct knote *kn)
-{
-    return !(kn->kev.flags & (EV_CLEAR | EV_ONESHOT | EV_DISPATCH)) &&
-           !(kn->kev.fflags & NOTE_LOWAT);
-}
-
 /* The epoll registration for a knote's current state.  A disabled (or
  * dispatched) knote stays registered but disarmed (EPOLLONESHOT with no
  * events: at most one EPOLLERR/EPOLLHUP, which delivery drops), so that a
@@ -99,8 +91,8 @@ static struct epoll_event wanted(const struct knote *kn)
         ev.events |= EPOLLET;
         if (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH))
             ev.events |= EPOLLONESHOT;
-    } else {
-        ev.events |= EPOLLONESHOT;   /* ONESHOT/DISPATCH, or level: re-armed */
+    } else if (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)) {
+        ev.events |= EPOLLONESHOT;
     }
     if (kn->status & KN_DISABLED)
         ev.events = EPOLLONESHOT;
@@ -578,9 +570,10 @@ static int is_socket(const struct knote *kn)
 }
 
 /* Does the number still name the file kn was registered on?  One
- * epoll_ctl() that also does what the report needs: re-arm a level-
- * triggered registration, disarm a dispatched one, remove a oneshot one,
- * or (EV_CLEAR) an ADD probe that must find the item there (EEXIST).
+ * epoll_ctl() that also does what the report needs: disarm a dispatched
+ * registration, remove a oneshot one, MOD a level-triggered one (which
+ * re-arms it under NOTE_LOWAT); for EV_CLEAR an ADD probe that must find
+ * the item (EEXIST).
  * epoll finds items by file and number, so any of these fails once the
  * number is closed or names another file.  Returns 1 if live. */
 static int confirm(struct kq *kq, struct knote *kn)
@@ -594,20 +587,117 @@ static int confirm(struct kq *kq, struct knote *kn)
     } else if (kn->kev.flags & EV_DISPATCH) {
         ev.events = EPOLLONESHOT;            /* disarmed until EV_ENABLE */
         ok = epoll_ctl(set, EPOLL_CTL_MOD, fd, &ev) == 0;
-    } else if (kn->kev.flags & EV_CLEAR) {
+    } else if (!(kn->kev.flags & EV_CLEAR)) {
+        /* Level-triggered: MOD with the events it has.  A ready level item
+         * is back on epoll's ready list already, so this changes nothing;
+         * with NOTE_LOWAT (an edge-triggered item) it re-arms the edge.
+         * (MOD rather than an ADD probe: an ADD on a nested set takes
+         * epoll's global nesting mutex.) */
+        ok = epoll_ctl(set, EPOLL_CTL_MOD, fd, &ev) == 0;
+    } else {
+        /* EV_CLEAR: a probe that must find the item (a MOD would re-arm
+         * the edge and report again data already reported). */
         if (epoll_ctl(set, EPOLL_CTL_ADD, fd, &ev) == 0) {
             epoll_ctl(set, EPOLL_CTL_DEL, fd, NULL);   /* added another file */
             ok = 0;
         } else {
             ok = errno == EEXIST;
         }
-    } else {
-        ok = epoll_ctl(set, EPOLL_CTL_MOD, fd, &ev) == 0;   /* level: re-arm */
     }
     if (!ok)
         kn->status &= ~KN_INEPOLL;
     errno = saved;
     return ok;
+}
+
+/* ------------------------------------------------------------------ */
+/* Lingering items.                                                    */
+
+/*
+ * An item whose registration was found stale stays in its epoll set as
+ * long as its file lives (a dup() or a fork() child holds it): epoll_ctl()
+ * cannot reach it, since its number names something else now.  When such
+ * an item comes back (the same epoll_data twice in a row with no
+ * registration), the set is rebuilt: a new epoll set gets every item of
+ * the old one (read from /proc/self/fdinfo, events and data verbatim, so
+ * disarmed items stay disarmed) except READ/WRITE items without a live
+ * registration, and dup3() puts it in place under the same number.  The
+ * READ set is waitfd, nested in the user's descriptor, so that descriptor
+ * keeps naming the same file and whoever polls it is not disturbed.
+ */
+static int rebuild(struct kq *kq, uint32_t tag)
+{
+    int old = tag == TAG_READ ? kq->waitfd : kq->wr_ep;
+    int parent = tag == TAG_READ ? kq->fd : kq->waitfd;
+    uint64_t parent_data = tag == TAG_READ ? 0 : EP_DATA(TAG_WRITES, 0, 0);
+    struct knote **slots = tag == TAG_READ ? kq->rd : kq->wr;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", old);
+    FILE *info = fopen(path, "re");
+    if (info == NULL)
+        return errno;
+    int fresh = epoll_create1(EPOLL_CLOEXEC);
+    if (fresh < 0) {
+        int err = errno;
+        fclose(info);
+        return err;
+    }
+    char line[256];
+    while (fgets(line, sizeof line, info) != NULL) {
+        int tfd;
+        unsigned events;
+        unsigned long long data;
+        if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) != 3)
+            continue;
+        if (EP_TAG_OF(data) == tag) {
+            int fd = EP_FD_OF(data);
+            struct knote *kn = fd >= 0 && fd < kq->fd_cap ? slots[fd] : NULL;
+            if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data) ||
+                !(kn->status & KN_INEPOLL) || tfd != fd)
+                continue;                       /* left behind: not copied */
+            struct epoll_event probe = { .events = 0, .data.u64 = data };
+            if (epoll_ctl(old, EPOLL_CTL_ADD, fd, &probe) == 0 || errno != EEXIST) {
+                epoll_ctl(old, EPOLL_CTL_DEL, fd, NULL);
+                kn->status &= ~KN_INEPOLL;      /* stale too */
+                kq_fd_note_dropped(kq, kn->kev.udata);
+                kq_knote_drop(kq, kn);
+                continue;
+            }
+        }
+        struct epoll_event ev = { .events = events, .data.u64 = data };
+        epoll_ctl(fresh, EPOLL_CTL_ADD, tfd, &ev);
+    }
+    fclose(info);
+    if (parent >= 0)
+        epoll_ctl(parent, EPOLL_CTL_DEL, old, NULL);
+    int err = 0;
+    if (dup3(fresh, old, O_CLOEXEC) < 0)
+        err = errno;
+    close(fresh);
+    if (parent >= 0) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = parent_data };
+        epoll_ctl(parent, EPOLL_CTL_ADD, old, &ev);
+    }
+    if (tag == TAG_READ) {
+        /* Threads blocked in the old set: wake_fd is in both, so a write
+         * sends them round to the new one (wake_update clears it later). */
+        uint64_t one = 1;
+        kq->wake_signalled = 1;
+        (void)!write(kq->wake_fd, &one, sizeof one);
+    }
+    return err;
+}
+
+void kq_fd_orphan(struct kq *kq, uint64_t data)
+{
+    if (kq->orphan != data) {
+        kq->orphan = data;      /* the first time: maybe just in flight */
+        return;
+    }
+    kq->orphan = 0;
+    int saved = errno;
+    rebuild(kq, EP_TAG_OF(data));
+    errno = saved;
 }
 
 /* Fill *out for a registration epoll reported ready with revents.

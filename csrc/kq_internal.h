@@ -2,7 +2,9 @@
  * Internal structures of the Linux kqueue backend.
  *
  * One queue is one epoll instance (the descriptor the user sees, and so
- * pollable like a real kqueue).  Inside it sit:
+ * pollable like a real kqueue) holding one nested epoll set, waitfd, in
+ * which kevent() waits and which can be rebuilt (kq_fd_rebuild) without
+ * changing the user's file.  Inside waitfd sit:
  *   - every EVFILT_READ registration, directly (the hot path: one
  *     epoll_wait returns ready sockets);
  *   - wr_ep, a nested epoll set holding every EVFILT_WRITE registration.
@@ -126,7 +128,8 @@ struct knote {
 struct kq {
     int fd;                 /* the user's descriptor (outer epoll) */
     uint64_t id;            /* unique in the process: see kqueue_py_queue_id() */
-    int waitfd;             /* dup of fd, used internally; outlives kqueue_close */
+    int waitfd;             /* the set nested in fd that kevent() waits in;
+                               outlives kqueue_close */
     int wr_ep;              /* nested epoll for EVFILT_WRITE */
     int wake_fd;            /* eventfd: pending events or closed */
     int timer_fd;           /* timerfd at the earliest timer deadline */
@@ -170,6 +173,10 @@ struct kq {
      * loop re-polls them every KQ_LOWAT_POLL_NS. */
     struct knote *lowat_wait;
     int64_t lowat_next;         /* CLOCK_MONOTONIC ns of the next re-poll */
+
+    /* epoll_data of the last event that found no registration: when the
+     * same one comes again, its item lingers and the set is rebuilt. */
+    uint64_t orphan;
 
     /* udata of registrations the backend removed because their descriptor
      * was closed or now names another file (kqueue_py_take_dropped). */
@@ -220,6 +227,7 @@ int kq_wr_ep_create(struct kq *kq);
 void kq_fd_note_dropped(struct kq *kq, void *udata);
 void kq_files_ready(struct kq *kq);
 void kq_lowat_repoll(struct kq *kq, int64_t now);
+void kq_fd_orphan(struct kq *kq, uint64_t data);
 
 /* filter_timer.c */
 int kq_timer_fd_create(struct kq *kq);

@@ -181,8 +181,13 @@ int kqueue(void)
     kq->fd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->fd < 0)
         goto fail;
-    kq->waitfd = fcntl(kq->fd, F_DUPFD_CLOEXEC, 0);
+    /* The set kevent() waits in, nested in the user's descriptor: the hot
+     * path waits in it directly, and it can be rebuilt (kq_fd_rebuild)
+     * without changing the file the user's descriptor names. */
+    kq->waitfd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->waitfd < 0)
+        goto fail;
+    if (ep_add(kq->fd, kq->waitfd, EPOLLIN, 0) < 0)
         goto fail;
     kq->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (kq->wake_fd < 0)
@@ -287,8 +292,8 @@ int kqueue_close(int fd)
     }
     pthread_mutex_lock(&kq->lock);
     kq_mark_closed(kq);
-    /* Free the number now; threads still inside kevent() hold waitfd,
-     * which keeps the epoll instance alive until they leave. */
+    /* Free the number now; threads still inside kevent() use waitfd, the
+     * set nested in it, which lives until they leave. */
     close(kq->fd);
     kq->fd = -1;
     pthread_mutex_unlock(&kq->lock);
@@ -707,19 +712,26 @@ static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32
 {
     int fd = EP_FD_OF(data);
     struct knote *kn = fd < kq->fd_cap ? slots[fd] : NULL;
-    /* Deleted, disabled, or an older registration of a reused number. */
-    if (kn == NULL || (kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL ||
-        (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data))
+    if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data)) {
+        /* No registration: deleted while the event was on its way (seen
+         * once), or an item left behind by a registration found stale --
+         * its file lives on elsewhere -- which comes back: rebuild. */
+        kq_fd_orphan(kq, data);
         return 0;
+    }
+    if ((kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
+        return 0;   /* disabled or dispatched */
     int r = kq_fd_event(kq, kn, revents, out);
     if (r == 0)
         return 0;   /* below its NOTE_LOWAT mark */
     if (r < 0) {
         /* The number no longer names the registered file (closed, the file
          * kept alive by a dup() or a fork() child, or reused): the
-         * registration died with its descriptor. */
+         * registration died with its descriptor.  Its item may linger in
+         * the set; when it comes back it is an orphan (kq_fd_orphan). */
         kq_fd_note_dropped(kq, kn->kev.udata);
         kq_knote_drop(kq, kn);
+        kq->orphan = data;
         return 0;
     }
     after_delivery(kq, kn);

@@ -430,6 +430,111 @@ def test_stale_number_taken_by_a_pidfd_of_the_queue_breaks_nothing(kq, fds):
         os.waitpid(pid, 0)
 
 
+def make_lingering(kq, fds, udata=0xC1):
+    """A level-triggered READ registration whose descriptor is closed while
+    a dup() keeps its (readable) file: its epoll item lingers, and the
+    queue rebuilds its set when the item comes back.  Returns the dup."""
+    a, b = fds.socketpair()
+    kq.change((a.fileno(), READ, EV_ADD, 0, 0, udata))
+    keep = os.dup(a.fileno())
+    fds.track(keep)
+    a.close()
+    b.send(b"readable forever")
+    fds.sock(b)
+    return keep
+
+
+def test_rebuilt_set_keeps_every_other_registration(kq, fds):
+    USER, TIMER = lib.EVFILT_USER, lib.EVFILT_TIMER
+    level_r, level_w = fds.pipe()
+    os.write(level_w, b"xy")
+    dis_r, dis_w = fds.pipe()
+    os.write(dis_w, b"x")
+    disp_r, disp_w = fds.pipe()
+    os.write(disp_w, b"x")
+    clr_r, clr_w = fds.pipe()
+    wr_r, wr_w = fds.pipe()
+    kq.change((level_r, READ, EV_ADD, 0, 0, 1),
+              (dis_r, READ, EV_ADD | EV_DISABLE, 0, 0, 2),
+              (disp_r, READ, EV_ADD | EV_DISPATCH, 0, 0, 3),
+              (clr_r, READ, EV_ADD | EV_CLEAR, 0, 0, 4),
+              (wr_w, WRITE, EV_ADD | EV_DISPATCH, 0, 0, 5),
+              (77, USER, EV_ADD | EV_CLEAR, 0, 0, 6),
+              (88, TIMER, EV_ADD, 0, 50, 7))
+    got = {e.udata for e in kq.poll()}
+    assert got == {1, 3, 5}                 # level, dispatched once, write once
+    make_lingering(kq, fds)
+    assert {e.udata for e in kq.wait(64, 0.01)} <= {1, 7}
+    assert_quiet_except = {e.udata for e in kq.poll()}
+    assert assert_quiet_except <= {1, 7}
+    assert take_dropped(kq) == [0xC1]
+    # After the rebuild: each registration as it was.
+    assert {e.udata for e in kq.poll()} - {7} == {1}        # level still level
+    kq.change((77, USER, 0, lib.NOTE_TRIGGER, 0, 6))
+    assert {e.udata for e in kq.poll()} - {7} == {1, 6}
+    os.write(clr_w, b"new")                 # an edge for the EV_CLEAR one
+    evs = [e for e in kq.wait(64, 1.0) if e.udata == 4]
+    assert [e.data for e in evs] == [3]
+    assert 4 not in {e.udata for e in kq.poll()}
+    assert 2 not in {e.udata for e in kq.poll()}            # still disabled
+    kq.change((dis_r, READ, EV_ENABLE, 0, 0, 2))
+    assert 2 in {e.udata for e in kq.poll()}
+    assert 3 not in {e.udata for e in kq.poll()}            # still dispatched
+    kq.change((disp_r, READ, EV_ENABLE, 0, 0, 3))
+    assert 3 in {e.udata for e in kq.poll()}
+    kq.change((wr_w, WRITE, EV_ENABLE, 0, 0, 5))
+    assert 5 in {e.udata for e in kq.poll()}
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:      # the timer still runs
+        if 7 in {e.udata for e in kq.wait(64, 0.1)}:
+            break
+    else:
+        raise AssertionError("the timer stopped after the rebuild")
+    os.read(level_r, 2)
+    assert 1 not in {e.udata for e in kq.poll()}
+
+
+def test_queue_descriptor_stays_pollable_across_a_rebuild(kq, fds):
+    outer = select.epoll()
+    try:
+        outer.register(kq, select.EPOLLIN)
+        make_lingering(kq, fds)
+        assert kq.wait(64, 0.1) == []
+        assert_quiet(kq, 0.2)               # rebuilt: quiet
+        assert outer.poll(0) == []
+        r, w = fds.pipe()
+        kq.change((r, READ, EV_ADD, 0, 0, 0xD1))
+        os.write(w, b"x")
+        # The epoll set watching the queue's descriptor still sees it.
+        assert outer.poll(1.0) == [(int(kq), select.EPOLLIN)]
+        assert [e.udata for e in kq.poll()] == [0xD1]
+    finally:
+        outer.close()
+
+
+def test_threads_blocked_in_the_queue_survive_a_rebuild(kq, fds):
+    import threading
+    got: list = []
+
+    def waiter():
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not got:
+            got.extend(e.udata for e in kq.wait(64, 0.5) if e.udata == 0xE1)
+
+    threads = [threading.Thread(target=waiter) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)                         # both blocked in kevent()
+    make_lingering(kq, fds)
+    time.sleep(0.2)                         # found stale, set rebuilt
+    r, w = fds.pipe()
+    kq.change((r, READ, EV_ADD | EV_ONESHOT, 0, 0, 0xE1))
+    os.write(w, b"x")
+    for t in threads:
+        t.join()
+    assert got == [0xE1]
+
+
 def test_write_registration_dies_with_its_descriptor_too(kq, fds):
     a, b = fds.socketpair()
     fd = a.fileno()
