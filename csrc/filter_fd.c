@@ -11,12 +11,13 @@
  * the open file lives, so after close(fd) a file still held by a dup() or a
  * fork() child would go on reporting under the closed number.  Before an
  * event is reported, one epoll_ctl() on the number confirms that it still
- * names the registered file (epoll items are keyed on file and number): the
- * re-arm of a level-triggered registration (registered EPOLLONESHOT and
- * re-armed after each report, so a stale one fires at most once more), the
- * disarm of a dispatched one, the removal of a oneshot one, or for EV_CLEAR
- * an EPOLL_CTL_ADD probe that must fail with EEXIST.  A stale registration
- * is dropped and its udata kept for kqueue_py_take_dropped().
+ * names the registered file (epoll items are keyed on file and number):
+ * a MOD with the events a level-triggered registration has (a no-op for a
+ * ready level item), the disarm of a dispatched one, the removal of a
+ * oneshot one, or for EV_CLEAR an EPOLL_CTL_ADD probe that must fail with
+ * EEXIST.  A stale registration is dropped and its udata kept for
+ * kqueue_py_take_dropped(); its item, which epoll_ctl() can no longer
+ * reach, is removed by rebuilding the set when it comes back (rebuild()).
  *
  * Regular files cannot be added to epoll.  As on FreeBSD (filt_vfsread),
  * READ is ready while the offset is not at the end, data = size - offset
