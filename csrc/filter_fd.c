@@ -1,8 +1,8 @@
 /*
  * EVFILT_READ and EVFILT_WRITE.
  *
- * READ registrations sit in the queue's own epoll set, WRITE ones in the
- * nested wr_ep set; so EPOLLET (EV_CLEAR) and EPOLLONESHOT (EV_ONESHOT,
+ * READ registrations sit in the queue's wait set (waitfd), WRITE ones in
+ * the nested wr_ep set; so EPOLLET (EV_CLEAR) and EPOLLONESHOT (EV_ONESHOT,
  * EV_DISPATCH) are per filter even on one fd.  A disabled registration is
  * disarmed (EPOLLONESHOT with no events), which also drops any event epoll
  * had ready for it.
