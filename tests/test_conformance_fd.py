@@ -320,6 +320,18 @@ def fork_holding(fd_keep: int):
     return pid, w
 
 
+def occupy_below(fd: int, fds) -> None:
+    """Fill every free number below fd (with /dev/null, closed at teardown),
+    so that the next descriptor created takes fd once it is closed."""
+    for n in range(fd):
+        try:
+            os.fstat(n)
+        except OSError:
+            got = os.open("/dev/null", os.O_RDONLY)
+            fds.track(got)
+            assert got == n
+
+
 def release(child):
     pid, w = child
     os.close(w)
@@ -379,8 +391,9 @@ def test_reused_number_is_never_reported_with_the_old_registration(kq, fds, hold
     else:
         child, keep = None, os.dup(fd)
     try:
+        occupy_below(fd, fds)
         a.close()
-        c, d = socket.socketpair()          # likely takes the closed number
+        c, d = socket.socketpair()          # takes the closed number
         fds.sock(c), fds.sock(d)
         reused = next((s for s in (c, d) if s.fileno() == fd), None)
         assert reused is not None, "the number was not reused"
@@ -412,6 +425,7 @@ def test_stale_number_taken_by_a_pidfd_of_the_queue_breaks_nothing(kq, fds):
     kq.change((fd, READ, EV_ADD, 0, 0, 0xB1))
     pid, w = fork_holding(fd)
     try:
+        occupy_below(fd, fds)
         a.close()
         kq.change((pid, lib.EVFILT_PROC, EV_ADD, lib.NOTE_EXIT, 0, 0xB2))
         assert "pidfd" in os.readlink(f"/proc/self/fd/{fd}"), "the pidfd took another number"
@@ -556,6 +570,7 @@ def test_regular_file_registration_dies_with_close_and_reuse(kq, fds, tmp_path):
     fd = os.open(path, os.O_RDONLY)
     kq.change((fd, READ, EV_ADD, 0, 0, 0x81))
     assert [(e.ident, e.data, e.udata) for e in kq.poll()] == [(fd, 100, 0x81)]
+    occupy_below(fd, fds)
     os.close(fd)
     c, d = socket.socketpair()               # an unregistered socket takes the number
     fds.sock(c), fds.sock(d)
