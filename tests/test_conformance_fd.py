@@ -508,6 +508,27 @@ def test_rebuilt_set_keeps_every_other_registration(kq, fds):
     assert 1 not in {e.udata for e in kq.poll()}
 
 
+def test_rebuilt_write_set_keeps_the_other_write_registrations(kq, fds):
+    r1, w1 = fds.pipe()
+    r2, w2 = fds.pipe()
+    fill(w2)
+    kq.change((w2, WRITE, EV_ADD | EV_CLEAR, 0, 0, 2))
+    assert kq.poll() == []
+    a, b = fds.socketpair()
+    kq.change((a.fileno(), WRITE, EV_ADD, 0, 0, 0xF1))
+    keep = os.dup(a.fileno())
+    fds.track(keep)
+    a.close()                               # writable forever, held by the dup
+    assert kq.wait(64, 0.1) == []
+    assert_quiet(kq, 0.2)                   # the WRITE set was rebuilt
+    assert take_dropped(kq) == [0xF1]
+    drain(r2)                               # an edge for the EV_CLEAR one
+    assert [e.udata for e in kq.wait(64, 1.0)] == [2]
+    kq.change((w1, WRITE, EV_ADD, 0, 0, 1))
+    assert [e.udata for e in kq.poll()] == [1]
+    assert [e.udata for e in kq.poll()] == [1]
+
+
 def test_queue_descriptor_stays_pollable_across_a_rebuild(kq, fds):
     outer = select.epoll()
     try:
