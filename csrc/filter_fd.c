@@ -155,7 +155,13 @@ void kq_lowat_repoll(struct kq *kq, int64_t now)
         kn->u.fd.next = NULL;
         if ((kn->status & (KN_INEPOLL | KN_DISABLED)) == KN_INEPOLL) {
             struct epoll_event ev = wanted(kn);
-            epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev);
+            if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev) < 0) {
+                /* Its number no longer names the file: it died with it. */
+                kn->status &= ~KN_INEPOLL;
+                kq_fd_note_dropped(kq, kn->kev.udata);
+                kq->orphan = ev.data.u64;
+                kq_knote_drop(kq, kn);
+            }
         }
         kn = next;
     }

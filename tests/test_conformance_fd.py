@@ -792,6 +792,20 @@ def test_write_lowat_fires_once_free_space_reaches_the_mark(kq, fds, kind, flagn
         assert [e.data >= mark for e in kq.poll()] == [True]
 
 
+def test_write_lowat_below_the_mark_dies_with_its_descriptor(kq, fds):
+    a, b = fds.socketpair()
+    fill(a.fileno())
+    kq.change((a.fileno(), WRITE, EV_ADD, NOTE_LOWAT, 1 << 30, 0x77))   # never reached
+    drain(b.fileno())                       # writable, still below the mark
+    assert kq.wait(64, 0.05) == []          # below the mark: re-polled
+    keep = os.dup(a.fileno())
+    fds.track(keep)
+    a.close()
+    assert kq.wait(64, 0.1) == []
+    assert take_dropped(kq) == [0x77]
+    assert_quiet(kq, 0.2)
+
+
 def test_write_lowat_on_a_pipe_level_triggered_issue_scenario(kq, fds):
     r, w = fds.pipe()
     fill(w)
