@@ -105,6 +105,15 @@ int kqueue_py_kevent(int kq, const struct kevent *changelist, int nchanges,
                      struct kevent *eventlist, int nevents, int64_t timeout_ns);
 """
 
+# The Linux backend only: the kernel's kqueue never drops a registration
+# behind the caller's back (close() removes it, and the caller knows).
+LINUX_CDEF = """
+/* udata of registrations the backend removed on its own because their
+ * descriptor was closed or its number reused; returns how many were copied
+ * (at most cap), or -1 with errno. */
+int kqueue_py_take_dropped(int kq, uint64_t *udata, int cap);
+"""
+
 # Shared by every platform: see the cdef's comment on kqueue_py_kevent.
 SHIM = """
 #include <errno.h>
@@ -162,7 +171,10 @@ def make_ffi(platform: str = sys.platform) -> FFI:
     builder is only good for emitting its C source (tools/check-bsd-build.py
     cross-compiles that to check the BSD/macOS branch from Linux)."""
     ffibuilder = FFI()
-    ffibuilder.cdef(CDEF + "".join(f"#define {name} ...\n" for name in constants(platform)))
+    cdef = CDEF + "".join(f"#define {name} ...\n" for name in constants(platform))
+    if platform.startswith("linux"):
+        cdef += LINUX_CDEF
+    ffibuilder.cdef(cdef)
     cflags, ldflags = _compile_args()
     if platform.startswith("linux"):
         sources = sorted(glob.glob(os.path.join(CSRC, "*.c")))

@@ -1,14 +1,35 @@
 /*
  * EVFILT_READ and EVFILT_WRITE.
  *
- * READ registrations sit in the queue's own epoll set, WRITE ones in the
- * nested wr_ep set; so EPOLLET (EV_CLEAR) and EPOLLONESHOT (EV_ONESHOT,
+ * READ registrations sit in the queue's wait set (waitfd), WRITE ones in
+ * the nested wr_ep set; so EPOLLET (EV_CLEAR) and EPOLLONESHOT (EV_ONESHOT,
  * EV_DISPATCH) are per filter even on one fd.  A disabled registration is
- * removed from its set (EPOLL_CTL_MOD cannot mask EPOLLERR/EPOLLHUP), which
- * also drops any event epoll had ready for it.
+ * disarmed (EPOLLONESHOT with no events), which also drops any event epoll
+ * had ready for it.
  *
- * Regular files cannot be added to epoll; like poll(2) and BSD, they are
- * always ready, and are reported from the pending list instead.
+ * A registration dies with its descriptor.  epoll keeps an item as long as
+ * the open file lives, so after close(fd) a file still held by a dup() or a
+ * fork() child would go on reporting under the closed number.  Before an
+ * event is reported, one epoll_ctl() on the number confirms that it still
+ * names the registered file (epoll items are keyed on file and number):
+ * a MOD with the events a level-triggered registration has (a no-op for a
+ * ready level item), the disarm of a dispatched one, the removal of a
+ * oneshot one, or for EV_CLEAR an EPOLL_CTL_ADD probe that must fail with
+ * EEXIST.  A stale registration is dropped and its udata kept for
+ * kqueue_py_take_dropped(); its item, which epoll_ctl() can no longer
+ * reach, is removed by rebuilding the set when it comes back (rebuild()).
+ *
+ * Regular files cannot be added to epoll.  As on FreeBSD (filt_vfsread),
+ * READ is ready while the offset is not at the end, data = size - offset
+ * (negative past the end), and a change of the file (an inotify watch,
+ * IN_MODIFY) makes it look again; WRITE is always ready with data 0.
+ * Directories and devices epoll refuses (no poll method) are always ready,
+ * as poll(2) has them.
+ *
+ * Socket errors stay with the application: Linux cannot read a socket's
+ * pending error without clearing it (SO_ERROR and a failing recv(), even
+ * with MSG_PEEK, both consume it), so fflags is always 0 and EV_EOF is set
+ * where FreeBSD sets it (the receive or send side is shut down).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,7 +41,10 @@
 #include <linux/unix_diag.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -57,13 +81,20 @@ static struct epoll_event wanted(const struct knote *kn)
         ev.events = EPOLLOUT;
         ev.data.u64 = EP_DATA(TAG_WRITE, kn->u.fd.gen, fd);
     }
-    /* NOTE_LOWAT is judged at delivery: edge-triggered so that a reading
-     * below the mark does not spin; level semantics are restored by
-     * re-arming after each report (kq_fd_rearm). */
-    if (kn->kev.flags & EV_CLEAR || kn->kev.fflags & NOTE_LOWAT)
+    if (kn->kev.fflags & NOTE_LOWAT) {
+        /* Judged at delivery.  Edge-triggered, so that a reading below the
+         * mark neither spins nor (with EPOLLONESHOT) disarms: the next
+         * arrival of data -- or for WRITE the wait loop's re-poll -- looks
+         * again.  ONESHOT/DISPATCH are applied when an event is reported,
+         * level semantics by re-arming after each report. */
         ev.events |= EPOLLET;
-    if (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH))
+    } else if (kn->kev.flags & EV_CLEAR) {
+        ev.events |= EPOLLET;
+        if (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH))
+            ev.events |= EPOLLONESHOT;
+    } else if (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)) {
         ev.events |= EPOLLONESHOT;
+    }
     if (kn->status & KN_DISABLED)
         ev.events = EPOLLONESHOT;
     return ev;
@@ -76,6 +107,171 @@ static int stale_error(int epoll_errno)
     return epoll_errno == EBADF ? EBADF : ENOENT;
 }
 
+/* ------------------------------------------------------------------ */
+/* Side lists: regular files, WRITE knotes waiting for their mark.     */
+
+static void list_remove(struct knote **head, struct knote *kn)
+{
+    for (struct knote **pp = head; *pp != NULL; pp = &(*pp)->u.fd.next) {
+        if (*pp == kn) {
+            *pp = kn->u.fd.next;
+            break;
+        }
+    }
+    kn->u.fd.next = NULL;
+}
+
+static void lowat_unwait(struct kq *kq, struct knote *kn)
+{
+    if (kn->status & KN_LOWWAIT) {
+        kn->status &= ~KN_LOWWAIT;
+        list_remove(&kq->lowat_wait, kn);
+    }
+}
+
+static void lowat_wait(struct kq *kq, struct knote *kn)
+{
+    if (kn->status & KN_LOWWAIT)
+        return;
+    if (kq->lowat_wait == NULL)
+        kq->lowat_next = kq_now() + KQ_LOWAT_POLL_NS;
+    kn->status |= KN_LOWWAIT;
+    kn->u.fd.next = kq->lowat_wait;
+    kq->lowat_wait = kn;
+}
+
+/* The wait loop's periodic look at WRITE knotes below their NOTE_LOWAT
+ * mark: re-arming one makes epoll report it again if it is writable at
+ * all, and delivery compares the free space with the mark.  Lock held. */
+void kq_lowat_repoll(struct kq *kq, int64_t now)
+{
+    if (kq->lowat_wait == NULL || now < kq->lowat_next)
+        return;
+    struct knote *kn = kq->lowat_wait;
+    kq->lowat_wait = NULL;
+    while (kn != NULL) {
+        struct knote *next = kn->u.fd.next;
+        kn->status &= ~KN_LOWWAIT;
+        kn->u.fd.next = NULL;
+        if ((kn->status & (KN_INEPOLL | KN_DISABLED)) == KN_INEPOLL) {
+            struct epoll_event ev = wanted(kn);
+            if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev) < 0) {
+                /* Its number no longer names the file: it died with it. */
+                kn->status &= ~KN_INEPOLL;
+                kq_fd_note_dropped(kq, kn->kev.udata);
+                kq->orphan = ev.data.u64;
+                kq_knote_drop(kq, kn);
+            }
+        }
+        kn = next;
+    }
+    kq->lowat_next = now + KQ_LOWAT_POLL_NS;
+}
+
+/* Regular-file READ knotes: one inotify instance per queue, created on the
+ * first, watching each registered file for changes. */
+static int files_watch(struct kq *kq, struct knote *kn)
+{
+    if (kq->files_ino_fd < 0) {
+        int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_FILES, 0, 0));
+        if (err != 0)
+            return err;
+        kq->files_ino_fd = fd;
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", (int)kn->kev.ident);
+    int wd = inotify_add_watch(kq->files_ino_fd, path, IN_MODIFY);
+    if (wd < 0)
+        return errno;
+    kn->u.fd.wd = wd;
+    return 0;
+}
+
+static void files_unwatch(struct kq *kq, struct knote *kn)
+{
+    int wd = kn->u.fd.wd;
+    kn->u.fd.wd = -1;
+    if (wd < 0)
+        return;
+    /* inotify gives every registration of one file the same watch. */
+    for (struct knote *o = kq->files; o != NULL; o = o->u.fd.next)
+        if (o != kn && o->u.fd.wd == wd)
+            return;
+    inotify_rm_watch(kq->files_ino_fd, wd);
+}
+
+/* A registered regular file changed: its READ knotes look again. */
+void kq_files_ready(struct kq *kq)
+{
+    union {
+        struct inotify_event ev;
+        char bytes[4096];
+    } buf;
+    ssize_t len;
+    while ((len = read(kq->files_ino_fd, &buf, sizeof buf)) > 0) {
+        for (ssize_t off = 0; off < len;) {
+            struct inotify_event *ev = (struct inotify_event *)(buf.bytes + off);
+            for (struct knote *kn = kq->files; kn != NULL; kn = kn->u.fd.next) {
+                if (kn->u.fd.wd == ev->wd && kn->kev.filter == EVFILT_READ) {
+                    kn->status |= KN_ACTIVE;
+                    if (!(kn->status & KN_DISABLED))
+                        kq_enqueue(kq, kn);
+                }
+            }
+            off += (ssize_t)sizeof *ev + ev->len;
+        }
+    }
+}
+
+/* Start treating kn as a regular file (epoll refused its descriptor). */
+static int file_attach(struct kq *kq, struct knote *kn)
+{
+    struct stat st;
+    if (fstat((int)kn->kev.ident, &st) < 0)
+        return errno;
+    kn->u.fd.kind = FDK_REGULAR;
+    kn->u.fd.dev = (uint64_t)st.st_dev;
+    kn->u.fd.ino = (uint64_t)st.st_ino;
+    kn->u.fd.mode = (uint32_t)(st.st_mode & S_IFMT);
+    kn->u.fd.wd = -1;
+    if (kn->kev.filter == EVFILT_READ && S_ISREG(st.st_mode)) {
+        int err = files_watch(kq, kn);
+        if (err != 0)
+            return err;
+    }
+    kn->u.fd.next = kq->files;
+    kq->files = kn;
+    kn->status |= KN_ACTIVE;        /* look once; queued when enabled */
+    return 0;
+}
+
+static void file_detach(struct kq *kq, struct knote *kn)
+{
+    if (kn->u.fd.kind != FDK_REGULAR)
+        return;
+    list_remove(&kq->files, kn);
+    files_unwatch(kq, kn);
+    kn->u.fd.kind = FDK_UNKNOWN;
+    kn->status &= ~KN_ACTIVE;
+}
+
+/* Keep the udata of a registration the backend dropped on its own. */
+void kq_fd_note_dropped(struct kq *kq, void *udata)
+{
+    if (kq->ndropped >= kq->dropped_cap) {
+        if (kq->dropped_cap >= KQ_DROPPED_MAX)
+            return;
+        int cap = kq->dropped_cap ? kq->dropped_cap * 2 : 16;
+        uint64_t *grown = realloc(kq->dropped, (size_t)cap * sizeof *grown);
+        if (grown == NULL)
+            return;
+        kq->dropped = grown;
+        kq->dropped_cap = cap;
+    }
+    kq->dropped[kq->ndropped++] = (uint64_t)(uintptr_t)udata;
+}
+
 /*
  * Bring the epoll registration in line with the knote's state.
  * Returns 0, a positive errno, or a negative errno when the registration
@@ -85,9 +281,10 @@ static int fd_sync(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident;
     if (kn->u.fd.kind == FDK_REGULAR) {
-        kn->status |= KN_ACTIVE;    /* always ready; queued when enabled */
+        kn->status |= KN_ACTIVE;    /* look again; queued when enabled */
         return 0;
     }
+    lowat_unwait(kq, kn);
     struct epoll_event ev = wanted(kn);
     if (kn->status & KN_INEPOLL) {
         /* MOD re-arms a dispatched registration and re-checks readiness. */
@@ -100,27 +297,26 @@ static int fd_sync(struct kq *kq, struct knote *kn)
         kn->status |= KN_INEPOLL;
         return 0;
     }
-    if (errno == EPERM) {           /* a regular file or directory */
-        kn->u.fd.kind = FDK_REGULAR;
-        kn->status |= KN_ACTIVE;
-        return 0;
-    }
+    if (errno == EPERM)             /* a regular file or directory */
+        return file_attach(kq, kn);
     return errno;
-}
-
-void kq_fd_rearm(struct kq *kq, struct knote *kn)
-{
-    struct epoll_event ev = wanted(kn);
-    epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev);
 }
 
 static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
     (void)kev;
     kn->u.fd.kind = FDK_UNKNOWN;
+    kn->u.fd.wd = -1;
     kn->u.fd.gen = ++kq->fd_gen;
     int err = fd_sync(kq, kn);
     return err < 0 ? -err : err;
+}
+
+/* Is the regular file kn registered still what its number names? */
+static int file_current(const struct knote *kn, struct stat *st)
+{
+    return fstat((int)kn->kev.ident, st) == 0 && (uint64_t)st->st_dev == kn->u.fd.dev &&
+           (uint64_t)st->st_ino == kn->u.fd.ino && (st->st_mode & S_IFMT) == kn->u.fd.mode;
 }
 
 static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
@@ -128,13 +324,15 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
     /* As on BSD, fflags and data (NOTE_LOWAT's mark) follow every change. */
     kn->kev.fflags = kev->fflags;
     kn->kev.data = kev->data;
-    if (kev->flags & EV_ADD) {
-        if (kn->u.fd.kind == FDK_REGULAR) {   /* re-learn: the number may be reused */
-            kn->u.fd.kind = FDK_UNKNOWN;
-            kn->status &= ~KN_ACTIVE;
-        }
+    int err;
+    struct stat st;
+    if (kn->u.fd.kind == FDK_REGULAR && !file_current(kn, &st)) {
+        /* Closed, or the number names another file now. */
+        err = fcntl((int)kn->kev.ident, F_GETFD) < 0 ? -EBADF : -ENOENT;
+        file_detach(kq, kn);
+    } else {
+        err = fd_sync(kq, kn);
     }
-    int err = fd_sync(kq, kn);
     if (err == -ENOENT && (kev->flags & EV_ADD)) {
         /* The old descriptor was closed and its number now names another
          * file: this EV_ADD starts a new registration from scratch. */
@@ -145,6 +343,7 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
         kn->status = (kev->flags & EV_DISABLE) ? KN_DISABLED : 0;
         kn->u.fd.kind = FDK_UNKNOWN;
         kn->u.fd.pipe_size = 0;
+        kn->u.fd.sock = 0;
         kn->u.fd.gen = ++kq->fd_gen;
         err = fd_sync(kq, kn);
         if (err > 0)
@@ -155,6 +354,8 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
 
 static void fd_detach(struct kq *kq, struct knote *kn)
 {
+    lowat_unwait(kq, kn);
+    file_detach(kq, kn);
     if (!(kn->status & KN_INEPOLL))
         return;
     epoll_ctl(set_of(kq, kn), EPOLL_CTL_DEL, (int)kn->kev.ident, NULL);
@@ -165,6 +366,15 @@ static void fd_detach(struct kq *kq, struct knote *kn)
 int kq_fd_unregister(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident;
+    lowat_unwait(kq, kn);
+    if (kn->u.fd.kind == FDK_REGULAR) {
+        struct stat st;
+        int current = file_current(kn, &st);
+        file_detach(kq, kn);
+        if (!current)
+            return fcntl(fd, F_GETFD) < 0 ? EBADF : ENOENT;
+        return 0;
+    }
     if (kn->status & KN_INEPOLL) {
         kn->status &= ~KN_INEPOLL;
         if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_DEL, fd, NULL) < 0)
@@ -311,13 +521,53 @@ static intptr_t write_data(struct knote *kn, int fd)
     return 0;
 }
 
-static uint32_t socket_error(int fd)
+/* What a WRITE registration on a socket checks for a local shutdown. */
+enum { FDS_UNKNOWN = 0, FDS_TCP, FDS_UNIX_STREAM, FDS_OTHER };
+
+static int sock_class(int fd)
 {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        return 0;
-    return (uint32_t)err;
+    int domain = 0, type = 0;
+    socklen_t len = sizeof domain;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
+        return FDS_OTHER;
+    len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return FDS_OTHER;
+    if ((domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM)
+        return FDS_TCP;
+    if (domain == AF_UNIX && type == SOCK_STREAM)
+        return FDS_UNIX_STREAM;
+    return FDS_OTHER;
+}
+
+/* FreeBSD's filt_sowrite sets EV_EOF once the send side is shut down
+ * (SBS_CANTSENDMORE), a local shutdown(SHUT_WR) included; epoll says
+ * nothing about the latter.  Neither probe touches the pending error. */
+static int send_shut_down(struct knote *kn, int fd)
+{
+    if (kn->u.fd.sock == FDS_UNKNOWN)
+        kn->u.fd.sock = sock_class(fd);
+    if (kn->u.fd.sock == FDS_TCP) {
+        struct tcp_info ti;
+        socklen_t len = sizeof ti;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+            return 0;
+        switch (ti.tcpi_state) {
+        case TCP_FIN_WAIT1: case TCP_FIN_WAIT2: case TCP_CLOSING:
+        case TCP_LAST_ACK: case TCP_TIME_WAIT:
+            return 1;
+        default:
+            return 0;
+        }
+    }
+    if (kn->u.fd.sock == FDS_UNIX_STREAM) {
+        /* An empty send: EPIPE once SEND_SHUTDOWN is set, else nothing. */
+        int saved = errno;
+        int shut = send(fd, "", 0, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno == EPIPE;
+        errno = saved;
+        return shut;
+    }
+    return 0;
 }
 
 static int is_socket(const struct knote *kn)
@@ -326,17 +576,150 @@ static int is_socket(const struct knote *kn)
            kn->u.fd.kind == FDK_LISTEN_OTHER;
 }
 
+/* Does the number still name the file kn was registered on?  One
+ * epoll_ctl() that also does what the report needs: disarm a dispatched
+ * registration, remove a oneshot one, MOD a level-triggered one (which
+ * re-arms it under NOTE_LOWAT); for EV_CLEAR an ADD probe that must find
+ * the item (EEXIST).
+ * epoll finds items by file and number, so any of these fails once the
+ * number is closed or names another file.  Returns 1 if live. */
+static int confirm(struct kq *kq, struct knote *kn)
+{
+    int set = set_of(kq, kn), fd = (int)kn->kev.ident;
+    int saved = errno, ok;
+    struct epoll_event ev = wanted(kn);
+    if (kn->kev.flags & EV_ONESHOT) {
+        ok = epoll_ctl(set, EPOLL_CTL_DEL, fd, NULL) == 0;
+        kn->status &= ~KN_INEPOLL;
+    } else if (kn->kev.flags & EV_DISPATCH) {
+        ev.events = EPOLLONESHOT;            /* disarmed until EV_ENABLE */
+        ok = epoll_ctl(set, EPOLL_CTL_MOD, fd, &ev) == 0;
+    } else if (!(kn->kev.flags & EV_CLEAR)) {
+        /* Level-triggered: MOD with the events it has.  A ready level item
+         * is back on epoll's ready list already, so this changes nothing;
+         * with NOTE_LOWAT (an edge-triggered item) it re-arms the edge.
+         * (MOD rather than an ADD probe: an ADD on a nested set takes
+         * epoll's global nesting mutex.) */
+        ok = epoll_ctl(set, EPOLL_CTL_MOD, fd, &ev) == 0;
+    } else {
+        /* EV_CLEAR: a probe that must find the item (a MOD would re-arm
+         * the edge and report again data already reported). */
+        if (epoll_ctl(set, EPOLL_CTL_ADD, fd, &ev) == 0) {
+            epoll_ctl(set, EPOLL_CTL_DEL, fd, NULL);   /* added another file */
+            ok = 0;
+        } else {
+            ok = errno == EEXIST;
+        }
+    }
+    if (!ok)
+        kn->status &= ~KN_INEPOLL;
+    errno = saved;
+    return ok;
+}
+
+/* ------------------------------------------------------------------ */
+/* Lingering items.                                                    */
+
+/*
+ * An item whose registration was found stale stays in its epoll set as
+ * long as its file lives (a dup() or a fork() child holds it): epoll_ctl()
+ * cannot reach it, since its number names something else now.  When such
+ * an item comes back (the same epoll_data twice in a row with no
+ * registration), the set is rebuilt: a new epoll set gets every item of
+ * the old one (read from /proc/self/fdinfo, events and data verbatim, so
+ * disarmed items stay disarmed) except READ/WRITE items without a live
+ * registration, and dup3() puts it in place under the same number.  The
+ * READ set is waitfd, nested in the user's descriptor, so that descriptor
+ * keeps naming the same file and whoever polls it is not disturbed.
+ */
+static int rebuild(struct kq *kq, uint32_t tag)
+{
+    int old = tag == TAG_READ ? kq->waitfd : kq->wr_ep;
+    int parent = tag == TAG_READ ? kq->fd : kq->waitfd;
+    uint64_t parent_data = tag == TAG_READ ? 0 : EP_DATA(TAG_WRITES, 0, 0);
+    struct knote **slots = tag == TAG_READ ? kq->rd : kq->wr;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", old);
+    FILE *info = fopen(path, "re");
+    if (info == NULL)
+        return errno;
+    int fresh = epoll_create1(EPOLL_CLOEXEC);
+    if (fresh < 0) {
+        int err = errno;
+        fclose(info);
+        return err;
+    }
+    char line[256];
+    while (fgets(line, sizeof line, info) != NULL) {
+        int tfd;
+        unsigned events;
+        unsigned long long data;
+        if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) != 3)
+            continue;
+        if (EP_TAG_OF(data) == tag) {
+            int fd = EP_FD_OF(data);
+            struct knote *kn = fd >= 0 && fd < kq->fd_cap ? slots[fd] : NULL;
+            if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data) ||
+                !(kn->status & KN_INEPOLL) || tfd != fd)
+                continue;                       /* left behind: not copied */
+            struct epoll_event probe = { .events = 0, .data.u64 = data };
+            if (epoll_ctl(old, EPOLL_CTL_ADD, fd, &probe) == 0 || errno != EEXIST) {
+                epoll_ctl(old, EPOLL_CTL_DEL, fd, NULL);
+                kn->status &= ~KN_INEPOLL;      /* stale too */
+                kq_fd_note_dropped(kq, kn->kev.udata);
+                kq_knote_drop(kq, kn);
+                continue;
+            }
+        }
+        struct epoll_event ev = { .events = events, .data.u64 = data };
+        epoll_ctl(fresh, EPOLL_CTL_ADD, tfd, &ev);
+    }
+    fclose(info);
+    if (parent >= 0)
+        epoll_ctl(parent, EPOLL_CTL_DEL, old, NULL);
+    int err = 0;
+    if (dup3(fresh, old, O_CLOEXEC) < 0)
+        err = errno;
+    close(fresh);
+    if (parent >= 0) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = parent_data };
+        epoll_ctl(parent, EPOLL_CTL_ADD, old, &ev);
+    }
+    if (tag == TAG_READ) {
+        /* Threads blocked in the old set: wake_fd is in both, so a write
+         * sends them round to the new one (wake_update clears it later). */
+        uint64_t one = 1;
+        kq->wake_signalled = 1;
+        (void)!write(kq->wake_fd, &one, sizeof one);
+    }
+    return err;
+}
+
+void kq_fd_orphan(struct kq *kq, uint64_t data)
+{
+    if (kq->orphan != data) {
+        kq->orphan = data;      /* the first time: maybe just in flight */
+        return;
+    }
+    kq->orphan = 0;
+    int saved = errno;
+    rebuild(kq, EP_TAG_OF(data));
+    errno = saved;
+}
+
 /* Fill *out for a registration epoll reported ready with revents.
- * Returns 0 when the event is below the registration's NOTE_LOWAT mark. */
+ * Returns 1 for an event, 0 when there is none to report (below its
+ * NOTE_LOWAT mark), -1 when the registration turned out to be stale (the
+ * caller drops it). */
 int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
 {
-    (void)kq;
     int fd = (int)kn->kev.ident;
     /* NOTE_NODATA (a kqueue_py extension): readiness only, data = 0 --
      * saves the ioctl per event for callers such as selectors that never
      * look at data.  NOTE_LOWAT needs the count, so it wins. */
     int counted = !(kn->kev.fflags & NOTE_NODATA) || (kn->kev.fflags & NOTE_LOWAT);
-    if (kn->u.fd.kind == FDK_UNKNOWN && (counted || (revents & EPOLLERR)))
+    if (kn->u.fd.kind == FDK_UNKNOWN &&
+        (counted || (revents & EPOLLERR) || kn->kev.filter == EVFILT_WRITE))
         kn->u.fd.kind = learn_kind(fd);
     *out = kn->kev;
     out->fflags = 0;
@@ -344,6 +727,9 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
     if (kn->kev.filter == EVFILT_READ) {
         if (counted)
             out->data = read_data(kn, fd);
+        /* EPOLLERR alone (an ICMP error on a connected UDP socket) is
+         * FreeBSD's "temporary udp error": an event, no EV_EOF, whatever
+         * the mark. */
         if (revents & (EPOLLRDHUP | EPOLLHUP))
             out->flags |= EV_EOF;
         else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data &&
@@ -352,33 +738,55 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
     } else {
         if (counted)
             out->data = write_data(kn, fd);
-        if (revents & (EPOLLHUP | EPOLLERR))
+        /* A pipe whose reader is gone reports EPOLLERR only. */
+        if (revents & EPOLLHUP || (revents & EPOLLERR && !is_socket(kn)) ||
+            (is_socket(kn) && send_shut_down(kn, fd)))
             out->flags |= EV_EOF;
-        else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data)
+        else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data &&
+                 !(revents & EPOLLERR)) {
+            lowat_wait(kq, kn);     /* no wakeup comes when space grows */
             return 0;
+        }
     }
-    if ((revents & EPOLLERR) && is_socket(kn))
-        out->fflags = socket_error(fd);
-    return 1;
+    return confirm(kq, kn) ? 1 : -1;
 }
 
-/* Regular files, from the pending list: always ready. */
+/* Regular files, from the pending list.  As FreeBSD's filt_vfsread: READ
+ * is ready while the offset is not at the end of the file (data = size -
+ * offset, negative past the end); WRITE is always ready, data 0. */
 static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 {
-    (void)kq;
     int fd = (int)kn->kev.ident;
     struct stat st;
-    if (kn->u.fd.kind != FDK_REGULAR || fstat(fd, &st) < 0) {
-        kn->status &= ~KN_ACTIVE;   /* closed behind our back: stay quiet */
+    if (kn->u.fd.kind != FDK_REGULAR) {
+        kn->status &= ~KN_ACTIVE;
         return 0;
+    }
+    if (!file_current(kn, &st)) {
+        /* Closed, or the number names another file now: the registration
+         * died with its descriptor. */
+        kq_fd_note_dropped(kq, kn->kev.udata);
+        kq_knote_drop(kq, kn);
+        return -1;
     }
     *out = kn->kev;
     out->fflags = 0;
     out->data = 0;
-    if (kn->kev.filter == EVFILT_READ) {
+    if (kn->kev.filter == EVFILT_READ && !S_ISREG(st.st_mode)) {
+        /* A directory, or a device epoll cannot watch (no poll method):
+         * always ready, as poll(2) says; data the bytes before the size. */
         off_t pos = lseek(fd, 0, SEEK_CUR);
         if (pos >= 0 && st.st_size > pos)
             out->data = (intptr_t)(st.st_size - pos);
+    } else if (kn->kev.filter == EVFILT_READ) {
+        off_t pos = lseek(fd, 0, SEEK_CUR);
+        if (pos < 0 || st.st_size == pos) {
+            kn->status &= ~KN_ACTIVE;   /* quiet until the file changes */
+            return 0;
+        }
+        out->data = (intptr_t)(st.st_size - pos);
+        if (kn->kev.flags & EV_CLEAR)
+            kn->status &= ~KN_ACTIVE;   /* again on the next change */
     }
     return 1;
 }

@@ -2,7 +2,9 @@
  * Internal structures of the Linux kqueue backend.
  *
  * One queue is one epoll instance (the descriptor the user sees, and so
- * pollable like a real kqueue).  Inside it sit:
+ * pollable like a real kqueue) holding one nested epoll set, waitfd, in
+ * which kevent() waits and which can be rebuilt (kq_fd_rebuild) without
+ * changing the user's file.  Inside waitfd sit:
  *   - every EVFILT_READ registration, directly (the hot path: one
  *     epoll_wait returns ready sockets);
  *   - wr_ep, a nested epoll set holding every EVFILT_WRITE registration.
@@ -34,6 +36,8 @@
 #define KN_QUEUED    0x04  /* on the pending list */
 #define KN_INEPOLL   0x08  /* fd registration present in its epoll set (armed,
                               or disarmed while disabled/dispatched) */
+#define KN_LOWWAIT   0x10  /* WRITE with NOTE_LOWAT below its mark: on
+                              kq->lowat_wait, re-polled by the wait loop */
 
 /* Change flags that are actions, not state: never stored or reported. */
 #define KN_INPUT_ONLY (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_KEEPUDATA | \
@@ -46,7 +50,9 @@ enum fd_kind {
     FDK_LISTEN,        /* listening TCP socket: data = accept queue length */
     FDK_LISTEN_OTHER,  /* other listener (AF_UNIX): data from sock_diag */
     FDK_FIFO,          /* pipe or fifo */
-    FDK_REGULAR,       /* regular file: epoll refuses it, always ready */
+    FDK_REGULAR,       /* a file epoll refuses: regular file (READ ready while
+                          offset != size, woken by inotify), or a directory or
+                          device without poll (always ready); WRITE always */
     FDK_OTHER,         /* FIONREAD works (tty, ...) */
     FDK_NODATA,        /* readiness only (eventfd, epoll, ...) */
 };
@@ -83,6 +89,11 @@ struct knote {
             enum fd_kind kind;
             int pipe_size;
             uint32_t gen;       /* generation in epoll_data (24 bits used) */
+            int sock;           /* FDS_*: what a WRITE probe for local shutdown uses */
+            int wd;             /* regular-file READ: inotify watch, else -1 */
+            uint64_t dev, ino;  /* FDK_REGULAR: the file registered ... */
+            uint32_t mode;      /* ... and its type (S_IFREG, S_IFDIR, S_IFCHR) */
+            struct knote *next; /* kq->files or kq->lowat_wait chain */
         } fd;
         struct {
             int64_t deadline;   /* CLOCK_MONOTONIC ns; <0 when not running */
@@ -117,7 +128,8 @@ struct knote {
 struct kq {
     int fd;                 /* the user's descriptor (outer epoll) */
     uint64_t id;            /* unique in the process: see kqueue_py_queue_id() */
-    int waitfd;             /* dup of fd, used internally; outlives kqueue_close */
+    int waitfd;             /* the set nested in fd that kevent() waits in;
+                               outlives kqueue_close */
     int wr_ep;              /* nested epoll for EVFILT_WRITE */
     int wake_fd;            /* eventfd: pending events or closed */
     int timer_fd;           /* timerfd at the earliest timer deadline */
@@ -150,6 +162,28 @@ struct kq {
     /* EVFILT_SIGNAL knotes (chained by u.sig.next). */
     struct knote *signals;
 
+    /* Regular files (READ and WRITE knotes, chained by u.fd.next) and the
+     * inotify instance that wakes their READ knotes when a file changes,
+     * created on the first regular-file READ registration. */
+    struct knote *files;
+    int files_ino_fd;           /* -1 until needed */
+
+    /* WRITE knotes with NOTE_LOWAT below their mark (chained by u.fd.next):
+     * no wakeup comes when free space grows past the mark, so the wait
+     * loop re-polls them every KQ_LOWAT_POLL_NS. */
+    struct knote *lowat_wait;
+    int64_t lowat_next;         /* CLOCK_MONOTONIC ns of the next re-poll */
+
+    /* epoll_data of the last event that found no registration: when the
+     * same one comes again, its item lingers and the set is rebuilt. */
+    uint64_t orphan;
+
+    /* udata of registrations the backend removed because their descriptor
+     * was closed or now names another file (kqueue_py_take_dropped). */
+    uint64_t *dropped;
+    int ndropped;
+    int dropped_cap;
+
     /* EVFILT_VNODE: one inotify instance, knotes hashed by watch. */
     int inotify_fd;             /* -1 until the first VNODE registration */
     struct knote **vn_buckets;  /* KQ_VN_BUCKETS chains on wd */
@@ -166,6 +200,7 @@ struct kq {
 #define TAG_SIGNAL  6u   /* the process-wide signal eventfd */
 #define TAG_PROC    7u   /* a pidfd: bits 0-31 the pid, 32-55 the generation */
 #define TAG_VNODE   8u   /* inotify_fd */
+#define TAG_FILES   9u   /* files_ino_fd: a registered regular file changed */
 #define EP_DATA(tag, gen, fd) (((uint64_t)(tag) << 56) | ((uint64_t)((gen) & 0xffffff) << 32) | \
                                (uint32_t)(fd))
 #define EP_TAG_OF(u64)  ((uint32_t)((u64) >> 56))
@@ -174,6 +209,7 @@ struct kq {
 
 /* kqueue.c */
 int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);
+void kq_fd_forget(struct kq *kq, int fd);
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);
@@ -181,12 +217,17 @@ struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 int64_t kq_now(void);
 
 /* filter_fd.c */
+#define KQ_LOWAT_POLL_NS 1000000     /* re-poll of WRITE knotes below NOTE_LOWAT */
+#define KQ_DROPPED_MAX   65536       /* udata values kept for kqueue_py_take_dropped */
 extern const struct filter_ops kq_read_ops;
 extern const struct filter_ops kq_write_ops;
 int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out);
 int kq_fd_unregister(struct kq *kq, struct knote *kn);
-void kq_fd_rearm(struct kq *kq, struct knote *kn);
 int kq_wr_ep_create(struct kq *kq);
+void kq_fd_note_dropped(struct kq *kq, void *udata);
+void kq_files_ready(struct kq *kq);
+void kq_lowat_repoll(struct kq *kq, int64_t now);
+void kq_fd_orphan(struct kq *kq, uint64_t data);
 
 /* filter_timer.c */
 int kq_timer_fd_create(struct kq *kq);

@@ -70,7 +70,7 @@ static void kq_mark_closed(struct kq *kq)
 static void close_queue_fds(struct kq *kq)
 {
     int *fds[] = { &kq->fd, &kq->waitfd, &kq->wake_fd, &kq->wr_ep, &kq->timer_fd,
-                   &kq->inotify_fd };
+                   &kq->inotify_fd, &kq->files_ino_fd };
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
         if (*fds[i] >= 0)
             close(*fds[i]);
@@ -85,6 +85,7 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
 {
     if (fd < 0)
         return errno;
+    kq_fd_forget(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
     if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
         return 0;
@@ -169,6 +170,7 @@ int kqueue(void)
         return -1;
     }
     kq->fd = kq->waitfd = kq->wake_fd = kq->wr_ep = kq->timer_fd = kq->inotify_fd = -1;
+    kq->files_ino_fd = -1;
     kq->timer_armed = -1;
     kq->refs = 1;  /* the registry's reference */
     static uint64_t last_id;
@@ -179,8 +181,13 @@ int kqueue(void)
     kq->fd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->fd < 0)
         goto fail;
-    kq->waitfd = fcntl(kq->fd, F_DUPFD_CLOEXEC, 0);
+    /* The set kevent() waits in, nested in the user's descriptor: the hot
+     * path waits in it directly, and it can be rebuilt (kq_fd_rebuild)
+     * without changing the file the user's descriptor names. */
+    kq->waitfd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->waitfd < 0)
+        goto fail;
+    if (ep_add(kq->fd, kq->waitfd, EPOLLIN, 0) < 0)
         goto fail;
     kq->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (kq->wake_fd < 0)
@@ -227,6 +234,7 @@ static void kq_destroy(struct kq *kq)
     free(kq->hash);
     free(kq->timers);
     free(kq->vn_buckets);
+    free(kq->dropped);
     close_queue_fds(kq);
     pthread_mutex_destroy(&kq->lock);
     free(kq);
@@ -240,6 +248,33 @@ uint64_t kqueue_py_queue_id(int fd)
         id = registry[fd]->id;
     pthread_mutex_unlock(&registry_lock);
     return id;
+}
+
+int kqueue_py_take_dropped(int kqfd, uint64_t *udata, int cap)
+{
+    if (cap < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (cap > 0 && udata == NULL) {
+        errno = EFAULT;
+        return -1;
+    }
+    struct kq *kq = kq_get(kqfd);
+    if (kq == NULL) {
+        errno = EBADF;
+        return -1;
+    }
+    pthread_mutex_lock(&kq->lock);
+    int n = kq->ndropped < cap ? kq->ndropped : cap;
+    if (n > 0) {
+        memcpy(udata, kq->dropped, (size_t)n * sizeof *udata);
+        memmove(kq->dropped, kq->dropped + n, (size_t)(kq->ndropped - n) * sizeof *udata);
+        kq->ndropped -= n;
+    }
+    pthread_mutex_unlock(&kq->lock);
+    kq_put(kq);
+    return n;
 }
 
 int kqueue_close(int fd)
@@ -257,8 +292,8 @@ int kqueue_close(int fd)
     }
     pthread_mutex_lock(&kq->lock);
     kq_mark_closed(kq);
-    /* Free the number now; threads still inside kevent() hold waitfd,
-     * which keeps the epoll instance alive until they leave. */
+    /* Free the number now; threads still inside kevent() use waitfd, the
+     * set nested in it, which lives until they leave. */
     close(kq->fd);
     kq->fd = -1;
     pthread_mutex_unlock(&kq->lock);
@@ -409,6 +444,26 @@ static void knote_unlink(struct kq *kq, struct knote *kn)
     kq->hash_count--;
 }
 
+/* An internal descriptor is about to join the queue's epoll set under the
+ * number fd.  A READ or WRITE registration still recorded under that
+ * number was made on a file since closed (the kernel just handed the
+ * number out again), so it is stale: drop it now, before an epoll_ctl()
+ * confirming it could reach the internal item.  Lock held (or the queue
+ * not yet shared). */
+void kq_fd_forget(struct kq *kq, int fd)
+{
+    if (fd < 0 || fd >= kq->fd_cap)
+        return;
+    struct knote *stale[2] = { kq->rd[fd], kq->wr[fd] };
+    for (int i = 0; i < 2; i++) {
+        if (stale[i] == NULL)
+            continue;
+        stale[i]->status &= ~KN_INEPOLL;     /* no epoll_ctl() on the number */
+        kq_fd_note_dropped(kq, stale[i]->kev.udata);
+        kq_knote_drop(kq, stale[i]);
+    }
+}
+
 /* Detach from the filter, forget and free.  Lock held. */
 void kq_knote_drop(struct kq *kq, struct knote *kn)
 {
@@ -514,6 +569,7 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
     struct knote *kn = knote_find(kq, kev->ident, kev->filter);
     int err;
 
+    void *old_udata = kn != NULL ? kn->kev.udata : NULL;
     if (kn == NULL) {
         if (!(kev->flags & EV_ADD)) {
             /* As on BSD, a descriptor that is not open is EBADF. */
@@ -557,6 +613,10 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
 
     err = ops->modify(kq, kn, kev);
     if (err < 0) {          /* stale registration: forget it */
+        /* Its descriptor was closed or reused: the backend removes it, and
+         * keeps the udata it held (not this change's) for its owner. */
+        if (is_fd_filter(kev->filter) && !(kev->flags & EV_ADD))
+            kq_fd_note_dropped(kq, old_udata);
         kq_knote_drop(kq, kn);
         return -err;
     }
@@ -613,13 +673,15 @@ static int drain_pending(struct kq *kq, struct kevent *out, int room, uint64_t s
     while (n < room && kq->q_head != NULL && kq->q_head->scan_id != scan_id) {
         struct knote *kn = kq->q_head;
         kq_dequeue(kq, kn);
-        if (kn->ops->deliver(kq, kn, &out[n])) {
+        int r = kn->ops->deliver(kq, kn, &out[n]);
+        if (r > 0) {
             n++;
             kn->scan_id = scan_id;
             after_delivery(kq, kn);
-        } else {
+        } else if (r == 0) {
             knote_requeue(kq, kn);
         }
+        /* r < 0: the filter dropped the knote (its descriptor is gone). */
     }
     return n;
 }
@@ -650,14 +712,28 @@ static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32
 {
     int fd = EP_FD_OF(data);
     struct knote *kn = fd < kq->fd_cap ? slots[fd] : NULL;
-    /* Deleted, disabled, or an older registration of a reused number. */
-    if (kn == NULL || (kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL ||
-        (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data))
+    if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data)) {
+        /* No registration: deleted while the event was on its way (seen
+         * once), or an item left behind by a registration found stale --
+         * its file lives on elsewhere -- which comes back: rebuild. */
+        kq_fd_orphan(kq, data);
         return 0;
-    if (!kq_fd_event(kq, kn, revents, out))
+    }
+    if ((kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
+        return 0;   /* disabled or dispatched */
+    int r = kq_fd_event(kq, kn, revents, out);
+    if (r == 0)
         return 0;   /* below its NOTE_LOWAT mark */
-    if (kn->kev.fflags & NOTE_LOWAT && !(kn->kev.flags & (EV_CLEAR | EV_ONESHOT | EV_DISPATCH)))
-        kq_fd_rearm(kq, kn);   /* level-triggered over an edge registration */
+    if (r < 0) {
+        /* The number no longer names the registered file (closed, the file
+         * kept alive by a dup() or a fork() child, or reused): the
+         * registration died with its descriptor.  Its item may linger in
+         * the set; when it comes back it is an orphan (kq_fd_orphan). */
+        kq_fd_note_dropped(kq, kn->kev.udata);
+        kq_knote_drop(kq, kn);
+        kq->orphan = data;
+        return 0;
+    }
     after_delivery(kq, kn);
     return 1;
 }
@@ -693,6 +769,8 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
             timers = 1;
         } else if (tag == TAG_VNODE) {
             vnodes = 1;
+        } else if (tag == TAG_FILES) {
+            kq_files_ready(kq);
         } else if (tag == TAG_SIGNAL) {
             kq_signal_ready(kq);
         } else if (tag == TAG_PROC) {
@@ -778,8 +856,22 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
                     timeout_ns = 0;
             }
         }
+        int64_t wait_ns = timeout_ns;
+        if (__atomic_load_n(&kq->lowat_wait, __ATOMIC_RELAXED) != NULL) {
+            /* WRITE knotes below NOTE_LOWAT: nothing wakes us when their
+             * free space grows, so look again every KQ_LOWAT_POLL_NS. */
+            pthread_mutex_lock(&kq->lock);
+            int64_t now = kq_now();
+            kq_lowat_repoll(kq, now);
+            if (kq->lowat_wait != NULL && timeout_ns != 0) {
+                int64_t left = kq->lowat_next - now;
+                if (wait_ns < 0 || left < wait_ns)
+                    wait_ns = left > 0 ? left : 0;
+            }
+            pthread_mutex_unlock(&kq->lock);
+        }
         int room = nevents - n < want ? nevents - n : want;
-        int r = ep_wait(kq->waitfd, ebuf, room, timeout_ns);
+        int r = ep_wait(kq->waitfd, ebuf, room, wait_ns);
         if (r < 0) {
             if (n > 0)
                 break;      /* report what we have; the signal stays pending */

@@ -406,7 +406,11 @@ class HTTPServer:
         if conn.busy:
             # Frozen: not read (what arrives waits in the socket and is read
             # when the handler completes).  A reset ends it now, and the
-            # worker's completion will then be dropped as stale.
+            # worker's completion will then be dropped as stale.  kqueue(2)
+            # puts the error in fflags only where the system can read it
+            # without clearing it (not on Linux), so ask the socket.
+            if eof and not error:
+                error = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
                 self._close(conn)
             elif eof:

@@ -122,6 +122,12 @@ KQ_API int kqueue_close(int kq);
  * process, never reused), 0 if none.  Lets an owner check that a number it
  * holds still names its queue before closing it. */
 KQ_API uint64_t kqueue_py_queue_id(int kq);
+/* kqueue_py extension: copy (and forget) up to cap udata values of
+ * registrations the backend removed on its own because their descriptor
+ * was closed or its number reused (never those removed by EV_DELETE or by
+ * delivering an EV_ONESHOT event).  Returns how many, or -1 with errno
+ * (EBADF: not a queue).  At most 65536 are kept between calls. */
+KQ_API int kqueue_py_take_dropped(int kq, uint64_t *udata, int cap);
 
 #ifdef __cplusplus
 }
