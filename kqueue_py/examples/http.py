@@ -837,6 +837,21 @@ class HTTPServer:
             pass
         self._close(conn)
 
+    def _send_progress(self, conn: Connection, now: float) -> bool:
+        """Whether the client still reads: WRITE events come only once a
+        good part of the socket buffer is free, so a slow but steady download
+        can look idle between them.  Any room the kernel has now is progress."""
+        try:
+            sent = conn.sock.send(conn.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
+        if sent:
+            del conn.outbuf[:sent]
+            conn.last_active = now
+        return sent > 0
+
     def _sweep(self) -> None:
         """Deadlines: a header section within header_timeout, a body at
         min_body_rate, a stalled download or an idle connection after
@@ -847,8 +862,8 @@ class HTTPServer:
             if conn.busy:
                 continue
             if conn.outbuf:
-                if conn.last_active < idle_deadline:    # nothing sent for that long
-                    self.stats["idle_closed"] += 1
+                if conn.last_active < idle_deadline and not self._send_progress(conn, now):
+                    self.stats["idle_closed"] += 1    # the client stopped reading
                     self._close(conn)
             elif conn.head is not None:
                 elapsed = now - conn.body_start
@@ -876,8 +891,13 @@ class HTTPServer:
                     with self._lock:
                         self.stats["jobs_skipped"] += 1
                     continue
+                resp = run_handler(self.app, req)
                 keep_alive = req.keep_alive and not self._draining
-                data = respond(self.app, req, keep_alive)
+                try:
+                    data = serialize(resp, keep_alive)
+                except Exception:   # noqa: BLE001 - a bad Response is a 500
+                    _log_failure(f"response for {req.method} {req.path}")
+                    data = serialize(error_response(500), keep_alive)
             except Exception:   # noqa: BLE001 - a worker thread never dies
                 keep_alive = False
                 data = serialize(error_response(500), False)
