@@ -67,9 +67,9 @@ class EchoServer:
             raise ValueError(f"accept_backoff must be positive, not {accept_backoff!r}")
         self.max_pending = max_pending
         self.accept_backoff = accept_backoff
-        self.queue = KQueue(max_events=256)
         self.listener = socket.create_server((host, port), backlog=backlog)
         self.listener.setblocking(False)
+        self.queue = KQueue(max_events=256)
         self.address = self.listener.getsockname()
         self.conns: dict[int, _Conn] = {}
         self._ready: dict[int, _Conn] = {}    # connections stopped early
