@@ -133,6 +133,7 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # The Host value: a uri-host with an optional port, or empty (RFC 9112, 3.2).
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_GOOD_HOSTS: set[str] = set()   # Host values already checked (clients repeat theirs)
 
 
 def _is_token(s: str) -> bool:
@@ -205,8 +206,11 @@ def parse_head(buf: Union[bytes, bytearray], limits: Limits) -> Optional[Head]:
     if host is None:
         if version == "HTTP/1.1":
             raise ParseError(400, "HTTP/1.1 request without Host")
-    elif not _HOST.fullmatch(host):
-        raise ParseError(400, "invalid Host")
+    elif host not in _GOOD_HOSTS:
+        if not _HOST.fullmatch(host):
+            raise ParseError(400, "invalid Host")
+        if len(_GOOD_HOSTS) < 1024:
+            _GOOD_HOSTS.add(host)
     if "transfer-encoding" in headers:
         raise ParseError(501, "Transfer-Encoding is not supported")
     length = 0
@@ -597,7 +601,9 @@ class HTTPServer:
     def _stop_listening(self) -> None:
         if self._listening:
             self._listening = False
-            self._changes = [c for c in self._changes if c.ident != self.listener.fileno()]
+            lfd = self.listener.fileno()
+            self._changes = [c for c in self._changes
+                             if c.ident != lfd or c.filter != EVFILT_READ]
             self.listener.close()   # new connections are refused from here on
 
     def _end_drain(self) -> None:
