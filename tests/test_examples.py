@@ -145,10 +145,10 @@ def test_keep_alive_and_pipelining_answer_in_order(http):
         for _ in range(3):                            # keep-alive
             s.sendall(GET)
             assert read_response(f)[0] == 200
-        s.sendall(b"".join(b"POST /echo HTTP/1.1\r\nContent-Length: 1\r\n\r\n%d" % i
+        s.sendall(b"".join(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n%d" % i
                            for i in range(5)))        # pipelined
         assert [read_response(f)[2] for _ in range(5)] == [b"%d" % i for i in range(5)]
-        s.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         status, headers, _ = read_response(f)
         assert status == 200 and headers["connection"] == "close"
         assert closed_by_peer(s)
@@ -164,15 +164,15 @@ def test_http10_closes_unless_keep_alive(http):
 
 @pytest.mark.parametrize("raw, status", [
     (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nbad header line\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nbad header line\r\n\r\n", 400),
     (b"GET / HTTP/2.0\r\n\r\n", 505),
-    (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
-    (b"POST /echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
-    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 431),
-    (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
-    (b"GET /nope HTTP/1.1\r\n\r\n", 404),
-    (b"DELETE / HTTP/1.1\r\n\r\n", 405),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n", 413),
+    (b"GET / HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 431),
+    (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+    (b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404),
+    (b"DELETE / HTTP/1.1\r\nHost: t\r\n\r\n", 405),
 ])
 def test_bad_requests_get_the_right_status(http, raw, status):
     _, addr = http
@@ -199,8 +199,8 @@ def test_handler_exception_is_a_500_not_a_dead_server():
     for workers in (0, 1):
         server = HTTPServer(app, workers=workers)
         with running(server) as addr:
-            assert request(addr, b"GET /boom HTTP/1.1\r\n\r\n")[0] == 500
-            assert request(addr, b"GET /boom HTTP/1.1\r\n\r\n")[0] == 500
+            assert request(addr, b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 500
+            assert request(addr, b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 500
 
 
 # --------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_handler_exception_is_a_500_not_a_dead_server():
 def test_slow_client_one_byte_at_a_time(http):
     _, addr = http
     with socket.create_connection(addr, timeout=5) as s:
-        for b in b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello":
+        for b in b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello":
             s.send(bytes([b]))
         status, _, body = read_response(s.makefile("rb"))
         assert (status, body) == (200, b"hello")
@@ -220,18 +220,18 @@ def test_disconnects_mid_request_and_mid_response_leave_no_leak(http):
     server, addr = http
     for _ in range(20):
         s = socket.create_connection(addr)
-        s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\npartial")
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\npartial")
         s.close()                                     # mid-request
     big = os.urandom(1_000_000)                       # within the 1 MiB body limit
     for _ in range(5):
         s = socket.create_connection(addr)
-        s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big))
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(big))
         s.sendall(big[:300_000])
         s.close()                                     # the body never completes
         s = socket.create_connection(addr)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
         s.recv(10)
         s.close()                                     # mid-response, with a reset
     assert request(addr, GET)[0] == 200
@@ -256,7 +256,7 @@ def test_full_worker_backlog_sheds_with_503():
     with running(server) as addr:
         socks = [socket.create_connection(addr, timeout=10) for _ in range(6)]
         for s in socks:
-            s.sendall(b"GET /sleep?ms=300 HTTP/1.1\r\n\r\n")
+            s.sendall(b"GET /sleep?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
         statuses = sorted(read_response(s.makefile("rb"))[0] for s in socks)
         for s in socks:
             s.close()
@@ -270,7 +270,7 @@ def test_completion_for_a_closed_connection_is_dropped():
     with running(server) as addr:
         s = socket.create_connection(addr)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        s.sendall(b"GET /sleep?ms=300 HTTP/1.1\r\n\r\n")
+        s.sendall(b"GET /sleep?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.05)
         s.close()                                     # a reset while the worker has it
         # The closed number is likely reused by this new connection.
@@ -288,7 +288,7 @@ def test_worker_pool_keeps_other_connections_moving():
     server = HTTPServer(workers=4)
     with running(server) as addr:
         slow = socket.create_connection(addr, timeout=10)
-        slow.sendall(b"GET /sleep?ms=1000 HTTP/1.1\r\n\r\n")
+        slow.sendall(b"GET /sleep?ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n")
         # While a handler sleeps, other connections are answered.
         t0 = time.monotonic()
         for _ in range(20):

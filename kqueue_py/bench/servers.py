@@ -40,7 +40,7 @@ from ..examples.http import (
     default_app,
     error_response,
     parse_request,
-    run_handler,
+    respond,
     serialize,
 )
 
@@ -109,7 +109,7 @@ class SelectorsHTTPServer:
                 break
             req, used = parsed
             del inbuf[:used]
-            outbuf += serialize(run_handler(self.app, req), req.keep_alive)
+            outbuf += respond(self.app, req)
             if not req.keep_alive:
                 close = True
                 break
@@ -163,7 +163,7 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             req, used = parsed
             del self.buf[:used]
-            self.transport.write(serialize(run_handler(self.app, req), req.keep_alive))
+            self.transport.write(respond(self.app, req))
             if not req.keep_alive:
                 self.transport.close()
                 return
