@@ -35,9 +35,11 @@
 #define KN_INEPOLL   0x08  /* fd registration present in its epoll set (armed,
                               or disarmed while disabled/dispatched) */
 
-/* Change flags that are actions, not state: never stored or reported. */
-#define KN_INPUT_ONLY (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_KEEPUDATA | \
-                       EV_RECEIPT | EV_SYSFLAGS)
+/* Change flags that are actions, not state: never stored or reported.  As
+ * FreeBSD's kqueue_register() does, every other flag given at registration
+ * (EV_RECEIPT, EV_KEEPUDATA, EV_ONESHOT, ...) stays in delivered events;
+ * EV_SYSFLAGS are the kernel's own (FreeBSD clears them from every change). */
+#define KN_INPUT_ONLY (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_SYSFLAGS)
 
 /* What kind of file an fd knote watches, learnt on first delivery. */
 enum fd_kind {
@@ -200,6 +202,7 @@ extern const struct filter_ops kq_user_ops;
 /* filter_signal.c */
 extern const struct filter_ops kq_signal_ops;
 void kq_signal_ready(struct kq *kq);
+int kq_signal_scan(const struct kq *kq);
 void kq_signal_atfork_child(void);
 
 /* filter_proc.c */
