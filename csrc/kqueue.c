@@ -331,20 +331,17 @@ static const struct filter_ops *filter_lookup(int16_t filter)
     }
 }
 
-/* Bucket of (ident, filter).  Every bit of the ident must reach the low
- * bits used as the index: USER and TIMER idents are often pointers or
- * counters in the high bits.  A multiply alone carries bits only upwards
- * (idents differing in bits 48-63 all shared one bucket), so the full
- * 64-bit finalizer of MurmurHash3 (fmix64) mixes them. */
+/* Bucket of (ident, filter): Fibonacci hashing, the bits above 32 of the
+ * ident times 2^64/phi.  That spreads counters evenly (consecutive idents
+ * never share a bucket), but a product carries bits only upwards, so the
+ * ident's high half is first folded onto its low half: idents that differ
+ * only in bits 32-63 (pointers, tagged counters) spread as well as small
+ * ones, instead of sharing one bucket. */
 static size_t hash_slot(const struct kq *kq, uintptr_t ident, int16_t filter)
 {
-    uint64_t h = (uint64_t)ident ^ ((uint64_t)(uint16_t)filter * 0x9E3779B97F4A7C15ULL);
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return (size_t)h & (kq->hash_cap - 1);
+    uint64_t x = (uint64_t)ident;
+    x ^= (x >> 32) ^ ((uint64_t)(uint16_t)filter << 16);
+    return (size_t)((x * 0x9E3779B97F4A7C15ULL) >> 32) & (kq->hash_cap - 1);
 }
 
 static struct knote *knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
