@@ -9,7 +9,6 @@ process takes the signal and the signal mask is the scenario's own.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
