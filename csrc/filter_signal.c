@@ -239,43 +239,61 @@ static void pending_watch(int sig, int on)
  * sigpending(): if the hook delivered the signal in between, the state
  * changed, the swap fails and the signal is looked at again.  sig_lock.
  */
-static void observe(int sig, int count)
+/* One decision of observe() from a state read before the pending set
+ * was; returns 0 when another thread or the hook changed the state. */
+static int observe_with(int sig, int count, uint64_t w, const sigset_t *pending)
 {
     struct sig_slot *s = &slots[sig];
+    int is_pending = sigismember(pending, sig) == 1;
+    if (is_pending == (int)(w & 1))
+        return 1;                           /* nothing new */
+    uint64_t next = is_pending ? (w | 1) + (count ? 2 : 0) : w & ~(uint64_t)1;
+    if (!__atomic_compare_exchange_n(&s->state, &w, next, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return 0;
+    __atomic_add_fetch(&counted_pending_total, is_pending ? 1 : -1, __ATOMIC_RELAXED);
+    if (is_pending && count && sig_event_fd >= 0) {
+        uint64_t one = 1;   /* the other queues watching it */
+        (void)!write(sig_event_fd, &one, sizeof one);
+    }
+    return 1;
+}
+
+/* An ignored SIGCHLD is not recorded on FreeBSD (and not hooked here). */
+static int unrecorded(int sig)
+{
     struct sigaction cur;
-    /* An ignored SIGCHLD is not recorded on FreeBSD (and not hooked here). */
-    if (sig == SIGCHLD && sigaction(sig, NULL, &cur) == 0 && cur.sa_handler == SIG_IGN)
+    return sig == SIGCHLD && sigaction(sig, NULL, &cur) == 0 && cur.sa_handler == SIG_IGN;
+}
+
+static void observe(int sig, int count)
+{
+    if (unrecorded(sig))
         return;
     for (int tries = 0; tries < 16; tries++) {
-        uint64_t w = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE), next;
+        uint64_t w = __atomic_load_n(&slots[sig].state, __ATOMIC_ACQUIRE);
         sigset_t pending;
-        if (sigpending(&pending) < 0)
+        if (sigpending(&pending) < 0 || observe_with(sig, count, w, &pending))
             return;
-        int is_pending = sigismember(&pending, sig) == 1;
-        if (is_pending == (int)(w & 1))
-            return;                         /* nothing new */
-        if (is_pending)
-            next = (w | 1) + (count ? 2 : 0);
-        else
-            next = w & ~(uint64_t)1;
-        if (__atomic_compare_exchange_n(&s->state, &w, next, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
-            __atomic_add_fetch(&counted_pending_total, is_pending ? 1 : -1,
-                               __ATOMIC_RELAXED);
-            if (is_pending && count && sig_event_fd >= 0) {
-                uint64_t one = 1;   /* the other queues watching it */
-                (void)!write(sig_event_fd, &one, sizeof one);
-            }
-            return;
-        }
     }
 }
 
 static void observe_all(void)
 {
+    /* One sigpending() for all; a signal whose state changed meanwhile is
+     * looked at again on its own. */
+    uint64_t before[_NSIG];
     for (int sig = 1; sig < _NSIG; sig++)
-        if (slots[sig].watchers > 0)
+        before[sig] = __atomic_load_n(&slots[sig].state, __ATOMIC_ACQUIRE);
+    sigset_t pending;
+    if (sigpending(&pending) < 0)
+        return;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (slots[sig].watchers == 0 || unrecorded(sig))
+            continue;
+        if (!observe_with(sig, 1, before[sig], &pending))
             observe(sig, 1);
+    }
 }
 
 /*
