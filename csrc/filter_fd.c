@@ -241,12 +241,16 @@ static intptr_t unix_listen_backlog(int fd)
     struct unix_diag_msg *m = NLMSG_DATA(nlh);
     struct rtattr *rta = (struct rtattr *)(m + 1);
     int attrlen = (int)nlh->nlmsg_len - (int)NLMSG_LENGTH(sizeof *m);
-    for (; RTA_OK(rta, attrlen); rta = RTA_NEXT(rta, attrlen)) {
+    while (RTA_OK(rta, attrlen)) {
         if (rta->rta_type == UNIX_DIAG_RQLEN) {
             struct unix_diag_rqlen rq;
             memcpy(&rq, RTA_DATA(rta), sizeof rq);
             backlog = (intptr_t)rq.udiag_rqueue;
         }
+        /* RTA_NEXT, without its int/unsigned mix: rta_len <= attrlen. */
+        int step = (int)RTA_ALIGN(rta->rta_len);
+        attrlen -= step;
+        rta = (struct rtattr *)((char *)rta + step);
     }
     return backlog;
 }

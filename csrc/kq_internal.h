@@ -29,10 +29,10 @@
 #include <sys/event.h>
 
 /* knote status bits */
-#define KN_DISABLED  0x01  /* EV_DISABLE or dispatched: not reported */
-#define KN_ACTIVE    0x02  /* userspace filter has an event (triggered, fired) */
-#define KN_QUEUED    0x04  /* on the pending list */
-#define KN_INEPOLL   0x08  /* fd registration present in its epoll set (armed,
+#define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
+#define KN_ACTIVE    0x02u /* userspace filter has an event (triggered, fired) */
+#define KN_QUEUED    0x04u /* on the pending list */
+#define KN_INEPOLL   0x08u /* fd registration present in its epoll set (armed,
                               or disarmed while disabled/dispatched) */
 
 /* Change flags that are actions, not state: never stored or reported.  As
