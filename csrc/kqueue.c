@@ -34,6 +34,7 @@ static int registry_cap;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void kq_destroy(struct kq *kq);
+static int ep_add(int epfd, int fd, uint32_t events, uint64_t data);
 
 static struct kq *kq_get(int fd)
 {
@@ -93,8 +94,7 @@ static void kq_mark_closed(struct kq *kq)
         /* Only EPOLL_CTL_ADD can fail here (ENOMEM, or ENOSPC at
          * fs.epoll.max_user_watches); then blocked threads wake at their
          * next event or timeout, and see the queue closed. */
-        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(TAG_WAKE, 0, 0) };
-        (void)epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, closed_fd, &ev);
+        (void)ep_add(kq->waitfd, closed_fd, EPOLLIN, EP_DATA(TAG_WAKE, 0, 0));
     }
 }
 
@@ -197,6 +197,12 @@ static int registry_insert(struct kq *kq)
 
 /* ------------------------------------------------------------------ */
 /* Queue lifecycle.                                                    */
+
+static int ep_add(int epfd, int fd, uint32_t events, uint64_t data)
+{
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
 
 int kqueue(void)
 {
@@ -467,6 +473,10 @@ void kq_enqueue(struct kq *kq, struct knote *kn)
 {
     if (kn->status & KN_QUEUED)
         return;
+    /* The registration made wake_fd already (queue_resources_for,
+     * fd_pending_check); this only guards a filter that queues later. */
+    if (kq->wake_fd < 0)
+        (void)wake_fd_ensure(kq);
     kn->status |= KN_QUEUED;
     kn->q_next = NULL;
     kn->q_prev = kq->q_tail;
