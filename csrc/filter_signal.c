@@ -1,13 +1,14 @@
 /*
- * EVFILT_SIGNAL: ident is a signal number, data the number of deliveries
- * since the last report.  EV_CLEAR is implied, as on FreeBSD.
+ * EVFILT_SIGNAL: ident is a signal number, data the number of signals
+ * generated since the last report.  EV_CLEAR is implied, as on FreeBSD.
  *
- * On BSD the kernel records a delivery for kqueue *after* normal signal
- * processing: the program's handler still runs, and a signal set to
- * SIG_IGN is still recorded.  Linux has no such hook, and the obvious
- * tools do not fit: a signalfd only sees signals that are blocked and
- * pending, and blocking a signal would starve the program's own handler
- * (Python's among them).  So:
+ * FreeBSD records a signal for kqueue when it is generated (tdsendsignal()
+ * posts NOTE_SIGNAL before looking at the mask or the disposition): the
+ * program's handler still runs, a signal set to SIG_IGN is still recorded,
+ * and a blocked one is recorded at once.  Linux has no such hook, and the
+ * obvious tools do not fit: a signalfd only sees signals that are blocked
+ * and pending (reading it takes them), and blocking a signal would starve
+ * the program's own handler (Python's among them).  So:
  *
  *   - A small process-wide hook (sig_hook) is installed with sigaction()
  *     for each watched signal.  It counts the delivery (an atomic
@@ -26,6 +27,10 @@
  *     edge, on which the queue compares the counters of the signals it
  *     watches with what it saw last.  The hook touches no per-queue
  *     state, so closing queues never races with it.
+ *   - Blocked signals: a process-wide signalfd over the watched signals,
+ *     never read, sits in the same queues' sets; a watched signal found
+ *     pending is counted then, and marked so that its delivery is not
+ *     counted again (see observe()).
  *
  * Dispositions that are not hooked (the registration still succeeds):
  *   - SIG_DFL of a signal whose default terminates or stops the process:
@@ -51,8 +56,16 @@
  *   - a program started with exec() after fork() inherits SIG_DFL, not
  *     SIG_IGN, for a hooked signal that was ignored (a fork child itself
  *     gets the original dispositions back: see kq_signal_atfork_child);
- *   - standard signals sent while one is already pending are merged by
- *     the kernel before delivery, so data counts deliveries, as on BSD.
+ *   - a standard signal sent while one is already pending is merged by
+ *     the kernel and counted once (FreeBSD counts each); a realtime
+ *     signal queued n times while blocked counts 1 at once and n - 1 as
+ *     they are delivered;
+ *   - a signal sent to another thread that blocks it is counted only at
+ *     delivery: a thread's own pending signals are visible only to it;
+ *   - a blocked signal taken by sigwait() (or a signalfd) is noticed gone
+ *     at the next kevent() on a watching queue; taken and sent again
+ *     between two such calls, the two count once, and one taken before
+ *     any such call looked is not counted.
  *   - when a queue starts watching signals, the eventfd may already be
  *     readable (from earlier signals), which gives that queue one
  *     spurious wake-up: its descriptor polls readable and kevent() finds
@@ -72,7 +85,7 @@
 struct sig_slot {
     /* (count << 1) | counted_pending, changed only by compare-and-swap.
      * count: signals counted, by the hook at delivery or by
-     * signal_observe() while pending.  counted_pending: the instance now
+     * observe() while pending.  counted_pending: the instance now
      * pending was counted already, so its delivery must not be. */
     uint64_t state;
     int watchers;               /* registrations over all queues (sig_lock) */
@@ -224,21 +237,6 @@ static void pending_watch(int sig, int on)
     (void)signalfd(sig_pending_fd, &sig_watched, 0);
 }
 
-/*
- * FreeBSD counts a signal when it is generated, even while it is blocked.
- * The hook only sees deliveries, so the watched signals pending now are
- * counted here, and marked so that their delivery is not counted again;
- * a mark whose signal is no longer pending (taken by sigwait(),
- * sigwaitinfo() or a signalfd read, or discarded) is dropped.  Only what
- * this thread can see is judged: the process's pending signals and the
- * calling thread's own.  With count = 0 (a first registration), pending
- * signals are marked without being counted: FreeBSD does not count a
- * signal generated before the registration, at delivery or ever.
- *
- * Each decision is a compare-and-swap from the state read *before*
- * sigpending(): if the hook delivered the signal in between, the state
- * changed, the swap fails and the signal is looked at again.  sig_lock.
- */
 /* One decision of observe() from a state read before the pending set
  * was; returns 0 when another thread or the hook changed the state. */
 static int observe_with(int sig, int count, uint64_t w, const sigset_t *pending)
@@ -266,6 +264,21 @@ static int unrecorded(int sig)
     return sig == SIGCHLD && sigaction(sig, NULL, &cur) == 0 && cur.sa_handler == SIG_IGN;
 }
 
+/*
+ * FreeBSD counts a signal when it is generated, even while it is blocked.
+ * The hook only sees deliveries, so the watched signals pending now are
+ * counted here, and marked so that their delivery is not counted again;
+ * a mark whose signal is no longer pending (taken by sigwait(),
+ * sigwaitinfo() or a signalfd read, or discarded) is dropped.  Only what
+ * this thread can see is judged: the process's pending signals and the
+ * calling thread's own.  With count = 0 (a first registration), pending
+ * signals are marked without being counted: FreeBSD does not count a
+ * signal generated before the registration, at delivery or ever.
+ *
+ * Each decision is a compare-and-swap from the state read *before*
+ * sigpending(): if the hook delivered the signal in between, the state
+ * changed, the swap fails and the signal is looked at again.  sig_lock.
+ */
 static void observe(int sig, int count)
 {
     if (unrecorded(sig))
