@@ -9,11 +9,14 @@
  *     A file may sit in two epoll sets with independent EPOLLET /
  *     EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/EV_DISPATCH hold per filter;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
- *     (timers live in a heap, not one descriptor each);
+ *     (timers live in a heap, not one descriptor each), made by the first
+ *     timer;
  *   - wake_fd, an eventfd that is readable while userspace has pending
- *     events (EVFILT_USER triggers, fired timers) or the queue is closed;
+ *     events (EVFILT_USER triggers, fired timers) or the queue is closed,
+ *     made by the first registration that can queue one (a closed queue
+ *     without one gets the process-wide, always readable closed_fd);
  *   - once the queue watches a signal: the process-wide signal eventfd
- *     (edge-triggered, filter_signal.c);
+ *     and signalfd (edge-triggered, filter_signal.c);
  *   - one pidfd per EVFILT_PROC registration (filter_proc.c);
  *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
  *     created on the first one (filter_vnode.c).
