@@ -184,6 +184,7 @@ void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 int64_t kq_now(void);
+int kq_wake_fd_ensure(struct kq *kq);   /* 0 or errno */
 
 /* filter_fd.c */
 extern const struct filter_ops kq_read_ops;

@@ -100,7 +100,7 @@ static void kq_mark_closed(struct kq *kq)
 
 /* wake_fd: the eventfd readable while events wait on the pending list.
  * Created by the first registration that can put one there. */
-static int wake_fd_ensure(struct kq *kq)
+int kq_wake_fd_ensure(struct kq *kq)
 {
     if (kq->wake_fd >= 0)
         return 0;
@@ -476,7 +476,7 @@ void kq_enqueue(struct kq *kq, struct knote *kn)
     /* The registration made wake_fd already (queue_resources_for,
      * fd_pending_check); this only guards a filter that queues later. */
     if (kq->wake_fd < 0)
-        (void)wake_fd_ensure(kq);
+        (void)kq_wake_fd_ensure(kq);
     kn->status |= KN_QUEUED;
     kn->q_next = NULL;
     kn->q_prev = kq->q_tail;
@@ -584,7 +584,7 @@ static int queue_resources_for(struct kq *kq, const struct kevent *kev)
         return EBADF;
     int err = 0;
     if (need_wake)
-        err = wake_fd_ensure(kq);
+        err = kq_wake_fd_ensure(kq);
     if (err == 0 && need_timer)
         err = kq_timer_fd_create(kq);
     if (err == 0 && need_writes)
@@ -598,7 +598,7 @@ static int fd_pending_check(struct kq *kq, struct knote *kn)
 {
     if (!(kn->status & KN_ACTIVE) || kq->wake_fd >= 0)
         return 0;
-    return wake_fd_ensure(kq);
+    return kq_wake_fd_ensure(kq);
 }
 
 /* Apply one change.  Returns 0 or an errno value.  Lock held. */
