@@ -451,12 +451,16 @@ static intptr_t unix_listen_backlog(int fd)
     struct unix_diag_msg *m = NLMSG_DATA(nlh);
     struct rtattr *rta = (struct rtattr *)(m + 1);
     int attrlen = (int)nlh->nlmsg_len - (int)NLMSG_LENGTH(sizeof *m);
-    for (; RTA_OK(rta, attrlen); rta = RTA_NEXT(rta, attrlen)) {
+    while (RTA_OK(rta, attrlen)) {
         if (rta->rta_type == UNIX_DIAG_RQLEN) {
             struct unix_diag_rqlen rq;
             memcpy(&rq, RTA_DATA(rta), sizeof rq);
             backlog = (intptr_t)rq.udiag_rqueue;
         }
+        /* RTA_NEXT, without its int/unsigned mix: rta_len <= attrlen. */
+        int step = (int)RTA_ALIGN(rta->rta_len);
+        attrlen -= step;
+        rta = (struct rtattr *)((char *)rta + step);
     }
     return backlog;
 }
@@ -638,6 +642,13 @@ static int rebuild(struct kq *kq, uint32_t tag)
     int parent = tag == TAG_READ ? kq->fd : kq->waitfd;
     uint64_t parent_data = tag == TAG_READ ? 0 : EP_DATA(TAG_WRITES, 0, 0);
     struct knote **slots = tag == TAG_READ ? kq->rd : kq->wr;
+    /* Threads blocked in the old set are sent round through wake_fd (below),
+     * which must therefore exist before the set is copied. */
+    if (tag == TAG_READ) {
+        int werr = kq_wake_fd_ensure(kq);
+        if (werr != 0)
+            return werr;
+    }
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", old);
     FILE *info = fopen(path, "re");

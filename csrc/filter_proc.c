@@ -7,7 +7,8 @@
  * only once.  Events are then reported from the pending list, so a
  * disabled registration reports the exit when enabled.
  *
- * As on FreeBSD, the exit event carries EV_EOF | EV_ONESHOT and the
+ * As on FreeBSD, EV_CLEAR is implied, the exit event carries
+ * EV_EOF | EV_ONESHOT (so EV_ONESHOT | EV_CLEAR | EV_EOF) and the
  * registration is gone after it is reported; fflags = NOTE_EXIT and data =
  * the wait status (so os.waitstatus_to_exitcode(data) works).  A
  * registration without NOTE_EXIT is dropped silently at exit (FreeBSD's
@@ -59,6 +60,7 @@ static int proc_attach(struct kq *kq, struct knote *kn, const struct kevent *kev
     if (pidfd < 0)
         return errno == EINVAL ? ESRCH : errno;
     kn->u.proc.pidfd = pidfd;
+    kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
     kn->u.proc.gen = ++kq->fd_gen;
     kn->kev.fflags = kev->fflags;
     kn->kev.data = 0;

@@ -1,13 +1,14 @@
 /*
- * EVFILT_SIGNAL: ident is a signal number, data the number of deliveries
- * since the last report.  EV_CLEAR is implied, as on FreeBSD.
+ * EVFILT_SIGNAL: ident is a signal number, data the number of signals
+ * generated since the last report.  EV_CLEAR is implied, as on FreeBSD.
  *
- * On BSD the kernel records a delivery for kqueue *after* normal signal
- * processing: the program's handler still runs, and a signal set to
- * SIG_IGN is still recorded.  Linux has no such hook, and the obvious
- * tools do not fit: a signalfd only sees signals that are blocked and
- * pending, and blocking a signal would starve the program's own handler
- * (Python's among them).  So:
+ * FreeBSD records a signal for kqueue when it is generated (tdsendsignal()
+ * posts NOTE_SIGNAL before looking at the mask or the disposition): the
+ * program's handler still runs, a signal set to SIG_IGN is still recorded,
+ * and a blocked one is recorded at once.  Linux has no such hook, and the
+ * obvious tools do not fit: a signalfd only sees signals that are blocked
+ * and pending (reading it takes them), and blocking a signal would starve
+ * the program's own handler (Python's among them).  So:
  *
  *   - A small process-wide hook (sig_hook) is installed with sigaction()
  *     for each watched signal.  It counts the delivery (an atomic
@@ -26,6 +27,10 @@
  *     edge, on which the queue compares the counters of the signals it
  *     watches with what it saw last.  The hook touches no per-queue
  *     state, so closing queues never races with it.
+ *   - Blocked signals: a process-wide signalfd over the watched signals,
+ *     never read, sits in the same queues' sets; a watched signal found
+ *     pending is counted then, and marked so that its delivery is not
+ *     counted again (see observe()).
  *
  * Dispositions that are not hooked (the registration still succeeds):
  *   - SIG_DFL of a signal whose default terminates or stops the process:
@@ -51,8 +56,16 @@
  *   - a program started with exec() after fork() inherits SIG_DFL, not
  *     SIG_IGN, for a hooked signal that was ignored (a fork child itself
  *     gets the original dispositions back: see kq_signal_atfork_child);
- *   - standard signals sent while one is already pending are merged by
- *     the kernel before delivery, so data counts deliveries, as on BSD.
+ *   - a standard signal sent while one is already pending is merged by
+ *     the kernel and counted once (FreeBSD counts each); a realtime
+ *     signal queued n times while blocked counts 1 at once and n - 1 as
+ *     they are delivered;
+ *   - a signal sent to another thread that blocks it is counted only at
+ *     delivery: a thread's own pending signals are visible only to it;
+ *   - a blocked signal taken by sigwait() (or a signalfd) is noticed gone
+ *     at the next kevent() on a watching queue; taken and sent again
+ *     between two such calls, the two count once, and one taken before
+ *     any such call looked is not counted.
  *   - when a queue starts watching signals, the eventfd may already be
  *     readable (from earlier signals), which gives that queue one
  *     spurious wake-up: its descriptor polls readable and kevent() finds
@@ -64,12 +77,17 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "kq_internal.h"
 
 struct sig_slot {
-    uint64_t count;             /* deliveries seen by the hook (atomic) */
+    /* (count << 1) | counted_pending, changed only by compare-and-swap.
+     * count: signals counted, by the hook at delivery or by
+     * observe() while pending.  counted_pending: the instance now
+     * pending was counted already, so its delivery must not be. */
+    uint64_t state;
     int watchers;               /* registrations over all queues (sig_lock) */
     int prev_index;             /* which prev[] the hook chains to (atomic) */
     /* The disposition the hook replaced.  A re-hook writes the slot not
@@ -81,6 +99,15 @@ struct sig_slot {
 static struct sig_slot slots[_NSIG];
 static pthread_mutex_t sig_lock = PTHREAD_MUTEX_INITIALIZER;
 static int sig_event_fd = -1;   /* written by the hook; atomic loads */
+/* A signalfd over the watched signals, never read: it polls readable
+ * while one of them is pending (blocked), and every signal sent to the
+ * process gives the queues an edge on it.  sig_lock. */
+static int sig_pending_fd = -1;
+static sigset_t sig_watched;    /* sig_lock */
+/* Signals whose counted_pending bit is set (atomic): while non-zero,
+ * every kevent() on a queue watching signals looks at the pending set
+ * (see kq_signal_scan), to notice an instance consumed by sigwait(). */
+static int counted_pending_total;
 
 /* ---- the hook (async-signal-safe) ---------------------------------- */
 
@@ -95,11 +122,21 @@ static void sig_hook(int sig, siginfo_t *info, void *ctx)
 {
     int saved_errno = errno;
     struct sig_slot *s = &slots[sig];
-    __atomic_add_fetch(&s->count, 1, __ATOMIC_RELEASE);
-    int fd = __atomic_load_n(&sig_event_fd, __ATOMIC_ACQUIRE);
-    if (fd >= 0) {
-        uint64_t one = 1;
-        (void)!write(fd, &one, sizeof one);
+    /* Count the delivery, unless it is of an instance counted while it
+     * was pending: then only say it is no longer pending. */
+    uint64_t w = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE), next;
+    do
+        next = (w & 1) ? w & ~(uint64_t)1 : w + 2;
+    while (!__atomic_compare_exchange_n(&s->state, &w, next, 1, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE));
+    if (w & 1) {
+        __atomic_sub_fetch(&counted_pending_total, 1, __ATOMIC_RELAXED);
+    } else {
+        int fd = __atomic_load_n(&sig_event_fd, __ATOMIC_ACQUIRE);
+        if (fd >= 0) {
+            uint64_t one = 1;
+            (void)!write(fd, &one, sizeof one);
+        }
     }
     errno = saved_errno;
 
@@ -173,6 +210,14 @@ static void hook_release(int sig)
 
 static int event_fd_ensure(void)
 {
+    if (sig_pending_fd < 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigemptyset(&sig_watched);
+        sig_pending_fd = signalfd(-1, &none, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (sig_pending_fd < 0)
+            return errno;
+    }
     if (sig_event_fd >= 0)
         return 0;
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -180,6 +225,88 @@ static int event_fd_ensure(void)
         return errno;
     __atomic_store_n(&sig_event_fd, fd, __ATOMIC_RELEASE);
     return 0;
+}
+
+/* Add sig to, or remove it from, the signals the signalfd polls. */
+static void pending_watch(int sig, int on)
+{
+    if (on)
+        sigaddset(&sig_watched, sig);
+    else
+        sigdelset(&sig_watched, sig);
+    (void)signalfd(sig_pending_fd, &sig_watched, 0);
+}
+
+/* One decision of observe() from a state read before the pending set
+ * was; returns 0 when another thread or the hook changed the state. */
+static int observe_with(int sig, int count, uint64_t w, const sigset_t *pending)
+{
+    struct sig_slot *s = &slots[sig];
+    int is_pending = sigismember(pending, sig) == 1;
+    if (is_pending == (int)(w & 1))
+        return 1;                           /* nothing new */
+    uint64_t next = is_pending ? (w | 1) + (count ? 2 : 0) : w & ~(uint64_t)1;
+    if (!__atomic_compare_exchange_n(&s->state, &w, next, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return 0;
+    __atomic_add_fetch(&counted_pending_total, is_pending ? 1 : -1, __ATOMIC_RELAXED);
+    if (is_pending && count && sig_event_fd >= 0) {
+        uint64_t one = 1;   /* the other queues watching it */
+        (void)!write(sig_event_fd, &one, sizeof one);
+    }
+    return 1;
+}
+
+/* An ignored SIGCHLD is not recorded on FreeBSD (and not hooked here). */
+static int unrecorded(int sig)
+{
+    struct sigaction cur;
+    return sig == SIGCHLD && sigaction(sig, NULL, &cur) == 0 && cur.sa_handler == SIG_IGN;
+}
+
+/*
+ * FreeBSD counts a signal when it is generated, even while it is blocked.
+ * The hook only sees deliveries, so the watched signals pending now are
+ * counted here, and marked so that their delivery is not counted again;
+ * a mark whose signal is no longer pending (taken by sigwait(),
+ * sigwaitinfo() or a signalfd read, or discarded) is dropped.  Only what
+ * this thread can see is judged: the process's pending signals and the
+ * calling thread's own.  With count = 0 (a first registration), pending
+ * signals are marked without being counted: FreeBSD does not count a
+ * signal generated before the registration, at delivery or ever.
+ *
+ * Each decision is a compare-and-swap from the state read *before*
+ * sigpending(): if the hook delivered the signal in between, the state
+ * changed, the swap fails and the signal is looked at again.  sig_lock.
+ */
+static void observe(int sig, int count)
+{
+    if (unrecorded(sig))
+        return;
+    for (int tries = 0; tries < 16; tries++) {
+        uint64_t w = __atomic_load_n(&slots[sig].state, __ATOMIC_ACQUIRE);
+        sigset_t pending;
+        if (sigpending(&pending) < 0 || observe_with(sig, count, w, &pending))
+            return;
+    }
+}
+
+static void observe_all(void)
+{
+    /* One sigpending() for all; a signal whose state changed meanwhile is
+     * looked at again on its own. */
+    uint64_t before[_NSIG];
+    for (int sig = 1; sig < _NSIG; sig++)
+        before[sig] = __atomic_load_n(&slots[sig].state, __ATOMIC_ACQUIRE);
+    sigset_t pending;
+    if (sigpending(&pending) < 0)
+        return;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (slots[sig].watchers == 0 || unrecorded(sig))
+            continue;
+        if (!observe_with(sig, 1, before[sig], &pending))
+            observe(sig, 1);
+    }
 }
 
 /*
@@ -201,6 +328,12 @@ void kq_signal_atfork_child(void)
     __atomic_store_n(&sig_event_fd, -1, __ATOMIC_RELEASE);
     if (fd >= 0)
         close(fd);
+    if (sig_pending_fd >= 0)
+        close(sig_pending_fd);
+    sig_pending_fd = -1;
+    __atomic_store_n(&counted_pending_total, 0, __ATOMIC_RELAXED);
+    for (int sig = 1; sig < _NSIG; sig++)
+        slots[sig].state &= ~(uint64_t)1;
 }
 
 /* ---- the filter ------------------------------------------------------ */
@@ -218,13 +351,20 @@ static int valid_signal(uintptr_t ident)
 
 static uint64_t count_of(int sig)
 {
-    return __atomic_load_n(&slots[sig].count, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&slots[sig].state, __ATOMIC_ACQUIRE) >> 1;
 }
 
+/* Put the eventfd and the signalfd into (or out of) a queue's set. */
 static int ep_signal(struct kq *kq, int op)
 {
     struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.u64 = EP_DATA(TAG_SIGNAL, 0, 0) };
-    return epoll_ctl(kq->waitfd, op, sig_event_fd, &ev) < 0 ? errno : 0;
+    if (epoll_ctl(kq->waitfd, op, sig_event_fd, &ev) < 0)
+        return errno;
+    if (epoll_ctl(kq->waitfd, op, sig_pending_fd, &ev) == 0 || op == EPOLL_CTL_DEL)
+        return 0;
+    int err = errno;
+    epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, sig_event_fd, NULL);
+    return err;
 }
 
 static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
@@ -247,9 +387,12 @@ static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *k
     if (err == 0)
         err = hook_sync(sig);
     if (err == 0) {
-        slots[sig].watchers++;
-        /* Count from now on: deliveries before the registration are not
-         * this knote's. */
+        if (slots[sig].watchers++ == 0)
+            pending_watch(sig, 1);
+        /* Count from now on: signals generated before the registration are
+         * not this knote's.  A first registration marks one pending now as
+         * counted (by no one); otherwise it is counted for the others. */
+        observe(sig, slots[sig].watchers > 1);
         kn->u.sig.seen = count_of(sig);
         kn->u.sig.count = 0;
     } else if (added) {
@@ -286,8 +429,14 @@ static void signal_detach(struct kq *kq, struct knote *kn)
 
     int sig = (int)kn->kev.ident;
     pthread_mutex_lock(&sig_lock);
-    if (--slots[sig].watchers == 0)
+    if (--slots[sig].watchers == 0) {
         hook_release(sig);
+        pending_watch(sig, 0);
+        /* Unwatched: forget a mark (a new first registration re-marks). */
+        uint64_t prev = __atomic_fetch_and(&slots[sig].state, ~(uint64_t)1, __ATOMIC_ACQ_REL);
+        if (prev & 1)
+            __atomic_sub_fetch(&counted_pending_total, 1, __ATOMIC_RELAXED);
+    }
     if (kq->signals == NULL && sig_event_fd >= 0)
         ep_signal(kq, EPOLL_CTL_DEL);
     pthread_mutex_unlock(&sig_lock);
@@ -304,10 +453,15 @@ static int signal_catch_up(struct knote *kn)
     return 1;
 }
 
-/* The signal eventfd had an edge: some watched signal (of this queue or
- * another) was delivered.  Lock held. */
+/* The signal eventfd or signalfd had an edge: some watched signal (of
+ * this queue or another) was delivered, or sent while blocked.  Also
+ * called by every kevent() on a queue watching signals while a counted
+ * instance is pending (kq_signal_scan).  Lock held. */
 void kq_signal_ready(struct kq *kq)
 {
+    pthread_mutex_lock(&sig_lock);
+    observe_all();
+    pthread_mutex_unlock(&sig_lock);
     for (struct knote *kn = kq->signals; kn != NULL; kn = kn->u.sig.next) {
         if (!signal_catch_up(kn))
             continue;
@@ -316,6 +470,12 @@ void kq_signal_ready(struct kq *kq)
         if (!(kn->status & KN_DISABLED))
             kq_enqueue(kq, kn);
     }
+}
+
+/* Does a kevent() on this queue need to look at the pending signals? */
+int kq_signal_scan(const struct kq *kq)
+{
+    return kq->signals != NULL && __atomic_load_n(&counted_pending_total, __ATOMIC_RELAXED) > 0;
 }
 
 static int signal_deliver(struct kq *kq, struct knote *kn, struct kevent *out)

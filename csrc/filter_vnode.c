@@ -23,6 +23,8 @@
  *
  * Mapping (inotify -> kqueue):
  *   IN_MODIFY                 NOTE_WRITE, and NOTE_EXTEND if st_size grew
+ *                             (one hint, as FreeBSD's VOP_WRITE_POST: a
+ *                             registration asking for either gets both)
  *   IN_ATTRIB                 NOTE_ATTRIB if mode/owner/mtime changed;
  *                             NOTE_LINK if st_nlink changed, NOTE_DELETE
  *                             if it dropped (unlink(), rename over it)
@@ -30,6 +32,7 @@
  *   IN_MOVE_SELF              NOTE_RENAME
  *   entry created / deleted / moved in a directory
  *                             NOTE_WRITE, and NOTE_LINK for subdirectories
+ *                             (one hint, as FreeBSD's vop_mkdir_post)
  *   IN_UNMOUNT                NOTE_REVOKE, with EV_EOF | EV_ONESHOT
  *   IN_Q_OVERFLOW (events lost)  every registration: NOTE_WRITE |
  *                             NOTE_ATTRIB plus what fstat shows
@@ -221,10 +224,18 @@ static void vnode_detach(struct kq *kq, struct knote *kn)
     unwatch(kq, kn);
 }
 
-/* Record changes on a knote; queue it if it has something to say. */
-static void vnode_fire(struct kq *kq, struct knote *kn, uint32_t notes)
+/* Record changes on a knote; queue it if it has something to say.
+ * notes are independent changes, each kept only if asked for.  group is
+ * one change FreeBSD reports as a single hint (a write: NOTE_WRITE, plus
+ * NOTE_EXTEND when it grew the file; a directory entry: NOTE_WRITE, plus
+ * NOTE_LINK for a subdirectory): as in FreeBSD's filt_vfsvnode(), when any
+ * of its bits was asked for, all of them are reported. */
+static void vnode_fire(struct kq *kq, struct knote *kn, uint32_t notes, uint32_t group)
 {
-    kn->u.vnode.fired |= notes & kn->kev.fflags & NOTE_VNODE_ALL;
+    uint32_t asked = kn->kev.fflags & NOTE_VNODE_ALL;
+    kn->u.vnode.fired |= notes & asked;
+    if (group & asked)
+        kn->u.vnode.fired |= group;
     if (kn->u.vnode.fired == 0 && !(kn->kev.flags & EV_EOF))
         return;
     kn->status |= KN_ACTIVE;
@@ -256,15 +267,15 @@ static uint32_t stat_changes(struct knote *kn, const struct stat *st, int attr)
 /* One inotify event for one knote. */
 static void vnode_event(struct kq *kq, struct knote *kn, const struct inotify_event *ev)
 {
-    uint32_t m = ev->mask, notes = 0;
+    uint32_t m = ev->mask, notes = 0, group = 0;
     if (ev->len > 0) {
         /* About an entry of a watched directory: only the directory's
          * own contents changing concerns it, not the entry's data. */
         if (m & VN_ENTRY)
-            notes |= NOTE_WRITE;
+            group |= NOTE_WRITE;
         if ((m & VN_ENTRY) && (m & IN_ISDIR))
-            notes |= NOTE_LINK;         /* a subdirectory's ".." link */
-        vnode_fire(kq, kn, notes);
+            group |= NOTE_LINK;         /* a subdirectory's ".." link */
+        vnode_fire(kq, kn, 0, group);
         return;
     }
     if (m & (IN_MODIFY | IN_ATTRIB)) {
@@ -272,8 +283,11 @@ static void vnode_event(struct kq *kq, struct knote *kn, const struct inotify_ev
         if (!vnode_stat(kn, &st))
             return;                     /* stale: descriptor closed */
         notes |= stat_changes(kn, &st, (m & IN_ATTRIB) != 0);
-        if (m & IN_MODIFY)
-            notes |= NOTE_WRITE;
+        if (m & IN_MODIFY) {
+            /* One write, one hint: NOTE_WRITE | NOTE_EXTEND if it grew. */
+            group = NOTE_WRITE | (notes & NOTE_EXTEND);
+            notes &= ~(uint32_t)NOTE_EXTEND;
+        }
     }
     if (m & IN_DELETE_SELF)
         notes |= NOTE_DELETE;
@@ -283,7 +297,7 @@ static void vnode_event(struct kq *kq, struct knote *kn, const struct inotify_ev
         notes |= NOTE_REVOKE;
         kn->kev.flags |= EV_EOF | EV_ONESHOT;   /* as FreeBSD on revoke */
     }
-    vnode_fire(kq, kn, notes);
+    vnode_fire(kq, kn, notes, group);
 }
 
 /* Events were lost: tell every registration something may have changed. */
@@ -295,7 +309,7 @@ static void vnode_overflow(struct kq *kq)
             uint32_t notes = NOTE_WRITE | NOTE_ATTRIB;
             if (vnode_stat(kn, &st))
                 notes |= stat_changes(kn, &st, 1);
-            vnode_fire(kq, kn, notes);
+            vnode_fire(kq, kn, notes, 0);
         }
     }
 }

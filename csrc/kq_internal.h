@@ -11,11 +11,14 @@
  *     A file may sit in two epoll sets with independent EPOLLET /
  *     EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/EV_DISPATCH hold per filter;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
- *     (timers live in a heap, not one descriptor each);
+ *     (timers live in a heap, not one descriptor each), made by the first
+ *     timer;
  *   - wake_fd, an eventfd that is readable while userspace has pending
- *     events (EVFILT_USER triggers, fired timers) or the queue is closed;
+ *     events (EVFILT_USER triggers, fired timers) or the queue is closed,
+ *     made by the first registration that can queue one (a closed queue
+ *     without one gets the process-wide, always readable closed_fd);
  *   - once the queue watches a signal: the process-wide signal eventfd
- *     (edge-triggered, filter_signal.c);
+ *     and signalfd (edge-triggered, filter_signal.c);
  *   - one pidfd per EVFILT_PROC registration (filter_proc.c);
  *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
  *     created on the first one (filter_vnode.c).
@@ -31,17 +34,19 @@
 #include <sys/event.h>
 
 /* knote status bits */
-#define KN_DISABLED  0x01  /* EV_DISABLE or dispatched: not reported */
-#define KN_ACTIVE    0x02  /* userspace filter has an event (triggered, fired) */
-#define KN_QUEUED    0x04  /* on the pending list */
-#define KN_INEPOLL   0x08  /* fd registration present in its epoll set (armed,
+#define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
+#define KN_ACTIVE    0x02u /* userspace filter has an event (triggered, fired) */
+#define KN_QUEUED    0x04u /* on the pending list */
+#define KN_INEPOLL   0x08u /* fd registration present in its epoll set (armed,
                               or disarmed while disabled/dispatched) */
-#define KN_LOWWAIT   0x10  /* WRITE with NOTE_LOWAT below its mark: on
+#define KN_LOWWAIT   0x10u /* WRITE with NOTE_LOWAT below its mark: on
                               kq->lowat_wait, re-polled by the wait loop */
 
-/* Change flags that are actions, not state: never stored or reported. */
-#define KN_INPUT_ONLY (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_KEEPUDATA | \
-                       EV_RECEIPT | EV_SYSFLAGS)
+/* Change flags that are actions, not state: never stored or reported.  As
+ * FreeBSD's kqueue_register() does, every other flag given at registration
+ * (EV_RECEIPT, EV_KEEPUDATA, EV_ONESHOT, ...) stays in delivered events;
+ * EV_SYSFLAGS are the kernel's own (FreeBSD clears them from every change). */
+#define KN_INPUT_ONLY (EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_SYSFLAGS)
 
 /* What kind of file an fd knote watches, learnt on first delivery. */
 enum fd_kind {
@@ -215,6 +220,7 @@ void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 int64_t kq_now(void);
+int kq_wake_fd_ensure(struct kq *kq);   /* 0 or errno */
 
 /* filter_fd.c */
 #define KQ_LOWAT_POLL_NS 1000000     /* re-poll of WRITE knotes below NOTE_LOWAT */
@@ -241,6 +247,7 @@ extern const struct filter_ops kq_user_ops;
 /* filter_signal.c */
 extern const struct filter_ops kq_signal_ops;
 void kq_signal_ready(struct kq *kq);
+int kq_signal_scan(const struct kq *kq);
 void kq_signal_atfork_child(void);
 
 /* filter_proc.c */

@@ -34,6 +34,7 @@ static int registry_cap;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void kq_destroy(struct kq *kq);
+static int ep_add(int epfd, int fd, uint32_t events, uint64_t data);
 
 static struct kq *kq_get(int fd)
 {
@@ -55,15 +56,59 @@ static void kq_put(struct kq *kq)
         kq_destroy(kq);
 }
 
+/* One eventfd for the whole process, readable for ever (written once,
+ * never read).  Closing a queue that has no wake_fd of its own adds it to
+ * the queue's epoll set, which wakes every thread blocked in the queue
+ * without a descriptor per queue.  Created with the first queue. */
+static int closed_fd = -1;
+
+static int closed_fd_ensure(void)
+{
+    if (__atomic_load_n(&closed_fd, __ATOMIC_ACQUIRE) >= 0)
+        return 0;
+    pthread_mutex_lock(&registry_lock);
+    if (closed_fd < 0) {
+        int fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0) {
+            int err = errno;
+            pthread_mutex_unlock(&registry_lock);
+            return err;
+        }
+        __atomic_store_n(&closed_fd, fd, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return 0;
+}
+
 /* Mark a queue closed and wake everything blocked in it.  Lock held. */
 static void kq_mark_closed(struct kq *kq)
 {
     uint64_t one = 1;
     kq->closed = 1;
-    if (!kq->wake_signalled) {
-        kq->wake_signalled = 1;
+    if (kq->wake_signalled)
+        return;
+    kq->wake_signalled = 1;
+    if (kq->wake_fd >= 0) {
         (void)!write(kq->wake_fd, &one, sizeof one);
+    } else {
+        /* Only EPOLL_CTL_ADD can fail here (ENOMEM, or ENOSPC at
+         * fs.epoll.max_user_watches); then blocked threads wake at their
+         * next event or timeout, and see the queue closed. */
+        (void)ep_add(kq->waitfd, closed_fd, EPOLLIN, EP_DATA(TAG_WAKE, 0, 0));
     }
+}
+
+/* wake_fd: the eventfd readable while events wait on the pending list.
+ * Created by the first registration that can put one there. */
+int kq_wake_fd_ensure(struct kq *kq)
+{
+    if (kq->wake_fd >= 0)
+        return 0;
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_WAKE, 0, 0));
+    if (err == 0)
+        kq->wake_fd = fd;
+    return err;
 }
 
 /* The queue's own descriptors (the user's one included, if still open). */
@@ -178,6 +223,13 @@ int kqueue(void)
     pthread_mutex_init(&kq->lock, NULL);
 
     int err;
+    if ((err = closed_fd_ensure()) != 0) {
+        errno = err;
+        goto fail;
+    }
+    /* Two descriptors: the user's and its dup.  wake_fd, timer_fd, wr_ep
+     * and inotify_fd come with the first registration that needs them
+     * (see queue_resources_for). */
     kq->fd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->fd < 0)
         goto fail;
@@ -189,17 +241,6 @@ int kqueue(void)
         goto fail;
     if (ep_add(kq->fd, kq->waitfd, EPOLLIN, 0) < 0)
         goto fail;
-    kq->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (kq->wake_fd < 0)
-        goto fail;
-    if (ep_add(kq->waitfd, kq->wake_fd, EPOLLIN, EP_DATA(TAG_WAKE, 0, 0)) < 0)
-        goto fail;
-    /* Created now, not on first use: a lazily created descriptor could
-     * take a number the program just closed and is about to register. */
-    if ((err = kq_wr_ep_create(kq)) != 0 || (err = kq_timer_fd_create(kq)) != 0) {
-        errno = err;
-        goto fail;
-    }
     if ((err = registry_insert(kq)) != 0) {
         errno = err;
         goto fail;
@@ -331,10 +372,17 @@ static const struct filter_ops *filter_lookup(int16_t filter)
     }
 }
 
+/* Bucket of (ident, filter): Fibonacci hashing, the bits above 32 of the
+ * ident times 2^64/phi.  That spreads counters evenly (consecutive idents
+ * never share a bucket), but a product carries bits only upwards, so the
+ * ident's high half is first folded onto its low half: idents that differ
+ * only in bits 32-63 (pointers, tagged counters) spread as well as small
+ * ones, instead of sharing one bucket. */
 static size_t hash_slot(const struct kq *kq, uintptr_t ident, int16_t filter)
 {
-    uint64_t h = ((uint64_t)ident ^ ((uint64_t)(uint16_t)filter << 48)) * 0x9E3779B97F4A7C15ULL;
-    return (size_t)(h >> 32) & (kq->hash_cap - 1);
+    uint64_t x = (uint64_t)ident;
+    x ^= (x >> 32) ^ ((uint64_t)(uint16_t)filter << 16);
+    return (size_t)((x * 0x9E3779B97F4A7C15ULL) >> 32) & (kq->hash_cap - 1);
 }
 
 static struct knote *knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
@@ -480,6 +528,10 @@ void kq_enqueue(struct kq *kq, struct knote *kn)
 {
     if (kn->status & KN_QUEUED)
         return;
+    /* The registration made wake_fd already (queue_resources_for,
+     * fd_pending_check); this only guards a filter that queues later. */
+    if (kq->wake_fd < 0)
+        (void)kq_wake_fd_ensure(kq);
     kn->status |= KN_QUEUED;
     kn->q_next = NULL;
     kn->q_prev = kq->q_tail;
@@ -530,6 +582,8 @@ static int wake_update(struct kq *kq)
     kq->wake_signalled = want;
     if (want)
         return 1;
+    if (kq->wake_fd < 0)
+        return 0;
     int saved = errno;
     uint64_t v;
     if (read(kq->wake_fd, &v, sizeof v) < 0 && errno == EAGAIN)
@@ -542,7 +596,11 @@ static void wake_signal(struct kq *kq)
 {
     int saved = errno;
     uint64_t one = 1;
-    (void)!write(kq->wake_fd, &one, sizeof one);
+    /* wake_fd exists whenever the pending list can be non-empty; a closed
+     * queue was woken by kq_mark_closed. */
+    int fd = __atomic_load_n(&kq->wake_fd, __ATOMIC_RELAXED);
+    if (fd >= 0)
+        (void)!write(fd, &one, sizeof one);
     errno = saved;
 }
 
@@ -556,6 +614,47 @@ int64_t kq_now(void)
 /* ------------------------------------------------------------------ */
 /* Changes.                                                            */
 
+
+/*
+ * The queue's own descriptors a new registration needs, made on first
+ * use so that a queue holds only what its registrations use: wake_fd for
+ * filters reporting from the pending list, timer_fd for timers, wr_ep for
+ * EVFILT_WRITE (inotify_fd is the vnode filter's own business).  A
+ * descriptor change first checks that the user's descriptor is open: a
+ * new internal descriptor must never take the number being registered.
+ * Returns 0 or an errno (EMFILE, ...), reported for this change alone.
+ */
+static int queue_resources_for(struct kq *kq, const struct kevent *kev)
+{
+    int need_wake = 0, need_timer = 0, need_writes = 0;
+    switch (kev->filter) {
+    case EVFILT_READ:   return 0;
+    case EVFILT_WRITE:  need_writes = kq->wr_ep < 0; break;
+    case EVFILT_TIMER:  need_timer = kq->timer_fd < 0; need_wake = kq->wake_fd < 0; break;
+    default:            need_wake = kq->wake_fd < 0; break;
+    }
+    if (!(need_wake || need_timer || need_writes))
+        return 0;
+    if (ident_is_fd(kev->filter) && fcntl((int)kev->ident, F_GETFD) < 0)
+        return EBADF;
+    int err = 0;
+    if (need_wake)
+        err = kq_wake_fd_ensure(kq);
+    if (err == 0 && need_timer)
+        err = kq_timer_fd_create(kq);
+    if (err == 0 && need_writes)
+        err = kq_wr_ep_create(kq);
+    return err;
+}
+
+/* A READ or WRITE registration on a file epoll refuses (a regular file)
+ * reports from the pending list: it needs wake_fd after all. */
+static int fd_pending_check(struct kq *kq, struct knote *kn)
+{
+    if (!(kn->status & KN_ACTIVE) || kq->wake_fd >= 0)
+        return 0;
+    return kq_wake_fd_ensure(kq);
+}
 
 /* Apply one change.  Returns 0 or an errno value.  Lock held. */
 static int apply_change(struct kq *kq, const struct kevent *kev)
@@ -579,6 +678,8 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
         }
         if ((err = knote_reserve(kq, kev)) != 0)
             return err;
+        if ((err = queue_resources_for(kq, kev)) != 0)
+            return err;
         kn = calloc(1, sizeof *kn);
         if (kn == NULL)
             return ENOMEM;
@@ -592,6 +693,10 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
             return err;
         }
         knote_insert(kq, kn);
+        if (is_fd_filter(kev->filter) && (err = fd_pending_check(kq, kn)) != 0) {
+            kq_knote_drop(kq, kn);
+            return err;
+        }
         knote_requeue(kq, kn);
         return 0;
     }
@@ -612,6 +717,8 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
         kn->kev.udata = kev->udata;
 
     err = ops->modify(kq, kn, kev);
+    if (err == 0 && is_fd_filter(kev->filter))
+        err = -fd_pending_check(kq, kn);    /* cannot report it: forget it */
     if (err < 0) {          /* stale registration: forget it */
         /* Its descriptor was closed or reused: the backend removes it, and
          * keeps the udata it held (not this change's) for its owner. */
@@ -833,8 +940,10 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
      * reads are hints only; whatever they miss makes wake_fd or timer_fd
      * readable, which the epoll_wait below reports. */
     if (__atomic_load_n(&kq->q_head, __ATOMIC_RELAXED) != NULL ||
-        __atomic_load_n(&kq->ntimers, __ATOMIC_RELAXED) > 0) {
+        __atomic_load_n(&kq->ntimers, __ATOMIC_RELAXED) > 0 || kq_signal_scan(kq)) {
         pthread_mutex_lock(&kq->lock);
+        if (kq_signal_scan(kq))
+            kq_signal_ready(kq);    /* a counted blocked signal may be gone */
         if (kq->ntimers > 0)
             kq_timers_expire(kq, kq_now());
         if (kq->q_head != NULL)

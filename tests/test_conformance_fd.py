@@ -420,6 +420,9 @@ def test_stale_number_taken_by_a_pidfd_of_the_queue_breaks_nothing(kq, fds):
     # that keeps it, closes its copy without EV_DELETE, and watches the
     # worker's exit -- whose pidfd takes the freed number.  The old file's
     # readiness must neither be reported nor disturb the PROC registration.
+    # The queue makes its wake descriptor on first need (a USER or PROC
+    # registration): make it now, so that the pidfd is what takes the number.
+    kq.change((1, lib.EVFILT_USER, EV_ADD, 0, 0, 0))
     a, b = fds.socketpair()
     fd = a.fileno()
     kq.change((fd, READ, EV_ADD, 0, 0, 0xB1))

@@ -485,7 +485,9 @@ LONG_MS = 3_600_000
 class Knote:
     def __init__(self, filt, flags, udata):
         self.filter = filt
-        self.flags = flags & (EV_ONESHOT | EV_CLEAR | EV_DISPATCH)
+        # As FreeBSD's kqueue_register(): every flag but the actions (and
+        # the kernel's own EV_SYSFLAGS) is kept, EV_RECEIPT included.
+        self.flags = flags & ~(EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | 0xF000)
         if filt == TIMER:
             self.flags |= EV_CLEAR       # implied, as on FreeBSD
         self.disabled = bool(flags & EV_DISABLE)

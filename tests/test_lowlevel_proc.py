@@ -181,8 +181,14 @@ def test_disabled_reports_exit_on_enable(kq):
         reap(pid)
 
 
+def prime(kq):
+    """Make the queue create its descriptors made on first use (wake_fd)."""
+    kq.change((1, lib.EVFILT_USER, EV_ADD))
+
+
 def test_delete_before_exit_no_event_no_leak(kq, fds):
     r, w = fds.pipe(nonblock=False)
+    prime(kq)
     before = open_fds()
     pid = fork_child(0, wait_fd=r)
     try:
@@ -197,6 +203,7 @@ def test_delete_before_exit_no_event_no_leak(kq, fds):
 
 
 def test_no_descriptor_left_after_delivery(kq):
+    prime(kq)
     before = open_fds()
     pid = fork_child(0)
     try:

@@ -278,6 +278,17 @@ def test_exhaustion_emfile_is_clean_and_queues_survive(low_nofile):
         assert info.value.errno == errno.EMFILE
         assert free_slots() == slots
 
+        # A queue makes its wake eventfd and timerfd with its first USER /
+        # TIMER registration: give the queues used below theirs while there
+        # is room (closing a few queues makes it).
+        for _ in range(8):
+            lib.kqueue_close(queues.pop())
+        for q in queues[:3] + queues[-3:]:
+            user_round_trip(q, ident=98)
+            assert change(q, 5, lib.EVFILT_TIMER, EV_ADD, 0, 3_600_000) == (0, 0)
+            assert change(q, 5, lib.EVFILT_TIMER, lib.EV_DELETE) == (0, 0)
+        unused = queues[3]
+
         # Now use up every descriptor.
         try:
             while True:
@@ -293,6 +304,10 @@ def test_exhaustion_emfile_is_clean_and_queues_survive(low_nofile):
         # ... and leave no registration behind.
         assert change(kq, tmp.fileno(), VNODE, EV_DELETE) == (-1, errno.ENOENT)
         assert change(kq, os.getpid(), PROC, EV_DELETE) == (-1, errno.ENOENT)
+        # ... and so does a queue's first USER registration: the descriptor
+        # it would make is that change's error, and the queue stays usable.
+        assert change(unused, 1, USER, EV_ADD) == (-1, errno.EMFILE)
+        assert change(unused, 1, USER, lib.EV_DELETE) == (-1, errno.ENOENT)
         # Existing queues still work while the process is out of descriptors.
         for q in queues[:3] + queues[-3:]:
             user_round_trip(q)
@@ -306,7 +321,7 @@ def test_exhaustion_emfile_is_clean_and_queues_survive(low_nofile):
         for fd in spare:
             os.close(fd)
         spare.clear()
-        for _ in range(6):   # 5 descriptors each: room for everything below
+        for _ in range(6):   # room for everything below
             lib.kqueue_close(queues.pop())
         kq = queues[-1]
         assert change(kq, tmp.fileno(), VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE) == (0, 0)
