@@ -480,18 +480,18 @@ def wait_into(fd: int, events: Any, cap: int, timeout_ns: int) -> int:
 
 
 def events_capacity(events: Any) -> Optional[int]:
-    """How many ``struct kevent`` the cdata ``events`` holds (None: unknown,
-    e.g. a pointer cast from an address)."""
+    """How many ``struct kevent`` the cdata ``events`` holds: its length for
+    an array, 1 for a ``struct kevent *`` (what ``ffi.new`` of that type
+    owns; a pointer carries no extent, so no more is assumed), None for
+    anything else."""
     try:
         return len(events)
     except TypeError:
         pass
     try:
         if ffi.typeof(events) is _KEVENT_PTR:
-            # ffi.new("struct kevent *") owns exactly one event; a cast
-            # pointer has no known extent.
-            return 1 if ffi.sizeof(events) == SIZE else None
-    except (TypeError, ffi.error):
+            return 1
+    except TypeError:
         pass
     return None
 
@@ -658,7 +658,8 @@ class UdataMap:
     (or was never submitted) changes nothing.
     """
 
-    __slots__ = ("objects", "keyof", "current", "finite", "lock", "next_token", "_dropped")
+    __slots__ = ("objects", "keyof", "current", "finite", "aliases", "lock", "next_token",
+                 "_dropped")
 
     def __init__(self) -> None:
         self.objects: dict[int, Any] = {}                    # token -> object
@@ -667,6 +668,10 @@ class UdataMap:
         # Tokens whose registration ends at its first delivery (EV_ONESHOT,
         # EVFILT_PROC): wait() looks at delivered events only while non-empty.
         self.finite: set[int] = set()
+        # A change that failed on an existing registration may still have
+        # replaced its udata word (FreeBSD assigns udata before the filter
+        # checks the rest): token -> tokens standing for the same object.
+        self.aliases: dict[int, list[int]] = {}
         self.lock = threading.Lock()
         self.next_token = itertools.count(1).__next__
         self._dropped: Any = None
@@ -677,14 +682,19 @@ class UdataMap:
             self.keyof.clear()
             self.current.clear()
             self.finite.clear()
+            self.aliases.clear()
 
     def _release(self, token: int) -> None:
-        """Drop ``token`` (under the lock)."""
+        """Drop ``token`` and its aliases (under the lock)."""
+        key = self.keyof.pop(token, None)
+        if key is None:
+            return
         self.objects.pop(token, None)
         self.finite.discard(token)
-        key = self.keyof.pop(token, None)
-        if key is not None and self.current.get(key) == token:
+        if self.current.get(key) == token:
             del self.current[key]
+        for alias in self.aliases.pop(token, ()):
+            self._release(alias)
 
     def _release_key(self, key: tuple[int, int]) -> None:
         token = self.current.pop(key, None)
@@ -767,6 +777,16 @@ class UdataMap:
                 if err:
                     if err == _errno.ENOENT or err == _errno.EBADF:
                         self._release_key(key)   # no such registration (any more)
+                    elif token and key in current:
+                        # The word may now be this change's token: it stands
+                        # for the registration's object until that ends.
+                        old = current[key]
+                        objects[token] = objects[old]
+                        keyof[token] = key
+                        self.aliases.setdefault(old, []).append(token)
+                        self.aliases[token] = [old]
+                        if old in finite:
+                            finite.add(token)
                     continue
                 if flags & EV_DELETE:
                     self._release_key(key)

@@ -63,7 +63,7 @@ def _room(events: Any, name: str) -> int:
     room = _capacity(events)
     if room is None:
         raise TypeError(f"{name} must be a struct kevent array (new_events(cap)) or a "
-                        f"struct kevent * from ffi.new(), not {events!r}")
+                        f"struct kevent *, not {events!r}")
     return room
 
 
