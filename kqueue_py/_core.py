@@ -29,15 +29,14 @@ import math
 import operator
 import os
 import struct
-import sys
 import threading
 import time
 import weakref
-from collections import namedtuple
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol, Union
 
 try:
-    from ._kqueue import ffi, lib
+    from ._kqueue import ffi as ffi
+    from ._kqueue import lib as lib
 except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subprocess
     if _exc.name != "kqueue_py._kqueue":
         raise
@@ -204,7 +203,7 @@ def int_arg(value: object, name: str, lo: int, hi: int) -> int:
     a bool, ``ValueError`` naming ``name`` when out of range)."""
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{name} must be an int, not {_type_name(value)}")
-    v: int = operator.index(value)
+    v: int = operator.index(value)  # type: ignore[arg-type]
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be between {lo} and {hi}, got {v}")
     return v
@@ -213,8 +212,8 @@ def int_arg(value: object, name: str, lo: int, hi: int) -> int:
 def ident_of(value: object, name: str = "ident") -> int:
     """An ``ident``: an int in ``struct kevent``'s ``uintptr_t`` range, or an
     object with ``fileno()``."""
-    if type(value) is int and 0 <= value <= _IDENT_MAX:  # type: ignore[operator]
-        return value  # type: ignore[return-value]
+    if type(value) is int and 0 <= value <= _IDENT_MAX:
+        return value
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or an object with a fileno() method, not bool")
     if hasattr(type(value), "__index__"):
@@ -239,7 +238,7 @@ def _seconds(value: object, name: str) -> float | int:
     if isinstance(value, int):   # bool included: as select.select() takes it
         return value
     if hasattr(type(value), "__index__"):
-        return operator.index(value)
+        return operator.index(value)  # type: ignore[arg-type]
     if isinstance(value, (str, bytes, bytearray)) or not hasattr(type(value), "__float__"):
         raise TypeError(f"{name} must be a number of seconds (int or float) or None, "
                         f"not {_type_name(value)}")
@@ -423,11 +422,11 @@ class Buffer:
         self.cap = cap
         fields: dict[str, Any] = {}
         if STRIDED:
-            casts: dict[str, memoryview] = {}
+            casts: dict[str, Any] = {}
             for name, (code, at, step, _ok) in _STRIDED_CODES.items():
                 cast = casts.get(code)
                 if cast is None:
-                    cast = casts[code] = view.cast(code)
+                    cast = casts[code] = view.cast(code)  # type: ignore[call-overload]
                 fields[name] = cast[at::step]
         self.fields = fields
 
@@ -793,9 +792,9 @@ class UdataMap:
                     continue
                 ends = bool(flags & EV_ONESHOT) or c[1] == EVFILT_PROC
                 if udata is KEEP:
-                    old = current.get(key)
-                    if old is not None and ends:
-                        finite.add(old)
+                    kept = current.get(key)
+                    if kept is not None and ends:
+                        finite.add(kept)
                     continue
                 self._release_key(key)
                 if token:

@@ -26,7 +26,6 @@ import time
 from typing import Any, Iterable, Optional
 
 from ._core import (
-    CLOSED_MESSAGE,
     INT_MAX,
     KEVENT,
     MAX_EVENTS,
@@ -39,9 +38,11 @@ from ._core import (
     decode_rows,
     failure,
     ffi,
-    kevent as _kevent_ns,
     lib,
     wait_more,
+)
+from ._core import (
+    kevent as _kevent_ns,
 )
 
 __all__ = ["kqueue", "kevent", "install", "uninstall", "installed"]

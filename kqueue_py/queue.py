@@ -83,7 +83,7 @@ def _change_error(err: int, change: Change) -> OSError:
 
 def _int_field(value: Any, i: int, name: str) -> int:
     if type(value) is int:
-        return value  # type: ignore[no-any-return]
+        return value
     if hasattr(type(value), "__index__") and not isinstance(value, bool):
         return operator.index(value)
     raise TypeError(f"changes[{i}].{name} must be an int, not {type(value).__name__}")

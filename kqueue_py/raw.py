@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 from . import _core
@@ -38,7 +39,7 @@ def raise_errno(err: int | None = None) -> Any:
 _kevent = _core.kevent
 _NULL = _core.NULL
 _wait_more = _core.wait_more
-_monotonic_ns = _core.time.monotonic_ns
+_monotonic_ns = time.monotonic_ns
 _capacity = _core.events_capacity
 
 

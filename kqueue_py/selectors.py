@@ -22,8 +22,6 @@ from ._core import (
     IDENT_FILTER,
     MINUS_EINTR,
     NULL,
-    SIZE,
-    STRIDED,
     Buffer,
     Handle,
     failure,
