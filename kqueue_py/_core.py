@@ -333,7 +333,7 @@ def control_timeout_ns(timeout: Any) -> int:
 # Queues alive in this process.  As on BSD (and CPython's select.kqueue), a
 # forked child does not inherit them: the backend closes their descriptors
 # in the child (pthread_atfork) and here they turn "closed".
-_LIVE: weakref.WeakSet[QueueBase] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class QueueBase:
@@ -389,6 +389,11 @@ class Handle(QueueBase):
 
     def __init__(self) -> None:
         self._open()
+
+
+def on_fork(obj: Any) -> None:
+    """Call ``obj._after_fork()`` in a forked child (held weakly)."""
+    _LIVE.add(obj)
 
 
 def _after_fork_in_child() -> None:
@@ -528,6 +533,8 @@ def decode_tuples(buf: Buffer, n: int, get: Callable[[int], Any]
 
 def decode_pairs(buf: Buffer, n: int) -> Iterable[tuple[int, int]]:
     """(ident, filter) of the first ``n`` events."""
+    if n == 1:
+        return (_pair_from(buf.view),)
     if n <= 8 or not STRIDED:
         view = buf.view
         return [_pair_from(view, SIZE * i) for i in range(n)]

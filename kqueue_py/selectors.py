@@ -24,6 +24,7 @@ from ._core import (
     NULL,
     Buffer,
     Handle,
+    decode_pairs,
     failure,
     kevent,
     lib,
@@ -55,8 +56,24 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         super().__init__()
         self._kq = Handle()
         self._filters = 0   # registered (fd, filter) pairs: the most events one wait can return
-        # select()'s own event array (a selector is used from one thread).
+        # select()'s own event array (a selector is used from one thread),
+        # and what select() passes to kevent(), kept ready by _resize():
+        # the descriptor, the array and how many events to ask for.
         self._buf = Buffer(64)
+        self._kqfd = self._kq._fd
+        self._events = self._buf.events
+        self._ask = 1
+        _core.on_fork(self)
+
+    def _after_fork(self) -> None:
+        self._kqfd = -1
+
+    def _resize(self) -> None:
+        ask = self._filters if self._filters > 0 else 1
+        if ask > self._buf.cap:
+            self._buf = Buffer(max(ask, 2 * self._buf.cap))
+            self._events = self._buf.events
+        self._ask = ask
 
     def fileno(self) -> int:
         return self._kq._live_fd()
@@ -83,13 +100,13 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         key: SelectorKey = super().register(fileobj, events, data)
         try:
             errs = self._submit(key.fd, events, _ADD)
-            self._filters += sum(1 for e in errs if not e)
             failed = [e for e in errs if e]
             if failed:
                 if len(failed) < len(errs):    # undo the half that worked
-                    self._filters -= len(errs) - len(failed)
                     self._submit(key.fd, events, _DELETE)
                 raise _core.os_error(failed[0])
+            self._filters += len(errs)
+            self._resize()
         except BaseException:
             super().unregister(fileobj)
             raise
@@ -98,6 +115,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
     def unregister(self, fileobj: Any) -> SelectorKey:
         key: SelectorKey = super().unregister(fileobj)
         self._filters -= bool(key.events & EVENT_READ) + bool(key.events & EVENT_WRITE)
+        self._resize()
         if self._kq._fd >= 0:
             # The fd may have been closed already, which removed its
             # registrations: ENOENT/EBADF here are expected, not errors.
@@ -120,6 +138,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
             self._submit(key.fd, key.events & ~events, _DELETE)
             self._filters += (bool(events & EVENT_READ) + bool(events & EVENT_WRITE)
                               - bool(key.events & EVENT_READ) - bool(key.events & EVENT_WRITE))
+            self._resize()
         if events != key.events or data is not key.data:
             key = key._replace(events=events, data=data)
             self._fd_to_key[key.fd] = key
@@ -133,37 +152,23 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         else:
             ns = selector_timeout_ns(timeout)
         # With nothing registered this still waits (for the timeout), as
-        # the stdlib selectors do.
-        cap = self._filters
-        if cap < 1:
-            cap = 1
-        buf = self._buf
-        if cap > buf.cap:
-            buf = self._buf = Buffer(max(cap, 2 * buf.cap))
+        # the stdlib selectors do (_ask is at least 1).
         deadline = _monotonic_ns() + ns if ns > 0 else 0
-        fd = self._kq._fd
-        n: int = kevent(fd, NULL, 0, buf.events, cap, ns)
+        fd = self._kqfd
+        n: int = kevent(fd, NULL, 0, self._events, self._ask, ns)
         if n <= 0:
             if n == 0:
                 return []
             if n == MINUS_EINTR:
                 # PEP 475: retried with the time that remains.
-                n = wait_more(fd, buf.events, cap, ns, deadline, n)
+                n = wait_more(fd, self._events, self._ask, ns, deadline, n)
             if n <= 0:
                 if n == 0:
                     return []
-                raise failure(self._kq._fd, n)
+                raise failure(self._kqfd, n)
         fd_to_key = self._fd_to_key
         ready = []
-        if n == 1:
-            ident, filt = _pair_from(buf.view)
-            key = fd_to_key.get(ident)
-            if key is not None:
-                mask = EVENT_READ if filt == _READ else EVENT_WRITE
-                if key.events & mask:
-                    ready.append((key, mask))
-            return ready
-        for ident, filt in _core.decode_pairs(buf, n):
+        for ident, filt in decode_pairs(self._buf, n):
             key = fd_to_key.get(ident)
             if key is not None:
                 mask = EVENT_READ if filt == _READ else EVENT_WRITE
@@ -172,5 +177,6 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         return ready
 
     def close(self) -> None:
+        self._kqfd = -1
         self._kq._close_fd()
         super().close()
