@@ -56,6 +56,8 @@ _EV_ADD = lib.EV_ADD
 _EV_DELETE = lib.EV_DELETE
 _EV_ONESHOT = lib.EV_ONESHOT
 _monotonic_ns = time.monotonic_ns
+_unpack_from = _core.KEVENT.unpack_from
+_new_tuple = tuple.__new__
 
 
 class Change(NamedTuple):
@@ -325,7 +327,11 @@ class KQueue(QueueBase):
                 if n == 0:
                     return []
                 raise failure(self._fd, n)
-        events = decode_events(buf, n, self._objects.get)
+        if n == 1:   # decode_events' one-event case, inlined: the common case
+            i, f, fl, ff, d, u = _unpack_from(buf.view)
+            events = [_new_tuple(Event, (i, f, fl, ff, d, self._objects.get(u)))]
+        else:
+            events = decode_events(buf, n, self._objects.get)
         if self._finite:
             self._udata.release_delivered(buf, n)
         free.append(buf)
