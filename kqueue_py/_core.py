@@ -114,7 +114,10 @@ for _name in KEVENT_FIELDS:
     _STRIDED_CODES[_name] = ({1: "b", 2: "h", 4: "i", 8: "q"}[_sz].upper() if _lo == 0
                              else {1: "b", 2: "h", 4: "i", 8: "q"}[_sz], _f.offset // _sz,
                              SIZE // _sz, _f.offset % _sz == 0 and SIZE % _sz == 0)
-STRIDED = all(ok for _c, _at, _step, ok in _STRIDED_CODES.values())
+# Only on CPython: PyPy's JIT runs the plain per-event loop faster than it
+# copies strided views (measured with python -m kqueue_py.bench on both).
+STRIDED = (all(ok for _c, _at, _step, ok in _STRIDED_CODES.values())
+           and sys.implementation.name == "cpython")
 
 NULL = ffi.NULL
 kevent = lib.kqueue_py_kevent      # kevent(); timeout in ns (< 0: forever); -errno on failure
