@@ -29,6 +29,7 @@ import math
 import operator
 import os
 import struct
+import sys
 import threading
 import time
 import weakref
