@@ -748,27 +748,27 @@ class UdataMap:
         current udata.  Nothing changes here (the changes may still fail)."""
         rows = []
         actions: list[tuple[int, Any]] = []
-        current = self.current
         pending: dict[tuple[int, int], int] = {}
-        for c in batch:
-            ident, filt, flags, udata = c[0], c[1], c[2], c[5]
-            key = (ident, filt)
-            if udata is KEEP or flags & (EV_KEEPUDATA | EV_DELETE):
-                # Where EV_KEEPUDATA exists the kernel keeps the word;
-                # elsewhere the word that is current is sent again.
-                if EV_KEEPUDATA and not flags & EV_DELETE:
-                    flags |= EV_KEEPUDATA
-                token = pending.get(key, current.get(key, 0))
-                udata = KEEP
-                word = token
-                token = 0
-            elif udata is None:
-                word = token = 0
-            else:
-                word = token = self.next_token()
-            pending[key] = word
-            rows.append((ident, filt, flags | EV_RECEIPT, c[3], c[4], word))
-            actions.append((token, udata))
+        with self.lock:   # other threads may apply changes meanwhile
+            current = self.current
+            for c in batch:
+                ident, filt, flags, udata = c[0], c[1], c[2], c[5]
+                key = (ident, filt)
+                if udata is KEEP or flags & (EV_KEEPUDATA | EV_DELETE):
+                    # Where EV_KEEPUDATA exists the kernel keeps the word;
+                    # elsewhere the word that is current is sent again.
+                    if EV_KEEPUDATA and not flags & EV_DELETE:
+                        flags |= EV_KEEPUDATA
+                    word = pending.get(key, current.get(key, 0))
+                    udata = KEEP
+                    token = 0
+                elif udata is None:
+                    word = token = 0
+                else:
+                    word = token = self.next_token()
+                pending[key] = word
+                rows.append((ident, filt, flags | EV_RECEIPT, c[3], c[4], word))
+                actions.append((token, udata))
         return rows, actions
 
     def settle(self, batch: list[Any], actions: list[tuple[int, Any]],
