@@ -375,7 +375,11 @@ class KQueue(QueueBase):
                 if n == 0:
                     return []
                 raise failure(self._fd, n)
-        events = decode_tuples(buf, n, self._objects.get)
+        if n == 1:   # decode_tuples' one-event case, inlined
+            i, f, fl, ff, d, u = _unpack_from(buf.view)
+            events = [(i, f, fl, ff, d, self._objects.get(u))]
+        else:
+            events = decode_tuples(buf, n, self._objects.get)
         if self._finite:
             self._udata.release_delivered(buf, n)
         free.append(buf)
