@@ -394,6 +394,18 @@ class Handle(QueueBase):
     def __init__(self) -> None:
         self._open()
 
+    @property
+    def fd(self) -> int:
+        """The descriptor; -1 once closed (or in a forked child)."""
+        return self._fd
+
+    def live_fd(self) -> int:
+        """The descriptor, or the closed-queue ``ValueError``."""
+        return self._live_fd()
+
+    def close(self) -> None:
+        self._close_fd()
+
 
 def on_fork(obj: Any) -> None:
     """Call ``obj._after_fork()`` in a forked child (held weakly)."""

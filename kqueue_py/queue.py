@@ -221,7 +221,7 @@ class KQueue(QueueBase):
         self.apply((Change(ident, filter, flags, fflags, data, udata),))
 
     # Convenience helpers: one change each, applied at once.
-    def add_reader(self, fd: FileDescriptorLike, udata: Any = None, *, flags: int = 0,
+    def add_reader(self, fd: int | HasFileno, udata: Any = None, *, flags: int = 0,
                    lowat: int = 0) -> None:
         """Watch ``fd`` (an int or an object with ``fileno()``) for reading;
         ``lowat`` > 0: only once that many bytes are ready (``NOTE_LOWAT``)."""
@@ -230,20 +230,20 @@ class KQueue(QueueBase):
         fflags = lib.NOTE_LOWAT if lowat else 0
         self._one(fd, lib.EVFILT_READ, _EV_ADD | _flags(flags), fflags, lowat, udata)
 
-    def add_writer(self, fd: FileDescriptorLike, udata: Any = None, *, flags: int = 0) -> None:
+    def add_writer(self, fd: int | HasFileno, udata: Any = None, *, flags: int = 0) -> None:
         """Watch ``fd`` for writing (``data`` = free space)."""
         self._one(fileno_of(fd, "fd"), lib.EVFILT_WRITE, _EV_ADD | _flags(flags), 0, 0, udata)
 
-    def remove(self, ident: FileDescriptorLike, filter: int) -> None:
+    def remove(self, ident: int | HasFileno, filter: int) -> None:
         """Delete the ``(ident, filter)`` registration (``FileNotFoundError``
         if there is none); its udata is released."""
         self._one(_ident(ident), filter, _EV_DELETE)
 
-    def enable(self, ident: FileDescriptorLike, filter: int) -> None:
+    def enable(self, ident: int | HasFileno, filter: int) -> None:
         """Re-enable a registration (``EV_ENABLE``), keeping its udata."""
         self._one(_ident(ident), filter, lib.EV_ENABLE, udata=KEEP)
 
-    def disable(self, ident: FileDescriptorLike, filter: int) -> None:
+    def disable(self, ident: int | HasFileno, filter: int) -> None:
         """Stop reporting a registration (``EV_DISABLE``), keeping it and its udata."""
         self._one(_ident(ident), filter, lib.EV_DISABLE, udata=KEEP)
 
@@ -278,7 +278,7 @@ class KQueue(QueueBase):
         ff = lib.NOTE_EXIT if fflags is None else int_arg(fflags, "fflags", 0, 2**32 - 1)
         self._one(pid, lib.EVFILT_PROC, _EV_ADD | lib.EV_ONESHOT, ff, 0, udata)
 
-    def add_vnode(self, fd: FileDescriptorLike, fflags: int, udata: Any = None, *,
+    def add_vnode(self, fd: int | HasFileno, fflags: int, udata: Any = None, *,
                   flags: int = lib.EV_CLEAR) -> None:
         """Watch a file or directory (``EVFILT_VNODE``) for ``NOTE_*`` changes."""
         fflags = int_arg(fflags, "fflags", 0, 2**32 - 1)

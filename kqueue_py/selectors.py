@@ -60,7 +60,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         # and what select() passes to kevent(), kept ready by _resize():
         # the descriptor, the array and how many events to ask for.
         self._buf = Buffer(64)
-        self._kqfd = self._kq._fd
+        self._kqfd = self._kq.fd
         self._events = self._buf.events
         self._ask = 1
         _core.on_fork(self)
@@ -76,7 +76,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         self._ask = ask
 
     def fileno(self) -> int:
-        return self._kq._live_fd()
+        return self._kq.live_fd()
 
     def _submit(self, fd: int, events: int, flags: int) -> list[int]:
         """EV_ADD or EV_DELETE the filters of ``events`` for ``fd``; the
@@ -93,7 +93,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
             return []
         kq = self._kq
         packed = _core.pack_changes(rows, lambda i: f"fd {fd}")
-        receipts = _core.submit(kq, kq._live_fd(), packed, len(rows))
+        receipts = _core.submit(kq, kq.live_fd(), packed, len(rows))
         return [data if rflags & EV_ERROR else 0 for rflags, data in receipts]
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> SelectorKey:
@@ -116,7 +116,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         key: SelectorKey = super().unregister(fileobj)
         self._filters -= bool(key.events & EVENT_READ) + bool(key.events & EVENT_WRITE)
         self._resize()
-        if self._kq._fd >= 0:
+        if self._kq.fd >= 0:
             # The fd may have been closed already, which removed its
             # registrations: ENOENT/EBADF here are expected, not errors.
             self._submit(key.fd, key.events, _DELETE)
@@ -178,5 +178,5 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
 
     def close(self) -> None:
         self._kqfd = -1
-        self._kq._close_fd()
+        self._kq.close()
         super().close()
