@@ -382,3 +382,31 @@ def test_import_from_an_unbuilt_tree_says_to_install(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError:"), proc.stderr
     assert "pip install ." in last and "make install" in last, last
+
+
+# -- the fork registry ------------------------------------------------------------
+
+def test_every_layer_reads_closed_in_a_forked_child():
+    q, c, sel = KQueue(), compat.kqueue(), KqueueSelector()
+    q.add_user(1, udata="x")
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            ok = q.closed and c.closed and q._objects == {}
+            for call in (lambda: q.wait(0), lambda: c.control(None, 1, 0),
+                         lambda: sel.select(0), sel.fileno):
+                try:
+                    call()
+                    ok = False
+                except ValueError as e:
+                    ok = ok and str(e) == "I/O operation on closed kqueue object"
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        q.trigger(1)
+        assert [e.udata for e in q.wait(1.0)] == ["x"]
+        assert c.control(None, 1, 0) == [] and sel.select(0) == []
+    finally:
+        q.close()
+        c.close()
+        sel.close()
