@@ -100,8 +100,9 @@ def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
     """Wait for up to ``cap`` events into ``events`` (a ``struct kevent[]``).
 
     ``timeout_ms`` < 0 waits forever, 0 polls.  Returns the number of events
-    (0 = timeout), or -1 on a real failure with ``ffi.errno`` kept.
-    ``ValueError`` if ``cap`` is negative or more than ``events`` holds.
+    (0 = timeout), or -1 on a real failure with ``ffi.errno`` kept (``EINVAL``
+    for a negative ``cap``, as kevent(2)).  ``ValueError`` if ``cap`` is more
+    than ``events`` holds (nothing is ever written past it).
 
     EINTR is retried, waiting only for the time that remains (PEP 475; the
     original helper reissued the full timeout on every retry).  A Python
@@ -109,23 +110,28 @@ def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
     propagates.  The errno comes back folded into the C result, so a handler
     that makes kqueue calls of its own cannot disturb it.
     """
-    try:
-        room = len(events)
-    except TypeError:
-        room = _room(events, "events")
-    if not 0 <= cap <= room:
-        raise ValueError(f"cap must be between 0 and the {room} events the buffer holds, "
-                         f"got {cap}")
-    if timeout_ms > 0:
-        ns = timeout_ms * 1_000_000
-        deadline = _monotonic_ns() + ns
-    else:
+    if timeout_ms <= 0:
         ns = -1 if timeout_ms < 0 else 0
         deadline = 0
+    else:
+        ns = timeout_ms * 1_000_000
+        deadline = _monotonic_ns() + ns
+    try:
+        if cap > len(events):
+            _too_many(cap, len(events))
+    except TypeError:
+        room = _room(events, "events")   # a struct kevent *
+        if cap > room:
+            _too_many(cap, room)
     n: int = _kevent(kq, _NULL, 0, events, cap, ns)
+    if n >= 0:
+        return n
+    n = _wait_more(kq, events, cap, ns, deadline, n)
     if n < 0:
-        n = _wait_more(kq, events, cap, ns, deadline, n)
-        if n < 0:
-            ffi.errno = -n
-            return -1
+        ffi.errno = -n
+        return -1
     return n
+
+
+def _too_many(cap: int, room: int) -> None:
+    raise ValueError(f"cap must be at most the {room} events the buffer holds, got {cap}")

@@ -269,7 +269,8 @@ def test_udata_released_when_the_backend_drops_a_closed_descriptor():
 def test_kq_wait_cap_larger_than_the_buffer_is_refused():
     # In a subprocess: the unchecked version writes past the buffer and crashes.
     code = textwrap.dedent("""
-        from kqueue_py import kq_wait, new_events, kq_apply, kev_change, lib
+        import errno
+        from kqueue_py import ffi, kq_wait, new_events, kq_apply, kev_change, lib
         kq = lib.kqueue()
         for i in range(2000):
             assert kq_apply(kq, kev_change(i, lib.EVFILT_USER, lib.EV_ADD,
@@ -279,10 +280,13 @@ def test_kq_wait_cap_larger_than_the_buffer_is_refused():
         except ValueError as e:
             print("ValueError:", e)
         assert kq_wait(kq, new_events(2000), 2000, 0) == 2000
+        p = ffi.new("struct kevent *")
         try:
-            kq_wait(kq, new_events(4), -1, 0)
+            kq_wait(kq, p, 2, 0)
         except ValueError as e:
             print("ValueError:", e)
+        assert kq_wait(kq, p, 1, 0) == 1
+        assert kq_wait(kq, new_events(4), -1, 0) == -1 and ffi.errno == errno.EINVAL
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=tempfile.gettempdir())
