@@ -20,7 +20,7 @@ import sys as _sys
 from typing import TYPE_CHECKING
 
 from . import raw
-from .queue import KEEP, Change, Event, KQueue
+from .queue import KEEP, Change, Event, FileDescriptorLike, HasFileno, KQueue
 from .raw import (
     CONSTANTS,
     ffi,
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "KQueue", "Event", "Change", "KEEP", "BACKEND", "CONSTANTS", "ffi", "lib",
+    "KQueue", "Event", "Change", "KEEP", "HasFileno", "FileDescriptorLike", "BACKEND",
+    "CONSTANTS", "ffi", "lib",
     "kev_change", "kq_apply", "kq_wait", "new_events", "raise_errno", "timespec",
     *sorted(raw.CONSTANTS),
 ]

@@ -19,23 +19,38 @@ Linux.  :func:`uninstall` undoes it.
 from __future__ import annotations
 
 import errno as _errno
-import math
 import operator
 import os
 import struct
 import time
-import weakref
 from typing import Any, Iterable, Optional
 
-from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, kevent_struct, lib
+from ._core import (
+    INT_MAX,
+    KEVENT,
+    MAX_EVENTS,
+    MINUS_EINTR,
+    NULL,
+    SIZE,
+    Buffer,
+    QueueBase,
+    control_timeout_ns,
+    decode_rows,
+    failure,
+    ffi,
+    lib,
+    wait_more,
+)
+from ._core import (
+    kevent as _kevent_ns,
+)
 
 __all__ = ["kqueue", "kevent", "install", "uninstall", "installed"]
 
-_KEVENT = kevent_struct()   # this platform's struct kevent layout
-_SIZE = _KEVENT.size
-_INT_MAX = 2**31 - 1
+_KEVENT = KEVENT   # this platform's struct kevent layout
+_SIZE = SIZE
+_INT_MAX = INT_MAX
 _U64 = 2**64 - 1
-_MAX_TIMEOUT_S = (2**63 - 1) // 10**9   # CPython's _PyTime_t (int64 ns) limit
 
 
 def _constant_names() -> dict[str, int]:
@@ -192,30 +207,15 @@ def _kevent_from_row(row: tuple[int, int, int, int, int, int]) -> kevent:
     return ev
 
 
-# Queues alive in this process; closed in a forked child, as CPython 3.13
-# does for select.kqueue (the backend has already closed the descriptors).
-_LIVE: weakref.WeakSet[kqueue] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for q in list(_LIVE):
-        q._fd = -1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class kqueue:
+class kqueue(QueueBase):
     """kqueue()
 
     A kernel event queue, as ``select.kqueue``.  The descriptor is
     non-inheritable.
     """
 
-    __slots__ = ("_fd", "_id", "__weakref__")
-    _fd: int
-    _id: int
+    __slots__ = ("_free",)
+    _free: list[Buffer]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> kqueue:
         if args:
@@ -223,14 +223,8 @@ class kqueue:
         if kwargs:
             raise TypeError("kqueue() takes no keyword arguments")
         self = object.__new__(cls)
-        self._fd = -1
-        fd = lib.kqueue()
-        if fd < 0:
-            err = ffi.errno
-            raise OSError(err, os.strerror(err))
-        self._fd = fd
-        self._id = lib.kqueue_py_queue_id(fd)
-        _LIVE.add(self)
+        self._free = []
+        self._open()
         return self
 
     def __init__(self) -> None:  # arguments are refused in __new__
@@ -241,9 +235,8 @@ class kqueue:
         """Create a kqueue object from a given control fd (sharing its queue)."""
         fd = _c_int(fd)
         self = object.__new__(cls)
-        self._fd = fd
-        self._id = lib.kqueue_py_queue_id(fd) if fd >= 0 else 0
-        _LIVE.add(self)
+        self._free = []
+        self._adopt(fd)
         return self
 
     @property
@@ -253,20 +246,14 @@ class kqueue:
 
     def fileno(self) -> int:
         """Return the kqueue control file descriptor."""
-        if self._fd < 0:
-            raise ValueError("I/O operation on closed kqueue object")
-        return self._fd
+        return self._live_fd()
 
     def close(self) -> None:
         """Close the kqueue control file descriptor.  Further operations on
         the kqueue object will raise an exception."""
-        fd, self._fd = self._fd, -1
-        # The number may name another queue by now (this one was closed
-        # through a fromfd() twin and the number reused): never close that.
-        if fd < 0 or lib.kqueue_py_queue_id(fd) != self._id:
-            return
+        fd = self._fd
         # As CPython's: a failing close() is not reported.
-        if lib.kqueue_close(fd) < 0 and ffi.errno == _errno.EBADF:
+        if self._close_fd() < 0 and ffi.errno == _errno.EBADF:
             try:
                 os.close(fd)  # not a queue of ours (fromfd on a plain fd)
             except OSError:
@@ -280,8 +267,7 @@ class kqueue:
             pass
 
     def __enter__(self) -> kqueue:
-        if self._fd < 0:
-            raise ValueError("I/O operation on closed kqueue object")
+        self._live_fd()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -299,18 +285,17 @@ class kqueue:
           wait forever.  timeout accepts floats for smaller timeouts, too.
         """
         maxevents = _c_int(maxevents)
-        if self._fd < 0:
-            raise ValueError("I/O operation on closed kqueue object")
+        fd = self._live_fd()
         if maxevents < 0:
             raise ValueError(f"Length of eventlist must be 0 or positive, got {maxevents}")
+        if maxevents > MAX_EVENTS:
+            raise ValueError(f"maxevents must be at most {MAX_EVENTS} (the most events one "
+                             f"kevent() call can return), got {maxevents}")
 
-        timeout_ns = -1
-        deadline = 0
-        if timeout is not None:
-            timeout_ns = _timeout_ns(timeout)
-            deadline = time.monotonic_ns() + timeout_ns
+        timeout_ns = control_timeout_ns(timeout)
+        deadline = time.monotonic_ns() + timeout_ns if timeout_ns > 0 else 0
 
-        changes = ffi.NULL
+        changes = NULL
         nchanges = 0
         if changelist is not None:
             try:
@@ -338,54 +323,33 @@ class kqueue:
                         pack_into(packed, i * _SIZE, *ev._row())
                 changes = ffi.from_buffer("struct kevent[]", packed)
 
-        events = ffi.new("struct kevent[]", maxevents) if maxevents else ffi.NULL
-        while True:
-            n = _kevent_ns(self._fd, changes, nchanges, events, maxevents, timeout_ns)
-            if n >= 0:
-                break
-            if n != _MINUS_EINTR:
-                if self._fd < 0:
-                    raise ValueError("I/O operation on closed kqueue object")
-                raise OSError(-n, os.strerror(-n))
-            # PEP 475: the handler ran (or raised) at this point; the changes
-            # were applied before the wait was interrupted, so retry the wait
-            # alone, with the time that remains.
-            changes, nchanges = _NULL, 0
-            if timeout_ns > 0:
-                timeout_ns = deadline - time.monotonic_ns()
-                if timeout_ns <= 0:
-                    return []
-        if n == 0:
+        buf = None
+        events = NULL
+        if maxevents:
+            free = self._free
+            try:
+                buf = free.pop()
+            except IndexError:
+                buf = Buffer(maxevents)
+            if buf.cap < maxevents:
+                buf = Buffer(maxevents)
+            events = buf.events
+        n = _kevent_ns(fd, changes, nchanges, events, maxevents, timeout_ns)
+        if n < 0:
+            # PEP 475: the changes were applied before the wait was
+            # interrupted; the one wait loop retries the wait alone, with
+            # the time that remains.
+            if n == MINUS_EINTR:
+                n = wait_more(fd, events, maxevents, timeout_ns, deadline, n)
+            if n < 0:
+                if buf is not None:
+                    self._free.append(buf)
+                raise failure(self._fd, n)
+        if buf is None:
             return []
-        return list(map(_kevent_from_row, _KEVENT.iter_unpack(ffi.buffer(events, n * _SIZE))))
-
-
-def _timeout_ns(timeout: Any) -> int:
-    """A control() timeout as nanoseconds, checked as CPython checks it.
-
-    CPython accepts a float or an integer (``__index__``), and reports any
-    failure to convert it (NaN, out of range, wrong type) as this TypeError.
-    """
-    ns: Optional[int] = None
-    try:
-        if isinstance(timeout, float):
-            if timeout == timeout:          # not NaN
-                # Round away from zero, as _PyTime_ROUND_TIMEOUT: never wait less.
-                t = timeout * 1e9
-                if -9.2e18 < t < 9.2e18:
-                    ns = math.ceil(t) if t >= 0 else math.floor(t)
-        else:
-            seconds = operator.index(timeout)
-            if -_MAX_TIMEOUT_S <= seconds <= _MAX_TIMEOUT_S:
-                ns = seconds * 1_000_000_000
-    except TypeError:
-        pass
-    if ns is None:
-        raise TypeError("timeout argument must be a number or None, got "
-                        + type(timeout).__name__)
-    if ns < 0:
-        raise ValueError("timeout must be positive or None")
-    return ns
+        rows = decode_rows(buf, n) if n else []
+        self._free.append(buf)
+        return list(map(_kevent_from_row, rows))
 
 
 # ---------------------------------------------------------------------------

@@ -10,13 +10,27 @@ without :func:`kqueue_py.compat.install`::
 """
 from __future__ import annotations
 
-import os
 import selectors as _stdlib_selectors
+import time
 from selectors import EVENT_READ, EVENT_WRITE, SelectorKey
 from typing import Any, Optional
 
-from .queue import Change, KQueue, _timeout_ns
-from .raw import _MINUS_EINTR, _NULL, _kevent_ns, ffi, kevent_struct, lib
+from . import _core
+from ._core import (
+    EV_ERROR,
+    EV_RECEIPT,
+    IDENT_FILTER,
+    MINUS_EINTR,
+    NULL,
+    Buffer,
+    Handle,
+    decode_pairs,
+    failure,
+    kevent,
+    lib,
+    selector_timeout_ns,
+    wait_more,
+)
 
 __all__ = ["KqueueSelector", "EVENT_READ", "EVENT_WRITE"]
 
@@ -25,17 +39,8 @@ _WRITE = lib.EVFILT_WRITE
 _ADD = lib.EV_ADD
 _DELETE = lib.EV_DELETE
 _NODATA = getattr(lib, "NOTE_NODATA", 0)
-# Only ident and filter of each event are read (the rest is padding here).
-_IDENT_FILTER = kevent_struct(("ident", "filter"))
-_SIZE = _IDENT_FILTER.size
-# Many events are read as two strided views of the array, which needs an
-# 8-byte ident and a 2-byte filter at even offsets (every 64-bit platform).
-_FIELDS = dict(ffi.typeof("struct kevent").fields)
-_FILTER_AT = _FIELDS["filter"].offset
-_STRIDED = (_FIELDS["ident"].offset == 0 and ffi.sizeof(_FIELDS["ident"].type) == 8
-            and _SIZE % 8 == 0 and ffi.sizeof(_FIELDS["filter"].type) == 2 and _FILTER_AT % 2 == 0)
-# Strides of one event in 8-byte words and 2-byte shorts; the filter's short.
-_WORDS, _SHORTS, _FILTER_SHORT = _SIZE // 8, _SIZE // 2, _FILTER_AT // 2
+_pair_from = IDENT_FILTER.unpack_from
+_monotonic_ns = time.monotonic_ns
 
 
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
@@ -49,37 +54,72 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
 
     def __init__(self) -> None:
         super().__init__()
-        self._queue = KQueue()
+        self._kq = Handle()
         self._filters = 0   # registered (fd, filter) pairs: the most events one wait can return
-        # select()'s own event array (a selector is used from one thread).
-        self._cap = 0
-        self._events: Any = None
-        self._view: Any = None
-        self._words: Any = None
-        self._shorts: Any = None
+        # select()'s own event array (a selector is used from one thread),
+        # and what select() passes to kevent(), kept ready by _resize():
+        # the descriptor, the array and how many events to ask for.
+        self._buf = Buffer(64)
+        self._kqfd = self._kq.fd
+        self._events = self._buf.events
+        self._ask = 1
+        _core.on_fork(self)
+
+    def _after_fork(self) -> None:
+        self._kqfd = -1
+
+    def _resize(self) -> None:
+        ask = self._filters if self._filters > 0 else 1
+        if ask > self._buf.cap:
+            self._buf = Buffer(max(ask, 2 * self._buf.cap))
+            self._events = self._buf.events
+        self._ask = ask
 
     def fileno(self) -> int:
-        return self._queue.fileno()
+        return self._kq.live_fd()
+
+    def _submit(self, fd: int, events: int, flags: int) -> list[int]:
+        """EV_ADD or EV_DELETE the filters of ``events`` for ``fd``; the
+        errno of each change (0: done)."""
+        # Selectors never look at data: where the backend offers it, skip its
+        # computation (one ioctl per event on Linux).
+        fflags = _NODATA if flags & _ADD else 0
+        rows = []
+        if events & EVENT_READ:
+            rows.append((fd, _READ, flags | EV_RECEIPT, fflags, 0, 0))
+        if events & EVENT_WRITE:
+            rows.append((fd, _WRITE, flags | EV_RECEIPT, fflags, 0, 0))
+        if not rows:
+            return []
+        kq = self._kq
+        packed = _core.pack_changes(rows, lambda i: f"fd {fd}")
+        receipts = _core.submit(kq, kq.live_fd(), packed, len(rows))
+        return [data if rflags & EV_ERROR else 0 for rflags, data in receipts]
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> SelectorKey:
         key: SelectorKey = super().register(fileobj, events, data)
-        changes = _changes(key.fd, events, _ADD)
         try:
-            self._queue.apply(changes)
+            errs = self._submit(key.fd, events, _ADD)
+            failed = [e for e in errs if e]
+            if failed:
+                if len(failed) < len(errs):    # undo the half that worked
+                    self._submit(key.fd, events, _DELETE)
+                raise _core.os_error(failed[0])
+            self._filters += len(errs)
+            self._resize()
         except BaseException:
             super().unregister(fileobj)
             raise
-        self._filters += len(changes)
         return key
 
     def unregister(self, fileobj: Any) -> SelectorKey:
         key: SelectorKey = super().unregister(fileobj)
-        changes = _changes(key.fd, key.events, _DELETE)
-        self._filters -= len(changes)
-        if not self._queue.closed:
+        self._filters -= bool(key.events & EVENT_READ) + bool(key.events & EVENT_WRITE)
+        self._resize()
+        if self._kq.fd >= 0:
             # The fd may have been closed already, which removed its
             # registrations: ENOENT/EBADF here are expected, not errors.
-            self._queue.apply(changes, raise_errors=False)
+            self._submit(key.fd, key.events, _DELETE)
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> SelectorKey:
@@ -90,11 +130,15 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         if not events or events & ~(EVENT_READ | EVENT_WRITE):
             raise ValueError(f"Invalid events: {events!r}")
         if events != key.events:
-            added = _changes(key.fd, events & ~key.events, _ADD)
-            removed = _changes(key.fd, key.events & ~events, _DELETE)
-            self._queue.apply(added)
-            self._queue.apply(removed, raise_errors=False)
-            self._filters += len(added) - len(removed)
+            added = events & ~key.events
+            failed = [e for e in self._submit(key.fd, added, _ADD) if e]
+            if failed:
+                self._submit(key.fd, added, _DELETE)
+                raise _core.os_error(failed[0])
+            self._submit(key.fd, key.events & ~events, _DELETE)
+            self._filters += (bool(events & EVENT_READ) + bool(events & EVENT_WRITE)
+                              - bool(key.events & EVENT_READ) - bool(key.events & EVENT_WRITE))
+            self._resize()
         if events != key.events or data is not key.data:
             key = key._replace(events=events, data=data)
             self._fd_to_key[key.fd] = key
@@ -102,34 +146,29 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
 
     def select(self, timeout: Optional[float] = None) -> list[tuple[SelectorKey, int]]:
         if timeout is None:
-            timeout_ns = -1
-        elif timeout <= 0:
-            timeout_ns = 0
+            ns = -1
+        elif timeout == 0:
+            ns = 0
         else:
-            timeout_ns = _timeout_ns(timeout)
+            ns = selector_timeout_ns(timeout)
         # With nothing registered this still waits (for the timeout), as
-        # the stdlib selectors do.
-        cap = self._filters if self._filters > 0 else 1
-        if cap > self._cap:
-            self._grow(cap)
-        n: int = _kevent_ns(self._queue._fd, _NULL, 0, self._events, cap, timeout_ns)
+        # the stdlib selectors do (_ask is at least 1).
+        deadline = _monotonic_ns() + ns if ns > 0 else 0
+        fd = self._kqfd
+        n: int = kevent(fd, NULL, 0, self._events, self._ask, ns)
         if n <= 0:
-            if n == 0 or n == _MINUS_EINTR:
-                return []   # interrupted: the handler ran; callers loop (as stdlib selectors)
-            self._queue._check()
-            raise OSError(-n, os.strerror(-n))
-        # Only ident and filter are needed.  For a few events unpack just
-        # those two fields; for many, read them as two strided views of the
-        # event array (cheaper per event, dearer to set up).
-        if n <= 8 or not _STRIDED:
-            unpack_from, view = _IDENT_FILTER.unpack_from, self._view
-            pairs: Any = [unpack_from(view, _SIZE * i) for i in range(n)]
-        else:
-            pairs = zip(self._words[0:_WORDS * n:_WORDS].tolist(),
-                        self._shorts[_FILTER_SHORT:_SHORTS * n:_SHORTS].tolist())
-        ready = []
+            if n == 0:
+                return []
+            if n == MINUS_EINTR:
+                # PEP 475: retried with the time that remains.
+                n = wait_more(fd, self._events, self._ask, ns, deadline, n)
+            if n <= 0:
+                if n == 0:
+                    return []
+                raise failure(self._kqfd, n)
         fd_to_key = self._fd_to_key
-        for ident, filt in pairs:
+        ready = []
+        for ident, filt in decode_pairs(self._buf, n):
             key = fd_to_key.get(ident)
             if key is not None:
                 mask = EVENT_READ if filt == _READ else EVENT_WRITE
@@ -137,27 +176,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
                     ready.append((key, mask))
         return ready
 
-    def _grow(self, cap: int) -> None:
-        cap = max(cap, 2 * self._cap, 64)
-        self._events = ffi.new("struct kevent[]", cap)
-        view = memoryview(ffi.buffer(self._events))
-        self._view = view
-        self._words = view.cast("Q")     # ident is each event's first word
-        self._shorts = view.cast("h")
-        self._cap = cap
-
     def close(self) -> None:
-        self._queue.close()
+        self._kqfd = -1
+        self._kq.close()
         super().close()
-
-
-def _changes(fd: int, events: int, flags: int) -> list[Change]:
-    # Selectors never look at data: where the backend offers it, skip its
-    # computation (one ioctl per event on Linux).
-    fflags = _NODATA if flags & _ADD else 0
-    changes = []
-    if events & EVENT_READ:
-        changes.append(Change(fd, _READ, flags, fflags))
-    if events & EVENT_WRITE:
-        changes.append(Change(fd, _WRITE, flags, fflags))
-    return changes

@@ -181,10 +181,10 @@ def test_wait_bad_timeout(q, bad):
 
 def test_wait_bad_timeout_does_not_lose_pooled_buffer(q):
     q.wait(0)
-    pool = list(q._pool)
+    pool = list(q._free)
     with pytest.raises(ValueError):
         q.wait(-1)
-    assert q._pool == pool
+    assert q._free == pool
 
 
 def test_wait_none_blocks_until_event(q):

@@ -1,8 +1,10 @@
 """Stress tests: signal storms and many threads.
 
 (a) Signal storm: a Python SIGALRM handler fired every millisecond by
-    ``signal.setitimer`` while the main thread waits through ``raw.kq_wait``,
-    ``KQueue.wait`` and ``compat.kqueue.control`` with 20-50 ms timeouts.
+    ``signal.setitimer`` while the main thread waits through each of the
+    four APIs that share the core's wait loop (``raw.kq_wait``,
+    ``KQueue.wait``, ``compat.kqueue.control``, ``KqueueSelector.select``)
+    with 20-50 ms timeouts.
     No wait returns early without an event, none overshoots its deadline by
     more than a generous bound, a handler's exception propagates out of the
     wait, and USER events triggered from another thread are never lost.
@@ -22,7 +24,9 @@ import errno
 import itertools
 import os
 import random
+import selectors
 import signal
+import struct
 import threading
 import time
 
@@ -30,6 +34,7 @@ import pytest
 
 from kqueue_py import KQueue, compat, ffi, lib
 from kqueue_py.raw import kq_wait, new_events
+from kqueue_py.selectors import KqueueSelector
 
 LONG = os.environ.get("KQUEUE_PY_LONG", "") not in ("", "0")
 SCALE = 10 if LONG else 1
@@ -163,7 +168,7 @@ def boom_propagates(wait, func_name):
     # After the exception, the queue still works (checked by callers).
 
 
-# -- raw layer -------------------------------------------------------------
+# -- the four APIs, one shared wait loop ---------------------------------------
 
 def _change(kq, ident, filt, flags, fflags=0):
     ch = ffi.new("struct kevent *")
@@ -172,53 +177,119 @@ def _change(kq, ident, filt, flags, fflags=0):
     assert rc == 0, ffi.errno
 
 
-def test_signal_storm_raw_kq_wait(kq):
-    buf = new_events(16)
+class RawAPI:
+    """raw.kq_wait on a lib.kqueue() descriptor; USER events."""
 
-    def wait(timeout):
-        n = kq_wait(kq, buf, 16, int(timeout * 1000))
+    func = "kq_wait"
+
+    def __init__(self):
+        self.kq = lib.kqueue()
+        self.buf = new_events(16)
+
+    def wait(self, timeout):
+        n = kq_wait(self.kq, self.buf, 16, int(timeout * 1000))
         assert n >= 0, ffi.errno
-        return [int(buf[i].ident) for i in range(n)]
+        return [int(self.buf[i].ident) for i in range(n)]
 
-    def fire(ident):
-        _change(kq, ident, USER, EV_ADD | EV_ONESHOT, TRIGGER)
+    def fire(self, ident):
+        _change(self.kq, ident, USER, EV_ADD | EV_ONESHOT, TRIGGER)
 
-    storm_waits(wait, fire, 2.0 * SCALE)
-    boom_propagates(lambda t: kq_wait(kq, buf, 16, int(t * 1000)), "kq_wait")
-    fire(1)
-    assert kq_wait(kq, buf, 16, 1000) == 1 and buf[0].ident == 1
+    def close(self):
+        lib.kqueue_close(self.kq)
 
 
-def test_signal_storm_kqueue_wait():
-    with KQueue() as q:
-        def wait(timeout):
-            return [e.ident for e in q.wait(timeout)]
+class KQueueAPI:
+    """KQueue.wait; USER events with udata."""
 
-        def fire(ident):
-            q.add_user(ident, udata=ident, flags=EV_ONESHOT)
-            q.trigger(ident)
+    func = "wait"
 
-        storm_waits(wait, fire, 2.0 * SCALE)
-        boom_propagates(q.wait, "wait_tuples")
-        fire(1)
-        assert [(e.ident, e.udata) for e in q.wait(1.0)] == [(1, 1)]
+    def __init__(self):
+        self.q = KQueue()
+
+    def wait(self, timeout):
+        events = self.q.wait(timeout)
+        assert all(e.udata == e.ident for e in events)
+        return [e.ident for e in events]
+
+    def fire(self, ident):
+        self.q.add_user(ident, udata=ident, flags=EV_ONESHOT)
+        self.q.trigger(ident)
+
+    def close(self):
+        self.q.close()
 
 
-def test_signal_storm_compat_control():
-    kq = compat.kqueue()
+class CompatAPI:
+    """compat.kqueue.control; USER events."""
+
+    func = "control"
+
+    def __init__(self):
+        self.kq = compat.kqueue()
+
+    def wait(self, timeout):
+        return [e.ident for e in self.kq.control(None, 16, timeout)]
+
+    def fire(self, ident):
+        self.kq.control([compat.kevent(ident, USER, EV_ADD | EV_ONESHOT, TRIGGER)], 0)
+
+    def close(self):
+        self.kq.close()
+
+
+class SelectorAPI:
+    """KqueueSelector.select on a pipe: each fire() writes one 4-byte ident."""
+
+    func = "select"
+
+    def __init__(self):
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.sel = KqueueSelector()
+        self.sel.register(self.r, selectors.EVENT_READ)
+        self.pending = b""
+
+    def wait(self, timeout):
+        got = []
+        for _key, _mask in self.sel.select(timeout):
+            try:
+                while True:
+                    self.pending += os.read(self.r, 4096)
+            except BlockingIOError:
+                pass
+            whole = len(self.pending) // 4 * 4
+            got = [v for (v,) in struct.iter_unpack("I", self.pending[:whole])]
+            self.pending = self.pending[whole:]
+        return got
+
+    def fire(self, ident):
+        os.write(self.w, struct.pack("I", ident))
+
+    def close(self):
+        self.sel.close()
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.mark.parametrize("api", [RawAPI, KQueueAPI, CompatAPI, SelectorAPI],
+                         ids=["raw.kq_wait", "KQueue.wait", "compat.control",
+                              "KqueueSelector.select"])
+def test_signal_storm(api):
+    """The shared wait loop under a storm, through each API: no wait returns
+    early or late, no event is lost or doubled, a handler's exception
+    propagates and the queue works after it."""
+    a = api()
     try:
-        def wait(timeout):
-            return [e.ident for e in kq.control(None, 16, timeout)]
-
-        def fire(ident):
-            kq.control([compat.kevent(ident, USER, EV_ADD | EV_ONESHOT, TRIGGER)], 0)
-
-        storm_waits(wait, fire, 2.0 * SCALE)
-        boom_propagates(lambda t: kq.control(None, 16, t), "control")
-        fire(1)
-        assert [e.ident for e in kq.control(None, 16, 1.0)] == [1]
+        storm_waits(a.wait, a.fire, 2.0 * SCALE)
+        boom_propagates(a.wait, a.func)
+        a.fire(1)
+        deadline = time.monotonic() + 2
+        got = []
+        while not got and time.monotonic() < deadline:
+            got = a.wait(1.0)
+        assert got == [1]
     finally:
-        kq.close()
+        a.close()
 
 
 # -- threads ---------------------------------------------------------------

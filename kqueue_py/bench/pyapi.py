@@ -31,14 +31,18 @@ def poll_runners(q: KQueue, cap: int) -> dict[str, Callable[[int], None]]:
     handing (ident, filter, data, udata) on."""
     wait, wt = q.wait, q.wait_tuples
 
+    # As the kq_wait runner, the events are handed on only when there are
+    # some (an empty comprehension alone costs ~100 ns on CPython 3.11).
     def run_wait(n: int) -> None:
         for _ in range(n):
-            out = [(e.ident, e.filter, e.data, e.udata) for e in wait(0, cap)]
+            evs = wait(0, cap)
+            out = [(e.ident, e.filter, e.data, e.udata) for e in evs] if evs else []
             del out
 
     def run_tuples(n: int) -> None:
         for _ in range(n):
-            out = [(e[0], e[1], e[4], e[5]) for e in wt(0, cap)]
+            evs = wt(0, cap)
+            out = [(e[0], e[1], e[4], e[5]) for e in evs] if evs else []
             del out
 
     return {"kqueue_py KQueue.wait": run_wait, "kqueue_py KQueue.wait_tuples": run_tuples}

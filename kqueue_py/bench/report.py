@@ -200,6 +200,21 @@ def evaluate_targets(results: List[ScenarioResult]) -> List[Dict[str, Any]]:
     a10k: Any = by.get("active1of10000")
     add("1 active: among 10,000 / among 10 (kqueue_py)",
         a10 and a10k and _ratio(a10k.role("kqueue_py"), a10.role("kqueue_py")), "<=", 1.2)
+    # The Pythonic queue against the raw helper (same backend call), and
+    # kqueue_py's selector against the stdlib's default one.
+    for name, label, bound in (("empty_poll", "empty poll", 1.3),
+                               ("active1of10", "1 active among 10", 1.3),
+                               ("ready64", "64 ready", 1.6)):
+        s: Any = by.get(name)
+        add(f"{label}: KQueue.wait / kq_wait",
+            s and _ratio(s.role("KQueue.wait"), s.role("kqueue_py")), "<=", bound)
+    for name, label, bound in (("empty_poll", "empty poll", 1.0),
+                               ("active1of10", "1 active among 10", 1.1),
+                               ("ready64", "64 ready", 1.0)):
+        s = by.get(name)
+        sel = s and s.roles.get("stdlib selector", "stdlib selector")
+        add(f"{label}: KqueueSelector.select / {sel[len('stdlib '):] if sel else 'stdlib'}",
+            s and _ratio(s.role("KqueueSelector"), s.role("stdlib selector")), "<=", bound)
     return targets
 
 

@@ -225,6 +225,7 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
         built.cleanup.append(q.close)
         pyapi.register_readers(q, fds, udatas)
         built.runners.update(pyapi.poll_runners(q, cap))
+        built.roles["KQueue.wait"] = "kqueue_py KQueue.wait"
         built.checks.append(lambda: _expect("KQueue", pyapi.decode_events(q, cap), want))
 
     # -- ctypes -----------------------------------------------------------
@@ -326,6 +327,7 @@ def _stdlib_poll(built: Built, fds: List[int], udatas: List[int], cap: int,
         last["selectors"] = out
 
     built.runners[f"stdlib {type(sel).__name__}.select"] = run_selectors
+    built.roles["stdlib selector"] = f"stdlib {type(sel).__name__}.select"
     if "stdlib" not in built.roles:
         built.roles["stdlib"] = f"stdlib {type(sel).__name__}.select"
 
@@ -346,6 +348,7 @@ def _stdlib_poll(built: Built, fds: List[int], udatas: List[int], cap: int,
         last["kqueue_py selector"] = out
 
     built.runners["kqueue_py KqueueSelector.select"] = run_kqueue_selector
+    built.roles["KqueueSelector"] = "kqueue_py KqueueSelector.select"
 
 
 def build_empty_poll(ctx: Context) -> Built:
