@@ -11,7 +11,7 @@ ZIGLANG = ziglang==0.15.2
 # Extra pytest arguments:  make test ARGS="-k timer"
 ARGS   ?=
 
-.PHONY: install install-pkg zig test test-fast tsan bench bench-full bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
+.PHONY: install install-pkg zig test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,15 +51,11 @@ tsan:
 bench: install-pkg
 	cd $(VENV) && bin/python -m kqueue_py.bench --quick
 
-bench-full: install-pkg
-	$(PIP) install "matplotlib>=3.5"   # for the chart: the [bench] extra
-	mkdir -p bench-results docs
-	cd $(VENV) && bin/python -m kqueue_py.bench --json $(CURDIR)/bench-results/latest.json --png $(CURDIR)/docs/bench.png
-
 # The numbers in docs/benchmarks.md and README.md, regenerated: a full run on
 # CPython (this venv) and, when pypy3 is installed, on PyPy (in .venv-pypy),
-# their JSON kept in docs/bench/; then tools/bench-docs.py draws the chart
-# (docs/bench.png) and rewrites the tables between the <!-- bench:...:begin/end --> markers.
+# their JSON kept in docs/bench/; then tools/bench-docs.py rewrites the tables
+# between the <!-- bench:...:begin/end --> markers,
+# and the benchmark's own --replot draws the CPython run's chart (docs/bench.png).
 # BENCH_DOCS_ARGS=--quick for a faster, noisier run.
 PYPY ?= pypy3
 BENCH_DOCS_ARGS ?=
@@ -78,8 +74,9 @@ bench-docs: install-pkg
 	    echo "bench-docs: no $(PYPY): the docs will say PyPy was not run"; \
 	    rm -f docs/bench/pypy.json; \
 	fi
-	$(PY) tools/bench-docs.py --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json \
-	    --png docs/bench.png
+	$(PY) tools/bench-docs.py --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json
+	cd $(VENV) && bin/python -m kqueue_py.bench --replot $(CURDIR)/docs/bench/cpython.json \
+	    --png $(CURDIR)/docs/bench.png
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.
 asan: $(PY)

@@ -2,7 +2,7 @@
 """Rewrite the benchmark numbers in the docs from the benchmark's JSON.
 
     python tools/bench-docs.py --cpython docs/bench/cpython.json \
-        [--pypy docs/bench/pypy.json] [--png docs/bench.png] [--check]
+        [--pypy docs/bench/pypy.json] [--check]
 
 The JSON files are what ``python -m kqueue_py.bench --json PATH`` writes
 (``make bench-docs`` runs the benchmark on CPython, and on PyPy when
@@ -311,71 +311,6 @@ def sec_headline(cp: Run, pp: Optional[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------- the chart
-
-CHART_COMPARATORS = (("ctypes", "ctypes (same functions)", "#d62728"),
-                     ("stdlib", "stdlib (select.epoll / selectors)", "#1f77b4"),
-                     (RAWC_KEVENT, "raw C (same kevent call)", "#7f7f7f"))
-
-
-def write_chart(path: Path, cp: Run, pp: Optional[Run]) -> str:
-    """Horizontal bars: kqueue_py's speed-up over each comparator (comparator
-    time / kqueue_py time, log scale, > 1 = kqueue_py faster), one panel per
-    interpreter, kqueue_py's own time beside each scenario's name."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return f"matplotlib is not importable: {path} not drawn (pip install matplotlib)"
-    runs = [r for r in (cp, pp) if r is not None]
-    names = [n for n in cp.scenarios if cp.ok(n)]
-    fig, axes = plt.subplots(1, len(runs), figsize=(6.2 * len(runs), 0.62 * len(names) + 1.6),
-                             squeeze=False, sharey=False)
-    height = 0.26
-    for ax, run in zip(axes[0], runs):
-        ys = list(range(len(names)))[::-1]
-        for j, (role, label, colour) in enumerate(CHART_COMPARATORS):
-            vals = [speedup(run.role(n, role), run.role(n, "kqueue_py")) for n in names]
-            pos = [y + (1 - j) * height for y in ys]
-            bars = ax.barh([p for p, v in zip(pos, vals) if v], [v for v in vals if v],
-                           height, label=label, color=colour)
-            for b, v in zip(bars, [v for v in vals if v]):
-                ax.annotate(f"{v:.2f}x", (v, b.get_y() + b.get_height() / 2),
-                            xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_yticks(ys)
-        ax.set_yticklabels([f"{n}\nkqueue_py {fmt_ns(run.role(n, 'kqueue_py'))}" for n in names],
-                           fontsize=8)
-        lo = min([v for n in names for r, _, _ in CHART_COMPARATORS
-                  for v in [speedup(run.role(n, r), run.role(n, "kqueue_py"))] if v] + [0.5])
-        hi = max([v for n in names for r, _, _ in CHART_COMPARATORS
-                  for v in [speedup(run.role(n, r), run.role(n, "kqueue_py"))] if v] + [2.0])
-        ax.set_xlim(lo / 1.6, hi * 2.2)
-        from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
-
-        ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
-                 if lo / 1.6 <= t <= hi * 2.2]
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.set_xticklabels([f"{t:g}x" for t in ticks], fontsize=8)
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("speed-up of kqueue_py = comparator time / kqueue_py time "
-                      "(> 1: kqueue_py faster)", fontsize=8)
-        ax.set_title(f"{run.python} - {run.machine.get('cpu_model', '?')}, "
-                     f"{run.machine.get('kernel', '?')}", fontsize=9)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"drew {path}"
-
-
-# --------------------------------------------------------------- rewriting
-
 def render(cp: Run, pp: Optional[Run]) -> Dict[str, str]:
     parts = {
         "machine": sec_machine(cp, pp),
@@ -408,8 +343,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("files", nargs="*", type=Path,
                     default=[ROOT / "docs" / "benchmarks.md", ROOT / "README.md"],
                     help="Markdown files to rewrite (default: docs/benchmarks.md README.md)")
-    ap.add_argument("--png", type=Path,
-                    help="also draw the speed-up chart here (needs matplotlib)")
     ap.add_argument("--check", action="store_true",
                     help="change nothing; exit 1 if a file's generated parts are out of date")
     args = ap.parse_args(argv)
@@ -429,8 +362,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not args.check:
                 path.write_text(new, encoding="utf-8")
                 print(f"rewrote {path}", file=sys.stderr)
-    if args.png and not args.check:
-        print(write_chart(args.png, cp, pp), file=sys.stderr)
     if args.check and stale:
         print("out of date: " + ", ".join(map(str, stale)), file=sys.stderr)
         return 1
