@@ -108,7 +108,7 @@ int kq_timer_fd_create(struct kq *kq)
     int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_TIMER, 0, 0));
     if (err == 0)
-        kq->timer_fd = fd;
+        __atomic_store_n(&kq->timer_fd, fd, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
     return err;
 }
 

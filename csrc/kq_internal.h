@@ -12,7 +12,8 @@
  *     EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/EV_DISPATCH hold per filter;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
  *     (timers live in a heap, not one descriptor each), made by the first
- *     timer;
+ *     timer; timers fire without it (kevent() bounds its wait by the
+ *     earliest deadline) when it cannot be made;
  *   - wake_fd, an eventfd that is readable while userspace has pending
  *     events (EVFILT_USER triggers, fired timers) or the queue is closed,
  *     made by the first registration that can queue one (a closed queue

@@ -106,9 +106,16 @@ int kq_wake_fd_ensure(struct kq *kq)
         return 0;
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_WAKE, 0, 0));
-    if (err == 0)
-        kq->wake_fd = fd;
-    return err;
+    if (err != 0)
+        return err;
+    kq->wake_fd = fd;
+    if (kq->wake_signalled) {
+        /* Owed while there was no descriptor (timers fired without one):
+         * make the new one match, so that wake_update() can clear it. */
+        uint64_t one = 1;
+        (void)!write(fd, &one, sizeof one);
+    }
+    return 0;
 }
 
 /* The queue's own descriptors (the user's one included, if still open). */
@@ -637,11 +644,22 @@ static int queue_resources_for(struct kq *kq, const struct kevent *kev)
         return 0;
     if (ident_is_fd(kev->filter) && fcntl((int)kev->ident, F_GETFD) < 0)
         return EBADF;
+    if (kev->filter == EVFILT_TIMER) {
+        /* A timer needs no descriptor to fire (as on FreeBSD): without a
+         * timerfd, kevent() bounds its wait by the earliest deadline and
+         * expires timers itself (scan()).  Both are tried again by every
+         * later TIMER registration; what is missing meanwhile is only the
+         * queue descriptor polling readable for a timer, and the wake-up
+         * of a thread already blocked when another thread adds a timer. */
+        if (need_wake)
+            (void)kq_wake_fd_ensure(kq);
+        if (need_timer)
+            (void)kq_timer_fd_create(kq);
+        return 0;
+    }
     int err = 0;
     if (need_wake)
         err = kq_wake_fd_ensure(kq);
-    if (err == 0 && need_timer)
-        err = kq_timer_fd_create(kq);
     if (err == 0 && need_writes)
         err = kq_wr_ep_create(kq);
     return err;
@@ -921,6 +939,14 @@ static int ep_wait(int epfd, struct epoll_event *ebuf, int max, int64_t timeout_
     return epoll_wait(epfd, ebuf, max, ms > INT_MAX ? INT_MAX : (int)ms);
 }
 
+/* Timers and no timerfd to wake the wait at their deadline (it could not
+ * be made: EMFILE).  An unlocked hint, re-checked under the lock. */
+static int timers_unwatched(struct kq *kq)
+{
+    return __atomic_load_n(&kq->timer_fd, __ATOMIC_RELAXED) < 0 &&
+           __atomic_load_n(&kq->ntimers, __ATOMIC_RELAXED) > 0;
+}
+
 /*
  * Wait for events.  deadline: CLOCK_MONOTONIC ns, or -1 for forever.
  * Returns the number of events, or -1 with errno (EINTR, EBADF, ...).
@@ -966,16 +992,27 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             }
         }
         int64_t wait_ns = timeout_ns;
-        if (__atomic_load_n(&kq->lowat_wait, __ATOMIC_RELAXED) != NULL) {
+        if (__atomic_load_n(&kq->lowat_wait, __ATOMIC_RELAXED) != NULL ||
+            timers_unwatched(kq)) {
             /* WRITE knotes below NOTE_LOWAT: nothing wakes us when their
-             * free space grows, so look again every KQ_LOWAT_POLL_NS. */
+             * free space grows, so look again every KQ_LOWAT_POLL_NS.
+             * Timers without a timerfd: nothing wakes us at their deadline,
+             * so wait no longer than the earliest one. */
             pthread_mutex_lock(&kq->lock);
             int64_t now = kq_now();
             kq_lowat_repoll(kq, now);
-            if (kq->lowat_wait != NULL && timeout_ns != 0) {
-                int64_t left = kq->lowat_next - now;
-                if (wait_ns < 0 || left < wait_ns)
-                    wait_ns = left > 0 ? left : 0;
+            if (timeout_ns != 0) {
+                int64_t next = -1;
+                if (kq->lowat_wait != NULL)
+                    next = kq->lowat_next;
+                if (kq->timer_fd < 0 && kq->ntimers > 0 &&
+                    (next < 0 || kq->timers[0]->u.timer.deadline < next))
+                    next = kq->timers[0]->u.timer.deadline;
+                if (next >= 0) {
+                    int64_t left = next - now;
+                    if (wait_ns < 0 || left < wait_ns)
+                        wait_ns = left > 0 ? left : 0;
+                }
             }
             pthread_mutex_unlock(&kq->lock);
         }
@@ -999,8 +1036,12 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             n = -1;
             break;
         }
+        if (kq->timer_fd < 0 && kq->ntimers > 0)
+            kq_timers_expire(kq, kq_now());     /* no timerfd: our own clock */
         if (r > 0)
             n += process_batch(kq, ebuf, r, events + n, nevents - n, scan_id);
+        else if (kq->q_head != NULL)
+            n += drain_pending(kq, events + n, nevents - n, scan_id);
         int rearm_failed = kq_timers_rearm(kq) != 0;
         int err = errno;
         int owed = wake_update(kq);
