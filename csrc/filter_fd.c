@@ -759,6 +759,14 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
             return 0;
         }
     }
+    /* NOTE_NODATA asks for epoll's contract: a level-triggered or EV_CLEAR
+     * registration is reported as epoll reports it, without the identity
+     * check (its owner deletes it before closing the descriptor, as with
+     * epoll).  ONESHOT/DISPATCH need their epoll_ctl() anyway, and
+     * NOTE_LOWAT its re-arm, so they keep it. */
+    if ((kn->kev.fflags & (NOTE_NODATA | NOTE_LOWAT)) == NOTE_NODATA &&
+        !(kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)))
+        return 1;
     return confirm(kq, kn) ? 1 : -1;
 }
 
