@@ -55,7 +55,7 @@
  *     with SA_RESTART);
  *   - a program started with exec() after fork() inherits SIG_DFL, not
  *     SIG_IGN, for a hooked signal that was ignored (a fork child itself
- *     gets the original dispositions back: see kq_signal_atfork_child);
+ *     gets the original dispositions back: see signal_atfork_child);
  *   - a standard signal sent while one is already pending is merged by
  *     the kernel and counted once (FreeBSD counts each); a realtime
  *     signal queued n times while blocked counts 1 at once and n - 1 as
