@@ -892,10 +892,14 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
      * descriptor readable, which the epoll_wait below reports. */
     if (__atomic_load_n(&kq->q_head, __ATOMIC_RELAXED) != NULL || filters_busy(kq)) {
         pthread_mutex_lock(&kq->lock);
-        int64_t now = kq_now();
-        FOR_EACH_FILTER(ops)
-            if (ops->busy != NULL && ops->collect != NULL && ops->busy(kq))
+        int64_t now = -1;       /* read only when a filter needs it */
+        FOR_EACH_FILTER(ops) {
+            if (ops->busy != NULL && ops->collect != NULL && ops->busy(kq)) {
+                if (now < 0)
+                    now = kq_now();
                 ops->collect(kq, now);
+            }
+        }
         if (kq->q_head != NULL)
             n = drain_pending(kq, events, nevents, scan_id);
         int owed = wake_update(kq);
