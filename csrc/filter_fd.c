@@ -255,6 +255,8 @@ static void lowat_unwait(struct kq *kq, struct knote *kn)
     if (kn->status & KN_LOWWAIT) {
         kn->status &= ~KN_LOWWAIT;
         list_remove(&kq->lowat_wait, kn);
+        if (kq->lowat_wait == NULL)
+            kq_attention(kq, TAG_WRITE, 0);
     }
 }
 
@@ -262,8 +264,10 @@ static void lowat_wait(struct kq *kq, struct knote *kn)
 {
     if (kn->status & KN_LOWWAIT)
         return;
-    if (kq->lowat_wait == NULL)
+    if (kq->lowat_wait == NULL) {
         kq->lowat_next = kq_now() + KQ_LOWAT_POLL_NS;
+        kq_attention(kq, TAG_WRITE, 1);
+    }
     kn->status |= KN_LOWWAIT;
     kn->u.fd.next = kq->lowat_wait;
     kq->lowat_wait = kn;
@@ -294,6 +298,8 @@ static void lowat_repoll(struct kq *kq, int64_t now)
         kn = next;
     }
     kq->lowat_next = now + KQ_LOWAT_POLL_NS;
+    if (kq->lowat_wait == NULL)
+        kq_attention(kq, TAG_WRITE, 0);
 }
 
 /* polled / next_look: nothing wakes epoll when free space grows past a

@@ -403,6 +403,7 @@ static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *k
         return err;
     kn->u.sig.next = kq->signals;
     __atomic_store_n(&kq->signals, kn, __ATOMIC_RELAXED);   /* signal_busy() peeks unlocked */
+    kq_attention(kq, TAG_SIGNAL, 1);
     return 0;
 }
 
@@ -426,6 +427,8 @@ static void signal_detach(struct kq *kq, struct knote *kn)
     if (*pp == NULL)
         return;
     __atomic_store_n(pp, kn->u.sig.next, __ATOMIC_RELAXED);   /* signal_busy() peeks */
+    if (kq->signals == NULL)
+        kq_attention(kq, TAG_SIGNAL, 0);
 
     int sig = (int)kn->kev.ident;
     pthread_mutex_lock(&sig_lock);

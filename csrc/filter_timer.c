@@ -81,6 +81,8 @@ static void heap_push(struct kq *kq, struct knote *kn)
 {
     size_t i = kq->ntimers;
     __atomic_store_n(&kq->ntimers, i + 1, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
+    if (i == 0)
+        kq_attention(kq, TAG_TIMER, 1);
     heap_set(kq, i, kn);
     heap_up(kq, i);
 }
@@ -93,6 +95,8 @@ static void heap_remove(struct kq *kq, struct knote *kn)
     kn->u.timer.heap_index = SIZE_MAX;
     size_t n = kq->ntimers - 1;
     __atomic_store_n(&kq->ntimers, n, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
+    if (n == 0)
+        kq_attention(kq, TAG_TIMER, 0);
     struct knote *last = kq->timers[n];
     if (last == kn)
         return;

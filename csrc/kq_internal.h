@@ -138,9 +138,11 @@ struct filter_ops {
      * in line with its state (the timerfd to the earliest deadline). */
     int (*rearm)(struct kq *kq);
 
-    /* Work before a wait.  busy(), unlocked and a hint only: does the
-     * filter have events that no epoll item will announce?  Then, locked,
-     * collect() puts them on the pending list. */
+    /* Work before a wait, asked only of filters that set their bit in
+     * kq->attn (kq_attention), so that a queue without such state pays
+     * one load.  busy(), unlocked and a hint only: does the filter have
+     * events that no epoll item will announce?  Then, locked, collect()
+     * puts them on the pending list. */
     int (*busy)(const struct kq *kq);
     void (*collect)(struct kq *kq, int64_t now);
     /* Looks driven by time.  polled(), unlocked and a hint only: must the
@@ -214,6 +216,8 @@ struct kq {
     int timer_fd;           /* timerfd at the earliest timer deadline */
     pthread_mutex_t lock;
     int refs;               /* atomic: registry + threads inside kevent() */
+    uint32_t attn;          /* atomic: bit (1 << tag) set by a filter while its
+                               busy()/polled() may say yes (kq_attention) */
     int closed;
     int wake_signalled;     /* wake_fd currently readable */
     int64_t timer_armed;    /* deadline timer_fd is armed for, -1 = disarmed */
@@ -302,6 +306,7 @@ void kq_knote_drop(struct kq *kq, struct knote *kn);
 void kq_knote_stale(struct kq *kq, struct knote *kn);   /* keep udata, then drop */
 void kq_note_dropped(struct kq *kq, void *udata);
 void kq_forget_number(struct kq *kq, int fd);          /* fd_reused() of every filter */
+void kq_attention(struct kq *kq, uint32_t tag, int on); /* busy()/polled() may say yes */
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 void kq_after_delivery(struct kq *kq, struct knote *kn);   /* EV_ONESHOT, EV_DISPATCH */
 int64_t kq_now(void);

@@ -836,9 +836,26 @@ static int filters_rearm(struct kq *kq)
 
 /* Does some filter have events no epoll item announces (busy), or want the
  * wait to end early (polled)?  Unlocked hints. */
+/* Filters with state that busy()/polled() look at set their bit in
+ * kq->attn; only those are asked.  Lock held. */
+void kq_attention(struct kq *kq, uint32_t tag, int on)
+{
+    if (on)
+        __atomic_or_fetch(&kq->attn, 1u << tag, __ATOMIC_RELAXED);
+    else
+        __atomic_and_fetch(&kq->attn, ~(1u << tag), __ATOMIC_RELAXED);
+}
+
+/* Each filter with its kq->attn bit set, in ascending tag order. */
+#define FOR_EACH_ATTN(kq, ops)                                                  \
+    for (uint32_t a_ = __atomic_load_n(&(kq)->attn, __ATOMIC_RELAXED); a_ != 0;  \
+         a_ &= a_ - 1)                                                          \
+        for (const struct filter_ops *ops = kq_filters[__builtin_ctz(a_)];      \
+             ops != NULL; ops = NULL)
+
 static int filters_busy(const struct kq *kq)
 {
-    FOR_EACH_FILTER(ops)
+    FOR_EACH_ATTN(kq, ops)
         if (ops->busy != NULL && ops->busy(kq))
             return 1;
     return 0;
@@ -846,7 +863,7 @@ static int filters_busy(const struct kq *kq)
 
 static int filters_polled(const struct kq *kq)
 {
-    FOR_EACH_FILTER(ops)
+    FOR_EACH_ATTN(kq, ops)
         if (ops->polled != NULL && ops->polled(kq))
             return 1;
     return 0;
@@ -893,7 +910,7 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
     if (__atomic_load_n(&kq->q_head, __ATOMIC_RELAXED) != NULL || filters_busy(kq)) {
         pthread_mutex_lock(&kq->lock);
         int64_t now = -1;       /* read only when a filter needs it */
-        FOR_EACH_FILTER(ops) {
+        FOR_EACH_ATTN(kq, ops) {
             if (ops->busy != NULL && ops->collect != NULL && ops->busy(kq)) {
                 if (now < 0)
                     now = kq_now();
@@ -926,7 +943,7 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
              * the filter says, whatever the timeout. */
             pthread_mutex_lock(&kq->lock);
             int64_t now = kq_now(), next = -1;
-            FOR_EACH_FILTER(ops) {
+            FOR_EACH_ATTN(kq, ops) {
                 if (ops->next_look == NULL)
                     continue;
                 int64_t at = ops->next_look(kq, now);
@@ -959,7 +976,7 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             break;
         }
         /* What a polled filter has due (timers without a timerfd). */
-        FOR_EACH_FILTER(ops)
+        FOR_EACH_ATTN(kq, ops)
             if (ops->polled != NULL && ops->collect != NULL && ops->polled(kq))
                 ops->collect(kq, kq_now());
         if (r > 0)
