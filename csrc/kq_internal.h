@@ -24,6 +24,11 @@
  *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
  *     created on the first one (filter_vnode.c).
  * No lock is held across epoll_wait.
+ *
+ * Code: kqueue.c is the core (queues, changes, the pending list, the wait
+ * loop); each filter_X.c is one filter behind struct filter_ops, found by
+ * the core in kq_filters[] only.  Filters call back into the core through
+ * the kq_* functions declared at the end of this file.
  */
 #ifndef KQ_INTERNAL_H
 #define KQ_INTERNAL_H
