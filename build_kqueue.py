@@ -114,7 +114,10 @@ LINUX_CDEF = """
 int kqueue_py_take_dropped(int kq, uint64_t *udata, int cap);
 """
 
-# Shared by every platform: see the cdef's comment on kqueue_py_kevent.
+# The kernel's kevent() takes a timespec: the BSD shim makes one from the
+# nanoseconds (see the cdef's comment on kqueue_py_kevent).  The Linux
+# backend implements kqueue_py_kevent itself and turns the nanoseconds
+# straight into the deadline it waits for (csrc/kqueue.c).
 SHIM = """
 #include <errno.h>
 #include <stdint.h>
@@ -148,9 +151,10 @@ static uint64_t kqueue_py_queue_id(int kq) { (void)kq; return 0; }
 """ + SHIM
 
 LINUX_SOURCE = """
+#include <stdint.h>
 #include <time.h>
 #include <sys/event.h>
-""" + SHIM
+"""
 
 
 def _compile_args() -> tuple[list[str], list[str]]:

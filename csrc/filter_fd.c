@@ -34,6 +34,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
@@ -52,8 +53,136 @@
 
 #include "kq_internal.h"
 
-int kq_wr_ep_create(struct kq *kq)
+/* ------------------------------------------------------------------ */
+/* Per-queue state: the knotes by descriptor, the WRITE set, the files'
+ * inotify instance.                                                  */
+
+static void read_init(struct kq *kq)
 {
+    kq->files_ino_fd = -1;
+}
+
+static void write_init(struct kq *kq)
+{
+    kq->wr_ep = -1;
+}
+
+static void read_close_fds(struct kq *kq)
+{
+    if (kq->files_ino_fd >= 0)
+        close(kq->files_ino_fd);
+    kq->files_ino_fd = -1;
+}
+
+static void write_close_fds(struct kq *kq)
+{
+    if (kq->wr_ep >= 0)
+        close(kq->wr_ep);
+    kq->wr_ep = -1;
+}
+
+/* The queue is freed: its knotes go without detaching (their epoll items
+ * die with the queue's descriptors). */
+static void read_destroy(struct kq *kq)
+{
+    for (int fd = 0; fd < kq->fd_cap; fd++)
+        free(kq->rd[fd]);
+    free(kq->rd);
+    kq->rd = NULL;
+}
+
+static void write_destroy(struct kq *kq)
+{
+    for (int fd = 0; fd < kq->fd_cap; fd++)
+        free(kq->wr[fd]);
+    free(kq->wr);
+    kq->wr = NULL;
+}
+
+static struct knote **slots_of(const struct kq *kq, int16_t filter)
+{
+    return filter == EVFILT_READ ? kq->rd : kq->wr;
+}
+
+static struct knote *read_find(struct kq *kq, uintptr_t ident)
+{
+    return ident < (uintptr_t)kq->fd_cap ? kq->rd[ident] : NULL;
+}
+
+static struct knote *write_find(struct kq *kq, uintptr_t ident)
+{
+    return ident < (uintptr_t)kq->fd_cap ? kq->wr[ident] : NULL;
+}
+
+/* Room for a knote under ident in both tables (READ and WRITE share the
+ * capacity).  Only an open descriptor grows them (open ones are bounded by
+ * RLIMIT_NOFILE; a huge closed number must not allocate). */
+static int fd_reserve(struct kq *kq, uintptr_t ident)
+{
+    int fd = (int)ident;
+    if (fd < kq->fd_cap)
+        return 0;
+    if (fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    int cap = kq->fd_cap ? kq->fd_cap : 64;
+    while (cap <= fd)
+        cap = cap > INT_MAX / 2 ? INT_MAX : cap * 2;
+    struct knote **rd = realloc(kq->rd, (size_t)cap * sizeof *rd);
+    if (rd == NULL)
+        return -ENOMEM;
+    kq->rd = rd;
+    struct knote **wr = realloc(kq->wr, (size_t)cap * sizeof *wr);
+    if (wr == NULL)
+        return -ENOMEM;
+    kq->wr = wr;
+    memset(rd + kq->fd_cap, 0, (size_t)(cap - kq->fd_cap) * sizeof *rd);
+    memset(wr + kq->fd_cap, 0, (size_t)(cap - kq->fd_cap) * sizeof *wr);
+    kq->fd_cap = cap;
+    return 0;
+}
+
+static void fd_insert(struct kq *kq, struct knote *kn)
+{
+    slots_of(kq, kn->kev.filter)[kn->kev.ident] = kn;
+}
+
+static void fd_unlink(struct kq *kq, struct knote *kn)
+{
+    slots_of(kq, kn->kev.filter)[kn->kev.ident] = NULL;
+}
+
+/* An internal descriptor is about to join the queue's epoll set under the
+ * number fd.  A registration still recorded under that number was made on
+ * a file since closed (the kernel just handed the number out again), so it
+ * is stale: drop it now, before an epoll_ctl() confirming it could reach
+ * the internal item.  Lock held (or the queue not yet shared). */
+static void fd_reused(struct kq *kq, struct knote **slots, int fd)
+{
+    if (fd < 0 || fd >= kq->fd_cap || slots[fd] == NULL)
+        return;
+    slots[fd]->status &= ~KN_INEPOLL;     /* no epoll_ctl() on the number */
+    kq_knote_stale(kq, slots[fd]);
+}
+
+static void read_fd_reused(struct kq *kq, int fd)
+{
+    fd_reused(kq, kq->rd, fd);
+}
+
+static void write_fd_reused(struct kq *kq, int fd)
+{
+    fd_reused(kq, kq->wr, fd);
+}
+
+/* The nested set for WRITE registrations, made by the first one. */
+static int wr_ep_ensure(struct kq *kq, const struct knote *kn)
+{
+    if (kq->wr_ep >= 0)
+        return 0;
+    /* Only with the user's descriptor known open may a new descriptor be
+     * made: it cannot take the number being registered. */
+    if (fcntl((int)kn->kev.ident, F_GETFD) < 0)
+        return -EBADF;
     int ep = epoll_create1(EPOLL_CLOEXEC);
     int err = kq_watch_internal(kq, ep, EPOLLIN, EP_DATA(TAG_WRITES, 0, 0));
     if (err == 0)
@@ -101,10 +230,10 @@ static struct epoll_event wanted(const struct knote *kn)
 }
 
 /* The error BSD reports for a registration whose fd went away: EBADF if
- * the number is closed, ENOENT if it now names another file. */
+ * the number is closed, ENOENT if it now names another file (negative). */
 static int stale_error(int epoll_errno)
 {
-    return epoll_errno == EBADF ? EBADF : ENOENT;
+    return epoll_errno == EBADF ? -EBADF : -ENOENT;
 }
 
 /* ------------------------------------------------------------------ */
@@ -126,6 +255,8 @@ static void lowat_unwait(struct kq *kq, struct knote *kn)
     if (kn->status & KN_LOWWAIT) {
         kn->status &= ~KN_LOWWAIT;
         list_remove(&kq->lowat_wait, kn);
+        if (kq->lowat_wait == NULL)
+            kq_attention(kq, TAG_WRITE, 0);
     }
 }
 
@@ -133,8 +264,10 @@ static void lowat_wait(struct kq *kq, struct knote *kn)
 {
     if (kn->status & KN_LOWWAIT)
         return;
-    if (kq->lowat_wait == NULL)
+    if (kq->lowat_wait == NULL) {
         kq->lowat_next = kq_now() + KQ_LOWAT_POLL_NS;
+        kq_attention(kq, TAG_WRITE, 1);
+    }
     kn->status |= KN_LOWWAIT;
     kn->u.fd.next = kq->lowat_wait;
     kq->lowat_wait = kn;
@@ -143,7 +276,7 @@ static void lowat_wait(struct kq *kq, struct knote *kn)
 /* The wait loop's periodic look at WRITE knotes below their NOTE_LOWAT
  * mark: re-arming one makes epoll report it again if it is writable at
  * all, and delivery compares the free space with the mark.  Lock held. */
-void kq_lowat_repoll(struct kq *kq, int64_t now)
+static void lowat_repoll(struct kq *kq, int64_t now)
 {
     if (kq->lowat_wait == NULL || now < kq->lowat_next)
         return;
@@ -158,14 +291,29 @@ void kq_lowat_repoll(struct kq *kq, int64_t now)
             if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev) < 0) {
                 /* Its number no longer names the file: it died with it. */
                 kn->status &= ~KN_INEPOLL;
-                kq_fd_note_dropped(kq, kn->kev.udata);
                 kq->orphan = ev.data.u64;
-                kq_knote_drop(kq, kn);
+                kq_knote_stale(kq, kn);
             }
         }
         kn = next;
     }
     kq->lowat_next = now + KQ_LOWAT_POLL_NS;
+    if (kq->lowat_wait == NULL)
+        kq_attention(kq, TAG_WRITE, 0);
+}
+
+/* polled / next_look: nothing wakes epoll when free space grows past a
+ * WRITE registration's mark, so the wait looks again every
+ * KQ_LOWAT_POLL_NS while one waits below it. */
+static int write_polled(const struct kq *kq)
+{
+    return __atomic_load_n(&kq->lowat_wait, __ATOMIC_RELAXED) != NULL;
+}
+
+static int64_t write_next_look(struct kq *kq, int64_t now)
+{
+    lowat_repoll(kq, now);
+    return kq->lowat_wait != NULL ? kq->lowat_next : -1;
 }
 
 /* Regular-file READ knotes: one inotify instance per queue, created on the
@@ -183,7 +331,7 @@ static int files_watch(struct kq *kq, struct knote *kn)
     snprintf(path, sizeof path, "/proc/self/fd/%d", (int)kn->kev.ident);
     int wd = inotify_add_watch(kq->files_ino_fd, path, IN_MODIFY);
     if (wd < 0)
-        return errno;
+        return -errno;
     kn->u.fd.wd = wd;
     return 0;
 }
@@ -202,7 +350,7 @@ static void files_unwatch(struct kq *kq, struct knote *kn)
 }
 
 /* A registered regular file changed: its READ knotes look again. */
-void kq_files_ready(struct kq *kq)
+static void files_ready(struct kq *kq)
 {
     union {
         struct inotify_event ev;
@@ -229,7 +377,7 @@ static int file_attach(struct kq *kq, struct knote *kn)
 {
     struct stat st;
     if (fstat((int)kn->kev.ident, &st) < 0)
-        return errno;
+        return -errno;
     kn->u.fd.kind = FDK_REGULAR;
     kn->u.fd.dev = (uint64_t)st.st_dev;
     kn->u.fd.ino = (uint64_t)st.st_ino;
@@ -256,26 +404,10 @@ static void file_detach(struct kq *kq, struct knote *kn)
     kn->status &= ~KN_ACTIVE;
 }
 
-/* Keep the udata of a registration the backend dropped on its own. */
-void kq_fd_note_dropped(struct kq *kq, void *udata)
-{
-    if (kq->ndropped >= kq->dropped_cap) {
-        if (kq->dropped_cap >= KQ_DROPPED_MAX)
-            return;
-        int cap = kq->dropped_cap ? kq->dropped_cap * 2 : 16;
-        uint64_t *grown = realloc(kq->dropped, (size_t)cap * sizeof *grown);
-        if (grown == NULL)
-            return;
-        kq->dropped = grown;
-        kq->dropped_cap = cap;
-    }
-    kq->dropped[kq->ndropped++] = (uint64_t)(uintptr_t)udata;
-}
-
 /*
  * Bring the epoll registration in line with the knote's state.
- * Returns 0, a positive errno, or a negative errno when the registration
- * turned out to be stale (its descriptor was closed behind our back).
+ * Returns 0 or -errno; KN_STALE set when the registration turned out to be
+ * stale (its descriptor was closed behind our back).
  */
 static int fd_sync(struct kq *kq, struct knote *kn)
 {
@@ -291,7 +423,8 @@ static int fd_sync(struct kq *kq, struct knote *kn)
         if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, fd, &ev) == 0)
             return 0;
         kn->status &= ~KN_INEPOLL;
-        return -stale_error(errno);
+        kn->status |= KN_STALE;
+        return stale_error(errno);
     }
     if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_ADD, fd, &ev) == 0) {
         kn->status |= KN_INEPOLL;
@@ -299,17 +432,33 @@ static int fd_sync(struct kq *kq, struct knote *kn)
     }
     if (errno == EPERM)             /* a regular file or directory */
         return file_attach(kq, kn);
-    return errno;
+    return -errno;
 }
+
+/* A registration on a file epoll refuses (a regular file) reports from the
+ * pending list: it needs wake_fd after all. */
+static int pending_check(struct kq *kq, const struct knote *kn)
+{
+    if (!(kn->status & KN_ACTIVE))
+        return 0;
+    return kq_wake_fd_ensure(kq);
+}
+
+static void fd_detach(struct kq *kq, struct knote *kn);
 
 static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
     (void)kev;
+    int err;
+    if (kn->kev.filter == EVFILT_WRITE && (err = wr_ep_ensure(kq, kn)) != 0)
+        return err;
     kn->u.fd.kind = FDK_UNKNOWN;
     kn->u.fd.wd = -1;
     kn->u.fd.gen = ++kq->fd_gen;
-    int err = fd_sync(kq, kn);
-    return err < 0 ? -err : err;
+    err = fd_sync(kq, kn);
+    if (err == 0 && (err = pending_check(kq, kn)) != 0)
+        fd_detach(kq, kn);
+    return err;
 }
 
 /* Is the regular file kn registered still what its number names? */
@@ -329,11 +478,12 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
     if (kn->u.fd.kind == FDK_REGULAR && !file_current(kn, &st)) {
         /* Closed, or the number names another file now. */
         err = fcntl((int)kn->kev.ident, F_GETFD) < 0 ? -EBADF : -ENOENT;
+        kn->status |= KN_STALE;
         file_detach(kq, kn);
     } else {
         err = fd_sync(kq, kn);
     }
-    if (err == -ENOENT && (kev->flags & EV_ADD)) {
+    if (err == -ENOENT && (kn->status & KN_STALE) && (kev->flags & EV_ADD)) {
         /* The old descriptor was closed and its number now names another
          * file: this EV_ADD starts a new registration from scratch. */
         void *udata = kn->kev.udata;
@@ -346,9 +496,11 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
         kn->u.fd.sock = 0;
         kn->u.fd.gen = ++kq->fd_gen;
         err = fd_sync(kq, kn);
-        if (err > 0)
-            err = -err;                     /* could not add: forget it */
+        if (err != 0)
+            kn->status |= KN_STALE;         /* could not add: forget it */
     }
+    if (err == 0 && (err = pending_check(kq, kn)) != 0)
+        kn->status |= KN_STALE;             /* cannot report it: forget it */
     return err;
 }
 
@@ -363,7 +515,7 @@ static void fd_detach(struct kq *kq, struct knote *kn)
 }
 
 /* EV_DELETE: remove, and say whether the registration was still live. */
-int kq_fd_unregister(struct kq *kq, struct knote *kn)
+static int fd_remove(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident;
     lowat_unwait(kq, kn);
@@ -372,7 +524,7 @@ int kq_fd_unregister(struct kq *kq, struct knote *kn)
         int current = file_current(kn, &st);
         file_detach(kq, kn);
         if (!current)
-            return fcntl(fd, F_GETFD) < 0 ? EBADF : ENOENT;
+            return fcntl(fd, F_GETFD) < 0 ? -EBADF : -ENOENT;
         return 0;
     }
     if (kn->status & KN_INEPOLL) {
@@ -382,7 +534,7 @@ int kq_fd_unregister(struct kq *kq, struct knote *kn)
         return 0;
     }
     if (fcntl(fd, F_GETFD) < 0)
-        return EBADF;
+        return -EBADF;
     return 0;
 }
 
@@ -653,10 +805,10 @@ static int rebuild(struct kq *kq, uint32_t tag)
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", old);
     FILE *info = fopen(path, "re");
     if (info == NULL)
-        return errno;
+        return -errno;
     int fresh = epoll_create1(EPOLL_CLOEXEC);
     if (fresh < 0) {
-        int err = errno;
+        int err = -errno;
         fclose(info);
         return err;
     }
@@ -677,8 +829,7 @@ static int rebuild(struct kq *kq, uint32_t tag)
             if (epoll_ctl(old, EPOLL_CTL_ADD, fd, &probe) == 0 || errno != EEXIST) {
                 epoll_ctl(old, EPOLL_CTL_DEL, fd, NULL);
                 kn->status &= ~KN_INEPOLL;      /* stale too */
-                kq_fd_note_dropped(kq, kn->kev.udata);
-                kq_knote_drop(kq, kn);
+                kq_knote_stale(kq, kn);
                 continue;
             }
         }
@@ -690,7 +841,7 @@ static int rebuild(struct kq *kq, uint32_t tag)
         epoll_ctl(parent, EPOLL_CTL_DEL, old, NULL);
     int err = 0;
     if (dup3(fresh, old, O_CLOEXEC) < 0)
-        err = errno;
+        err = -errno;
     close(fresh);
     if (parent >= 0) {
         struct epoll_event ev = { .events = EPOLLIN, .data.u64 = parent_data };
@@ -706,7 +857,10 @@ static int rebuild(struct kq *kq, uint32_t tag)
     return err;
 }
 
-void kq_fd_orphan(struct kq *kq, uint64_t data)
+/* An event that found no registration: deleted while the event was on
+ * its way (seen once), or an item left behind by a registration found
+ * stale -- its file lives on elsewhere -- which comes back: rebuild. */
+static void fd_orphan(struct kq *kq, uint64_t data)
 {
     if (kq->orphan != data) {
         kq->orphan = data;      /* the first time: maybe just in flight */
@@ -714,15 +868,14 @@ void kq_fd_orphan(struct kq *kq, uint64_t data)
     }
     kq->orphan = 0;
     int saved = errno;
-    rebuild(kq, EP_TAG_OF(data));
+    (void)rebuild(kq, EP_TAG_OF(data));
     errno = saved;
 }
 
 /* Fill *out for a registration epoll reported ready with revents.
  * Returns 1 for an event, 0 when there is none to report (below its
- * NOTE_LOWAT mark), -1 when the registration turned out to be stale (the
- * caller drops it). */
-int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
+ * NOTE_LOWAT mark, or KN_STALE: the registration turned out to be stale). */
+static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
 {
     int fd = (int)kn->kev.ident;
     /* NOTE_NODATA (a kqueue_py extension): readiness only, data = 0 --
@@ -759,7 +912,18 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
             return 0;
         }
     }
-    return confirm(kq, kn) ? 1 : -1;
+    /* NOTE_NODATA asks for epoll's contract: a level-triggered or EV_CLEAR
+     * registration is reported as epoll reports it, without the identity
+     * check (its owner deletes it before closing the descriptor, as with
+     * epoll).  ONESHOT/DISPATCH need their epoll_ctl() anyway, and
+     * NOTE_LOWAT its re-arm, so they keep it. */
+    if ((kn->kev.fflags & (NOTE_NODATA | NOTE_LOWAT)) == NOTE_NODATA &&
+        !(kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)))
+        return 1;
+    if (confirm(kq, kn))
+        return 1;
+    kn->status |= KN_STALE;
+    return 0;
 }
 
 /* Regular files, from the pending list.  As FreeBSD's filt_vfsread: READ
@@ -767,6 +931,7 @@ int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent
  * offset, negative past the end); WRITE is always ready, data 0. */
 static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 {
+    (void)kq;
     int fd = (int)kn->kev.ident;
     struct stat st;
     if (kn->u.fd.kind != FDK_REGULAR) {
@@ -776,9 +941,8 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
     if (!file_current(kn, &st)) {
         /* Closed, or the number names another file now: the registration
          * died with its descriptor. */
-        kq_fd_note_dropped(kq, kn->kev.udata);
-        kq_knote_drop(kq, kn);
-        return -1;
+        kn->status |= KN_STALE;
+        return 0;
     }
     *out = kn->kev;
     out->fflags = 0;
@@ -802,16 +966,107 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
     return 1;
 }
 
+/* ------------------------------------------------------------------ */
+/* Ready items.                                                        */
+
+/* A ready fd registration from epoll.  Returns events written (0 or 1). */
+static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32_t revents,
+                      struct kevent *out)
+{
+    int fd = EP_FD_OF(data);
+    struct knote *kn = fd < kq->fd_cap ? slots[fd] : NULL;
+    if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data)) {
+        fd_orphan(kq, data);
+        return 0;
+    }
+    if ((kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
+        return 0;   /* disabled or dispatched */
+    int r = fd_event(kq, kn, revents, out);
+    if (kn->status & KN_STALE) {
+        /* The number no longer names the registered file (closed, the file
+         * kept alive by a dup() or a fork() child, or reused): the
+         * registration died with its descriptor.  Its item may linger in
+         * the set; when it comes back it is an orphan (fd_orphan). */
+        kq_knote_stale(kq, kn);
+        kq->orphan = data;
+        return 0;
+    }
+    if (r == 0)
+        return 0;   /* below its NOTE_LOWAT mark */
+    kq_after_delivery(kq, kn);
+    return 1;
+}
+
+/* READ: a registration in the wait set, or (TAG_FILES) a registered
+ * regular file changed. */
+static int read_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                      int room)
+{
+    if (EP_TAG_OF(data) == TAG_FILES) {
+        files_ready(kq);
+        return 0;
+    }
+    return room > 0 ? deliver_fd(kq, kq->rd, data, revents, out) : 0;
+}
+
+/* WRITE: the nested set has ready items.  Pull them with one epoll_wait,
+ * so that no level-triggered registration comes twice. */
+static int write_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                       int room)
+{
+    (void)data;
+    (void)revents;
+    if (room <= 0)
+        return 0;
+    struct epoll_event stack[KQ_EBUF_MAX];
+    int want = room;
+    struct epoll_event *ebuf = kq_ebuf_get(stack, &want);
+    int n = 0;
+    int r = epoll_wait(kq->wr_ep, ebuf, want, 0);
+    for (int i = 0; i < r; i++)
+        n += deliver_fd(kq, kq->wr, ebuf[i].data.u64, ebuf[i].events, &out[n]);
+    kq_ebuf_put(stack, ebuf);
+    return n;
+}
+
 const struct filter_ops kq_read_ops = {
+    .filter = EVFILT_READ,
+    .tag = TAG_READ,
+    .flags = FILT_IDENT_FD,
+    .init = read_init,
+    .close_fds = read_close_fds,
+    .destroy = read_destroy,
+    .find = read_find,
+    .reserve = fd_reserve,
+    .insert = fd_insert,
+    .unlink = fd_unlink,
     .attach = fd_attach,
     .modify = fd_modify,
+    .remove = fd_remove,
     .detach = fd_detach,
     .deliver = fd_deliver,
+    .ready = read_ready,
+    .fd_reused = read_fd_reused,
 };
 
 const struct filter_ops kq_write_ops = {
+    .filter = EVFILT_WRITE,
+    .tag = TAG_WRITE,
+    .flags = FILT_IDENT_FD | FILT_READY_BATCH,
+    .init = write_init,
+    .close_fds = write_close_fds,
+    .destroy = write_destroy,
+    .find = write_find,
+    .reserve = fd_reserve,
+    .insert = fd_insert,
+    .unlink = fd_unlink,
     .attach = fd_attach,
     .modify = fd_modify,
+    .remove = fd_remove,
     .detach = fd_detach,
     .deliver = fd_deliver,
+    .ready = write_ready,
+    .polled = write_polled,
+    .next_look = write_next_look,
+    .fd_reused = write_fd_reused,
 };

@@ -44,7 +44,7 @@
 
 static int proc_check(const struct kevent *kev)
 {
-    return (kev->fflags & NOTE_UNSUPPORTED) ? EINVAL : 0;
+    return (kev->fflags & NOTE_UNSUPPORTED) ? -EINVAL : 0;
 }
 
 static int proc_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
@@ -53,12 +53,12 @@ static int proc_attach(struct kq *kq, struct knote *kn, const struct kevent *kev
     if (err)
         return err;
     if (kev->ident == 0 || kev->ident > INT_MAX)
-        return ESRCH;
+        return -ESRCH;
     pid_t pid = (pid_t)kev->ident;
     /* pidfd_open sets close-on-exec itself. */
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0)
-        return errno == EINVAL ? ESRCH : errno;
+        return errno == EINVAL ? -ESRCH : -errno;
     kn->u.proc.pidfd = pidfd;
     kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
     kn->u.proc.gen = ++kq->fd_gen;
@@ -91,20 +91,25 @@ static void proc_detach(struct kq *kq, struct knote *kn)
 }
 
 /* A pidfd turned readable: the process exited.  Lock held. */
-void kq_proc_ready(struct kq *kq, uint64_t data)
+static int proc_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                      int room)
 {
+    (void)revents;
+    (void)out;
+    (void)room;
     uintptr_t pid = (uint32_t)EP_FD_OF(data);
     struct knote *kn = kq_knote_find(kq, pid, EVFILT_PROC);
     /* Deleted, or re-registered since epoll saw the old pidfd. */
     if (kn == NULL || (kn->u.proc.gen & 0xffffff) != EP_GEN_OF(data))
-        return;
+        return 0;
     if (!(kn->kev.fflags & NOTE_EXIT)) {
         kq_knote_drop(kq, kn);      /* nothing asked for: FreeBSD's EV_DROP */
-        return;
+        return 0;
     }
     kn->status |= KN_ACTIVE;
     if (!(kn->status & KN_DISABLED))
         kq_enqueue(kq, kn);
+    return 0;
 }
 
 /* The classic wait status of an exited child, without reaping it; 0 when
@@ -139,8 +144,12 @@ static int proc_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 }
 
 const struct filter_ops kq_proc_ops = {
+    .filter = EVFILT_PROC,
+    .tag = TAG_PROC,
+    .flags = FILT_NEEDS_WAKE,
     .attach = proc_attach,
     .modify = proc_modify,
     .detach = proc_detach,
     .deliver = proc_deliver,
+    .ready = proc_ready,
 };

@@ -55,7 +55,7 @@
  *     with SA_RESTART);
  *   - a program started with exec() after fork() inherits SIG_DFL, not
  *     SIG_IGN, for a hooked signal that was ignored (a fork child itself
- *     gets the original dispositions back: see kq_signal_atfork_child);
+ *     gets the original dispositions back: see signal_atfork_child);
  *   - a standard signal sent while one is already pending is merged by
  *     the kernel and counted once (FreeBSD counts each); a realtime
  *     signal queued n times while blocked counts 1 at once and n - 1 as
@@ -106,7 +106,7 @@ static int sig_pending_fd = -1;
 static sigset_t sig_watched;    /* sig_lock */
 /* Signals whose counted_pending bit is set (atomic): while non-zero,
  * every kevent() on a queue watching signals looks at the pending set
- * (see kq_signal_scan), to notice an instance consumed by sigwait(). */
+ * (see signal_busy), to notice an instance consumed by sigwait(). */
 static int counted_pending_total;
 
 /* ---- the hook (async-signal-safe) ---------------------------------- */
@@ -172,13 +172,13 @@ static int hookable(int sig, const struct sigaction *cur)
 }
 
 /* Make sure the hook is installed for sig (re-installing it over a handler
- * set since).  Returns 0 or an errno value. */
+ * set since).  Returns 0 or -errno. */
 static int hook_sync(int sig)
 {
     struct sig_slot *s = &slots[sig];
     struct sigaction cur, hook;
     if (sigaction(sig, NULL, &cur) < 0)
-        return errno;
+        return -errno;
     if (is_hook(&cur) || !hookable(sig, &cur))
         return 0;
 
@@ -195,7 +195,7 @@ static int hook_sync(int sig)
         hook.sa_flags = cur.sa_flags;   /* keep the handler's EINTR behaviour */
     hook.sa_flags |= SA_SIGINFO;
     if (sigaction(sig, &hook, NULL) < 0)
-        return errno;
+        return -errno;
     return 0;
 }
 
@@ -216,13 +216,13 @@ static int event_fd_ensure(void)
         sigemptyset(&sig_watched);
         sig_pending_fd = signalfd(-1, &none, SFD_CLOEXEC | SFD_NONBLOCK);
         if (sig_pending_fd < 0)
-            return errno;
+            return -errno;
     }
     if (sig_event_fd >= 0)
         return 0;
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0)
-        return errno;
+        return -errno;
     __atomic_store_n(&sig_event_fd, fd, __ATOMIC_RELEASE);
     return 0;
 }
@@ -315,7 +315,7 @@ static void observe_all(void)
  * would otherwise see the child's signals as wake-ups).  Only this thread
  * exists in the child; the lock may have been held by a vanished one.
  */
-void kq_signal_atfork_child(void)
+static void signal_atfork_child(void)
 {
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     memcpy(&sig_lock, &fresh, sizeof fresh);
@@ -359,10 +359,10 @@ static int ep_signal(struct kq *kq, int op)
 {
     struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.u64 = EP_DATA(TAG_SIGNAL, 0, 0) };
     if (epoll_ctl(kq->waitfd, op, sig_event_fd, &ev) < 0)
-        return errno;
+        return -errno;
     if (epoll_ctl(kq->waitfd, op, sig_pending_fd, &ev) == 0 || op == EPOLL_CTL_DEL)
         return 0;
-    int err = errno;
+    int err = -errno;
     epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, sig_event_fd, NULL);
     return err;
 }
@@ -370,7 +370,7 @@ static int ep_signal(struct kq *kq, int op)
 static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
     if (!valid_signal(kev->ident))
-        return EINVAL;
+        return -EINVAL;
     int sig = (int)kev->ident;
     kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
     kn->kev.fflags = 0;
@@ -380,7 +380,7 @@ static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *k
     int err = event_fd_ensure();
     int added = 0;
     if (err == 0 && kq->signals == NULL) {
-        kq_fd_forget(kq, sig_event_fd);   /* a stale READ/WRITE knote on its number */
+        kq_forget_number(kq, sig_event_fd);   /* a stale READ/WRITE knote on its number */
         err = ep_signal(kq, EPOLL_CTL_ADD);
         added = err == 0;
     }
@@ -402,7 +402,8 @@ static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *k
     if (err)
         return err;
     kn->u.sig.next = kq->signals;
-    kq->signals = kn;
+    __atomic_store_n(&kq->signals, kn, __ATOMIC_RELAXED);   /* signal_busy() peeks unlocked */
+    kq_attention(kq, TAG_SIGNAL, 1);
     return 0;
 }
 
@@ -425,7 +426,9 @@ static void signal_detach(struct kq *kq, struct knote *kn)
         pp = &(*pp)->u.sig.next;
     if (*pp == NULL)
         return;
-    *pp = kn->u.sig.next;
+    __atomic_store_n(pp, kn->u.sig.next, __ATOMIC_RELAXED);   /* signal_busy() peeks */
+    if (kq->signals == NULL)
+        kq_attention(kq, TAG_SIGNAL, 0);
 
     int sig = (int)kn->kev.ident;
     pthread_mutex_lock(&sig_lock);
@@ -455,9 +458,9 @@ static int signal_catch_up(struct knote *kn)
 
 /* The signal eventfd or signalfd had an edge: some watched signal (of
  * this queue or another) was delivered, or sent while blocked.  Also
- * called by every kevent() on a queue watching signals while a counted
- * instance is pending (kq_signal_scan).  Lock held. */
-void kq_signal_ready(struct kq *kq)
+ * called (as collect) by every kevent() on a queue watching signals while
+ * a counted instance is pending (signal_busy).  Lock held. */
+static void signal_look(struct kq *kq)
 {
     pthread_mutex_lock(&sig_lock);
     observe_all();
@@ -472,10 +475,30 @@ void kq_signal_ready(struct kq *kq)
     }
 }
 
-/* Does a kevent() on this queue need to look at the pending signals? */
-int kq_signal_scan(const struct kq *kq)
+static int signal_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                        int room)
 {
-    return kq->signals != NULL && __atomic_load_n(&counted_pending_total, __ATOMIC_RELAXED) > 0;
+    (void)data;
+    (void)revents;
+    (void)out;
+    (void)room;
+    signal_look(kq);
+    return 0;
+}
+
+/* busy: does a kevent() on this queue need to look at the pending
+ * signals (a counted blocked signal may be gone)?  Unlocked hint. */
+static int signal_busy(const struct kq *kq)
+{
+    return __atomic_load_n(&kq->signals, __ATOMIC_RELAXED) != NULL &&
+           __atomic_load_n(&counted_pending_total, __ATOMIC_RELAXED) > 0;
+}
+
+static void signal_collect(struct kq *kq, int64_t now)
+{
+    (void)now;
+    if (signal_busy(kq))
+        signal_look(kq);
 }
 
 static int signal_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
@@ -491,8 +514,15 @@ static int signal_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 }
 
 const struct filter_ops kq_signal_ops = {
+    .filter = EVFILT_SIGNAL,
+    .tag = TAG_SIGNAL,
+    .flags = FILT_NEEDS_WAKE,
+    .atfork_child = signal_atfork_child,
     .attach = signal_attach,
     .modify = signal_modify,
     .detach = signal_detach,
     .deliver = signal_deliver,
+    .ready = signal_ready,
+    .busy = signal_busy,
+    .collect = signal_collect,
 };

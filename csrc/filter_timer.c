@@ -71,7 +71,7 @@ static int heap_reserve(struct kq *kq)
     size_t cap = kq->timers_cap ? kq->timers_cap * 2 : 16;
     struct knote **grown = realloc(kq->timers, cap * sizeof *grown);
     if (grown == NULL)
-        return ENOMEM;
+        return -ENOMEM;
     kq->timers = grown;
     kq->timers_cap = cap;
     return 0;
@@ -81,6 +81,8 @@ static void heap_push(struct kq *kq, struct knote *kn)
 {
     size_t i = kq->ntimers;
     __atomic_store_n(&kq->ntimers, i + 1, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
+    if (i == 0)
+        kq_attention(kq, TAG_TIMER, 1);
     heap_set(kq, i, kn);
     heap_up(kq, i);
 }
@@ -93,6 +95,8 @@ static void heap_remove(struct kq *kq, struct knote *kn)
     kn->u.timer.heap_index = SIZE_MAX;
     size_t n = kq->ntimers - 1;
     __atomic_store_n(&kq->ntimers, n, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
+    if (n == 0)
+        kq_attention(kq, TAG_TIMER, 0);
     struct knote *last = kq->timers[n];
     if (last == kn)
         return;
@@ -103,17 +107,42 @@ static void heap_remove(struct kq *kq, struct knote *kn)
 
 /* ---- timerfd ------------------------------------------------------- */
 
-int kq_timer_fd_create(struct kq *kq)
+static void timer_init(struct kq *kq)
 {
+    kq->timer_fd = -1;
+    kq->timer_armed = -1;
+}
+
+static void timer_close_fds(struct kq *kq)
+{
+    if (kq->timer_fd >= 0)
+        close(kq->timer_fd);
+    kq->timer_fd = -1;
+}
+
+static void timer_destroy(struct kq *kq)
+{
+    free(kq->timers);
+    kq->timers = NULL;
+}
+
+/* The timerfd, made by the first timer; every later timer tries again
+ * while it could not be made.  Timers fire without it (see
+ * timer_polled).  0 or -errno. */
+static int timer_fd_ensure(struct kq *kq)
+{
+    if (kq->timer_fd >= 0)
+        return 0;
     int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_TIMER, 0, 0));
     if (err == 0)
-        kq->timer_fd = fd;
+        __atomic_store_n(&kq->timer_fd, fd, __ATOMIC_RELAXED);   /* scan() peeks unlocked */
     return err;
 }
 
-/* Arm the timerfd at the earliest deadline (only when that changed). */
-int kq_timers_rearm(struct kq *kq)
+/* Arm the timerfd at the earliest deadline (only when that changed).
+ * 0 or -errno. */
+static int timer_rearm(struct kq *kq)
 {
     int64_t want = kq->ntimers ? kq->timers[0]->u.timer.deadline : -1;
     if (want == kq->timer_armed || kq->timer_fd < 0)
@@ -126,13 +155,13 @@ int kq_timers_rearm(struct kq *kq)
             its.it_value.tv_nsec = 1;   /* zero would disarm */
     }
     if (timerfd_settime(kq->timer_fd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
-        return -1;
+        return -errno;
     kq->timer_armed = want;
     return 0;
 }
 
 /* Move every timer whose deadline has passed to the pending list. */
-void kq_timers_expire(struct kq *kq, int64_t now)
+static void timers_expire(struct kq *kq, int64_t now)
 {
     while (kq->ntimers > 0 && kq->timers[0]->u.timer.deadline <= now) {
         struct knote *kn = kq->timers[0];
@@ -156,6 +185,44 @@ void kq_timers_expire(struct kq *kq, int64_t now)
     }
 }
 
+/* The timerfd fired (its item is in the wait set). */
+static int timer_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                       int room)
+{
+    (void)data;
+    (void)revents;
+    (void)out;
+    (void)room;
+    uint64_t ticks;
+    (void)!read(kq->timer_fd, &ticks, sizeof ticks);
+    kq->timer_armed = -1;   /* timerfd fired: it is disarmed now */
+    timers_expire(kq, kq_now());
+    return 0;
+}
+
+/* busy: timers may have passed their deadline (the wait looks first). */
+static int timer_busy(const struct kq *kq)
+{
+    return __atomic_load_n(&kq->ntimers, __ATOMIC_RELAXED) > 0;
+}
+
+/* polled: timers without a timerfd (it could not be made: EMFILE).
+ * Nothing wakes the wait at their deadline, so it ends there by itself;
+ * after it, collect expires them. */
+static int timer_polled(const struct kq *kq)
+{
+    return __atomic_load_n(&kq->timer_fd, __ATOMIC_RELAXED) < 0 &&
+           __atomic_load_n(&kq->ntimers, __ATOMIC_RELAXED) > 0;
+}
+
+static int64_t timer_next_look(struct kq *kq, int64_t now)
+{
+    (void)now;
+    if (kq->timer_fd >= 0 || kq->ntimers == 0)
+        return -1;
+    return kq->timers[0]->u.timer.deadline;
+}
+
 /* ---- filter -------------------------------------------------------- */
 
 /* Turn (data, fflags) into a first deadline and a period. */
@@ -169,10 +236,10 @@ static int timer_params(const struct knote *kn, const struct kevent *kev,
     case NOTE_SECONDS:  unit = 1000000000; break;
     case NOTE_USECONDS: unit = 1000; break;
     case NOTE_NSECONDS: unit = 1; break;
-    default:            return EINVAL;   /* more than one unit */
+    default:            return -EINVAL;  /* more than one unit */
     }
     if (kev->data < 0)
-        return EINVAL;
+        return -EINVAL;
     int64_t data = (int64_t)kev->data;
     int64_t ns = data > INT64_MAX / unit ? INT64_MAX : data * unit;
     int64_t now = kq_now();
@@ -213,6 +280,12 @@ static int timer_start(struct kq *kq, struct knote *kn, const struct kevent *kev
 
 static int timer_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
+    /* A timer needs no descriptor to fire (as on FreeBSD): without one,
+     * the wait ends at the earliest deadline by itself (timer_polled).
+     * What is missing meanwhile: the queue's descriptor does not poll
+     * readable for a timer, and a thread already blocked is not woken
+     * early for a timer another thread adds. */
+    (void)timer_fd_ensure(kq);
     kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
     kn->u.timer.heap_index = SIZE_MAX;
     return timer_start(kq, kn, kev);
@@ -251,8 +324,20 @@ static int timer_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 }
 
 const struct filter_ops kq_timer_ops = {
+    .filter = EVFILT_TIMER,
+    .tag = TAG_TIMER,
+    .flags = FILT_WANTS_WAKE | FILT_READY_BATCH,
+    .init = timer_init,
+    .close_fds = timer_close_fds,
+    .destroy = timer_destroy,
     .attach = timer_attach,
     .modify = timer_modify,
     .detach = timer_detach,
     .deliver = timer_deliver,
+    .ready = timer_ready,
+    .rearm = timer_rearm,
+    .busy = timer_busy,
+    .collect = timers_expire,
+    .polled = timer_polled,
+    .next_look = timer_next_look,
 };

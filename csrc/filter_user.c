@@ -62,6 +62,11 @@ static int user_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 }
 
 const struct filter_ops kq_user_ops = {
+    .filter = EVFILT_USER,
+    .tag = TAG_USER,
+    /* A trigger from another thread must wake a blocked kevent(), which
+     * only the wake eventfd can do: no registration without it. */
+    .flags = FILT_NEEDS_WAKE,
     .attach = user_attach,
     .modify = user_modify,
     .detach = user_detach,

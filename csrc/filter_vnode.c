@@ -67,7 +67,7 @@ static int inotify_ensure(struct kq *kq)
         return 0;
     struct knote **buckets = calloc(KQ_VN_BUCKETS, sizeof *buckets);
     if (buckets == NULL)
-        return ENOMEM;
+        return -ENOMEM;
     int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_VNODE, 0, 0));
     if (err) {
@@ -167,7 +167,7 @@ static int watch(struct kq *kq, struct knote *kn, const struct stat *st)
     snprintf(path, sizeof path, "/proc/self/fd/%d", (int)kn->kev.ident);
     int wd = inotify_add_watch(kq->inotify_fd, path, VN_MASK);
     if (wd < 0)
-        return errno;
+        return -errno;
     kn->u.vnode.wd = wd;
     remember(kn, st);
     wd_link(kq, kn);
@@ -181,9 +181,9 @@ static int vnode_attach(struct kq *kq, struct knote *kn, const struct kevent *ke
     struct stat st;
     kn->u.vnode.wd = -1;
     if (kev->ident > INT_MAX || fstat((int)kev->ident, &st) < 0)
-        return EBADF;
+        return -EBADF;
     if (!watchable(&st))
-        return EINVAL;
+        return -EINVAL;
     /* Only now, with the user's descriptor known open, may a new
      * descriptor be made: it cannot take the user's number. */
     int err = inotify_ensure(kq);
@@ -205,10 +205,14 @@ static int vnode_modify(struct kq *kq, struct knote *kn, const struct kevent *ke
      * closed behind our back), or the kernel dropped the watch, start
      * over on the file it names now. */
     struct stat st;
-    if (fstat((int)kn->kev.ident, &st) < 0)
+    if (fstat((int)kn->kev.ident, &st) < 0) {
+        kn->status |= KN_STALE;
         return -EBADF;
-    if (!watchable(&st))
+    }
+    if (!watchable(&st)) {
+        kn->status |= KN_STALE;
         return -EINVAL;
+    }
     if (kn->u.vnode.wd >= 0 && st.st_dev == kn->u.vnode.dev && st.st_ino == kn->u.vnode.ino)
         return 0;
     unwatch(kq, kn);
@@ -216,7 +220,9 @@ static int vnode_modify(struct kq *kq, struct knote *kn, const struct kevent *ke
     kn->status &= ~KN_ACTIVE;
     kq_dequeue(kq, kn);
     int err = watch(kq, kn, &st);
-    return err ? -err : 0;
+    if (err != 0)
+        kn->status |= KN_STALE;
+    return err;
 }
 
 static void vnode_detach(struct kq *kq, struct knote *kn)
@@ -344,13 +350,18 @@ static void vnode_dispatch(struct kq *kq, const struct inotify_event *ev)
 }
 
 /* inotify_fd is readable: read and dispatch everything.  Lock held. */
-void kq_vnode_ready(struct kq *kq)
+static int vnode_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                       int room)
 {
+    (void)data;
+    (void)revents;
+    (void)out;
+    (void)room;
     char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
     for (;;) {
         ssize_t len = read(kq->inotify_fd, buf, sizeof buf);
         if (len <= 0)
-            return;     /* EAGAIN: drained */
+            return 0;   /* EAGAIN: drained */
         for (char *p = buf; p < buf + len;) {
             const struct inotify_event *ev = (const struct inotify_event *)p;
             vnode_dispatch(kq, ev);
@@ -377,9 +388,34 @@ static int vnode_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
     return 1;
 }
 
+static void vnode_init(struct kq *kq)
+{
+    kq->inotify_fd = -1;
+}
+
+static void vnode_close_fds(struct kq *kq)
+{
+    if (kq->inotify_fd >= 0)
+        close(kq->inotify_fd);
+    kq->inotify_fd = -1;
+}
+
+static void vnode_destroy(struct kq *kq)
+{
+    free(kq->vn_buckets);
+    kq->vn_buckets = NULL;
+}
+
 const struct filter_ops kq_vnode_ops = {
+    .filter = EVFILT_VNODE,
+    .tag = TAG_VNODE,
+    .flags = FILT_IDENT_FD | FILT_NEEDS_WAKE | FILT_READY_BATCH,
+    .init = vnode_init,
+    .close_fds = vnode_close_fds,
+    .destroy = vnode_destroy,
     .attach = vnode_attach,
     .modify = vnode_modify,
     .detach = vnode_detach,
     .deliver = vnode_deliver,
+    .ready = vnode_ready,
 };

@@ -3,7 +3,7 @@
  *
  * One queue is one epoll instance (the descriptor the user sees, and so
  * pollable like a real kqueue) holding one nested epoll set, waitfd, in
- * which kevent() waits and which can be rebuilt (kq_fd_rebuild) without
+ * which kevent() waits and which can be rebuilt (filter_fd.c) without
  * changing the user's file.  Inside waitfd sit:
  *   - every EVFILT_READ registration, directly (the hot path: one
  *     epoll_wait returns ready sockets);
@@ -12,7 +12,8 @@
  *     EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/EV_DISPATCH hold per filter;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
  *     (timers live in a heap, not one descriptor each), made by the first
- *     timer;
+ *     timer; timers fire without it (kevent() bounds its wait by the
+ *     earliest deadline) when it cannot be made;
  *   - wake_fd, an eventfd that is readable while userspace has pending
  *     events (EVFILT_USER triggers, fired timers) or the queue is closed,
  *     made by the first registration that can queue one (a closed queue
@@ -23,6 +24,11 @@
  *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
  *     created on the first one (filter_vnode.c).
  * No lock is held across epoll_wait.
+ *
+ * Code: kqueue.c is the core (queues, changes, the pending list, the wait
+ * loop); each filter_X.c is one filter behind struct filter_ops, found by
+ * the core in kq_filters[] only.  Filters call back into the core through
+ * the kq_* functions declared at the end of this file.
  */
 #ifndef KQ_INTERNAL_H
 #define KQ_INTERNAL_H
@@ -41,6 +47,9 @@
                               or disarmed while disabled/dispatched) */
 #define KN_LOWWAIT   0x10u /* WRITE with NOTE_LOWAT below its mark: on
                               kq->lowat_wait, re-polled by the wait loop */
+#define KN_STALE     0x20u /* set by a modify or deliver hook: the registration
+                              died with its descriptor; the core removes it
+                              and keeps its udata (kqueue_py_take_dropped) */
 
 /* Change flags that are actions, not state: never stored or reported.  As
  * FreeBSD's kqueue_register() does, every other flag given at registration
@@ -65,20 +74,92 @@ enum fd_kind {
 struct kq;
 struct knote;
 
-/* One filter's behaviour.  Every hook runs with the queue lock held and
- * returns 0 or an errno value. */
+/*
+ * One filter's behaviour.  The core (kqueue.c) knows filters only through
+ * these hooks, found in one table indexed by epoll tag (kq_filters[] in
+ * kqueue.c): a change finds its filter there by ops->filter, a ready epoll
+ * item by the tag in its epoll_data.
+ *
+ * Error convention, everywhere inside the backend: 0 (or a count) for
+ * success, a negative errno for failure (as libuv does); errno itself is
+ * set only at the public entry points (kqueue(), kevent(), ...).  A hook
+ * that finds its registration dead (its descriptor closed, or the number
+ * reused) sets KN_STALE; the core then removes it.
+ *
+ * Every hook runs with the queue lock held unless it says otherwise.
+ * Hooks a filter does not need are NULL.
+ */
+#define FILT_IDENT_FD     0x1u  /* ident is a descriptor: one that is not
+                                   open (or > INT_MAX) is EBADF, checked
+                                   before any registration is looked up */
+#define FILT_NEEDS_WAKE   0x2u  /* reports from the pending list: a new
+                                   registration makes the wake eventfd, and
+                                   fails with its error if it cannot */
+#define FILT_WANTS_WAKE   0x4u  /* as FILT_NEEDS_WAKE, but works without */
+#define FILT_READY_BATCH  0x8u  /* ready() runs once per epoll batch, after
+                                   the items of the other filters */
+
 struct filter_ops {
+    int16_t filter;             /* EVFILT_* */
+    uint32_t tag;               /* its entry in kq_filters[] (TAG_*) */
+    unsigned flags;             /* FILT_* */
+
+    /* Per-queue state: set up in a new queue (which cannot fail: make
+     * things on first use), close its descriptors (also in a fork()
+     * child, where nothing may be freed), free the rest. */
+    void (*init)(struct kq *kq);
+    void (*close_fds)(struct kq *kq);
+    void (*destroy)(struct kq *kq);
+    /* Process-wide state in a fork() child (no lock: one thread). */
+    void (*atfork_child)(void);
+
+    /* Storage, for filters that index their knotes themselves (READ and
+     * WRITE: by descriptor).  NULL: the core's hash on (ident, filter).
+     * reserve() makes room before attach, so that insert() cannot fail. */
+    struct knote *(*find)(struct kq *kq, uintptr_t ident);
+    int (*reserve)(struct kq *kq, uintptr_t ident);
+    void (*insert)(struct kq *kq, struct knote *kn);
+    void (*unlink)(struct kq *kq, struct knote *kn);
+
     /* A new registration: validate the change and start watching. */
     int (*attach)(struct kq *kq, struct knote *kn, const struct kevent *kev);
     /* A change on an existing registration, after the generic part
-     * (KN_DISABLED from EV_ENABLE/EV_DISABLE, udata) was applied.  A
-     * negative errno means the registration is stale and must go. */
+     * (KN_DISABLED from EV_ENABLE/EV_DISABLE, udata) was applied. */
     int (*modify)(struct kq *kq, struct knote *kn, const struct kevent *kev);
-    /* Stop watching (EV_DELETE, EV_ONESHOT delivery). */
+    /* EV_DELETE: the error BSD gives for it (the registration goes either
+     * way, through detach).  NULL: 0. */
+    int (*remove)(struct kq *kq, struct knote *kn);
+    /* Stop watching (EV_DELETE, EV_ONESHOT delivery, stale, queue freed). */
     void (*detach)(struct kq *kq, struct knote *kn);
-    /* Userspace filters: fill *out from an active knote.  Returns 1 when an
-     * event was produced, 0 when the knote turned out not to be ready. */
+    /* A knote on the pending list: fill *out.  Returns 1 for an event, 0
+     * when it turned out not to be ready (or KN_STALE). */
     int (*deliver)(struct kq *kq, struct knote *kn, struct kevent *out);
+
+    /* An epoll item tagged for this filter is ready (data and revents as
+     * epoll returned them).  Writes at most room events to out, returns
+     * how many; events for the pending list go there (kq_enqueue). */
+    int (*ready)(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out, int room);
+    /* After changes and after each batch: bring the filter's descriptors
+     * in line with its state (the timerfd to the earliest deadline). */
+    int (*rearm)(struct kq *kq);
+
+    /* Work before a wait, asked only of filters that set their bit in
+     * kq->attn (kq_attention), so that a queue without such state pays
+     * one load.  busy(), unlocked and a hint only: does the filter have
+     * events that no epoll item will announce?  Then, locked, collect()
+     * puts them on the pending list. */
+    int (*busy)(const struct kq *kq);
+    void (*collect)(struct kq *kq, int64_t now);
+    /* Looks driven by time.  polled(), unlocked and a hint only: must the
+     * wait end early to look again?  Then, locked, next_look() does what is
+     * due and returns when (CLOCK_MONOTONIC ns) to look next, or -1; after
+     * the wait, collect() (if any) runs while polled() says so. */
+    int (*polled)(const struct kq *kq);
+    int64_t (*next_look)(struct kq *kq, int64_t now);
+
+    /* The number fd is about to name one of the queue's own descriptors:
+     * forget registrations still recorded under it (their file is gone). */
+    void (*fd_reused)(struct kq *kq, int fd);
 };
 
 struct knote {
@@ -140,6 +221,8 @@ struct kq {
     int timer_fd;           /* timerfd at the earliest timer deadline */
     pthread_mutex_t lock;
     int refs;               /* atomic: registry + threads inside kevent() */
+    uint32_t attn;          /* atomic: bit (1 << tag) set by a filter while its
+                               busy()/polled() may say yes (kq_attention) */
     int closed;
     int wake_signalled;     /* wake_fd currently readable */
     int64_t timer_armed;    /* deadline timer_fd is armed for, -1 = disarmed */
@@ -194,69 +277,59 @@ struct kq {
     struct knote **vn_buckets;  /* KQ_VN_BUCKETS chains on wd */
 };
 
-/* epoll_data: bits 56-63 say what a ready item is; for fd knotes bits
- * 32-55 carry the registration's generation and bits 0-31 the fd, so an
- * event from an older registration of the same number is recognised. */
+/* epoll_data: bits 56-63 are the tag, the index in kq_filters[] of the
+ * filter whose ready() handles the item; for fd knotes bits 32-55 carry the
+ * registration's generation and bits 0-31 the fd, so an event from an
+ * older registration of the same number is recognised.  A filter has one
+ * tag of its own (ops->tag) and may own more.  Where order matters, hooks
+ * run in ascending tag order: signals are collected before timers, and the
+ * batched ready() hooks run vnodes, then timers, then the WRITE set. */
 #define TAG_READ    1u   /* an EVFILT_READ knote */
 #define TAG_WRITE   2u   /* an EVFILT_WRITE knote (inside wr_ep) */
-#define TAG_WRITES  3u   /* wr_ep has ready items */
-#define TAG_TIMER   4u   /* timer_fd fired */
-#define TAG_WAKE    5u   /* wake_fd */
-#define TAG_SIGNAL  6u   /* the process-wide signal eventfd */
-#define TAG_PROC    7u   /* a pidfd: bits 0-31 the pid, 32-55 the generation */
-#define TAG_VNODE   8u   /* inotify_fd */
-#define TAG_FILES   9u   /* files_ino_fd: a registered regular file changed */
+#define TAG_SIGNAL  3u   /* the process-wide signal eventfd and signalfd */
+#define TAG_PROC    4u   /* a pidfd: bits 0-31 the pid, 32-55 the generation */
+#define TAG_VNODE   5u   /* inotify_fd */
+#define TAG_TIMER   6u   /* timer_fd fired */
+#define TAG_WRITES  7u   /* wr_ep has ready items (EVFILT_WRITE's) */
+#define TAG_FILES   8u   /* files_ino_fd: a registered regular file changed (EVFILT_READ's) */
+#define TAG_USER    9u   /* EVFILT_USER (no epoll item) */
+#define TAG_WAKE    10u  /* wake_fd, or closed_fd: the core's own */
+#define TAG_COUNT   11u
 #define EP_DATA(tag, gen, fd) (((uint64_t)(tag) << 56) | ((uint64_t)((gen) & 0xffffff) << 32) | \
                                (uint32_t)(fd))
 #define EP_TAG_OF(u64)  ((uint32_t)((u64) >> 56))
 #define EP_GEN_OF(u64)  ((uint32_t)((u64) >> 32) & 0xffffff)
 #define EP_FD_OF(u64)   ((int)(uint32_t)(u64))
 
-/* kqueue.c */
-int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);
-void kq_fd_forget(struct kq *kq, int fd);
+/* kqueue.c: what the core offers filters.  Lock held. */
+#define KQ_DROPPED_MAX 65536    /* udata values kept for kqueue_py_take_dropped */
+int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);  /* 0 or -errno */
+int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);
+void kq_knote_stale(struct kq *kq, struct knote *kn);   /* keep udata, then drop */
+void kq_note_dropped(struct kq *kq, void *udata);
+void kq_forget_number(struct kq *kq, int fd);          /* fd_reused() of every filter */
+void kq_attention(struct kq *kq, uint32_t tag, int on); /* busy()/polled() may say yes */
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
+void kq_after_delivery(struct kq *kq, struct knote *kn);   /* EV_ONESHOT, EV_DISPATCH */
 int64_t kq_now(void);
-int kq_wake_fd_ensure(struct kq *kq);   /* 0 or errno */
+#define KQ_FOREVER (-1)         /* scan() deadlines: wait for ever ... */
+#define KQ_POLL    0            /* ... or poll (long past, clock not read) */
+#define KQ_EBUF_MAX 256         /* epoll events on the stack per epoll_wait */
+struct epoll_event *kq_ebuf_get(struct epoll_event *stack, int *want);
+void kq_ebuf_put(struct epoll_event *stack, struct epoll_event *buf);
 
-/* filter_fd.c */
+/* The filters: one table entry each in kqueue.c (kq_filters[]). */
 #define KQ_LOWAT_POLL_NS 1000000     /* re-poll of WRITE knotes below NOTE_LOWAT */
-#define KQ_DROPPED_MAX   65536       /* udata values kept for kqueue_py_take_dropped */
-extern const struct filter_ops kq_read_ops;
-extern const struct filter_ops kq_write_ops;
-int kq_fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out);
-int kq_fd_unregister(struct kq *kq, struct knote *kn);
-int kq_wr_ep_create(struct kq *kq);
-void kq_fd_note_dropped(struct kq *kq, void *udata);
-void kq_files_ready(struct kq *kq);
-void kq_lowat_repoll(struct kq *kq, int64_t now);
-void kq_fd_orphan(struct kq *kq, uint64_t data);
-
-/* filter_timer.c */
-int kq_timer_fd_create(struct kq *kq);
-extern const struct filter_ops kq_timer_ops;
-void kq_timers_expire(struct kq *kq, int64_t now);
-int kq_timers_rearm(struct kq *kq);
-
-/* filter_user.c */
-extern const struct filter_ops kq_user_ops;
-
-/* filter_signal.c */
-extern const struct filter_ops kq_signal_ops;
-void kq_signal_ready(struct kq *kq);
-int kq_signal_scan(const struct kq *kq);
-void kq_signal_atfork_child(void);
-
-/* filter_proc.c */
-extern const struct filter_ops kq_proc_ops;
-void kq_proc_ready(struct kq *kq, uint64_t data);
-
-/* filter_vnode.c */
 #define KQ_VN_BUCKETS 256
-extern const struct filter_ops kq_vnode_ops;
-void kq_vnode_ready(struct kq *kq);
+extern const struct filter_ops kq_read_ops;     /* filter_fd.c */
+extern const struct filter_ops kq_write_ops;    /* filter_fd.c */
+extern const struct filter_ops kq_signal_ops;   /* filter_signal.c */
+extern const struct filter_ops kq_proc_ops;     /* filter_proc.c */
+extern const struct filter_ops kq_vnode_ops;    /* filter_vnode.c */
+extern const struct filter_ops kq_timer_ops;    /* filter_timer.c */
+extern const struct filter_ops kq_user_ops;     /* filter_user.c */
 
 #endif /* KQ_INTERNAL_H */

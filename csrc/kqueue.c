@@ -1,6 +1,8 @@
 /*
  * kqueue(2) for Linux: queue lifecycle, change application and the
- * wait/scan loop.  Filters live in filter_*.c behind struct filter_ops.
+ * wait/scan loop.  Filters live in filter_*.c behind struct filter_ops;
+ * this file reaches them only through kq_filters[] (one entry each) and
+ * never names one.
  *
  * Contract: the FreeBSD kqueue(2) man page.  See kq_internal.h for the
  * shape of a queue.
@@ -19,7 +21,25 @@
 
 #include "kq_internal.h"
 
-#define EBUF_MAX 256          /* epoll events on the stack per epoll_wait */
+/* Every filter, indexed by the tag in its epoll items' data (TAG_*).  A
+ * filter with more than one tag appears under each; its own is ops->tag. */
+static const struct filter_ops *const kq_filters[TAG_COUNT] = {
+    [TAG_READ] = &kq_read_ops,     [TAG_FILES] = &kq_read_ops,
+    [TAG_WRITE] = &kq_write_ops,   [TAG_WRITES] = &kq_write_ops,
+    [TAG_SIGNAL] = &kq_signal_ops,
+    [TAG_PROC] = &kq_proc_ops,
+    [TAG_VNODE] = &kq_vnode_ops,
+    [TAG_TIMER] = &kq_timer_ops,
+    [TAG_USER] = &kq_user_ops,
+    /* TAG_WAKE: the core's own wake_fd */
+};
+
+/* Each filter once, in ascending tag order. */
+#define FOR_EACH_FILTER(ops)                                               \
+    for (uint32_t t_ = 0; t_ < TAG_COUNT; t_++)                            \
+        for (const struct filter_ops *ops = kq_filters[t_];                \
+             ops != NULL && ops->tag == t_; ops = NULL)
+
 #define EBUF_HEAP_MAX 65536   /* most epoll events one call fetches */
 #ifndef SYS_epoll_pwait2
 #define SYS_epoll_pwait2 441   /* same number on every architecture */
@@ -70,7 +90,7 @@ static int closed_fd_ensure(void)
     if (closed_fd < 0) {
         int fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
         if (fd < 0) {
-            int err = errno;
+            int err = -errno;
             pthread_mutex_unlock(&registry_lock);
             return err;
         }
@@ -99,42 +119,61 @@ static void kq_mark_closed(struct kq *kq)
 }
 
 /* wake_fd: the eventfd readable while events wait on the pending list.
- * Created by the first registration that can put one there. */
+ * Created by the first registration that can put one there.  0 or -errno. */
 int kq_wake_fd_ensure(struct kq *kq)
 {
     if (kq->wake_fd >= 0)
         return 0;
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     int err = kq_watch_internal(kq, fd, EPOLLIN, EP_DATA(TAG_WAKE, 0, 0));
-    if (err == 0)
-        kq->wake_fd = fd;
-    return err;
+    if (err != 0)
+        return err;
+    kq->wake_fd = fd;
+    if (kq->wake_signalled) {
+        /* Owed while there was no descriptor (timers fired without one):
+         * make the new one match, so that wake_update() can clear it. */
+        uint64_t one = 1;
+        (void)!write(fd, &one, sizeof one);
+    }
+    return 0;
 }
 
-/* The queue's own descriptors (the user's one included, if still open). */
+/* The queue's own descriptors (the user's one included, if still open)
+ * and its filters'. */
 static void close_queue_fds(struct kq *kq)
 {
-    int *fds[] = { &kq->fd, &kq->waitfd, &kq->wake_fd, &kq->wr_ep, &kq->timer_fd,
-                   &kq->inotify_fd, &kq->files_ino_fd };
+    int *fds[] = { &kq->fd, &kq->waitfd, &kq->wake_fd };
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
         if (*fds[i] >= 0)
             close(*fds[i]);
         *fds[i] = -1;
     }
+    FOR_EACH_FILTER(ops)
+        if (ops->close_fds != NULL)
+            ops->close_fds(kq);
+}
+
+/* The number fd is about to name one of the queue's own descriptors: no
+ * registration recorded under it may live on (see fd_reused). */
+void kq_forget_number(struct kq *kq, int fd)
+{
+    FOR_EACH_FILTER(ops)
+        if (ops->fd_reused != NULL)
+            ops->fd_reused(kq, fd);
 }
 
 /* Put an internal descriptor (nested set, timerfd, pidfd, ...) into the
- * queue's epoll set.  Returns 0, or an errno after closing fd.  Called
- * with fd < 0 straight from its failed creation, it returns that errno. */
+ * queue's epoll set.  Returns 0, or -errno after closing fd.  Called
+ * with fd < 0 straight from its failed creation, it returns that -errno. */
 int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
 {
     if (fd < 0)
-        return errno;
-    kq_fd_forget(kq, fd);
+        return -errno;
+    kq_forget_number(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
     if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
         return 0;
-    int err = errno;
+    int err = -errno;
     close(fd);
     return err;
 }
@@ -157,7 +196,9 @@ static void atfork_child(void)
         /* pidfds are close-on-exec; like the memory, they are left. */
     }
     pthread_mutex_unlock(&registry_lock);
-    kq_signal_atfork_child();
+    FOR_EACH_FILTER(ops)
+        if (ops->atfork_child != NULL)
+            ops->atfork_child();
 }
 static void atfork_install(void)
 {
@@ -175,7 +216,7 @@ static int registry_insert(struct kq *kq)
         struct kq **grown = realloc(registry, (size_t)cap * sizeof *grown);
         if (grown == NULL) {
             pthread_mutex_unlock(&registry_lock);
-            return ENOMEM;
+            return -ENOMEM;
         }
         memset(grown + registry_cap, 0, (size_t)(cap - registry_cap) * sizeof *grown);
         registry = grown;
@@ -214,9 +255,10 @@ int kqueue(void)
         errno = ENOMEM;
         return -1;
     }
-    kq->fd = kq->waitfd = kq->wake_fd = kq->wr_ep = kq->timer_fd = kq->inotify_fd = -1;
-    kq->files_ino_fd = -1;
-    kq->timer_armed = -1;
+    kq->fd = kq->waitfd = kq->wake_fd = -1;
+    FOR_EACH_FILTER(ops)
+        if (ops->init != NULL)
+            ops->init(kq);
     kq->refs = 1;  /* the registry's reference */
     static uint64_t last_id;
     kq->id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED);
@@ -224,17 +266,17 @@ int kqueue(void)
 
     int err;
     if ((err = closed_fd_ensure()) != 0) {
-        errno = err;
+        errno = -err;
         goto fail;
     }
-    /* Two descriptors: the user's and its dup.  wake_fd, timer_fd, wr_ep
-     * and inotify_fd come with the first registration that needs them
-     * (see queue_resources_for). */
+    /* Two descriptors: the user's and the set kevent() waits in.  wake_fd
+     * and the filters' own come with the first registration that needs
+     * them (see wake_for). */
     kq->fd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->fd < 0)
         goto fail;
     /* The set kevent() waits in, nested in the user's descriptor: the hot
-     * path waits in it directly, and it can be rebuilt (kq_fd_rebuild)
+     * path waits in it directly, and it can be rebuilt (filter_fd.c)
      * without changing the file the user's descriptor names. */
     kq->waitfd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->waitfd < 0)
@@ -242,7 +284,7 @@ int kqueue(void)
     if (ep_add(kq->fd, kq->waitfd, EPOLLIN, 0) < 0)
         goto fail;
     if ((err = registry_insert(kq)) != 0) {
-        errno = err;
+        errno = -err;
         goto fail;
     }
     return kq->fd;
@@ -256,10 +298,6 @@ fail:
 
 static void kq_destroy(struct kq *kq)
 {
-    for (int fd = 0; fd < kq->fd_cap; fd++) {
-        free(kq->rd[fd]);
-        free(kq->wr[fd]);
-    }
     for (size_t i = 0; i < kq->hash_cap; i++) {
         struct knote *kn = kq->hash[i];
         while (kn != NULL) {
@@ -270,13 +308,12 @@ static void kq_destroy(struct kq *kq)
             kn = next;
         }
     }
-    free(kq->rd);
-    free(kq->wr);
     free(kq->hash);
-    free(kq->timers);
-    free(kq->vn_buckets);
     free(kq->dropped);
     close_queue_fds(kq);
+    FOR_EACH_FILTER(ops)
+        if (ops->destroy != NULL)
+            ops->destroy(kq);
     pthread_mutex_destroy(&kq->lock);
     free(kq);
 }
@@ -345,31 +382,12 @@ int kqueue_close(int fd)
 /* ------------------------------------------------------------------ */
 /* Knote lookup and storage.                                           */
 
-/* Filters whose knotes live in the per-fd tables (READ, WRITE). */
-static int is_fd_filter(int16_t filter)
-{
-    return filter == EVFILT_READ || filter == EVFILT_WRITE;
-}
-
-/* Filters whose ident is a descriptor: as on BSD, a change naming one that
- * is not open fails with EBADF before any registration is looked up. */
-static int ident_is_fd(int16_t filter)
-{
-    return is_fd_filter(filter) || filter == EVFILT_VNODE;
-}
-
 static const struct filter_ops *filter_lookup(int16_t filter)
 {
-    switch (filter) {
-    case EVFILT_READ:   return &kq_read_ops;
-    case EVFILT_WRITE:  return &kq_write_ops;
-    case EVFILT_TIMER:  return &kq_timer_ops;
-    case EVFILT_USER:   return &kq_user_ops;
-    case EVFILT_SIGNAL: return &kq_signal_ops;
-    case EVFILT_PROC:   return &kq_proc_ops;
-    case EVFILT_VNODE:  return &kq_vnode_ops;
-    default:            return NULL;
-    }
+    FOR_EACH_FILTER(ops)
+        if (ops->filter == filter)
+            return ops;
+    return NULL;
 }
 
 /* Bucket of (ident, filter): Fibonacci hashing, the bits above 32 of the
@@ -385,13 +403,11 @@ static size_t hash_slot(const struct kq *kq, uintptr_t ident, int16_t filter)
     return (size_t)((x * 0x9E3779B97F4A7C15ULL) >> 32) & (kq->hash_cap - 1);
 }
 
-static struct knote *knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
+static struct knote *knote_find(struct kq *kq, const struct filter_ops *ops, uintptr_t ident)
 {
-    if (is_fd_filter(filter)) {
-        if (ident >= (uintptr_t)kq->fd_cap)
-            return NULL;
-        return filter == EVFILT_READ ? kq->rd[ident] : kq->wr[ident];
-    }
+    if (ops->find != NULL)
+        return ops->find(kq, ident);
+    int16_t filter = ops->filter;
     if (kq->hash_cap == 0)
         return NULL;
     for (struct knote *kn = kq->hash[hash_slot(kq, ident, filter)]; kn; kn = kn->hash_next)
@@ -402,7 +418,8 @@ static struct knote *knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
 
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
 {
-    return knote_find(kq, ident, filter);
+    const struct filter_ops *ops = filter_lookup(filter);
+    return ops != NULL ? knote_find(kq, ops, ident) : NULL;
 }
 
 static int hash_grow(struct kq *kq)
@@ -410,7 +427,7 @@ static int hash_grow(struct kq *kq)
     size_t cap = kq->hash_cap ? kq->hash_cap * 2 : 64;
     struct knote **table = calloc(cap, sizeof *table);
     if (table == NULL)
-        return ENOMEM;
+        return -ENOMEM;
     struct knote **old = kq->hash;
     size_t old_cap = kq->hash_cap;
     kq->hash = table;
@@ -429,37 +446,11 @@ static int hash_grow(struct kq *kq)
     return 0;
 }
 
-static int fd_table_grow(struct kq *kq, int fd)
-{
-    int cap = kq->fd_cap ? kq->fd_cap : 64;
-    while (cap <= fd)
-        cap = cap > INT_MAX / 2 ? INT_MAX : cap * 2;
-    struct knote **rd = realloc(kq->rd, (size_t)cap * sizeof *rd);
-    if (rd == NULL)
-        return ENOMEM;
-    kq->rd = rd;
-    struct knote **wr = realloc(kq->wr, (size_t)cap * sizeof *wr);
-    if (wr == NULL)
-        return ENOMEM;
-    kq->wr = wr;
-    memset(rd + kq->fd_cap, 0, (size_t)(cap - kq->fd_cap) * sizeof *rd);
-    memset(wr + kq->fd_cap, 0, (size_t)(cap - kq->fd_cap) * sizeof *wr);
-    kq->fd_cap = cap;
-    return 0;
-}
-
 /* Make room for kn before attach, so that insertion cannot fail after. */
-static int knote_reserve(struct kq *kq, const struct kevent *kev)
+static int knote_reserve(struct kq *kq, const struct filter_ops *ops, const struct kevent *kev)
 {
-    if (is_fd_filter(kev->filter)) {
-        if ((int)kev->ident < kq->fd_cap)
-            return 0;
-        /* Only an open descriptor grows the table (open ones are bounded by
-         * RLIMIT_NOFILE; a huge closed number must not allocate). */
-        if (fcntl((int)kev->ident, F_GETFD) < 0)
-            return EBADF;
-        return fd_table_grow(kq, (int)kev->ident);
-    }
+    if (ops->reserve != NULL)
+        return ops->reserve(kq, kev->ident);
     if (kq->hash_count >= kq->hash_cap)
         return hash_grow(kq);
     return 0;
@@ -467,9 +458,8 @@ static int knote_reserve(struct kq *kq, const struct kevent *kev)
 
 static void knote_insert(struct kq *kq, struct knote *kn)
 {
-    if (is_fd_filter(kn->kev.filter)) {
-        struct knote **slot = kn->kev.filter == EVFILT_READ ? kq->rd : kq->wr;
-        slot[kn->kev.ident] = kn;
+    if (kn->ops->insert != NULL) {
+        kn->ops->insert(kq, kn);
         return;
     }
     size_t s = hash_slot(kq, kn->kev.ident, kn->kev.filter);
@@ -480,9 +470,8 @@ static void knote_insert(struct kq *kq, struct knote *kn)
 
 static void knote_unlink(struct kq *kq, struct knote *kn)
 {
-    if (is_fd_filter(kn->kev.filter)) {
-        struct knote **slot = kn->kev.filter == EVFILT_READ ? kq->rd : kq->wr;
-        slot[kn->kev.ident] = NULL;
+    if (kn->ops->unlink != NULL) {
+        kn->ops->unlink(kq, kn);
         return;
     }
     struct knote **pp = &kq->hash[hash_slot(kq, kn->kev.ident, kn->kev.filter)];
@@ -490,26 +479,6 @@ static void knote_unlink(struct kq *kq, struct knote *kn)
         pp = &(*pp)->hash_next;
     *pp = kn->hash_next;
     kq->hash_count--;
-}
-
-/* An internal descriptor is about to join the queue's epoll set under the
- * number fd.  A READ or WRITE registration still recorded under that
- * number was made on a file since closed (the kernel just handed the
- * number out again), so it is stale: drop it now, before an epoll_ctl()
- * confirming it could reach the internal item.  Lock held (or the queue
- * not yet shared). */
-void kq_fd_forget(struct kq *kq, int fd)
-{
-    if (fd < 0 || fd >= kq->fd_cap)
-        return;
-    struct knote *stale[2] = { kq->rd[fd], kq->wr[fd] };
-    for (int i = 0; i < 2; i++) {
-        if (stale[i] == NULL)
-            continue;
-        stale[i]->status &= ~KN_INEPOLL;     /* no epoll_ctl() on the number */
-        kq_fd_note_dropped(kq, stale[i]->kev.udata);
-        kq_knote_drop(kq, stale[i]);
-    }
 }
 
 /* Detach from the filter, forget and free.  Lock held. */
@@ -521,6 +490,30 @@ void kq_knote_drop(struct kq *kq, struct knote *kn)
     free(kn);
 }
 
+/* Keep the udata of a registration the backend dropped on its own. */
+void kq_note_dropped(struct kq *kq, void *udata)
+{
+    if (kq->ndropped >= kq->dropped_cap) {
+        if (kq->dropped_cap >= KQ_DROPPED_MAX)
+            return;
+        int cap = kq->dropped_cap ? kq->dropped_cap * 2 : 16;
+        uint64_t *grown = realloc(kq->dropped, (size_t)cap * sizeof *grown);
+        if (grown == NULL)
+            return;
+        kq->dropped = grown;
+        kq->dropped_cap = cap;
+    }
+    kq->dropped[kq->ndropped++] = (uint64_t)(uintptr_t)udata;
+}
+
+/* A registration that died with its descriptor: its owner gets the udata
+ * back (kqueue_py_take_dropped), then it goes. */
+void kq_knote_stale(struct kq *kq, struct knote *kn)
+{
+    kq_note_dropped(kq, kn->kev.udata);
+    kq_knote_drop(kq, kn);
+}
+
 /* ------------------------------------------------------------------ */
 /* Pending list (userspace events) and the wake descriptor.            */
 
@@ -528,8 +521,9 @@ void kq_enqueue(struct kq *kq, struct knote *kn)
 {
     if (kn->status & KN_QUEUED)
         return;
-    /* The registration made wake_fd already (queue_resources_for,
-     * fd_pending_check); this only guards a filter that queues later. */
+    /* The registration made wake_fd already (wake_for, or the filter's
+     * attach); this only guards a filter that queues later, and timers
+     * that fire without one. */
     if (kq->wake_fd < 0)
         (void)kq_wake_fd_ensure(kq);
     kn->status |= KN_QUEUED;
@@ -616,73 +610,50 @@ int64_t kq_now(void)
 
 
 /*
- * The queue's own descriptors a new registration needs, made on first
- * use so that a queue holds only what its registrations use: wake_fd for
- * filters reporting from the pending list, timer_fd for timers, wr_ep for
- * EVFILT_WRITE (inotify_fd is the vnode filter's own business).  A
- * descriptor change first checks that the user's descriptor is open: a
- * new internal descriptor must never take the number being registered.
- * Returns 0 or an errno (EMFILE, ...), reported for this change alone.
+ * The wake eventfd, for a new registration of a filter that reports from
+ * the pending list (FILT_NEEDS_WAKE, FILT_WANTS_WAKE), made on first use
+ * so that a queue holds only what its registrations use; the filters make
+ * their own descriptors in attach.  A descriptor registration first checks
+ * that the user's descriptor is open: a new internal descriptor must never
+ * take the number being registered.  Returns 0 or -errno (EMFILE, ...),
+ * reported for this change alone.
  */
-static int queue_resources_for(struct kq *kq, const struct kevent *kev)
+static int wake_for(struct kq *kq, const struct filter_ops *ops, const struct kevent *kev)
 {
-    int need_wake = 0, need_timer = 0, need_writes = 0;
-    switch (kev->filter) {
-    case EVFILT_READ:   return 0;
-    case EVFILT_WRITE:  need_writes = kq->wr_ep < 0; break;
-    case EVFILT_TIMER:  need_timer = kq->timer_fd < 0; need_wake = kq->wake_fd < 0; break;
-    default:            need_wake = kq->wake_fd < 0; break;
-    }
-    if (!(need_wake || need_timer || need_writes))
+    if (kq->wake_fd >= 0 || !(ops->flags & (FILT_NEEDS_WAKE | FILT_WANTS_WAKE)))
         return 0;
-    if (ident_is_fd(kev->filter) && fcntl((int)kev->ident, F_GETFD) < 0)
-        return EBADF;
-    int err = 0;
-    if (need_wake)
-        err = kq_wake_fd_ensure(kq);
-    if (err == 0 && need_timer)
-        err = kq_timer_fd_create(kq);
-    if (err == 0 && need_writes)
-        err = kq_wr_ep_create(kq);
-    return err;
+    if ((ops->flags & FILT_IDENT_FD) && fcntl((int)kev->ident, F_GETFD) < 0)
+        return -EBADF;
+    int err = kq_wake_fd_ensure(kq);
+    return (ops->flags & FILT_NEEDS_WAKE) ? err : 0;
 }
 
-/* A READ or WRITE registration on a file epoll refuses (a regular file)
- * reports from the pending list: it needs wake_fd after all. */
-static int fd_pending_check(struct kq *kq, struct knote *kn)
-{
-    if (!(kn->status & KN_ACTIVE) || kq->wake_fd >= 0)
-        return 0;
-    return kq_wake_fd_ensure(kq);
-}
-
-/* Apply one change.  Returns 0 or an errno value.  Lock held. */
+/* Apply one change.  Returns 0 or -errno.  Lock held. */
 static int apply_change(struct kq *kq, const struct kevent *kev)
 {
     const struct filter_ops *ops = filter_lookup(kev->filter);
     if (ops == NULL)
-        return EINVAL;
-    if (ident_is_fd(kev->filter) && kev->ident > INT_MAX)
-        return EBADF;
+        return -EINVAL;
+    if ((ops->flags & FILT_IDENT_FD) && kev->ident > INT_MAX)
+        return -EBADF;
 
-    struct knote *kn = knote_find(kq, kev->ident, kev->filter);
+    struct knote *kn = knote_find(kq, ops, kev->ident);
     int err;
 
-    void *old_udata = kn != NULL ? kn->kev.udata : NULL;
     if (kn == NULL) {
         if (!(kev->flags & EV_ADD)) {
             /* As on BSD, a descriptor that is not open is EBADF. */
-            if (ident_is_fd(kev->filter) && fcntl((int)kev->ident, F_GETFD) < 0)
-                return EBADF;
-            return ENOENT;
+            if ((ops->flags & FILT_IDENT_FD) && fcntl((int)kev->ident, F_GETFD) < 0)
+                return -EBADF;
+            return -ENOENT;
         }
-        if ((err = knote_reserve(kq, kev)) != 0)
+        if ((err = knote_reserve(kq, ops, kev)) != 0)
             return err;
-        if ((err = queue_resources_for(kq, kev)) != 0)
+        if ((err = wake_for(kq, ops, kev)) != 0)
             return err;
         kn = calloc(1, sizeof *kn);
         if (kn == NULL)
-            return ENOMEM;
+            return -ENOMEM;
         kn->ops = ops;
         kn->kev = *kev;
         kn->kev.flags &= (uint16_t)~KN_INPUT_ONLY;
@@ -693,22 +664,19 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
             return err;
         }
         knote_insert(kq, kn);
-        if (is_fd_filter(kev->filter) && (err = fd_pending_check(kq, kn)) != 0) {
-            kq_knote_drop(kq, kn);
-            return err;
-        }
         knote_requeue(kq, kn);
         return 0;
     }
 
     if (kev->flags & EV_DELETE) {
         /* A registration whose descriptor was closed is gone on BSD;
-         * detach reports that as the error BSD would give. */
-        err = is_fd_filter(kev->filter) ? kq_fd_unregister(kq, kn) : 0;
+         * remove() reports that as the error BSD would give. */
+        err = ops->remove != NULL ? ops->remove(kq, kn) : 0;
         kq_knote_drop(kq, kn);
         return err;
     }
 
+    void *old_udata = kn->kev.udata;
     if (kev->flags & EV_ENABLE)
         kn->status &= ~KN_DISABLED;
     else if (kev->flags & EV_DISABLE)
@@ -717,22 +685,22 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
         kn->kev.udata = kev->udata;
 
     err = ops->modify(kq, kn, kev);
-    if (err == 0 && is_fd_filter(kev->filter))
-        err = -fd_pending_check(kq, kn);    /* cannot report it: forget it */
-    if (err < 0) {          /* stale registration: forget it */
+    if (kn->status & KN_STALE) {
         /* Its descriptor was closed or reused: the backend removes it, and
-         * keeps the udata it held (not this change's) for its owner. */
-        if (is_fd_filter(kev->filter) && !(kev->flags & EV_ADD))
-            kq_fd_note_dropped(kq, old_udata);
+         * keeps the udata it held (not this change's) for its owner --
+         * unless this change is an EV_ADD, whose caller knows. */
+        if (!(kev->flags & EV_ADD))
+            kq_note_dropped(kq, old_udata);
         kq_knote_drop(kq, kn);
-        return -err;
+        return err;
     }
     knote_requeue(kq, kn);
     return err;
 }
 
 /* Apply the changelist; write EV_ERROR/EV_RECEIPT entries to events.
- * Returns the number of entries written, or -1 with errno set. */
+ * Returns the number of entries written, or -errno when an error found no
+ * room (as on BSD, the call then fails with it). */
 static int apply_changes(struct kq *kq, const struct kevent *changes, int nchanges,
                          struct kevent *events, int nevents)
 {
@@ -744,12 +712,11 @@ static int apply_changes(struct kq *kq, const struct kevent *changes, int nchang
         if (nout >= nevents) {
             if (err == 0)
                 continue;   /* a receipt with no room: nothing to say */
-            errno = err;
-            return -1;
+            return err;
         }
         events[nout] = changes[i];
         events[nout].flags = EV_ERROR;
-        events[nout].data = err;
+        events[nout].data = -err;
         nout++;
     }
     return nout;
@@ -760,7 +727,7 @@ static int apply_changes(struct kq *kq, const struct kevent *changes, int nchang
 
 /* After an event was reported from kn: EV_ONESHOT deletes, EV_DISPATCH
  * disables, level-triggered userspace knotes go back on the list. */
-static void after_delivery(struct kq *kq, struct knote *kn)
+void kq_after_delivery(struct kq *kq, struct knote *kn)
 {
     if (kn->kev.flags & EV_ONESHOT) {
         kq_knote_drop(kq, kn);
@@ -781,124 +748,125 @@ static int drain_pending(struct kq *kq, struct kevent *out, int room, uint64_t s
         struct knote *kn = kq->q_head;
         kq_dequeue(kq, kn);
         int r = kn->ops->deliver(kq, kn, &out[n]);
-        if (r > 0) {
+        if (kn->status & KN_STALE) {
+            kq_knote_stale(kq, kn);     /* its descriptor is gone */
+        } else if (r > 0) {
             n++;
             kn->scan_id = scan_id;
-            after_delivery(kq, kn);
-        } else if (r == 0) {
+            kq_after_delivery(kq, kn);
+        } else {
             knote_requeue(kq, kn);
         }
-        /* r < 0: the filter dropped the knote (its descriptor is gone). */
     }
     return n;
 }
 
-/* An epoll_event buffer for up to want items: the caller's stack buffer,
- * or the heap for large eventlists.  Sets *want to what fits. */
-static struct epoll_event *ebuf_get(struct epoll_event *stack, int *want)
+/* An epoll_event buffer for up to want items: the caller's stack buffer
+ * (KQ_EBUF_MAX), or the heap for large eventlists.  Sets *want to what
+ * fits. */
+struct epoll_event *kq_ebuf_get(struct epoll_event *stack, int *want)
 {
-    if (*want <= EBUF_MAX)
+    if (*want <= KQ_EBUF_MAX)
         return stack;
     if (*want > EBUF_HEAP_MAX)
         *want = EBUF_HEAP_MAX;
     struct epoll_event *heap = malloc((size_t)*want * sizeof *heap);
     if (heap == NULL)
-        *want = EBUF_MAX;
+        *want = KQ_EBUF_MAX;
     return heap != NULL ? heap : stack;
 }
 
-static void ebuf_put(struct epoll_event *stack, struct epoll_event *buf)
+void kq_ebuf_put(struct epoll_event *stack, struct epoll_event *buf)
 {
     if (buf != stack)
         free(buf);
 }
 
-/* A ready fd registration from epoll.  Returns events written (0 or 1). */
-static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32_t revents,
-                      struct kevent *out)
-{
-    int fd = EP_FD_OF(data);
-    struct knote *kn = fd < kq->fd_cap ? slots[fd] : NULL;
-    if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data)) {
-        /* No registration: deleted while the event was on its way (seen
-         * once), or an item left behind by a registration found stale --
-         * its file lives on elsewhere -- which comes back: rebuild. */
-        kq_fd_orphan(kq, data);
-        return 0;
-    }
-    if ((kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
-        return 0;   /* disabled or dispatched */
-    int r = kq_fd_event(kq, kn, revents, out);
-    if (r == 0)
-        return 0;   /* below its NOTE_LOWAT mark */
-    if (r < 0) {
-        /* The number no longer names the registered file (closed, the file
-         * kept alive by a dup() or a fork() child, or reused): the
-         * registration died with its descriptor.  Its item may linger in
-         * the set; when it comes back it is an orphan (kq_fd_orphan). */
-        kq_fd_note_dropped(kq, kn->kev.udata);
-        kq_knote_drop(kq, kn);
-        kq->orphan = data;
-        return 0;
-    }
-    after_delivery(kq, kn);
-    return 1;
-}
-
-/* Pull ready EVFILT_WRITE registrations from the nested set: one
- * epoll_wait, so that no level-triggered registration comes twice. */
-static int drain_writes(struct kq *kq, struct kevent *out, int room)
-{
-    struct epoll_event stack[EBUF_MAX];
-    int want = room;
-    struct epoll_event *ebuf = ebuf_get(stack, &want);
-    int n = 0;
-    int r = epoll_wait(kq->wr_ep, ebuf, want, 0);
-    for (int i = 0; i < r; i++)
-        n += deliver_fd(kq, kq->wr, ebuf[i].data.u64, ebuf[i].events, &out[n]);
-    ebuf_put(stack, ebuf);
-    return n;
-}
-
-/* Process one batch from the queue's epoll set.  Lock held. */
+/* Process one batch from the queue's epoll set.  Lock held.  Each item
+ * goes to the ready() of the filter its tag names; filters marked
+ * FILT_READY_BATCH are called once, after the others (so that every
+ * per-item event -- READ's, one per item -- has its slot of room), in
+ * ascending tag order.  Then the pending list is drained, where events the
+ * filters queued are reported too.  (TAG_WAKE only wakes us.) */
 static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
                          struct kevent *out, int room, uint64_t scan_id)
 {
-    int n = 0, writes = 0, timers = 0, vnodes = 0;
-    /* Each READ item owns one slot of room; internal items get the rest. */
+    int n = 0;
+    uint32_t batched = 0;
+    uint64_t batched_data[TAG_COUNT];
+    uint32_t batched_events[TAG_COUNT];
     for (int i = 0; i < r; i++) {
         uint32_t tag = EP_TAG_OF(ebuf[i].data.u64);
-        if (tag == TAG_READ) {
-            n += deliver_fd(kq, kq->rd, ebuf[i].data.u64, ebuf[i].events, &out[n]);
-        } else if (tag == TAG_WRITES) {
-            writes = 1;
-        } else if (tag == TAG_TIMER) {
-            timers = 1;
-        } else if (tag == TAG_VNODE) {
-            vnodes = 1;
-        } else if (tag == TAG_FILES) {
-            kq_files_ready(kq);
-        } else if (tag == TAG_SIGNAL) {
-            kq_signal_ready(kq);
-        } else if (tag == TAG_PROC) {
-            kq_proc_ready(kq, ebuf[i].data.u64);
+        const struct filter_ops *ops = tag < TAG_COUNT ? kq_filters[tag] : NULL;
+        if (ops == NULL || ops->ready == NULL)
+            continue;
+        if (ops->flags & FILT_READY_BATCH) {
+            batched |= 1u << tag;
+            batched_data[tag] = ebuf[i].data.u64;
+            batched_events[tag] = ebuf[i].events;
+            continue;
         }
-        /* TAG_WAKE: the pending list is drained below, where SIGNAL,
-         * PROC and VNODE knotes made active above are reported too. */
+        n += ops->ready(kq, ebuf[i].data.u64, ebuf[i].events, out + n, room - n);
     }
-    if (vnodes)
-        kq_vnode_ready(kq);
-    if (timers) {
-        uint64_t ticks;
-        (void)!read(kq->timer_fd, &ticks, sizeof ticks);
-        kq->timer_armed = -1;   /* timerfd fired: it is disarmed now */
-        kq_timers_expire(kq, kq_now());
+    for (uint32_t tag = 0; batched != 0 && tag < TAG_COUNT; tag++) {
+        if (!(batched & (1u << tag)))
+            continue;
+        batched &= ~(1u << tag);
+        n += kq_filters[tag]->ready(kq, batched_data[tag], batched_events[tag], out + n, room - n);
     }
-    if (writes && n < room)
-        n += drain_writes(kq, out + n, room - n);
     if (n < room)
         n += drain_pending(kq, out + n, room - n, scan_id);
     return n;
+}
+
+/* After changes and after each batch: every filter's rearm().  Returns 0
+ * or the first -errno. */
+static int filters_rearm(struct kq *kq)
+{
+    int err = 0;
+    FOR_EACH_FILTER(ops) {
+        if (ops->rearm != NULL) {
+            int e = ops->rearm(kq);
+            if (err == 0)
+                err = e;
+        }
+    }
+    return err;
+}
+
+/* Does some filter have events no epoll item announces (busy), or want the
+ * wait to end early (polled)?  Unlocked hints. */
+/* Filters with state that busy()/polled() look at set their bit in
+ * kq->attn; only those are asked.  Lock held. */
+void kq_attention(struct kq *kq, uint32_t tag, int on)
+{
+    if (on)
+        __atomic_or_fetch(&kq->attn, 1u << tag, __ATOMIC_RELAXED);
+    else
+        __atomic_and_fetch(&kq->attn, ~(1u << tag), __ATOMIC_RELAXED);
+}
+
+/* Each filter with its kq->attn bit set, in ascending tag order. */
+#define FOR_EACH_ATTN(kq, ops)                                                  \
+    for (uint32_t a_ = __atomic_load_n(&(kq)->attn, __ATOMIC_RELAXED); a_ != 0;  \
+         a_ &= a_ - 1)                                                          \
+        for (const struct filter_ops *ops = kq_filters[__builtin_ctz(a_)];      \
+             ops != NULL; ops = NULL)
+
+static int filters_busy(const struct kq *kq)
+{
+    FOR_EACH_ATTN(kq, ops)
+        if (ops->busy != NULL && ops->busy(kq))
+            return 1;
+    return 0;
+}
+
+static int filters_polled(const struct kq *kq)
+{
+    FOR_EACH_ATTN(kq, ops)
+        if (ops->polled != NULL && ops->polled(kq))
+            return 1;
+    return 0;
 }
 
 /* epoll_wait with a nanosecond timeout where the kernel allows it. */
@@ -922,30 +890,33 @@ static int ep_wait(int epfd, struct epoll_event *ebuf, int max, int64_t timeout_
 }
 
 /*
- * Wait for events.  deadline: CLOCK_MONOTONIC ns, or -1 for forever.
- * Returns the number of events, or -1 with errno (EINTR, EBADF, ...).
+ * Wait for events.  deadline: CLOCK_MONOTONIC ns; KQ_FOREVER (-1) to wait
+ * for ever; KQ_POLL (0, long past) to poll without reading the clock.
+ * Returns the number of events, or -errno (-EINTR, -EBADF, ...).
  * Each registration is reported at most once per call.
  */
-static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadline,
-                int poll_only)
+static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadline)
 {
     static uint64_t scan_counter;
     uint64_t scan_id = __atomic_add_fetch(&scan_counter, 1, __ATOMIC_RELAXED);
-    struct epoll_event stack[EBUF_MAX];
+    struct epoll_event stack[KQ_EBUF_MAX];
     int want = nevents;
-    struct epoll_event *ebuf = ebuf_get(stack, &want);
+    struct epoll_event *ebuf = kq_ebuf_get(stack, &want);
     int n = 0;
 
     /* Fast path: nothing in userspace, go straight to epoll.  The unlocked
-     * reads are hints only; whatever they miss makes wake_fd or timer_fd
-     * readable, which the epoll_wait below reports. */
-    if (__atomic_load_n(&kq->q_head, __ATOMIC_RELAXED) != NULL ||
-        __atomic_load_n(&kq->ntimers, __ATOMIC_RELAXED) > 0 || kq_signal_scan(kq)) {
+     * reads are hints only; whatever they miss makes wake_fd or a filter's
+     * descriptor readable, which the epoll_wait below reports. */
+    if (__atomic_load_n(&kq->q_head, __ATOMIC_RELAXED) != NULL || filters_busy(kq)) {
         pthread_mutex_lock(&kq->lock);
-        if (kq_signal_scan(kq))
-            kq_signal_ready(kq);    /* a counted blocked signal may be gone */
-        if (kq->ntimers > 0)
-            kq_timers_expire(kq, kq_now());
+        int64_t now = -1;       /* read only when a filter needs it */
+        FOR_EACH_ATTN(kq, ops) {
+            if (ops->busy != NULL && ops->collect != NULL && ops->busy(kq)) {
+                if (now < 0)
+                    now = kq_now();
+                ops->collect(kq, now);
+            }
+        }
         if (kq->q_head != NULL)
             n = drain_pending(kq, events, nevents, scan_id);
         int owed = wake_update(kq);
@@ -956,8 +927,8 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
 
     for (;;) {
         int64_t timeout_ns = 0;
-        if (n == 0 && !poll_only) {
-            if (deadline < 0) {
+        if (n == 0 && deadline != KQ_POLL) {
+            if (deadline == KQ_FOREVER) {
                 timeout_ns = -1;
             } else {
                 timeout_ns = deadline - kq_now();
@@ -966,14 +937,21 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             }
         }
         int64_t wait_ns = timeout_ns;
-        if (__atomic_load_n(&kq->lowat_wait, __ATOMIC_RELAXED) != NULL) {
-            /* WRITE knotes below NOTE_LOWAT: nothing wakes us when their
-             * free space grows, so look again every KQ_LOWAT_POLL_NS. */
+        if (filters_polled(kq)) {
+            /* Something no descriptor announces (free space past a WRITE
+             * NOTE_LOWAT mark, a timer without a timerfd): look again when
+             * the filter says, whatever the timeout. */
             pthread_mutex_lock(&kq->lock);
-            int64_t now = kq_now();
-            kq_lowat_repoll(kq, now);
-            if (kq->lowat_wait != NULL && timeout_ns != 0) {
-                int64_t left = kq->lowat_next - now;
+            int64_t now = kq_now(), next = -1;
+            FOR_EACH_ATTN(kq, ops) {
+                if (ops->next_look == NULL)
+                    continue;
+                int64_t at = ops->next_look(kq, now);
+                if (at >= 0 && (next < 0 || at < next))
+                    next = at;
+            }
+            if (next >= 0 && timeout_ns != 0) {
+                int64_t left = next - now;
                 if (wait_ns < 0 || left < wait_ns)
                     wait_ns = left > 0 ? left : 0;
             }
@@ -982,12 +960,11 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
         int room = nevents - n < want ? nevents - n : want;
         int r = ep_wait(kq->waitfd, ebuf, room, wait_ns);
         if (r < 0) {
-            if (n > 0)
-                break;      /* report what we have; the signal stays pending */
-            n = -1;
+            if (n == 0)
+                n = -errno;     /* else report what we have; the signal stays pending */
             break;
         }
-        if (r == 0 && (n > 0 || (timeout_ns == 0 && (poll_only || deadline >= 0)))) {
+        if (r == 0 && (n > 0 || (timeout_ns == 0 && deadline != KQ_FOREVER))) {
             /* Nothing more ready, and events in hand or no time left.  (A
              * closed queue has wake_fd readable, so r is never 0 then.) */
             break;
@@ -995,80 +972,59 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
         pthread_mutex_lock(&kq->lock);
         if (kq->closed) {
             pthread_mutex_unlock(&kq->lock);
-            errno = EBADF;
-            n = -1;
+            n = -EBADF;
             break;
         }
+        /* What a polled filter has due (timers without a timerfd). */
+        FOR_EACH_ATTN(kq, ops)
+            if (ops->polled != NULL && ops->collect != NULL && ops->polled(kq))
+                ops->collect(kq, kq_now());
         if (r > 0)
             n += process_batch(kq, ebuf, r, events + n, nevents - n, scan_id);
-        int rearm_failed = kq_timers_rearm(kq) != 0;
-        int err = errno;
+        else if (kq->q_head != NULL)
+            n += drain_pending(kq, events + n, nevents - n, scan_id);
+        int rearm_err = filters_rearm(kq);
         int owed = wake_update(kq);
         pthread_mutex_unlock(&kq->lock);
         if (owed)
             wake_signal(kq);
         if (n > 0)
             break;
-        if (rearm_failed) {
-            errno = err;
-            n = -1;
+        if (rearm_err != 0) {
+            n = rearm_err;
             break;
         }
-        if (timeout_ns == 0 && (poll_only || deadline >= 0))
+        if (timeout_ns == 0 && deadline != KQ_FOREVER)
             break;          /* polled, or the deadline has passed */
         /* Only internal wake-ups (another thread took the event, a timer
          * re-armed): wait again for the time that remains. */
     }
-    int err = errno;
-    ebuf_put(stack, ebuf);
-    errno = err;
+    kq_ebuf_put(stack, ebuf);
     return n;
 }
 
-int kevent(int kqfd, const struct kevent *changelist, int nchanges,
-           struct kevent *eventlist, int nevents, const struct timespec *timeout)
+/* kevent() with the timeout already a deadline (see scan()).  Returns the
+ * number of events, or -errno. */
+static int kevent_until(int kqfd, const struct kevent *changelist, int nchanges,
+                        struct kevent *eventlist, int nevents, int64_t deadline)
 {
-    if (nchanges < 0 || nevents < 0 || nevents > INT_MAX / (int)sizeof(struct kevent)) {
-        errno = EINVAL;
-        return -1;
-    }
-    if ((nchanges > 0 && changelist == NULL) || (nevents > 0 && eventlist == NULL)) {
-        errno = EFAULT;
-        return -1;
-    }
-    int64_t deadline = -1;
-    int poll_only = 0;
-    if (timeout != NULL) {
-        if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000) {
-            errno = EINVAL;
-            return -1;
-        }
-        if (timeout->tv_sec == 0 && timeout->tv_nsec == 0) {
-            poll_only = 1;
-        } else {
-            int64_t now = kq_now();
-            if (timeout->tv_sec >= (INT64_MAX - now) / 1000000000 - 1)
-                deadline = -1;   /* beyond 292 years: forever */
-            else
-                deadline = now + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec;
-        }
-    }
-
+    if (nchanges < 0 || nevents < 0 || nevents > INT_MAX / (int)sizeof(struct kevent))
+        return -EINVAL;
+    if ((nchanges > 0 && changelist == NULL) || (nevents > 0 && eventlist == NULL))
+        return -EFAULT;
     struct kq *kq = kq_get(kqfd);
-    if (kq == NULL) {
-        errno = EBADF;
-        return -1;
-    }
+    if (kq == NULL)
+        return -EBADF;
     int n = 0, owed = 0;
     if (nchanges > 0) {
         pthread_mutex_lock(&kq->lock);
         if (kq->closed) {
-            errno = EBADF;
-            n = -1;
+            n = -EBADF;
         } else {
             n = apply_changes(kq, changelist, nchanges, eventlist, nevents);
-            if (kq_timers_rearm(kq) != 0 && n == 0)
-                n = -1;
+            int err = filters_rearm(kq);
+            if (err != 0 && n == 0)
+                n = err;
             owed = wake_update(kq);
         }
         pthread_mutex_unlock(&kq->lock);
@@ -1077,9 +1033,51 @@ int kevent(int kqfd, const struct kevent *changelist, int nchanges,
     }
     /* As on FreeBSD: errors and receipts are returned without a scan. */
     if (n == 0 && nevents > 0)
-        n = scan(kq, eventlist, nevents, deadline, poll_only);
-    int err = errno;
+        n = scan(kq, eventlist, nevents, deadline);
     kq_put(kq);
-    errno = err;
     return n;
+}
+
+/* A relative timeout in ns (< 0: forever) as scan()'s deadline: the one
+ * conversion a timeout goes through. */
+static int64_t deadline_after(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return KQ_FOREVER;
+    if (timeout_ns == 0)
+        return KQ_POLL;
+    int64_t now = kq_now();
+    return timeout_ns >= INT64_MAX - now ? KQ_FOREVER : now + timeout_ns;  /* beyond 292 years */
+}
+
+int kevent(int kqfd, const struct kevent *changelist, int nchanges,
+           struct kevent *eventlist, int nevents, const struct timespec *timeout)
+{
+    int64_t timeout_ns = -1;
+    if (timeout != NULL) {
+        if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000) {
+            errno = EINVAL;
+            return -1;
+        }
+        timeout_ns = timeout->tv_sec >= INT64_MAX / 1000000000 - 1
+                         ? INT64_MAX
+                         : (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec;
+    }
+    int n = kevent_until(kqfd, changelist, nchanges, eventlist, nevents,
+                         deadline_after(timeout_ns));
+    if (n >= 0)
+        return n;
+    errno = -n;
+    return -1;
+}
+
+/* The binding's entry point: the timeout in ns (< 0: forever) and the
+ * error as -errno in the result, so that nothing -- not even a Python
+ * signal handler running right after the call -- can clobber errno before
+ * Python reads it. */
+int kqueue_py_kevent(int kqfd, const struct kevent *changelist, int nchanges,
+                     struct kevent *eventlist, int nevents, int64_t timeout_ns)
+{
+    return kevent_until(kqfd, changelist, nchanges, eventlist, nevents,
+                        deadline_after(timeout_ns));
 }

@@ -58,3 +58,18 @@ def test_cffi_shim_compiles_warning_free(tmp_path, opt):
     src.write_text(builder.LINUX_SOURCE)
     # The shim's functions are static, used only by cffi's generated module.
     compile_c(str(src), opt, ("-Wno-unused-function",))
+
+
+def test_the_core_names_no_filter():
+    # csrc/kqueue.c reaches the filters only through kq_filters[] and
+    # struct filter_ops: outside that table it names no filter, no filter
+    # constant and no epoll tag of a filter (in code; comments may).
+    import re
+    with open(os.path.join(CSRC, "kqueue.c")) as f:
+        src = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    table = re.search(r"kq_filters\[TAG_COUNT\] = \{.*?\n\};", src, re.S)
+    assert table is not None
+    rest = src.replace(table.group(0), "")
+    named = re.findall(r"\bEVFILT_\w+|\bkq_(?:read|write|fd|files|lowat|wr_ep|timers?|user|signal|proc|vnode)\w*"
+                       r"|\bTAG_(?!COUNT\b|WAKE\b)\w+|\bNOTE_\w+", rest)
+    assert named == []

@@ -572,3 +572,72 @@ def test_note_nodata_yields_to_note_lowat(kq):
     finally:
         a.close()
         b.close()
+
+
+# NOTE_NODATA also means epoll's contract for a descriptor closed while
+# registered: level-triggered and EV_CLEAR registrations skip the identity
+# check (one epoll_ctl per event), so -- exactly as with select.epoll -- a
+# file kept open by a dup() is still reported under the closed number until
+# the registration is deleted.  Without NOTE_NODATA, and for EV_ONESHOT /
+# EV_DISPATCH with it, the registration dies with its descriptor.
+
+def _closed_but_duped(kq, fds, flags, fflags):
+    """A readable socket registered (udata 77) and in a select.epoll oracle,
+    then closed while a dup() keeps its file.  Returns (fd, the dup, the
+    oracle's report, the peer)."""
+    import select
+    a, b = fds.socketpair()
+    fd = a.fileno()
+    keep = fds.track(os.dup(fd))
+    kq.change((fd, READ, EV_ADD | flags, fflags, 0, 77))
+    ep = select.epoll()
+    ep.register(fd, select.EPOLLIN | (select.EPOLLET if flags & EV_CLEAR else 0))
+    b.send(b"x")
+    os.close(fd)
+    a.detach()
+    oracle = [f for f, _ in ep.poll(0.5)]
+    ep.close()
+    return fd, keep, oracle, b
+
+
+@pytest.mark.skipif(not hasattr(lib, "NOTE_NODATA"), reason="Linux backend extension")
+@pytest.mark.parametrize("flags", [0, EV_CLEAR], ids=["level", "clear"])
+def test_note_nodata_reports_a_closed_descriptor_as_epoll_does(kq, fds, flags):
+    fd, _keep, oracle, peer = _closed_but_duped(kq, fds, flags, lib.NOTE_NODATA)
+    assert oracle == [fd]
+    evs = kq.wait(8, 0.5)
+    assert [(e.ident, e.filter, e.udata) for e in evs] == [(fd, READ, 77)]
+    if flags & EV_CLEAR:
+        assert kq.poll() == []
+        peer.send(b"y")                     # a new edge, as epoll would see
+        assert [e.ident for e in kq.wait(8, 0.5)] == [fd]
+    else:
+        assert [e.ident for e in kq.poll()] == [fd]     # level: again
+    # The contract's remedy: delete before closing.  The number is closed
+    # now, so EV_DELETE says EBADF -- and the registration is gone.
+    with pytest.raises(OSError) as info:
+        kq.change((fd, READ, EV_DELETE))
+    assert info.value.errno == errno.EBADF
+    peer.send(b"z")
+    assert kq.wait(8, 0.2) == []
+
+
+@pytest.mark.skipif(not hasattr(lib, "kqueue_py_take_dropped"), reason="Linux backend")
+@pytest.mark.parametrize("flags,fflags", [
+    (0, 0), (EV_CLEAR, 0),
+    (EV_ONESHOT, lib.NOTE_NODATA if hasattr(lib, "NOTE_NODATA") else 0),
+    (EV_DISPATCH, lib.NOTE_NODATA if hasattr(lib, "NOTE_NODATA") else 0),
+], ids=["level", "clear", "oneshot-nodata", "dispatch-nodata"])
+def test_without_note_nodata_a_closed_descriptor_is_never_reported(kq, fds, flags, fflags):
+    fd, _keep, oracle, _peer = _closed_but_duped(kq, fds, flags, fflags)
+    assert oracle == [fd]                   # epoll would report it
+    assert kq.wait(8, 0.3) == []            # kqueue(2) does not
+    assert ffi_take_dropped(kq) == [77]     # removed by the backend
+
+
+def ffi_take_dropped(kq) -> list[int]:
+    from kqueue_py import ffi
+    buf = ffi.new("uint64_t[]", 16)
+    n = lib.kqueue_py_take_dropped(kq, buf, 16)
+    assert n >= 0
+    return [int(buf[i]) for i in range(n)]

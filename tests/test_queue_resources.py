@@ -237,9 +237,87 @@ def test_emfile_making_a_descriptor_is_that_changes_error():
         lib.kqueue_close(kq)
     """, 64)
     lines = out.splitlines()
-    assert lines[0] == str([(1, 0), (1, errno.EMFILE), (1, errno.EMFILE)])
+    # READ needs no descriptor, USER its wake eventfd, TIMER none (it fires
+    # without its timerfd: test_a_timer_fires_with_no_descriptor_left).
+    assert lines[0] == str([(1, 0), (1, errno.EMFILE), (1, 0)])
     assert lines[1] == f"-1 {errno.EMFILE}"
     assert lines[2] == "0 1 9"
+
+
+def test_a_timer_fires_with_no_descriptor_left():
+    # A server out of descriptors disables its listener and re-enables it
+    # from a one-shot timer: the queue's first timer cannot make its
+    # timerfd or wake eventfd, and must fire all the same (FreeBSD's timers
+    # need no descriptor).
+    out = run("""
+        import select, time
+        kq = lib.kqueue()
+        assert kq >= 0
+        hog = []
+        while True:
+            try:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as e:
+                assert e.errno == errno.EMFILE
+                break
+
+        def change(ident, flags, data, fflags=0):
+            ch = ffi.new("struct kevent *")
+            ch.ident, ch.filter, ch.flags, ch.fflags, ch.data = (
+                ident, lib.EVFILT_TIMER, flags, fflags, data)
+            rc = lib.kevent(kq, ch, 1, ffi.NULL, 0, ffi.NULL)
+            return rc, ffi.errno if rc < 0 else 0
+
+        def wait(timeout):
+            evs = ffi.new("struct kevent[8]")
+            ts = ffi.NULL if timeout is None else ffi.new(
+                "struct timespec *", (int(timeout), int(timeout % 1 * 1e9)))
+            t0 = time.monotonic()
+            n = lib.kevent(kq, ffi.NULL, 0, evs, 8, ts)
+            assert n >= 0, ffi.errno
+            return [(int(evs[i].ident), int(evs[i].data)) for i in range(n)], \
+                time.monotonic() - t0
+
+        # A one-shot timer, waited for with a longer timeout and forever.
+        assert change(1, lib.EV_ADD | lib.EV_ONESHOT, 100) == (0, 0)
+        evs, took = wait(5.0)
+        print("oneshot", evs, 0.09 <= took < 2.0)
+        assert change(2, lib.EV_ADD | lib.EV_ONESHOT, 50) == (0, 0)
+        evs, took = wait(None)
+        print("forever", evs, 0.04 <= took < 2.0)
+        # A periodic one counts its expirations.
+        assert change(3, lib.EV_ADD, 20) == (0, 0)
+        time.sleep(0.25)
+        evs, took = wait(0)
+        print("periodic", [i for i, _ in evs], evs[0][1] >= 5 if evs else None)
+        evs, took = wait(5.0)
+        print("again", [i for i, _ in evs], took < 2.0)
+        # A wait shorter than the deadline still times out on time.
+        assert change(3, lib.EV_DELETE, 0) == (0, 0)
+        assert change(4, lib.EV_ADD | lib.EV_ONESHOT, 3000) == (0, 0)
+        evs, took = wait(0.1)
+        print("short", evs, took < 2.0)
+        # Descriptors back: the next TIMER registration makes the timerfd,
+        # and the queue's descriptor polls readable for a timer again.
+        for fd in hog[:4]:
+            os.close(fd)
+        assert change(5, lib.EV_ADD | lib.EV_ONESHOT, 50) == (0, 0)
+        p = select.poll()
+        p.register(kq, select.POLLIN)
+        print("pollable", bool(p.poll(5000)))
+        evs, took = wait(0)
+        print("then", sorted(i for i, _ in evs))
+        lib.kqueue_close(kq)
+    """, 64)
+    assert out.splitlines() == [
+        "oneshot [(1, 1)] True",
+        "forever [(2, 1)] True",
+        "periodic [3] True",
+        "again [3] True",
+        "short [] True",
+        "pollable True",
+        "then [5]",
+    ], out
 
 
 @pytest.mark.parametrize("filt", [lib.EVFILT_USER, lib.EVFILT_TIMER])

@@ -676,7 +676,10 @@ class HTTPServer:
             self.stats["accepted"] += 1
             # NOTE_NODATA (Linux backend): readiness only -- this server reads
             # 64 KiB at a time anyway, so the backend's per-event byte count
-            # (an ioctl) would be wasted.  Elsewhere it is 0 and ignored.
+            # (an ioctl) would be wasted, and so would the per-event check
+            # that the number still names the socket: like epoll, a closed
+            # number is then only safe because nothing else (no dup(), no
+            # fork() child) holds the socket.  Elsewhere it is 0 and ignored.
             self._changes.append(Change(conn.fd, EVFILT_READ, EV_ADD | EV_CLEAR, _NODATA))
 
     def _on_readable(self, conn: Connection, eof: int, error: int) -> None:
