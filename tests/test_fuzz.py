@@ -732,7 +732,7 @@ def test_vnode_change_without_add_on_bad_fd_is_ebadf(ident):
 
 @pytest.mark.xfail(
     sys.platform.startswith("linux"), strict=True,
-    reason="known Linux backend limit (README): READ registrations share the queue's epoll "
+    reason="known Linux backend limit (docs/linux-backend.md): READ registrations share the queue's epoll "
            "set with the backend's own descriptors, so registering one of those fails "
            "with EEXIST")
 def test_read_on_backend_internal_fd_does_not_break_signal_registration():
