@@ -490,6 +490,11 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
         kn->kev = *kev;
         kn->kev.udata = udata;              /* already set (or kept) by caller */
         kn->kev.flags &= (uint16_t)~KN_INPUT_ONLY;
+        /* Off the lists the old registration was on (its first report may
+         * still be pending) before its state is cleared: KN_QUEUED and
+         * KN_LOWWAIT are what says a knote is linked there. */
+        kq_dequeue(kq, kn);
+        lowat_unwait(kq, kn);
         kn->status = (kev->flags & EV_DISABLE) ? KN_DISABLED : 0;
         kn->u.fd.kind = FDK_UNKNOWN;
         kn->u.fd.pipe_size = 0;

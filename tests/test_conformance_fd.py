@@ -949,3 +949,78 @@ def test_device_without_poll_stays_always_ready(kq):
             assert [(e.ident, e.data, e.udata) for e in kq.poll()] == [(fd, 0, 5)]
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# 5. A registration on a reused number, re-added while its old report is
+#    still pending.  Each scenario runs in a child interpreter with a
+#    timeout: a corrupted pending list hangs under the queue's lock (or
+#    crashes), which must fail the test rather than block the suite.
+
+_REUSE_PENDING = r'''
+import os, socket, sys, tempfile
+from kqueue_py import ffi, lib
+
+READ, WRITE = lib.EVFILT_READ, lib.EVFILT_WRITE
+kq = lib.kqueue()
+
+def kevent(changes=(), n=16, timeout=0.0):
+    ch = ffi.new("struct kevent[]", max(len(changes), 1))
+    for i, (ident, filt, flags, udata) in enumerate(changes):
+        ch[i].ident, ch[i].filter, ch[i].flags = ident, filt, flags
+        ch[i].udata = ffi.cast("void *", udata)
+    out = ffi.new("struct kevent[]", n)
+    ts = ffi.new("struct timespec *")
+    ts.tv_sec, ts.tv_nsec = int(timeout), int((timeout % 1) * 1e9)
+    r = lib.kevent(kq, ch, len(changes), out, n, ts)
+    if r < 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+    return [(int(out[i].ident), int(out[i].filter), int(out[i].data),
+             int(ffi.cast("uintptr_t", out[i].udata))) for i in range(r)]
+
+d = tempfile.mkdtemp()
+old = os.path.join(d, "old")
+with open(old, "wb") as f:
+    f.write(b"x" * 100)
+fd = os.open(old, os.O_RDONLY)
+# Unread data: the registration's first report waits on the pending list.
+kevent([(fd, READ, lib.EV_ADD, 0x1)], 0)
+if sys.argv[1] == "socket":
+    a, b = socket.socketpair()
+    b.send(b"hello")
+    other, want = a.fileno(), [(fd, READ, 5, 0x2)]
+else:
+    new = os.path.join(d, "new")
+    with open(new, "wb") as f:
+        f.write(b"y" * 7)
+    other, want = os.open(new, os.O_RDONLY), [(fd, READ, 7, 0x2)]
+os.close(fd)                                  # no EV_DELETE
+os.dup2(other, fd)                            # the number names another file
+kevent([(fd, READ, lib.EV_ADD, 0x2)], 0)     # re-added before any wait
+for _ in range(3):
+    got = kevent(timeout=0.2)
+    assert got == want, got
+kevent([(fd, READ, lib.EV_DELETE, 0)], 0)
+assert kevent(timeout=0.1) == []
+# The queue still works: a user event goes through the pending list.
+kevent([(7, lib.EVFILT_USER, lib.EV_ADD | lib.EV_CLEAR, 0x3)], 0)
+ch = ffi.new("struct kevent[]", 1)
+ch[0].ident, ch[0].filter, ch[0].fflags = 7, lib.EVFILT_USER, lib.NOTE_TRIGGER
+assert lib.kevent(kq, ch, 1, ffi.NULL, 0, ffi.NULL) == 0
+got = kevent(timeout=1.0)
+assert [(i, f) for i, f, _d, _u in got] == [(7, lib.EVFILT_USER)], got
+print("ok")
+'''
+
+
+@pytest.mark.parametrize("reuser", ["socket", "file"])
+def test_readd_on_a_reused_number_while_the_old_report_is_pending(reuser, tmp_path):
+    import subprocess
+    try:
+        # From a scratch directory: the checkout's kqueue_py/ must not shadow
+        # the installed package.
+        proc = subprocess.run([sys.executable, "-c", _REUSE_PENDING, reuser], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("kevent() hung: the pending list was corrupted")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
