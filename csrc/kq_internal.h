@@ -266,8 +266,9 @@ struct kq {
      * same one comes again, its item lingers and the set is rebuilt. */
     uint64_t orphan;
 
-    /* udata of registrations the backend removed because their descriptor
-     * was closed or now names another file (kqueue_py_take_dropped). */
+    /* udata of registrations the backend removed on its own: their
+     * descriptor was closed or now names another file, or their process
+     * exited unwatched (PROC without NOTE_EXIT) (kqueue_py_take_dropped). */
     uint64_t *dropped;
     int ndropped;
     int dropped_cap;

@@ -506,7 +506,8 @@ void kq_note_dropped(struct kq *kq, void *udata)
     kq->dropped[kq->ndropped++] = (uint64_t)(uintptr_t)udata;
 }
 
-/* A registration that died with its descriptor: its owner gets the udata
+/* A registration the backend removes on its own (it died with its
+ * descriptor, or its process exited unwatched): its owner gets the udata
  * back (kqueue_py_take_dropped), then it goes. */
 void kq_knote_stale(struct kq *kq, struct knote *kn)
 {
