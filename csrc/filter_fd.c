@@ -236,6 +236,8 @@ static int stale_error(int epoll_errno)
     return epoll_errno == EBADF ? -EBADF : -ENOENT;
 }
 
+static void orphan_record(struct kq *kq, uint64_t data);
+
 /* ------------------------------------------------------------------ */
 /* Side lists: regular files, WRITE knotes waiting for their mark.     */
 
@@ -291,7 +293,7 @@ static void lowat_repoll(struct kq *kq, int64_t now)
             if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev) < 0) {
                 /* Its number no longer names the file: it died with it. */
                 kn->status &= ~KN_INEPOLL;
-                kq->orphan = ev.data.u64;
+                orphan_record(kq, ev.data.u64);
                 kq_knote_stale(kq, kn);
             }
         }
@@ -785,8 +787,8 @@ static int confirm(struct kq *kq, struct knote *kn)
  * An item whose registration was found stale stays in its epoll set as
  * long as its file lives (a dup() or a fork() child holds it): epoll_ctl()
  * cannot reach it, since its number names something else now.  When such
- * an item comes back (the same epoll_data twice in a row with no
- * registration), the set is rebuilt: a new epoll set gets every item of
+ * an item comes back (an epoll_data with no registration, seen again in a
+ * later epoll batch: fd_orphan), the set is rebuilt: a new epoll set gets every item of
  * the old one (read from /proc/self/fdinfo, events and data verbatim, so
  * disarmed items stay disarmed) except READ/WRITE items without a live
  * registration, and dup3() puts it in place under the same number.  The
@@ -862,16 +864,60 @@ static int rebuild(struct kq *kq, uint32_t tag)
     return err;
 }
 
-/* An event that found no registration: deleted while the event was on
- * its way (seen once), or an item left behind by a registration found
- * stale -- its file lives on elsewhere -- which comes back: rebuild. */
+/* Which orphan table an item's epoll_data belongs to: the READ set's or
+ * the WRITE set's. */
+static int orphan_set(uint64_t data)
+{
+    return EP_TAG_OF(data) == TAG_READ ? 0 : 1;
+}
+
+/* Remember the item of a registration just found stale: it may linger.
+ * Never rebuilds (callers may be walking a list of knotes); when the table
+ * is full the item is not recorded, and the next orphan of the set
+ * rebuilds it (fd_orphan). */
+static void orphan_record(struct kq *kq, uint64_t data)
+{
+    int set = orphan_set(data);
+    int n = kq->norphans[set];
+    for (int i = 0; i < n; i++)
+        if (kq->orphans[set][i].data == data)
+            return;
+    if (n == KQ_ORPHANS)
+        return;
+    kq->orphans[set][n].data = data;
+    kq->orphans[set][n].batch = kq->batch;
+    kq->norphans[set] = n + 1;
+}
+
+/* An event that found no registration: deleted while the event was on its
+ * way (seen once), or an item left behind by a registration found stale --
+ * its file lives on elsewhere -- which comes back.  Every such item is
+ * remembered with the batch that first saw it; when any comes back in a
+ * later batch (or the table is full), its set is rebuilt, which removes
+ * every lingering item of the set at once.  Per item, not "the same one
+ * twice in a row": several lingering items come back in turn, and each
+ * would push the other out of a single slot for ever. */
 static void fd_orphan(struct kq *kq, uint64_t data)
 {
-    if (kq->orphan != data) {
-        kq->orphan = data;      /* the first time: maybe just in flight */
+    int set = orphan_set(data);
+    if (kq->rebuilt_batch[set] == kq->batch && kq->batch != 0)
+        return;     /* in this batch's output, from the set just rebuilt */
+    int n = kq->norphans[set], again = n == KQ_ORPHANS;
+    for (int i = 0; i < n && !again; i++) {
+        if (kq->orphans[set][i].data == data) {
+            if (kq->orphans[set][i].batch == kq->batch)
+                return;                 /* seen already in this batch */
+            again = 1;
+        }
+    }
+    if (!again) {
+        kq->orphans[set][n].data = data;    /* the first time: maybe just in flight */
+        kq->orphans[set][n].batch = kq->batch;
+        kq->norphans[set] = n + 1;
         return;
     }
-    kq->orphan = 0;
+    kq->norphans[set] = 0;
+    kq->rebuilt_batch[set] = kq->batch;
     int saved = errno;
     (void)rebuild(kq, EP_TAG_OF(data));
     errno = saved;
@@ -993,7 +1039,7 @@ static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32
          * registration died with its descriptor.  Its item may linger in
          * the set; when it comes back it is an orphan (fd_orphan). */
         kq_knote_stale(kq, kn);
-        kq->orphan = data;
+        orphan_record(kq, data);
         return 0;
     }
     if (r == 0)

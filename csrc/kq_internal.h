@@ -39,6 +39,8 @@
 #include <sys/epoll.h>
 #include <sys/event.h>
 
+#define KQ_ORPHANS 16    /* items remembered per set before a rebuild */
+
 /* knote status bits */
 #define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
 #define KN_ACTIVE    0x02u /* userspace filter has an event (triggered, fired) */
@@ -262,9 +264,17 @@ struct kq {
     struct knote *lowat_wait;
     int64_t lowat_next;         /* CLOCK_MONOTONIC ns of the next re-poll */
 
-    /* epoll_data of the last event that found no registration: when the
-     * same one comes again, its item lingers and the set is rebuilt. */
-    uint64_t orphan;
+    /* Items left behind in the READ set ([0]) and the WRITE set ([1]) by
+     * registrations found stale (filter_fd.c): the epoll_data of each, and
+     * the batch that first saw it.  One seen again in a later batch
+     * lingers, and its set is rebuilt. */
+    struct {
+        uint64_t data;
+        uint64_t batch;
+    } orphans[2][KQ_ORPHANS];
+    int norphans[2];
+    uint64_t rebuilt_batch[2];  /* the batch of the set's last rebuild */
+    uint64_t batch;             /* epoll batches processed so far */
 
     /* udata of registrations the backend removed on its own: their
      * descriptor was closed or now names another file, or their process

@@ -793,6 +793,7 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
                          struct kevent *out, int room, uint64_t scan_id)
 {
     int n = 0;
+    kq->batch++;
     uint32_t batched = 0;
     uint64_t batched_data[TAG_COUNT];
     uint32_t batched_events[TAG_COUNT];

@@ -532,6 +532,64 @@ def test_rebuilt_write_set_keeps_the_other_write_registrations(kq, fds):
     assert [e.udata for e in kq.poll()] == [1]
 
 
+def assert_waits_without_spinning(kq, seconds=0.5):
+    """A wait with nothing to report takes its whole timeout and little CPU
+    (a queue spinning on lingering items burns about `seconds` of it)."""
+    t0, c0 = time.monotonic(), time.process_time()
+    evs = kq.wait(64, seconds)
+    dt, dc = time.monotonic() - t0, time.process_time() - c0
+    assert evs == []
+    assert dt >= seconds * 0.8, f"the wait returned after {dt:.3f}s"
+    assert dc < seconds * 0.3, f"the wait burnt {dc:.3f}s of CPU in {dt:.3f}s"
+
+
+def test_two_lingering_read_items_are_both_cleaned_up(kq, fds):
+    # Two level-triggered READ registrations closed while dup()s keep their
+    # (readable) files: both items come back in every epoll_wait.
+    pairs = [fds.socketpair(), fds.socketpair()]
+    for (a, b), udata in zip(pairs, (0xA1, 0xA2)):
+        kq.change((a.fileno(), READ, EV_ADD, 0, 0, udata))
+        fds.track(os.dup(a.fileno()))
+    for a, b in pairs:
+        a.close()
+        b.send(b"readable forever")
+    assert_waits_without_spinning(kq, 0.5)
+    assert sorted(take_dropped(kq)) == [0xA1, 0xA2]
+    assert_quiet(kq, 0.3)                   # rebuilt: quiet from now on
+    r, w = fds.pipe()                       # and the queue still works
+    kq.change((r, READ, EV_ADD, 0, 0, 0xA3))
+    os.write(w, b"x")
+    assert [e.udata for e in kq.wait(64, 1.0)] == [0xA3]
+
+
+@pytest.mark.parametrize("holder", ["fork", "dup"])
+def test_read_and_write_lingering_on_one_socket_are_cleaned_up(kq, fds, holder):
+    # The prefork pattern: one connection registered for READ and WRITE,
+    # closed without EV_DELETE while a worker (or a dup) keeps it, with data
+    # pending.  One item lingers in the READ set, one in the WRITE set.
+    a, b = fds.socketpair()
+    fd = a.fileno()
+    kq.change((fd, READ, EV_ADD, 0, 0, 0xB1), (fd, WRITE, EV_ADD, 0, 0, 0xB2))
+    child = keep = None
+    if holder == "fork":
+        child = fork_holding(fd)
+    else:
+        keep = os.dup(fd)
+    try:
+        a.close()
+        b.send(b"pending")
+        assert_waits_without_spinning(kq, 0.5)
+        assert sorted(take_dropped(kq)) == [0xB1, 0xB2]
+        assert_quiet(kq, 0.3)
+        b.send(b"more")
+        assert_quiet(kq, 0.3)
+    finally:
+        if child:
+            release(child)
+        if keep is not None:
+            os.close(keep)
+
+
 def test_queue_descriptor_stays_pollable_across_a_rebuild(kq, fds):
     outer = select.epoll()
     try:
