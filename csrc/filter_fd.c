@@ -24,7 +24,8 @@
  * (negative past the end), and a change of the file (an inotify watch,
  * IN_MODIFY) makes it look again; WRITE is always ready with data 0.
  * Directories and devices epoll refuses (no poll method) are always ready,
- * as poll(2) has them.
+ * as poll(2) has them.  With EV_CLEAR each of these reports once, then
+ * again when its file changes (inotify), a device never.
  *
  * Socket errors stay with the application: Linux cannot read a socket's
  * pending error without clearing it (SO_ERROR and a failing recv(), even
@@ -318,9 +319,14 @@ static int64_t write_next_look(struct kq *kq, int64_t now)
     return kq->lowat_wait != NULL ? kq->lowat_next : -1;
 }
 
-/* Regular-file READ knotes: one inotify instance per queue, created on the
- * first, watching each registered file for changes. */
-static int files_watch(struct kq *kq, struct knote *kn)
+/* Files epoll refuses whose report depends on their changes (a regular
+ * file's READ; with EV_CLEAR, a regular file's WRITE and a directory's
+ * READ): one inotify instance per queue, created on the first, watching
+ * each such file.  mask: IN_MODIFY for a regular file (write, truncate),
+ * the entry changes for a directory -- one file is never both, so the
+ * registrations sharing a watch (inotify has one per file and instance)
+ * agree on it. */
+static int files_watch(struct kq *kq, struct knote *kn, uint32_t mask)
 {
     if (kq->files_ino_fd < 0) {
         int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -331,7 +337,7 @@ static int files_watch(struct kq *kq, struct knote *kn)
     }
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", (int)kn->kev.ident);
-    int wd = inotify_add_watch(kq->files_ino_fd, path, IN_MODIFY);
+    int wd = inotify_add_watch(kq->files_ino_fd, path, mask);
     if (wd < 0)
         return -errno;
     kn->u.fd.wd = wd;
@@ -351,7 +357,8 @@ static void files_unwatch(struct kq *kq, struct knote *kn)
     inotify_rm_watch(kq->files_ino_fd, wd);
 }
 
-/* A registered regular file changed: its READ knotes look again. */
+/* A watched file changed: its knotes look again (a WRITE knote or a
+ * directory's has a watch only with EV_CLEAR: reported once more). */
 static void files_ready(struct kq *kq)
 {
     union {
@@ -363,7 +370,7 @@ static void files_ready(struct kq *kq)
         for (ssize_t off = 0; off < len;) {
             struct inotify_event *ev = (struct inotify_event *)(buf.bytes + off);
             for (struct knote *kn = kq->files; kn != NULL; kn = kn->u.fd.next) {
-                if (kn->u.fd.wd == ev->wd && kn->kev.filter == EVFILT_READ) {
+                if (kn->u.fd.wd == ev->wd) {
                     kn->status |= KN_ACTIVE;
                     if (!(kn->status & KN_DISABLED))
                         kq_enqueue(kq, kn);
@@ -385,8 +392,13 @@ static int file_attach(struct kq *kq, struct knote *kn)
     kn->u.fd.ino = (uint64_t)st.st_ino;
     kn->u.fd.mode = (uint32_t)(st.st_mode & S_IFMT);
     kn->u.fd.wd = -1;
-    if (kn->kev.filter == EVFILT_READ && S_ISREG(st.st_mode)) {
-        int err = files_watch(kq, kn);
+    uint32_t mask = 0;
+    if (S_ISREG(st.st_mode) && (kn->kev.filter == EVFILT_READ || (kn->kev.flags & EV_CLEAR)))
+        mask = IN_MODIFY;
+    else if (S_ISDIR(st.st_mode) && (kn->kev.flags & EV_CLEAR))
+        mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO;
+    if (mask != 0) {
+        int err = files_watch(kq, kn, mask);
         if (err != 0)
             return err;
     }
@@ -979,7 +991,11 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
 
 /* Regular files, from the pending list.  As FreeBSD's filt_vfsread: READ
  * is ready while the offset is not at the end of the file (data = size -
- * offset, negative past the end); WRITE is always ready, data 0. */
+ * offset, negative past the end); WRITE is always ready, data 0
+ * (filt_vfswrite); directories and devices without poll are always ready.
+ * EV_CLEAR, as FreeBSD's kqueue_scan() does, takes a reported knote off
+ * until the file next changes (its inotify watch; a device: never, until
+ * the registration is changed). */
 static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 {
     (void)kq;
@@ -1004,6 +1020,8 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
         off_t pos = lseek(fd, 0, SEEK_CUR);
         if (pos >= 0 && st.st_size > pos)
             out->data = (intptr_t)(st.st_size - pos);
+        if (kn->kev.flags & EV_CLEAR)
+            kn->status &= ~KN_ACTIVE;   /* a directory: again when it changes */
     } else if (kn->kev.filter == EVFILT_READ) {
         off_t pos = lseek(fd, 0, SEEK_CUR);
         if (pos < 0 || st.st_size == pos) {
@@ -1013,6 +1031,8 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
         out->data = (intptr_t)(st.st_size - pos);
         if (kn->kev.flags & EV_CLEAR)
             kn->status &= ~KN_ACTIVE;   /* again on the next change */
+    } else if (kn->kev.flags & EV_CLEAR) {
+        kn->status &= ~KN_ACTIVE;       /* WRITE: again when the file changes */
     }
     return 1;
 }

@@ -178,7 +178,7 @@ struct knote {
             int pipe_size;
             uint32_t gen;       /* generation in epoll_data (24 bits used) */
             int sock;           /* FDS_*: what a WRITE probe for local shutdown uses */
-            int wd;             /* regular-file READ: inotify watch, else -1 */
+            int wd;             /* FDK_REGULAR: inotify watch (files_watch), else -1 */
             uint64_t dev, ino;  /* FDK_REGULAR: the file registered ... */
             uint32_t mode;      /* ... and its type (S_IFREG, S_IFDIR, S_IFCHR) */
             struct knote *next; /* kq->files or kq->lowat_wait chain */
@@ -252,9 +252,10 @@ struct kq {
     /* EVFILT_SIGNAL knotes (chained by u.sig.next). */
     struct knote *signals;
 
-    /* Regular files (READ and WRITE knotes, chained by u.fd.next) and the
-     * inotify instance that wakes their READ knotes when a file changes,
-     * created on the first regular-file READ registration. */
+    /* Files epoll refuses (READ and WRITE knotes, chained by u.fd.next) and
+     * the inotify instance that wakes their knotes when a file changes
+     * (a regular file's READ; with EV_CLEAR also its WRITE, and a
+     * directory's), created on the first registration that needs it. */
     struct knote *files;
     int files_ino_fd;           /* -1 until needed */
 

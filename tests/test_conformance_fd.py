@@ -975,6 +975,63 @@ def test_regular_file_write_is_always_ready(kq, tmp_path):
         os.close(fd)
 
 
+def test_regular_file_write_clear_reports_once_then_on_each_change(kq, tmp_path):
+    # FreeBSD: filt_vfswrite is always true, and EV_CLEAR takes the knote off
+    # the active list after a report until the vnode next changes.
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        kq.change((fd, WRITE, EV_ADD | EV_CLEAR, 0, 0, 0x91))
+        assert [(e.ident, e.filter, e.data, e.udata) for e in kq.poll()] == \
+            [(fd, WRITE, 0, 0x91)]
+        assert kq.poll() == []              # cleared: not again ...
+        assert_quiet(kq, 0.2)
+        os.write(fd, b"x" * 10)             # ... until the file changes
+        assert [(e.ident, e.filter) for e in kq.wait(64, 2.0)] == [(fd, WRITE)]
+        assert kq.poll() == []
+        with open(path, "ab") as f:         # a change through another descriptor
+            f.write(b"y")
+        assert [(e.ident, e.filter) for e in kq.wait(64, 2.0)] == [(fd, WRITE)]
+        assert kq.poll() == []
+    finally:
+        os.close(fd)
+
+
+def test_directory_read_clear_reports_once_then_on_each_change(kq, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        kq.change((fd, READ, EV_ADD | EV_CLEAR, 0, 0, 0x92))
+        assert [(e.ident, e.udata) for e in kq.poll()] == [(fd, 0x92)]
+        assert kq.poll() == []
+        assert_quiet(kq, 0.2)
+        (d / "new").write_bytes(b"")        # an entry appears
+        assert [(e.ident, e.udata) for e in kq.wait(64, 2.0)] == [(fd, 0x92)]
+        assert kq.poll() == []
+        (d / "new").unlink()                # and goes
+        assert [(e.ident, e.udata) for e in kq.wait(64, 2.0)] == [(fd, 0x92)]
+        assert kq.poll() == []
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("filt", [READ, WRITE])
+def test_device_without_poll_with_clear_reports_once(kq, filt):
+    fd = os.open("/dev/null", os.O_RDWR)
+    try:
+        kq.change((fd, filt, EV_ADD | EV_CLEAR, 0, 0, 0x93))
+        assert [(e.ident, e.filter, e.udata) for e in kq.poll()] == [(fd, filt, 0x93)]
+        for _ in range(2):
+            assert kq.poll() == []
+        assert_quiet(kq, 0.2)
+        kq.change((fd, filt, EV_ADD | EV_CLEAR, 0, 0, 0x94))   # a new look
+        assert [(e.ident, e.filter, e.udata) for e in kq.poll()] == [(fd, filt, 0x94)]
+        assert kq.poll() == []
+    finally:
+        os.close(fd)
+
+
 def test_regular_file_read_woken_by_a_writer_in_another_thread(kq, tmp_path):
     import threading
     path = tmp_path / "f"
