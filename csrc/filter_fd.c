@@ -24,7 +24,8 @@
  * (negative past the end), and a change of the file (an inotify watch,
  * IN_MODIFY) makes it look again; WRITE is always ready with data 0.
  * Directories and devices epoll refuses (no poll method) are always ready,
- * as poll(2) has them.
+ * as poll(2) has them.  With EV_CLEAR each of these reports once, then
+ * again when its file changes (inotify), a device never.
  *
  * Socket errors stay with the application: Linux cannot read a socket's
  * pending error without clearing it (SO_ERROR and a failing recv(), even
@@ -236,6 +237,8 @@ static int stale_error(int epoll_errno)
     return epoll_errno == EBADF ? -EBADF : -ENOENT;
 }
 
+static void orphan_record(struct kq *kq, uint64_t data);
+
 /* ------------------------------------------------------------------ */
 /* Side lists: regular files, WRITE knotes waiting for their mark.     */
 
@@ -291,7 +294,7 @@ static void lowat_repoll(struct kq *kq, int64_t now)
             if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev) < 0) {
                 /* Its number no longer names the file: it died with it. */
                 kn->status &= ~KN_INEPOLL;
-                kq->orphan = ev.data.u64;
+                orphan_record(kq, ev.data.u64);
                 kq_knote_stale(kq, kn);
             }
         }
@@ -316,9 +319,14 @@ static int64_t write_next_look(struct kq *kq, int64_t now)
     return kq->lowat_wait != NULL ? kq->lowat_next : -1;
 }
 
-/* Regular-file READ knotes: one inotify instance per queue, created on the
- * first, watching each registered file for changes. */
-static int files_watch(struct kq *kq, struct knote *kn)
+/* Files epoll refuses whose report depends on their changes (a regular
+ * file's READ; with EV_CLEAR, a regular file's WRITE and a directory's
+ * READ): one inotify instance per queue, created on the first, watching
+ * each such file.  mask: IN_MODIFY for a regular file (write, truncate),
+ * the entry changes for a directory -- one file is never both, so the
+ * registrations sharing a watch (inotify has one per file and instance)
+ * agree on it. */
+static int files_watch(struct kq *kq, struct knote *kn, uint32_t mask)
 {
     if (kq->files_ino_fd < 0) {
         int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -329,7 +337,7 @@ static int files_watch(struct kq *kq, struct knote *kn)
     }
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", (int)kn->kev.ident);
-    int wd = inotify_add_watch(kq->files_ino_fd, path, IN_MODIFY);
+    int wd = inotify_add_watch(kq->files_ino_fd, path, mask);
     if (wd < 0)
         return -errno;
     kn->u.fd.wd = wd;
@@ -349,7 +357,8 @@ static void files_unwatch(struct kq *kq, struct knote *kn)
     inotify_rm_watch(kq->files_ino_fd, wd);
 }
 
-/* A registered regular file changed: its READ knotes look again. */
+/* A watched file changed: its knotes look again (a WRITE knote or a
+ * directory's has a watch only with EV_CLEAR: reported once more). */
 static void files_ready(struct kq *kq)
 {
     union {
@@ -361,7 +370,7 @@ static void files_ready(struct kq *kq)
         for (ssize_t off = 0; off < len;) {
             struct inotify_event *ev = (struct inotify_event *)(buf.bytes + off);
             for (struct knote *kn = kq->files; kn != NULL; kn = kn->u.fd.next) {
-                if (kn->u.fd.wd == ev->wd && kn->kev.filter == EVFILT_READ) {
+                if (kn->u.fd.wd == ev->wd) {
                     kn->status |= KN_ACTIVE;
                     if (!(kn->status & KN_DISABLED))
                         kq_enqueue(kq, kn);
@@ -383,8 +392,13 @@ static int file_attach(struct kq *kq, struct knote *kn)
     kn->u.fd.ino = (uint64_t)st.st_ino;
     kn->u.fd.mode = (uint32_t)(st.st_mode & S_IFMT);
     kn->u.fd.wd = -1;
-    if (kn->kev.filter == EVFILT_READ && S_ISREG(st.st_mode)) {
-        int err = files_watch(kq, kn);
+    uint32_t mask = 0;
+    if (S_ISREG(st.st_mode) && (kn->kev.filter == EVFILT_READ || (kn->kev.flags & EV_CLEAR)))
+        mask = IN_MODIFY;
+    else if (S_ISDIR(st.st_mode) && (kn->kev.flags & EV_CLEAR))
+        mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO;
+    if (mask != 0) {
+        int err = files_watch(kq, kn, mask);
         if (err != 0)
             return err;
     }
@@ -490,6 +504,11 @@ static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
         kn->kev = *kev;
         kn->kev.udata = udata;              /* already set (or kept) by caller */
         kn->kev.flags &= (uint16_t)~KN_INPUT_ONLY;
+        /* Off the lists the old registration was on (its first report may
+         * still be pending) before its state is cleared: KN_QUEUED and
+         * KN_LOWWAIT are what says a knote is linked there. */
+        kq_dequeue(kq, kn);
+        lowat_unwait(kq, kn);
         kn->status = (kev->flags & EV_DISABLE) ? KN_DISABLED : 0;
         kn->u.fd.kind = FDK_UNKNOWN;
         kn->u.fd.pipe_size = 0;
@@ -780,8 +799,8 @@ static int confirm(struct kq *kq, struct knote *kn)
  * An item whose registration was found stale stays in its epoll set as
  * long as its file lives (a dup() or a fork() child holds it): epoll_ctl()
  * cannot reach it, since its number names something else now.  When such
- * an item comes back (the same epoll_data twice in a row with no
- * registration), the set is rebuilt: a new epoll set gets every item of
+ * an item comes back (an epoll_data with no registration, seen again in a
+ * later epoll batch: fd_orphan), the set is rebuilt: a new epoll set gets every item of
  * the old one (read from /proc/self/fdinfo, events and data verbatim, so
  * disarmed items stay disarmed) except READ/WRITE items without a live
  * registration, and dup3() puts it in place under the same number.  The
@@ -857,16 +876,60 @@ static int rebuild(struct kq *kq, uint32_t tag)
     return err;
 }
 
-/* An event that found no registration: deleted while the event was on
- * its way (seen once), or an item left behind by a registration found
- * stale -- its file lives on elsewhere -- which comes back: rebuild. */
+/* Which orphan table an item's epoll_data belongs to: the READ set's or
+ * the WRITE set's. */
+static int orphan_set(uint64_t data)
+{
+    return EP_TAG_OF(data) == TAG_READ ? 0 : 1;
+}
+
+/* Remember the item of a registration just found stale: it may linger.
+ * Never rebuilds (callers may be walking a list of knotes); when the table
+ * is full the item is not recorded, and the next orphan of the set
+ * rebuilds it (fd_orphan). */
+static void orphan_record(struct kq *kq, uint64_t data)
+{
+    int set = orphan_set(data);
+    int n = kq->norphans[set];
+    for (int i = 0; i < n; i++)
+        if (kq->orphans[set][i].data == data)
+            return;
+    if (n == KQ_ORPHANS)
+        return;
+    kq->orphans[set][n].data = data;
+    kq->orphans[set][n].batch = kq->batch;
+    kq->norphans[set] = n + 1;
+}
+
+/* An event that found no registration: deleted while the event was on its
+ * way (seen once), or an item left behind by a registration found stale --
+ * its file lives on elsewhere -- which comes back.  Every such item is
+ * remembered with the batch that first saw it; when any comes back in a
+ * later batch (or the table is full), its set is rebuilt, which removes
+ * every lingering item of the set at once.  Per item, not "the same one
+ * twice in a row": several lingering items come back in turn, and each
+ * would push the other out of a single slot for ever. */
 static void fd_orphan(struct kq *kq, uint64_t data)
 {
-    if (kq->orphan != data) {
-        kq->orphan = data;      /* the first time: maybe just in flight */
+    int set = orphan_set(data);
+    if (kq->rebuilt_batch[set] == kq->batch && kq->batch != 0)
+        return;     /* in this batch's output, from the set just rebuilt */
+    int n = kq->norphans[set], again = n == KQ_ORPHANS;
+    for (int i = 0; i < n && !again; i++) {
+        if (kq->orphans[set][i].data == data) {
+            if (kq->orphans[set][i].batch == kq->batch)
+                return;                 /* seen already in this batch */
+            again = 1;
+        }
+    }
+    if (!again) {
+        kq->orphans[set][n].data = data;    /* the first time: maybe just in flight */
+        kq->orphans[set][n].batch = kq->batch;
+        kq->norphans[set] = n + 1;
         return;
     }
-    kq->orphan = 0;
+    kq->norphans[set] = 0;
+    kq->rebuilt_batch[set] = kq->batch;
     int saved = errno;
     (void)rebuild(kq, EP_TAG_OF(data));
     errno = saved;
@@ -928,7 +991,11 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
 
 /* Regular files, from the pending list.  As FreeBSD's filt_vfsread: READ
  * is ready while the offset is not at the end of the file (data = size -
- * offset, negative past the end); WRITE is always ready, data 0. */
+ * offset, negative past the end); WRITE is always ready, data 0
+ * (filt_vfswrite); directories and devices without poll are always ready.
+ * EV_CLEAR, as FreeBSD's kqueue_scan() does, takes a reported knote off
+ * until the file next changes (its inotify watch; a device: never, until
+ * the registration is changed). */
 static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 {
     (void)kq;
@@ -953,6 +1020,8 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
         off_t pos = lseek(fd, 0, SEEK_CUR);
         if (pos >= 0 && st.st_size > pos)
             out->data = (intptr_t)(st.st_size - pos);
+        if (kn->kev.flags & EV_CLEAR)
+            kn->status &= ~KN_ACTIVE;   /* a directory: again when it changes */
     } else if (kn->kev.filter == EVFILT_READ) {
         off_t pos = lseek(fd, 0, SEEK_CUR);
         if (pos < 0 || st.st_size == pos) {
@@ -962,6 +1031,8 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
         out->data = (intptr_t)(st.st_size - pos);
         if (kn->kev.flags & EV_CLEAR)
             kn->status &= ~KN_ACTIVE;   /* again on the next change */
+    } else if (kn->kev.flags & EV_CLEAR) {
+        kn->status &= ~KN_ACTIVE;       /* WRITE: again when the file changes */
     }
     return 1;
 }
@@ -988,7 +1059,7 @@ static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32
          * registration died with its descriptor.  Its item may linger in
          * the set; when it comes back it is an orphan (fd_orphan). */
         kq_knote_stale(kq, kn);
-        kq->orphan = data;
+        orphan_record(kq, data);
         return 0;
     }
     if (r == 0)

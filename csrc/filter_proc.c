@@ -103,7 +103,9 @@ static int proc_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kev
     if (kn == NULL || (kn->u.proc.gen & 0xffffff) != EP_GEN_OF(data))
         return 0;
     if (!(kn->kev.fflags & NOTE_EXIT)) {
-        kq_knote_drop(kq, kn);      /* nothing asked for: FreeBSD's EV_DROP */
+        /* Nothing asked for: FreeBSD drops it without a report (EV_DROP);
+         * its owner gets the udata back (kqueue_py_take_dropped). */
+        kq_knote_stale(kq, kn);
         return 0;
     }
     kn->status |= KN_ACTIVE;

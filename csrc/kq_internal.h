@@ -39,6 +39,8 @@
 #include <sys/epoll.h>
 #include <sys/event.h>
 
+#define KQ_ORPHANS 16    /* items remembered per set before a rebuild */
+
 /* knote status bits */
 #define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
 #define KN_ACTIVE    0x02u /* userspace filter has an event (triggered, fired) */
@@ -176,7 +178,7 @@ struct knote {
             int pipe_size;
             uint32_t gen;       /* generation in epoll_data (24 bits used) */
             int sock;           /* FDS_*: what a WRITE probe for local shutdown uses */
-            int wd;             /* regular-file READ: inotify watch, else -1 */
+            int wd;             /* FDK_REGULAR: inotify watch (files_watch), else -1 */
             uint64_t dev, ino;  /* FDK_REGULAR: the file registered ... */
             uint32_t mode;      /* ... and its type (S_IFREG, S_IFDIR, S_IFCHR) */
             struct knote *next; /* kq->files or kq->lowat_wait chain */
@@ -250,9 +252,10 @@ struct kq {
     /* EVFILT_SIGNAL knotes (chained by u.sig.next). */
     struct knote *signals;
 
-    /* Regular files (READ and WRITE knotes, chained by u.fd.next) and the
-     * inotify instance that wakes their READ knotes when a file changes,
-     * created on the first regular-file READ registration. */
+    /* Files epoll refuses (READ and WRITE knotes, chained by u.fd.next) and
+     * the inotify instance that wakes their knotes when a file changes
+     * (a regular file's READ; with EV_CLEAR also its WRITE, and a
+     * directory's), created on the first registration that needs it. */
     struct knote *files;
     int files_ino_fd;           /* -1 until needed */
 
@@ -262,12 +265,21 @@ struct kq {
     struct knote *lowat_wait;
     int64_t lowat_next;         /* CLOCK_MONOTONIC ns of the next re-poll */
 
-    /* epoll_data of the last event that found no registration: when the
-     * same one comes again, its item lingers and the set is rebuilt. */
-    uint64_t orphan;
+    /* Items left behind in the READ set ([0]) and the WRITE set ([1]) by
+     * registrations found stale (filter_fd.c): the epoll_data of each, and
+     * the batch that first saw it.  One seen again in a later batch
+     * lingers, and its set is rebuilt. */
+    struct {
+        uint64_t data;
+        uint64_t batch;
+    } orphans[2][KQ_ORPHANS];
+    int norphans[2];
+    uint64_t rebuilt_batch[2];  /* the batch of the set's last rebuild */
+    uint64_t batch;             /* epoll batches processed so far */
 
-    /* udata of registrations the backend removed because their descriptor
-     * was closed or now names another file (kqueue_py_take_dropped). */
+    /* udata of registrations the backend removed on its own: their
+     * descriptor was closed or now names another file, or their process
+     * exited unwatched (PROC without NOTE_EXIT) (kqueue_py_take_dropped). */
     uint64_t *dropped;
     int ndropped;
     int dropped_cap;

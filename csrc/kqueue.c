@@ -506,7 +506,8 @@ void kq_note_dropped(struct kq *kq, void *udata)
     kq->dropped[kq->ndropped++] = (uint64_t)(uintptr_t)udata;
 }
 
-/* A registration that died with its descriptor: its owner gets the udata
+/* A registration the backend removes on its own (it died with its
+ * descriptor, or its process exited unwatched): its owner gets the udata
  * back (kqueue_py_take_dropped), then it goes. */
 void kq_knote_stale(struct kq *kq, struct knote *kn)
 {
@@ -792,6 +793,7 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
                          struct kevent *out, int room, uint64_t scan_id)
 {
     int n = 0;
+    kq->batch++;
     uint32_t batched = 0;
     uint64_t batched_data[TAG_COUNT];
     uint32_t batched_events[TAG_COUNT];

@@ -532,6 +532,64 @@ def test_rebuilt_write_set_keeps_the_other_write_registrations(kq, fds):
     assert [e.udata for e in kq.poll()] == [1]
 
 
+def assert_waits_without_spinning(kq, seconds=0.5):
+    """A wait with nothing to report takes its whole timeout and little CPU
+    (a queue spinning on lingering items burns about `seconds` of it)."""
+    t0, c0 = time.monotonic(), time.process_time()
+    evs = kq.wait(64, seconds)
+    dt, dc = time.monotonic() - t0, time.process_time() - c0
+    assert evs == []
+    assert dt >= seconds * 0.8, f"the wait returned after {dt:.3f}s"
+    assert dc < seconds * 0.3, f"the wait burnt {dc:.3f}s of CPU in {dt:.3f}s"
+
+
+def test_two_lingering_read_items_are_both_cleaned_up(kq, fds):
+    # Two level-triggered READ registrations closed while dup()s keep their
+    # (readable) files: both items come back in every epoll_wait.
+    pairs = [fds.socketpair(), fds.socketpair()]
+    for (a, b), udata in zip(pairs, (0xA1, 0xA2)):
+        kq.change((a.fileno(), READ, EV_ADD, 0, 0, udata))
+        fds.track(os.dup(a.fileno()))
+    for a, b in pairs:
+        a.close()
+        b.send(b"readable forever")
+    assert_waits_without_spinning(kq, 0.5)
+    assert sorted(take_dropped(kq)) == [0xA1, 0xA2]
+    assert_quiet(kq, 0.3)                   # rebuilt: quiet from now on
+    r, w = fds.pipe()                       # and the queue still works
+    kq.change((r, READ, EV_ADD, 0, 0, 0xA3))
+    os.write(w, b"x")
+    assert [e.udata for e in kq.wait(64, 1.0)] == [0xA3]
+
+
+@pytest.mark.parametrize("holder", ["fork", "dup"])
+def test_read_and_write_lingering_on_one_socket_are_cleaned_up(kq, fds, holder):
+    # The prefork pattern: one connection registered for READ and WRITE,
+    # closed without EV_DELETE while a worker (or a dup) keeps it, with data
+    # pending.  One item lingers in the READ set, one in the WRITE set.
+    a, b = fds.socketpair()
+    fd = a.fileno()
+    kq.change((fd, READ, EV_ADD, 0, 0, 0xB1), (fd, WRITE, EV_ADD, 0, 0, 0xB2))
+    child = keep = None
+    if holder == "fork":
+        child = fork_holding(fd)
+    else:
+        keep = os.dup(fd)
+    try:
+        a.close()
+        b.send(b"pending")
+        assert_waits_without_spinning(kq, 0.5)
+        assert sorted(take_dropped(kq)) == [0xB1, 0xB2]
+        assert_quiet(kq, 0.3)
+        b.send(b"more")
+        assert_quiet(kq, 0.3)
+    finally:
+        if child:
+            release(child)
+        if keep is not None:
+            os.close(keep)
+
+
 def test_queue_descriptor_stays_pollable_across_a_rebuild(kq, fds):
     outer = select.epoll()
     try:
@@ -917,6 +975,63 @@ def test_regular_file_write_is_always_ready(kq, tmp_path):
         os.close(fd)
 
 
+def test_regular_file_write_clear_reports_once_then_on_each_change(kq, tmp_path):
+    # FreeBSD: filt_vfswrite is always true, and EV_CLEAR takes the knote off
+    # the active list after a report until the vnode next changes.
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        kq.change((fd, WRITE, EV_ADD | EV_CLEAR, 0, 0, 0x91))
+        assert [(e.ident, e.filter, e.data, e.udata) for e in kq.poll()] == \
+            [(fd, WRITE, 0, 0x91)]
+        assert kq.poll() == []              # cleared: not again ...
+        assert_quiet(kq, 0.2)
+        os.write(fd, b"x" * 10)             # ... until the file changes
+        assert [(e.ident, e.filter) for e in kq.wait(64, 2.0)] == [(fd, WRITE)]
+        assert kq.poll() == []
+        with open(path, "ab") as f:         # a change through another descriptor
+            f.write(b"y")
+        assert [(e.ident, e.filter) for e in kq.wait(64, 2.0)] == [(fd, WRITE)]
+        assert kq.poll() == []
+    finally:
+        os.close(fd)
+
+
+def test_directory_read_clear_reports_once_then_on_each_change(kq, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        kq.change((fd, READ, EV_ADD | EV_CLEAR, 0, 0, 0x92))
+        assert [(e.ident, e.udata) for e in kq.poll()] == [(fd, 0x92)]
+        assert kq.poll() == []
+        assert_quiet(kq, 0.2)
+        (d / "new").write_bytes(b"")        # an entry appears
+        assert [(e.ident, e.udata) for e in kq.wait(64, 2.0)] == [(fd, 0x92)]
+        assert kq.poll() == []
+        (d / "new").unlink()                # and goes
+        assert [(e.ident, e.udata) for e in kq.wait(64, 2.0)] == [(fd, 0x92)]
+        assert kq.poll() == []
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("filt", [READ, WRITE])
+def test_device_without_poll_with_clear_reports_once(kq, filt):
+    fd = os.open("/dev/null", os.O_RDWR)
+    try:
+        kq.change((fd, filt, EV_ADD | EV_CLEAR, 0, 0, 0x93))
+        assert [(e.ident, e.filter, e.udata) for e in kq.poll()] == [(fd, filt, 0x93)]
+        for _ in range(2):
+            assert kq.poll() == []
+        assert_quiet(kq, 0.2)
+        kq.change((fd, filt, EV_ADD | EV_CLEAR, 0, 0, 0x94))   # a new look
+        assert [(e.ident, e.filter, e.udata) for e in kq.poll()] == [(fd, filt, 0x94)]
+        assert kq.poll() == []
+    finally:
+        os.close(fd)
+
+
 def test_regular_file_read_woken_by_a_writer_in_another_thread(kq, tmp_path):
     import threading
     path = tmp_path / "f"
@@ -949,3 +1064,78 @@ def test_device_without_poll_stays_always_ready(kq):
             assert [(e.ident, e.data, e.udata) for e in kq.poll()] == [(fd, 0, 5)]
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# 5. A registration on a reused number, re-added while its old report is
+#    still pending.  Each scenario runs in a child interpreter with a
+#    timeout: a corrupted pending list hangs under the queue's lock (or
+#    crashes), which must fail the test rather than block the suite.
+
+_REUSE_PENDING = r'''
+import os, socket, sys, tempfile
+from kqueue_py import ffi, lib
+
+READ, WRITE = lib.EVFILT_READ, lib.EVFILT_WRITE
+kq = lib.kqueue()
+
+def kevent(changes=(), n=16, timeout=0.0):
+    ch = ffi.new("struct kevent[]", max(len(changes), 1))
+    for i, (ident, filt, flags, udata) in enumerate(changes):
+        ch[i].ident, ch[i].filter, ch[i].flags = ident, filt, flags
+        ch[i].udata = ffi.cast("void *", udata)
+    out = ffi.new("struct kevent[]", n)
+    ts = ffi.new("struct timespec *")
+    ts.tv_sec, ts.tv_nsec = int(timeout), int((timeout % 1) * 1e9)
+    r = lib.kevent(kq, ch, len(changes), out, n, ts)
+    if r < 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+    return [(int(out[i].ident), int(out[i].filter), int(out[i].data),
+             int(ffi.cast("uintptr_t", out[i].udata))) for i in range(r)]
+
+d = tempfile.mkdtemp()
+old = os.path.join(d, "old")
+with open(old, "wb") as f:
+    f.write(b"x" * 100)
+fd = os.open(old, os.O_RDONLY)
+# Unread data: the registration's first report waits on the pending list.
+kevent([(fd, READ, lib.EV_ADD, 0x1)], 0)
+if sys.argv[1] == "socket":
+    a, b = socket.socketpair()
+    b.send(b"hello")
+    other, want = a.fileno(), [(fd, READ, 5, 0x2)]
+else:
+    new = os.path.join(d, "new")
+    with open(new, "wb") as f:
+        f.write(b"y" * 7)
+    other, want = os.open(new, os.O_RDONLY), [(fd, READ, 7, 0x2)]
+os.close(fd)                                  # no EV_DELETE
+os.dup2(other, fd)                            # the number names another file
+kevent([(fd, READ, lib.EV_ADD, 0x2)], 0)     # re-added before any wait
+for _ in range(3):
+    got = kevent(timeout=0.2)
+    assert got == want, got
+kevent([(fd, READ, lib.EV_DELETE, 0)], 0)
+assert kevent(timeout=0.1) == []
+# The queue still works: a user event goes through the pending list.
+kevent([(7, lib.EVFILT_USER, lib.EV_ADD | lib.EV_CLEAR, 0x3)], 0)
+ch = ffi.new("struct kevent[]", 1)
+ch[0].ident, ch[0].filter, ch[0].fflags = 7, lib.EVFILT_USER, lib.NOTE_TRIGGER
+assert lib.kevent(kq, ch, 1, ffi.NULL, 0, ffi.NULL) == 0
+got = kevent(timeout=1.0)
+assert [(i, f) for i, f, _d, _u in got] == [(7, lib.EVFILT_USER)], got
+print("ok")
+'''
+
+
+@pytest.mark.parametrize("reuser", ["socket", "file"])
+def test_readd_on_a_reused_number_while_the_old_report_is_pending(reuser, tmp_path):
+    import subprocess
+    try:
+        # From a scratch directory: the checkout's kqueue_py/ must not shadow
+        # the installed package.
+        proc = subprocess.run([sys.executable, "-c", _REUSE_PENDING, reuser], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("kevent() hung: the pending list was corrupted")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

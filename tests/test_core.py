@@ -203,6 +203,30 @@ def test_udata_released_after_a_process_exit_without_oneshot():
         assert all(collected(r) for r in refs)
 
 
+def test_udata_released_after_the_exit_of_a_process_watched_without_note_exit():
+    # fflags=0 asks for no event: at exit the registration goes without a
+    # report (FreeBSD's EV_DROP), and its udata must go with it.
+    with KQueue() as q:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+        tag = Tag("no NOTE_EXIT")
+        ref = weakref.ref(tag)
+        q.add_process(pid, udata=tag, fflags=0)
+        del tag
+        os.write(w, b"x")
+        os.close(w)
+        os.waitpid(pid, 0)
+        assert q.wait(0.3) == []           # nothing asked for, nothing reported
+        q.add_user(99, udata="x")          # a change batch collects what was dropped
+        assert collected(ref)
+        with pytest.raises(FileNotFoundError):
+            q.remove(pid, PROC)            # the registration is gone
+
+
 def test_udata_released_by_ev_delete():
     with KQueue() as q:
         tag = Tag("deleted")
