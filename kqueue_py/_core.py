@@ -112,9 +112,9 @@ for _name in KEVENT_FIELDS:
     _f = _FIELDS[_name]
     _sz = ffi.sizeof(_f.type)
     _lo, _hi = _FIELD_RANGES[_name]
-    _STRIDED_CODES[_name] = ({1: "b", 2: "h", 4: "i", 8: "q"}[_sz].upper() if _lo == 0
-                             else {1: "b", 2: "h", 4: "i", 8: "q"}[_sz], _f.offset // _sz,
-                             SIZE // _sz, _f.offset % _sz == 0 and SIZE % _sz == 0)
+    _STRIDED_CODES[_name] = (_INT_CODES[_sz].upper() if _lo == 0 else _INT_CODES[_sz],
+                             _f.offset // _sz, SIZE // _sz,
+                             _f.offset % _sz == 0 and SIZE % _sz == 0)
 # Only on CPython: PyPy's JIT runs the plain per-event loop faster than it
 # copies strided views (measured with python -m kqueue_py.bench on both).
 STRIDED = (all(ok for _c, _at, _step, ok in _STRIDED_CODES.values())
