@@ -12,9 +12,10 @@ is here, and nothing else:
 * the two timeout policies: :func:`seconds_ns` (kqueue_py's: seconds as an
   int or float, ``None`` = forever, negative/NaN refused) and
   :func:`control_timeout_ns` (CPython's ``select.kqueue.control``);
-* the event buffers (:class:`Buffer`: pooled, with a memoryview and strided
-  views) and the one wait loop (:func:`wait_more`: EINTR is retried with
-  the time that remains, PEP 475; a signal handler's exception propagates);
+* the event buffer (:class:`Buffer`: a memoryview and strided views; each
+  layer keeps a list of free ones, one per concurrent wait) and the one
+  wait loop (:func:`wait_more`: EINTR is retried with the time that
+  remains, PEP 475; a signal handler's exception propagates);
 * one decoder per shape: :func:`decode_rows` (raw 6-tuples),
   :func:`decode_tuples` / :func:`decode_events` (udata objects), and
   :func:`decode_pairs` (ident, filter);
@@ -452,27 +453,6 @@ class Buffer:
         self.fields = fields
 
 
-class Pool:
-    """Event buffers of one queue, one per concurrent wait (threads may wait
-    on one queue at once).  ``take()`` / ``give()``; a buffer lost to an
-    exception is simply replaced."""
-
-    __slots__ = ("free", "cap")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.free: list[Buffer] = []
-
-    def take(self, cap: int) -> Buffer:
-        try:
-            buf = self.free.pop()
-        except IndexError:
-            return Buffer(max(cap, self.cap))
-        if buf.cap < cap:
-            return Buffer(cap)
-        return buf
-
-
 def wait_more(fd: int, events: Any, cap: int, timeout_ns: int, deadline_ns: int,
               n: int) -> int:
     """The one wait loop, entered after a first ``kevent`` wait returned
@@ -486,16 +466,6 @@ def wait_more(fd: int, events: Any, cap: int, timeout_ns: int, deadline_ns: int,
             remaining = deadline_ns - time.monotonic_ns()
             timeout_ns = remaining if remaining > 0 else 0
         n = kevent(fd, NULL, 0, events, cap, timeout_ns)
-    return n
-
-
-def wait_into(fd: int, events: Any, cap: int, timeout_ns: int) -> int:
-    """One wait (no changes) through :func:`wait_more`: the number of
-    events, or -errno for a failure other than EINTR."""
-    deadline = time.monotonic_ns() + timeout_ns if timeout_ns > 0 else 0
-    n: int = kevent(fd, NULL, 0, events, cap, timeout_ns)
-    if n < 0:
-        n = wait_more(fd, events, cap, timeout_ns, deadline, n)
     return n
 
 

@@ -286,6 +286,10 @@ class KQueue(QueueBase):
                   0, udata)
 
     # -- events --------------------------------------------------------
+    # The buffer pool is inline in wait() and wait_tuples() (a helper call
+    # costs measurable time on this path): pop a free buffer (allocate one
+    # if none is free or it is too small), append it back however the wait
+    # ends; a buffer lost to an exception is simply replaced.
     def wait(self, timeout: Optional[float] = None,
              max_events: Optional[int] = None) -> list[Event]:
         """Wait up to ``timeout`` seconds (``None``: forever, 0: poll) and
@@ -306,7 +310,7 @@ class KQueue(QueueBase):
             ns = 0
         else:
             ns = seconds_ns(timeout)
-        free = self._free
+        free = self._free   # the buffer pool, inline (see above)
         try:
             buf = free.pop()
         except IndexError:
@@ -354,7 +358,7 @@ class KQueue(QueueBase):
             ns = 0
         else:
             ns = seconds_ns(timeout)
-        free = self._free
+        free = self._free   # the buffer pool, inline (see above)
         try:
             buf = free.pop()
         except IndexError:
