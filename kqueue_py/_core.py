@@ -203,25 +203,35 @@ def fileno_of(obj: object, name: str = "fd") -> int:
     return int(fd)
 
 
-def int_arg(value: object, name: str, lo: int, hi: int) -> int:
-    """An integer argument in ``lo..hi`` (``TypeError`` for a non-integer or
-    a bool, ``ValueError`` naming ``name`` when out of range)."""
+def index_arg(value: object, name: str) -> int:
+    """An integer argument, its range not checked (``TypeError`` naming
+    ``name`` for a non-integer or a bool)."""
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{name} must be an int, not {_type_name(value)}")
     v: int = operator.index(value)  # type: ignore[arg-type]
+    return v
+
+
+def int_arg(value: object, name: str, lo: int, hi: int) -> int:
+    """An integer argument in ``lo..hi`` (``TypeError`` for a non-integer or
+    a bool, ``ValueError`` naming ``name`` when out of range)."""
+    v = index_arg(value, name)
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be between {lo} and {hi}, got {v}")
     return v
 
 
-def ident_of(value: object, name: str = "ident") -> int:
+def ident_of(value: object, name: str = "ident", *, check_range: bool = True) -> int:
     """An ``ident``: an int in ``struct kevent``'s ``uintptr_t`` range, or an
-    object with ``fileno()``."""
-    if type(value) is int and 0 <= value <= _IDENT_MAX:
+    object with ``fileno()``.  Without ``check_range`` an integer's range is
+    left to the caller (a change's fields are range-checked when packed)."""
+    if type(value) is int and (not check_range or 0 <= value <= _IDENT_MAX):
         return value
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or an object with a fileno() method, not bool")
     if hasattr(type(value), "__index__"):
+        if not check_range:
+            return index_arg(value, name)
         return int_arg(value, name, 0, _IDENT_MAX)
     if hasattr(value, "fileno"):
         return fileno_of(value, name)
