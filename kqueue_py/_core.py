@@ -705,7 +705,14 @@ class UdataMap:
 
     def release_delivered(self, buf: Buffer, n: int) -> None:
         """The first ``n`` events in ``buf`` were delivered: release the
-        udata of those whose registration ended with the delivery."""
+        udata of those whose registration ended with the delivery.
+
+        A second pass over the buffer, on purpose: the decoders map every
+        token through ``objects.get`` at C speed (``map``, comprehensions,
+        strided views); folding this check into them would need a Python
+        call per event or the raw tokens kept beside the objects -- a cost
+        on every wait, where this pass runs only while some registration
+        with a udata object ends at its first event (``finite`` non-empty)."""
         finite = self.finite
         ended = [u for _i, f, fl, ff, _d, u in _iter_unpack(buf.view[: n * SIZE])
                  if u in finite and (fl & EV_ONESHOT or (f == EVFILT_PROC and ff & NOTE_EXIT))]
