@@ -12,9 +12,10 @@ is here, and nothing else:
 * the two timeout policies: :func:`seconds_ns` (kqueue_py's: seconds as an
   int or float, ``None`` = forever, negative/NaN refused) and
   :func:`control_timeout_ns` (CPython's ``select.kqueue.control``);
-* the event buffers (:class:`Buffer`: pooled, with a memoryview and strided
-  views) and the one wait loop (:func:`wait_more`: EINTR is retried with
-  the time that remains, PEP 475; a signal handler's exception propagates);
+* the event buffer (:class:`Buffer`: a memoryview and strided views; each
+  layer keeps a list of free ones, one per concurrent wait) and the one
+  wait loop (:func:`wait_more`: EINTR is retried with the time that
+  remains, PEP 475; a signal handler's exception propagates);
 * one decoder per shape: :func:`decode_rows` (raw 6-tuples),
   :func:`decode_tuples` / :func:`decode_events` (udata objects), and
   :func:`decode_pairs` (ident, filter);
@@ -112,9 +113,9 @@ for _name in KEVENT_FIELDS:
     _f = _FIELDS[_name]
     _sz = ffi.sizeof(_f.type)
     _lo, _hi = _FIELD_RANGES[_name]
-    _STRIDED_CODES[_name] = ({1: "b", 2: "h", 4: "i", 8: "q"}[_sz].upper() if _lo == 0
-                             else {1: "b", 2: "h", 4: "i", 8: "q"}[_sz], _f.offset // _sz,
-                             SIZE // _sz, _f.offset % _sz == 0 and SIZE % _sz == 0)
+    _STRIDED_CODES[_name] = (_INT_CODES[_sz].upper() if _lo == 0 else _INT_CODES[_sz],
+                             _f.offset // _sz, SIZE // _sz,
+                             _f.offset % _sz == 0 and SIZE % _sz == 0)
 # Only on CPython: PyPy's JIT runs the plain per-event loop faster than it
 # copies strided views (measured with python -m kqueue_py.bench on both).
 STRIDED = (all(ok for _c, _at, _step, ok in _STRIDED_CODES.values())
@@ -202,25 +203,35 @@ def fileno_of(obj: object, name: str = "fd") -> int:
     return int(fd)
 
 
-def int_arg(value: object, name: str, lo: int, hi: int) -> int:
-    """An integer argument in ``lo..hi`` (``TypeError`` for a non-integer or
-    a bool, ``ValueError`` naming ``name`` when out of range)."""
+def index_arg(value: object, name: str) -> int:
+    """An integer argument, its range not checked (``TypeError`` naming
+    ``name`` for a non-integer or a bool)."""
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{name} must be an int, not {_type_name(value)}")
     v: int = operator.index(value)  # type: ignore[arg-type]
+    return v
+
+
+def int_arg(value: object, name: str, lo: int, hi: int) -> int:
+    """An integer argument in ``lo..hi`` (``TypeError`` for a non-integer or
+    a bool, ``ValueError`` naming ``name`` when out of range)."""
+    v = index_arg(value, name)
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be between {lo} and {hi}, got {v}")
     return v
 
 
-def ident_of(value: object, name: str = "ident") -> int:
+def ident_of(value: object, name: str = "ident", *, check_range: bool = True) -> int:
     """An ``ident``: an int in ``struct kevent``'s ``uintptr_t`` range, or an
-    object with ``fileno()``."""
-    if type(value) is int and 0 <= value <= _IDENT_MAX:
+    object with ``fileno()``.  Without ``check_range`` an integer's range is
+    left to the caller (a change's fields are range-checked when packed)."""
+    if type(value) is int and (not check_range or 0 <= value <= _IDENT_MAX):
         return value
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or an object with a fileno() method, not bool")
     if hasattr(type(value), "__index__"):
+        if not check_range:
+            return index_arg(value, name)
         return int_arg(value, name, 0, _IDENT_MAX)
     if hasattr(value, "fileno"):
         return fileno_of(value, name)
@@ -452,27 +463,6 @@ class Buffer:
         self.fields = fields
 
 
-class Pool:
-    """Event buffers of one queue, one per concurrent wait (threads may wait
-    on one queue at once).  ``take()`` / ``give()``; a buffer lost to an
-    exception is simply replaced."""
-
-    __slots__ = ("free", "cap")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.free: list[Buffer] = []
-
-    def take(self, cap: int) -> Buffer:
-        try:
-            buf = self.free.pop()
-        except IndexError:
-            return Buffer(max(cap, self.cap))
-        if buf.cap < cap:
-            return Buffer(cap)
-        return buf
-
-
 def wait_more(fd: int, events: Any, cap: int, timeout_ns: int, deadline_ns: int,
               n: int) -> int:
     """The one wait loop, entered after a first ``kevent`` wait returned
@@ -486,16 +476,6 @@ def wait_more(fd: int, events: Any, cap: int, timeout_ns: int, deadline_ns: int,
             remaining = deadline_ns - time.monotonic_ns()
             timeout_ns = remaining if remaining > 0 else 0
         n = kevent(fd, NULL, 0, events, cap, timeout_ns)
-    return n
-
-
-def wait_into(fd: int, events: Any, cap: int, timeout_ns: int) -> int:
-    """One wait (no changes) through :func:`wait_more`: the number of
-    events, or -errno for a failure other than EINTR."""
-    deadline = time.monotonic_ns() + timeout_ns if timeout_ns > 0 else 0
-    n: int = kevent(fd, NULL, 0, events, cap, timeout_ns)
-    if n < 0:
-        n = wait_more(fd, events, cap, timeout_ns, deadline, n)
     return n
 
 
@@ -725,7 +705,14 @@ class UdataMap:
 
     def release_delivered(self, buf: Buffer, n: int) -> None:
         """The first ``n`` events in ``buf`` were delivered: release the
-        udata of those whose registration ended with the delivery."""
+        udata of those whose registration ended with the delivery.
+
+        A second pass over the buffer, on purpose: the decoders map every
+        token through ``objects.get`` at C speed (``map``, comprehensions,
+        strided views); folding this check into them would need a Python
+        call per event or the raw tokens kept beside the objects -- a cost
+        on every wait, where this pass runs only while some registration
+        with a udata object ends at its first event (``finite`` non-empty)."""
         finite = self.finite
         ended = [u for _i, f, fl, ff, _d, u in _iter_unpack(buf.view[: n * SIZE])
                  if u in finite and (fl & EV_ONESHOT or (f == EVFILT_PROC and ff & NOTE_EXIT))]

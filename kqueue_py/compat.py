@@ -326,6 +326,8 @@ class kqueue(QueueBase):
         buf = None
         events = NULL
         if maxevents:
+            # The buffer pool, inline as in KQueue.wait (the hot path of
+            # every event loop built on this class).
             free = self._free
             try:
                 buf = free.pop()

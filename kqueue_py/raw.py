@@ -9,7 +9,6 @@ same ``lib`` functions through one internal core.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -33,7 +32,7 @@ def raise_errno(err: int | None = None) -> Any:
     """Raise the ``OSError`` subclass for ``err`` (default: ``ffi.errno``)."""
     if err is None:
         err = ffi.errno
-    raise OSError(err, os.strerror(err))
+    raise _core.os_error(err)
 
 
 _kevent = _core.kevent
@@ -104,9 +103,8 @@ def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
     for a negative ``cap``, as kevent(2)).  ``ValueError`` if ``cap`` is more
     than ``events`` holds (nothing is ever written past it).
 
-    EINTR is retried, waiting only for the time that remains (PEP 475; the
-    original helper reissued the full timeout on every retry).  A Python
-    signal handler runs between retries; if it raises, the exception
+    EINTR is retried, waiting only for the time that remains (PEP 475).  A
+    Python signal handler runs between retries; if it raises, the exception
     propagates.  The errno comes back folded into the C result, so a handler
     that makes kqueue calls of its own cannot disturb it.
     """

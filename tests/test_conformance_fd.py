@@ -867,7 +867,7 @@ def test_write_lowat_below_the_mark_dies_with_its_descriptor(kq, fds):
     assert_quiet(kq, 0.2)
 
 
-def test_write_lowat_on_a_pipe_level_triggered_issue_scenario(kq, fds):
+def test_write_lowat_on_a_pipe_level_triggered_waits_until_the_pipe_has_that_much_room(kq, fds):
     r, w = fds.pipe()
     fill(w)
     kq.change((w, WRITE, EV_ADD, NOTE_LOWAT, 32768))

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+from kqueue_py import EVFILT_READ, KQueue
 from kqueue_py.examples.echo import EchoServer
 from kqueue_py.examples.http import HTTPServer, Request, Response, Router
 
@@ -239,6 +240,44 @@ def test_disconnects_mid_request_and_mid_response_leave_no_leak(http):
     while len(server.conns) > 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(server.conns) == 0, "connections leaked"
+
+
+def test_http_close_ends_the_registrations_a_dup_would_keep():
+    # The server registers reads with NOTE_NODATA (epoll's contract on the
+    # Linux backend): a registration outlives close() while another
+    # descriptor -- here a dup(), in a prefork server a fork() child's copy --
+    # holds the socket, unless the server deletes it before closing.
+    seen: list[tuple] = []
+
+    class Recording(KQueue):
+        __slots__ = ()
+
+        def wait_tuples(self, timeout=None, max_events=None):
+            events = super().wait_tuples(timeout, max_events)
+            seen.extend(events)
+            return events
+
+    server = HTTPServer()
+    server.queue.__class__ = Recording
+    with running(server) as addr, socket.create_connection(addr, timeout=5) as c:
+        deadline = time.monotonic() + 5
+        while not server.conns and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (fd,) = list(server.conns)
+        keep = os.dup(fd)
+        try:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert read_response(c.makefile("rb"))[0] == 200
+            while fd in server.conns and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert fd not in server.conns
+            time.sleep(0.05)
+            del seen[:]
+            c.sendall(b"more")       # arrives on the socket the dup keeps open
+            time.sleep(0.3)
+            assert [e for e in seen if e[0] == fd and e[1] == EVFILT_READ] == []
+        finally:
+            os.close(keep)
 
 
 def test_idle_connections_time_out_through_the_timer():

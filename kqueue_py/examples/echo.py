@@ -101,12 +101,19 @@ class EchoServer:
                         conn = conns.get(ident)
                         if conn is None:
                             continue
-                        if flags & EV_EOF and fflags:
-                            self._close(conn)   # a reset
-                            continue
-                        conn.more = True
                         if flags & EV_EOF:
+                            if not fflags:
+                                # kqueue(2) puts a pending socket error in
+                                # fflags only where the system can read it
+                                # without clearing it (not on Linux): ask the
+                                # socket itself, once, at EOF.
+                                fflags = conn.sock.getsockopt(socket.SOL_SOCKET,
+                                                              socket.SO_ERROR)
+                            if fflags:
+                                self._close(conn)   # a reset: nothing to echo
+                                continue
                             conn.peer_done = True
+                        conn.more = True
                         self._on_readable(conn)
                     elif filt == EVFILT_WRITE:
                         conn = conns.get(ident)
