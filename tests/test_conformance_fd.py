@@ -73,7 +73,7 @@ class EpollWaiter:
     def register(self, fd, filters, fflags=0):
         mask = 0
         if READ in filters:
-            mask |= select.EPOLLIN | select.EPOLLRDHUP
+            mask |= select.EPOLLIN | getattr(select, "EPOLLRDHUP", 0x2000)  # PyPy 3.9 lacks the name
         if WRITE in filters:
             mask |= select.EPOLLOUT
         self.ep.register(fd, mask)

@@ -298,8 +298,9 @@ def test_extractor_and_runner_catch_broken_snippets(tmp_path: Path) -> None:
     r = run_block("import threading\nt = threading.Thread(target=lambda: 1 / 0)\n"
                   "t.start()\nt.join()\n", tmp_path)
     assert r.returncode == 0 and stderr_problem(r.stderr) is not None
-    r = run_block("async def f(): pass\nf()\n", tmp_path)
-    assert r.returncode == 0 and stderr_problem(r.stderr) == "stderr has 'RuntimeWarning'"
+    if sys.implementation.name == "cpython":   # PyPy warns when its GC gets round to it
+        r = run_block("async def f(): pass\nf()\n", tmp_path)
+        assert r.returncode == 0 and stderr_problem(r.stderr) == "stderr has 'RuntimeWarning'"
     with pytest.raises(subprocess.TimeoutExpired):
         run_block(forever.code, tmp_path, timeout=1)
 
