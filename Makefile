@@ -45,11 +45,9 @@ test-fast: install
 tsan:
 	bash tools/run-tsan.sh $(PYTHON) $(ARGS)
 
-# The main job: kqueue_py against ctypes, the stdlib and raw C.  Run from
-# inside the venv so that the checkout's kqueue_py/ does not shadow the
-# installed package.
+# The main job: kqueue_py against ctypes, the stdlib and raw C.
 bench: install-pkg
-	cd $(VENV) && bin/python -m kqueue_py.bench --quick
+	$(PY) -m kqueue_py.bench --quick
 
 # The numbers in docs/benchmarks.md and README.md, regenerated: a full run on
 # CPython (this venv) and, when pypy3 is installed, on PyPy (in .venv-pypy),
@@ -62,21 +60,18 @@ BENCH_DOCS_ARGS ?=
 bench-docs: install-pkg
 	$(PIP) install "matplotlib>=3.5"   # for the chart: the [bench] extra
 	mkdir -p docs/bench
-	cd $(VENV) && bin/python -m kqueue_py.bench $(BENCH_DOCS_ARGS) \
-	    --json $(CURDIR)/docs/bench/cpython.json
+	$(PY) -m kqueue_py.bench $(BENCH_DOCS_ARGS) --json docs/bench/cpython.json
 	if command -v $(PYPY) >/dev/null 2>&1; then \
 	    [ -x .venv-pypy/bin/python ] || $(PYPY) -m venv .venv-pypy; \
 	    rm -rf build; \
 	    .venv-pypy/bin/python -m pip --disable-pip-version-check -q install --force-reinstall --no-deps . && \
-	    cd .venv-pypy && bin/python -m kqueue_py.bench $(BENCH_DOCS_ARGS) \
-	        --json $(CURDIR)/docs/bench/pypy.json; \
+	    .venv-pypy/bin/python -m kqueue_py.bench $(BENCH_DOCS_ARGS) --json docs/bench/pypy.json; \
 	else \
 	    echo "bench-docs: no $(PYPY): the docs will say PyPy was not run"; \
 	    rm -f docs/bench/pypy.json; \
 	fi
 	$(PY) tools/bench-docs.py --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json
-	cd $(VENV) && bin/python -m kqueue_py.bench --replot $(CURDIR)/docs/bench/cpython.json \
-	    --png $(CURDIR)/docs/bench.png
+	$(PY) -m kqueue_py.bench --replot docs/bench/cpython.json --png docs/bench.png
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.
 asan: $(PY)
@@ -123,8 +118,8 @@ check-bsd: zig
 # mypy --strict on the package and ruff on the code (config in pyproject.toml).
 lint: $(PY)
 	$(PIP) install mypy ruff
-	$(VENV)/bin/mypy --strict kqueue_py
-	$(VENV)/bin/ruff check kqueue_py tests tools build_kqueue.py setup.py noxfile.py
+	$(VENV)/bin/mypy --strict src/kqueue_py
+	$(VENV)/bin/ruff check src tests tools build_kqueue.py setup.py noxfile.py
 
 clean:
-	rm -rf build dist *.egg-info $(VENV) .venv-sanitize .venv-tsan .venv-pypy .nox .venv-nox kqueue_py/_kqueue.c kqueue_py/*.so
+	rm -rf build dist *.egg-info $(VENV) .venv-sanitize .venv-tsan .venv-pypy .nox .venv-nox src/kqueue_py/_kqueue.c src/kqueue_py/*.so

@@ -102,7 +102,5 @@ def tests(session: nox.Session) -> None:
         session.install("--force-reinstall", "--no-deps", str(wheel))
     # -I: without the checkout on sys.path, so this shows the installed copy.
     session.run("python", "-I", "-c", _SHOW)
-    # The venv's pytest script, not `python -m pytest` (that would put the
-    # checkout on sys.path); pyproject's --import-mode=importlib keeps tests/
-    # from adding it, and tests/conftest.py checks the installed package is used.
+    # The tests import the installed wheel: the package's source is in src/.
     session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)

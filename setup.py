@@ -14,7 +14,7 @@ PyPy builds a PyPy-specific wheel (pp39-pypy39_pp73 etc.).
 
 On Linux the backend's ``<sys/event.h>`` (csrc/include/sys/event.h) is
 installed as ``kqueue_py/include/sys/event.h``: the benchmark's raw-C
-comparator (kqueue_py/bench/rawc_bench.c) compiles against it, and C code
+comparator (src/kqueue_py/bench/rawc_bench.c) compiles against it, and C code
 that talks to the extension's ``kevent`` can too.
 """
 from __future__ import annotations

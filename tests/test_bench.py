@@ -1,7 +1,7 @@
 """The benchmark's own plumbing (never its numbers: those come from a run of
 ``python -m kqueue_py.bench``, not from the suite).
 
-* The raw-C comparator, ``kqueue_py/bench/rawc_bench.c``, is package data and
+* The raw-C comparator, ``src/kqueue_py/bench/rawc_bench.c``, is package data and
   builds warning-free (-Wall -Wextra -Werror) against the installed
   ``<sys/event.h>`` with the extension's own constants, and runs.
 * The report: the running interpreter in its header, the short output of
@@ -82,7 +82,6 @@ def test_rawc_build_fails_when_header_and_extension_disagree(tmp_path):
 
 
 def _bench(tmp_path, *args):
-    # From tmp_path: the checkout's kqueue_py/ must not shadow the installed one.
     r = subprocess.run([sys.executable, "-m", "kqueue_py.bench", "--quick", "--repeats", "1",
                         *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1132,8 +1132,6 @@ print("ok")
 def test_readd_on_a_reused_number_while_the_old_report_is_pending(reuser, tmp_path):
     import subprocess
     try:
-        # From a scratch directory: the checkout's kqueue_py/ must not shadow
-        # the installed package.
         proc = subprocess.run([sys.executable, "-c", _REUSE_PENDING, reuser], cwd=tmp_path,
                               capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:

@@ -61,7 +61,6 @@ PRELUDE = textwrap.dedent("""
 
 def run(body: str) -> None:
     code = PRELUDE + textwrap.dedent(body) + "\nprint('OK')\n"
-    # Run from / so the checkout's kqueue_py/ cannot shadow the installed one.
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd="/")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), \

@@ -10,7 +10,6 @@ import math
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +17,9 @@ import tempfile
 import textwrap
 import time
 import weakref
-from pathlib import Path
 
 import pytest
 
-import kqueue_py
 from kqueue_py import KEEP, Change, KQueue, compat, lib
 from kqueue_py.selectors import KqueueSelector
 
@@ -398,23 +395,6 @@ def test_objects_with_fileno_are_accepted(fds):
         q.add_reader(f, udata="file")
         os.write(w, b"x")
         assert [(e.ident, e.udata) for e in q.wait(1.0)] == [(r, "file")]
-
-
-# -- 7. Import from a source tree that was never built ----------------------------
-
-def test_import_from_an_unbuilt_tree_says_to_install(tmp_path):
-    src = Path(kqueue_py.__file__).resolve().parent
-    dst = tmp_path / "kqueue_py"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("_kqueue*.so", "_kqueue*.pyd",
-                                                            "__pycache__"))
-    assert not list(dst.glob("_kqueue*.so"))
-    proc = subprocess.run([sys.executable, "-c", "import kqueue_py"], capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError:"), proc.stderr
-    assert "pip install ." in last and "make install" in last, last
 
 
 # -- the fork registry ------------------------------------------------------------

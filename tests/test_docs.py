@@ -2,8 +2,7 @@
 
 The blocks come from README.md, docs/*.md and CONTRIBUTING.md (files that do
 not exist are skipped).  Each one runs in a fresh subprocess of the test
-interpreter, from an empty temporary directory (so the checkout's
-``kqueue_py/`` is never imported: the installed package is), with a timeout
+interpreter, from an empty temporary directory, with a timeout
 and ``-W default``, and must exit with status 0 without a traceback or a
 warning on stderr.  A block whose first line starts with ``>>>``
 is run as a doctest instead (its printed output must match).
@@ -49,7 +48,7 @@ _INTERNAL_WORDS = re.compile("|".join((
 )), re.IGNORECASE)
 #: Where the words are looked for besides the documentation: the code, the
 #: C backend, the tests and the tools (text files only).
-SOURCE_DIRS = ("kqueue_py", "csrc", "tests", "tools")
+SOURCE_DIRS = ("src", "csrc", "tests", "tools")
 SOURCE_FILES = ("CHANGELOG.md", "Makefile", "build_kqueue.py", "setup.py", "noxfile.py",
                 "pyproject.toml")
 _BINARY_SUFFIXES = (".so", ".pyd", ".o", ".a", ".pyc", ".whl")
@@ -222,7 +221,7 @@ def test_no_internal_words(path: Path) -> None:
 
 def test_this_file_and_the_code_are_checked_for_internal_words() -> None:
     checked = {p.relative_to(ROOT).as_posix() for p in source_files()}
-    assert {"tests/test_docs.py", "kqueue_py/_core.py", "csrc/kqueue.c"} <= checked
+    assert {"tests/test_docs.py", "src/kqueue_py/_core.py", "csrc/kqueue.c"} <= checked
 
 
 # Each sample is split in two in the source, so this file does not hold it.
@@ -304,9 +303,3 @@ def test_extractor_and_runner_catch_broken_snippets(tmp_path: Path) -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         run_block(forever.code, tmp_path, timeout=1)
 
-
-def test_snippets_import_the_installed_package(tmp_path: Path) -> None:
-    r = run_block("import kqueue_py\nprint(kqueue_py.__file__)\n", tmp_path)
-    assert r.returncode == 0, r.stderr
-    where = Path(r.stdout.strip()).resolve()
-    assert ROOT / "kqueue_py" not in where.parents, where

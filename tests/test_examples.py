@@ -20,6 +20,8 @@ from kqueue_py import EVFILT_READ, KQueue
 from kqueue_py.examples.echo import EchoServer
 from kqueue_py.examples.http import HTTPServer, Request, Response, Router
 
+from helpers import read_response, request
+
 
 def _open_fds() -> int:
     """Descriptors open now, after the process-wide ones the Linux backend
@@ -40,28 +42,8 @@ def running(server) -> Iterator[tuple[str, int]]:
         assert not t.is_alive(), "server did not stop"
 
 
-def read_response(f) -> tuple[int, dict[str, str], bytes]:
-    status_line = f.readline()
-    if not status_line:
-        raise ConnectionError("closed before a response")
-    status = int(status_line.split()[1])
-    headers = {}
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        k, _, v = line.decode("latin-1").partition(":")
-        headers[k.strip().lower()] = v.strip()
-    body = f.read(int(headers.get("content-length", "0")))
-    return status, headers, body
 
 
-def request(addr, raw: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    # The file object is closed explicitly: a socket's fd stays open while a
-    # makefile() object lives, which on PyPy lasts until a garbage collection.
-    with socket.create_connection(addr, timeout=timeout) as s, s.makefile("rb") as f:
-        s.sendall(raw)
-        return read_response(f)
 
 
 def closed_by_peer(s: socket.socket, timeout: float = 5.0) -> bool:

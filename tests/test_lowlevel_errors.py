@@ -9,6 +9,8 @@ import pytest
 
 from kqueue_py import ffi, lib
 
+import helpers as h
+
 READ, WRITE, USER, TIMER = lib.EVFILT_READ, lib.EVFILT_WRITE, lib.EVFILT_USER, lib.EVFILT_TIMER
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ERROR, EV_RECEIPT, EV_CLEAR = lib.EV_ERROR, lib.EV_RECEIPT, lib.EV_CLEAR
@@ -37,7 +39,7 @@ def test_kevent_on_a_non_kqueue_fd_is_ebadf(fds):
     assert raw(r, events=evs, nevents=1, timeout=ffi.new("struct timespec *")) == (-1, errno.EBADF)
 
 
-def test_kevent_on_closed_kqueue_is_ebadf(h):
+def test_kevent_on_closed_kqueue_is_ebadf():
     kq = lib.kqueue()
     assert kq >= 0
     assert lib.kqueue_close(kq) == 0
@@ -100,7 +102,7 @@ def test_largest_valid_timespec_nsec_is_accepted(kq):
 
 
 @pytest.mark.parametrize("filt", [-100, -3, 1, 100, -32768])
-def test_unknown_filter_is_einval(kq, h, filt):
+def test_unknown_filter_is_einval(kq, filt):
     rc, err, _ = h.kevent_raw(kq, [(1, filt, EV_ADD)], 0, None)
     assert (rc, err) == (-1, errno.EINVAL)
     evs = kq.changes([(1, filt, EV_ADD, 0, 0, 7)], nevents=1, timeout=None)
@@ -110,7 +112,7 @@ def test_unknown_filter_is_einval(kq, h, filt):
 
 
 @pytest.mark.parametrize("filt", [READ, WRITE])
-def test_fd_filter_on_closed_fd_number_is_ebadf(kq, fds, h, filt):
+def test_fd_filter_on_closed_fd_number_is_ebadf(kq, fds, filt):
     r, w = fds.pipe()
     fds.close(r)
     rc, err, _ = h.kevent_raw(kq, [(r, filt, EV_ADD)], 0, None)
@@ -149,7 +151,7 @@ def test_fd_filter_on_fd_number_never_opened_is_ebadf(filt, ident):
 
 
 @pytest.mark.parametrize("filt", [READ, WRITE])
-def test_fd_filter_delete_on_closed_fd_number_is_ebadf(kq, fds, h, filt):
+def test_fd_filter_delete_on_closed_fd_number_is_ebadf(kq, fds, filt):
     r, w = fds.pipe()
     fds.close(r)
     rc, err, _ = h.kevent_raw(kq, [(r, filt, EV_DELETE)], 0, None)
@@ -158,7 +160,7 @@ def test_fd_filter_delete_on_closed_fd_number_is_ebadf(kq, fds, h, filt):
 
 @pytest.mark.parametrize("flags", [EV_DELETE, EV_ENABLE, EV_DISABLE, 0])
 @pytest.mark.parametrize("filt", [READ, WRITE, USER, TIMER])
-def test_change_without_add_on_missing_registration_is_enoent(kq, fds, h, filt, flags):
+def test_change_without_add_on_missing_registration_is_enoent(kq, fds, filt, flags):
     r, w = fds.pipe()
     ident = {READ: r, WRITE: w}.get(filt, 5)
     rc, err, _ = h.kevent_raw(kq, [(ident, filt, flags)], 0, None)
@@ -179,13 +181,13 @@ def test_error_with_room_does_not_stop_later_changes(kq):
     kq.change((1, USER, EV_DELETE), (3, USER, EV_DELETE))
 
 
-def test_error_without_room_returns_minus_one_after_applying_earlier_changes(kq, h):
+def test_error_without_room_returns_minus_one_after_applying_earlier_changes(kq):
     rc, err, _ = h.kevent_raw(kq, [(1, USER, EV_ADD), (2, USER, EV_DELETE)], 0, None)
     assert (rc, err) == (-1, errno.ENOENT)
     kq.change((1, USER, EV_DELETE))     # the first change was applied
 
 
-def test_errors_fill_the_room_then_minus_one(kq, h):
+def test_errors_fill_the_room_then_minus_one(kq):
     # Two errors, room for one: the first is reported, the second fails the call.
     rc, err, evs = h.kevent_raw(kq, [(1, USER, EV_DELETE), (2, USER, EV_DELETE)], 1, None)
     assert (rc, err) == (-1, errno.ENOENT) or (rc == 1 and evs[0].ident == 1)
@@ -213,7 +215,7 @@ def test_successful_changes_without_receipt_return_zero_and_then_scan(kq):
     assert [(e.ident, e.flags & EV_ERROR, e.udata) for e in evs] == [(1, 0, 5)]
 
 
-def test_receipt_with_room_for_fewer_receipts_than_changes(kq, h):
+def test_receipt_with_room_for_fewer_receipts_than_changes(kq):
     # Every change is applied; receipts are written while there is room and
     # the ones that do not fit are dropped (no error: the call succeeds).
     rc, err, evs = h.kevent_raw(kq, [(i, USER, EV_ADD | EV_RECEIPT) for i in range(4)], 2, None)
@@ -223,7 +225,7 @@ def test_receipt_with_room_for_fewer_receipts_than_changes(kq, h):
         kq.change((i, USER, EV_DELETE))   # raises ENOENT if i was not registered
 
 
-def test_failure_after_the_receipts_filled_the_list_fails_the_call(kq, h):
+def test_failure_after_the_receipts_filled_the_list_fails_the_call(kq):
     # No room left for the error entry: the call fails with that errno
     # (the changes before it stay applied).
     changes = [(0, USER, EV_ADD | EV_RECEIPT), (1, USER, EV_DELETE)]

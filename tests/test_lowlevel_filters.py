@@ -15,6 +15,8 @@ import pytest
 
 from kqueue_py import lib
 
+import helpers as h
+
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ONESHOT, EV_CLEAR, EV_DISPATCH, EV_RECEIPT = lib.EV_ONESHOT, lib.EV_CLEAR, lib.EV_DISPATCH, lib.EV_RECEIPT
 EV_ERROR = lib.EV_ERROR
@@ -203,7 +205,7 @@ def test_delete_of_missing_registration_is_enoent_event_with_room(kq, src):
     assert ev.udata == 5
 
 
-def test_delete_of_missing_registration_is_enoent_errno_without_room(kq, src, h):
+def test_delete_of_missing_registration_is_enoent_errno_without_room(kq, src):
     rc, err, evs = h.kevent_raw(kq, [src.ch(EV_DELETE)], 0, None)
     assert (rc, err) == (-1, errno.ENOENT)
 

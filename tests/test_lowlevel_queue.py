@@ -14,6 +14,8 @@ import pytest
 
 from kqueue_py import ffi, lib
 
+import helpers as h
+
 READ, WRITE, USER, TIMER = lib.EVFILT_READ, lib.EVFILT_WRITE, lib.EVFILT_USER, lib.EVFILT_TIMER
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ONESHOT, EV_CLEAR, EV_DISPATCH, EV_RECEIPT, EV_ERROR = (
@@ -138,7 +140,7 @@ def test_kqueue_watched_by_another_kqueue(make_kq):
 # Blocking behaviour
 
 
-def test_kevent_with_nevents_zero_never_blocks_even_with_null_timeout(kq, h):
+def test_kevent_with_nevents_zero_never_blocks_even_with_null_timeout(kq):
     for changes in ((), [(1, USER, EV_ADD)], [(1, USER, EV_DELETE)]):
         t0 = time.monotonic()
         arr, n = h.make_changes(changes)
@@ -159,7 +161,7 @@ def test_kevent_timeout_waits_about_that_long(kq):
     assert 0.1 - 0.002 <= time.monotonic() - t0 < 0.4
 
 
-def _blocked_waiter(kq, h, result, timeout=None):
+def _blocked_waiter(kq, result, timeout=None):
     started = threading.Event()
 
     def run():
@@ -172,10 +174,10 @@ def _blocked_waiter(kq, h, result, timeout=None):
     return t
 
 
-def test_kqueue_close_wakes_blocked_waiter_with_ebadf(h):
+def test_kqueue_close_wakes_blocked_waiter_with_ebadf():
     kq = lib.kqueue()
     result = []
-    t = _blocked_waiter(kq, h, result)
+    t = _blocked_waiter(kq, result)
     time.sleep(0.05)            # let it block in the wait
     assert result == []
     assert lib.kqueue_close(kq) == 0
@@ -185,10 +187,10 @@ def test_kqueue_close_wakes_blocked_waiter_with_ebadf(h):
     assert (rc, err) == (-1, errno.EBADF)
 
 
-def test_kqueue_close_wakes_every_blocked_waiter(h):
+def test_kqueue_close_wakes_every_blocked_waiter():
     kq = lib.kqueue()
     results = [[] for _ in range(4)]
-    threads = [_blocked_waiter(kq, h, r) for r in results]
+    threads = [_blocked_waiter(kq, r) for r in results]
     time.sleep(0.05)
     assert lib.kqueue_close(kq) == 0
     for t in threads:
@@ -197,7 +199,7 @@ def test_kqueue_close_wakes_every_blocked_waiter(h):
     assert [r[0][:2] for r in results] == [(-1, errno.EBADF)] * 4
 
 
-def test_kqueue_close_with_pending_events_and_registrations_then_reuse_number(fds, h, lowest_free):
+def test_kqueue_close_with_pending_events_and_registrations_then_reuse_number(fds, lowest_free):
     r, w = fds.pipe()
     kq = lib.kqueue()
     h.kevent(kq, [(r, READ, EV_ADD), (1, USER, EV_ADD, TRIGGER), (2, TIMER, EV_ADD, 0, 1)])
@@ -213,7 +215,7 @@ def test_kqueue_close_with_pending_events_and_registrations_then_reuse_number(fd
         lib.kqueue_close(kq2)
 
 
-def test_many_threads_waiting_oneshot_user_event_exactly_one_gets_it(kq, h):
+def test_many_threads_waiting_oneshot_user_event_exactly_one_gets_it(kq):
     kq.change((1, USER, EV_ADD | EV_ONESHOT, 0, 0, 77))
     n = 8
     barrier = threading.Barrier(n + 1)
@@ -237,7 +239,7 @@ def test_many_threads_waiting_oneshot_user_event_exactly_one_gets_it(kq, h):
     assert [(e.ident, e.udata) for e in got] == [(1, 77)], f"{len(got)} threads got the oneshot event"
 
 
-def test_many_threads_waiting_level_events_none_blocked_forever(kq, fds, h):
+def test_many_threads_waiting_level_events_none_blocked_forever(kq, fds):
     """Several waiters, several ready pipes with EV_DISPATCH: each event goes
     to exactly one waiter per re-enable."""
     pipes = [fds.pipe() for _ in range(16)]
@@ -411,7 +413,7 @@ def test_reused_fd_number_without_readd_reports_nothing(kq, fds, lowest_free):
     assert evs == [], f"a stale registration reported the new file: {evs}"
 
 
-def test_delete_after_close_is_an_error_not_a_crash(kq, fds, h):
+def test_delete_after_close_is_an_error_not_a_crash(kq, fds):
     r, w = fds.pipe()
     kq.change((r, READ, EV_ADD))
     fds.close(r)

@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from kqueue_py import lib
+
+from helpers import wait_until
 
 LINUX = sys.platform.startswith("linux")
 
@@ -50,13 +51,6 @@ def handled():
         signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
 
-def wait_until(pred, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def wait_retry(kq, nevents=64, timeout=2.0):

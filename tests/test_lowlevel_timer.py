@@ -12,6 +12,8 @@ import pytest
 
 from kqueue_py import lib
 
+import helpers as h
+
 TIMER = lib.EVFILT_TIMER
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ONESHOT, EV_CLEAR, EV_ERROR = lib.EV_ONESHOT, lib.EV_CLEAR, lib.EV_ERROR
@@ -150,7 +152,7 @@ def test_timer_readd_with_longer_period_does_not_fire_at_old_deadline(kq):
 
 
 @pytest.mark.parametrize("flags", [EV_ADD, EV_ADD | EV_ONESHOT])
-def test_timer_negative_data_is_einval(kq, h, flags):
+def test_timer_negative_data_is_einval(kq, flags):
     evs = kq.changes([(ID, TIMER, flags, 0, -1, 6)], nevents=2, timeout=None)
     assert len(evs) == 1
     assert evs[0].flags & EV_ERROR and evs[0].data == errno.EINVAL
@@ -165,14 +167,14 @@ def test_timer_negative_data_is_einval(kq, h, flags):
 
 @pytest.mark.parametrize("units", [SECONDS | MSECONDS, USECONDS | NSECONDS, MSECONDS | NSECONDS,
                                    SECONDS | MSECONDS | USECONDS | NSECONDS])
-def test_timer_two_unit_bits_is_einval(kq, h, units):
+def test_timer_two_unit_bits_is_einval(kq, units):
     evs = kq.changes([(ID, TIMER, EV_ADD, units, 10)], nevents=1, timeout=None)
     assert len(evs) == 1 and evs[0].flags & EV_ERROR and evs[0].data == errno.EINVAL
     rc, err, _ = h.kevent_raw(kq, [(ID, TIMER, EV_ADD, units, 10)], 0, None)
     assert (rc, err) == (-1, errno.EINVAL)
 
 
-def test_timer_readd_with_invalid_data_is_einval_and_keeps_old_timer(kq, h):
+def test_timer_readd_with_invalid_data_is_einval_and_keeps_old_timer(kq):
     kq.change((ID, TIMER, EV_ADD, 0, 10))
     rc, err, _ = h.kevent_raw(kq, [(ID, TIMER, EV_ADD, 0, -1)], 0, None)
     assert (rc, err) == (-1, errno.EINVAL)

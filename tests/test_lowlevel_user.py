@@ -10,6 +10,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from kqueue_py import lib
 
+import helpers as h
+
 USER = lib.EVFILT_USER
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ONESHOT, EV_CLEAR, EV_DISPATCH, EV_KEEPUDATA = lib.EV_ONESHOT, lib.EV_CLEAR, lib.EV_DISPATCH, lib.EV_KEEPUDATA
@@ -204,7 +206,7 @@ def test_user_idents_are_independent(kq):
     assert sorted(e.ident for e in kq.poll()) == [1, 3]
 
 
-def test_user_trigger_from_another_thread_wakes_blocked_waiter(kq, h):
+def test_user_trigger_from_another_thread_wakes_blocked_waiter(kq):
     kq.change((ID, USER, EV_ADD | EV_CLEAR, 0, 0, 42))
     result = {}
     started = threading.Event()

@@ -15,6 +15,8 @@ import pytest
 
 from kqueue_py import KEEP, Change, Event, KQueue, lib
 
+import helpers as h
+
 READ, WRITE, USER, TIMER = lib.EVFILT_READ, lib.EVFILT_WRITE, lib.EVFILT_USER, lib.EVFILT_TIMER
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ONESHOT, EV_CLEAR, EV_DISPATCH, EV_EOF = lib.EV_ONESHOT, lib.EV_CLEAR, lib.EV_DISPATCH, lib.EV_EOF
@@ -499,7 +501,7 @@ def test_udata_released_when_add_fails(q, fds):
     assert ref() is None
 
 
-def test_stale_or_foreign_udata_word_never_crashes(q, h):
+def test_stale_or_foreign_udata_word_never_crashes(q):
     """The C udata word is overwritten behind the queue's back (with a
     value that would be a wild pointer): the event comes back with udata
     None instead of crashing."""

@@ -21,26 +21,14 @@ import pytest
 
 from kqueue_py import ffi, lib
 
+from helpers import kevent_raw
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the Linux backend's descriptors")
 
 EV_ADD, EV_DELETE, EV_CLEAR, EV_ERROR = lib.EV_ADD, lib.EV_DELETE, lib.EV_CLEAR, lib.EV_ERROR
 
 
-def kevent_raw(kq, changes=(), nevents=0, timeout=0.0):
-    """lib.kevent with tuples in, (rc, errno, [kevent...]) out."""
-    changes = list(changes)
-    arr = ffi.new("struct kevent[]", max(len(changes), 1))
-    for i, (ident, filt, flags, *rest) in enumerate(changes):
-        arr[i].ident, arr[i].filter, arr[i].flags = ident, filt, flags
-        arr[i].fflags = rest[0] if rest else 0
-        arr[i].data = rest[1] if len(rest) > 1 else 0
-    out = ffi.new("struct kevent[]", max(nevents, 1))
-    ts = ffi.new("struct timespec *", (int(timeout), int((timeout % 1) * 1e9)))
-    ffi.errno = 0
-    rc = lib.kevent(kq, arr if changes else ffi.NULL, len(changes),
-                    out if nevents else ffi.NULL, nevents, ts)
-    return rc, ffi.errno, [out[i] for i in range(max(rc, 0))]
 
 
 def open_fds() -> int:

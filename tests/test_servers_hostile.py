@@ -26,7 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-STATUS_LINE = re.compile(rb"HTTP/1\.1 [1-5][0-9][0-9] [^\r\n]*\r\n")
+from helpers import STATUS_LINE, read_response, request
+
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 # Built with sanitizers (make asan sets it).
 SANITIZED = bool(os.environ.get("KQUEUE_PY_SANITIZED"))
@@ -112,27 +113,8 @@ def echo_server(*options: str, nofile: Optional[int] = None) -> Iterator[Server]
         srv.stop()
 
 
-def read_response(f) -> tuple[int, dict[str, str], bytes]:
-    line = f.readline()
-    if not line:
-        raise ConnectionError("closed before a response")
-    assert STATUS_LINE.fullmatch(line), line
-    status = int(line.split()[1])
-    headers: dict[str, str] = {}
-    while True:
-        h = f.readline()
-        if h in (b"\r\n", b""):
-            break
-        k, _, v = h.decode("latin-1").partition(":")
-        headers[k.strip().lower()] = v.strip()
-    body = f.read(int(headers.get("content-length", "0")))
-    return status, headers, body
 
 
-def request(addr, raw: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(addr, timeout=timeout) as s, s.makefile("rb") as f:
-        s.sendall(raw)
-        return read_response(f)
 
 
 def exchange(addr, raw: bytes, timeout: float = 10.0) -> bytes:

@@ -38,7 +38,7 @@ echo "$(basename "$wheel")"
 
 echo "== install and test"
 "${pip[@]}" "$wheel"
-# The venv's pytest (not `python -m pytest`), so the unpacked tree's
-# kqueue_py/ is not on sys.path: the tests run against the installed wheel.
+# The tests import the installed wheel (the package's source is in src/,
+# never on sys.path).
 cd "$src/tests"
 "$work/venv/bin/pytest" -q -p no:cacheprovider

@@ -294,9 +294,8 @@ for kind in tcp unix; do
 done
 
 # --- the suite --------------------------------------------------------------
-# -P: no checkout directory on sys.path, so kqueue_py comes from $site (which
-# tests/conftest.py asserts); pytest itself keeps --import-mode=importlib from
-# pyproject.toml.  No bytecode or cache written into the checkout.
+# kqueue_py comes from $site (its source is in src/, never on sys.path).
+# No bytecode or cache written into the checkout.
 step "pytest under qemu (slow: a few minutes)"
 set +e
 PYTHONPATH=$site PYTHONDONTWRITEBYTECODE=1 \

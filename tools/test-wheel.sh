@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Proves a built wheel (e.g. from tools/build-wheels.sh) works: installs it in
 # a fresh venv per interpreter and runs the full test suite from this
-# checkout against it.  pytest runs from the checkout with
-# --import-mode=importlib (pyproject.toml), so the checkout's kqueue_py/ is
-# not imported; tests/conftest.py asserts that.  Venvs live in a temp dir.
+# checkout against it (the package's source is in src/, never on sys.path,
+# so the tests import the wheel).  Venvs live in a temp dir.
 # Usage: tools/test-wheel.sh WHEEL [python ...]
 #        (default: pyenv's newest 3.9 and 3.13, the abi3 floor and the newest)
 set -uo pipefail

@@ -36,19 +36,8 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol, Union
 
-try:
-    from ._kqueue import ffi as ffi
-    from ._kqueue import lib as lib
-except ModuleNotFoundError as _exc:  # pragma: no cover - exercised in a subprocess
-    if _exc.name != "kqueue_py._kqueue":
-        raise
-    raise ImportError(
-        "kqueue_py's compiled module kqueue_py._kqueue is missing: this is a source "
-        "tree that was never built (or it is shadowing the installed package). Install "
-        "kqueue_py first -- `pip install .` (or `make install`) in the checkout -- and "
-        "import it from outside the source directory.",
-        name="kqueue_py._kqueue") from None
-
+from ._kqueue import ffi as ffi
+from ._kqueue import lib as lib
 
 # ---------------------------------------------------------------------------
 # struct kevent
