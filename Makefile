@@ -5,31 +5,33 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-# The release tier's zig (also in pyproject's [release] extra and
-# tools/build-wheels.sh; tests/test_packaging.py checks they agree).
-ZIGLANG = ziglang==0.15.2
+# Every tool's version is pinned once, in pyproject.toml's [dependency-groups]
+# (test, docs, release, zig), installed with pip's --group (pip >= 25.1).
 # Extra pytest arguments:  make test ARGS="-k timer"
 ARGS   ?=
 
-.PHONY: install install-pkg zig test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
+.PHONY: install install-pkg pip zig docs test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# A pip that knows dependency groups.
+pip: $(PY)
+	$(PIP) install --upgrade pip
+
 # Dependency tiers: install-pkg is kqueue_py alone (all `make bench` needs);
-# install adds the test tier (requirements-test.txt = the [test] extra);
-# zig (the release tier's compiler) only comes with `make zig`/check-bsd/wheels.
-install-pkg: $(PY)
-	$(PIP) install --upgrade pip setuptools wheel cffi
+# install adds the test group; zig only comes with `make zig`/check-bsd/wheels.
+install-pkg: pip
+	$(PIP) install --upgrade setuptools wheel cffi
 	rm -rf build   # setuptools reuses objects there, even from a sanitizer build
 	$(PIP) install --force-reinstall --no-deps .
 
 install: install-pkg
-	$(PIP) install -r requirements-test.txt
+	$(PIP) install --group test
 
 # zig for tests/test_bsd_build.py (which skips, saying so, without it).
-zig: $(PY)
-	$(PIP) install "$(ZIGLANG)"
+zig: pip
+	$(PIP) install --group zig
 
 # The whole test suite, against the freshly built and installed wheel.
 test: install
@@ -58,7 +60,8 @@ bench: install-pkg
 PYPY ?= pypy3
 BENCH_DOCS_ARGS ?=
 bench-docs: install-pkg
-	$(PIP) install "matplotlib>=3.5"   # for the chart: the [bench] extra
+	# The chart's matplotlib: the [bench] extra of the kqueue_py just installed.
+	$(PIP) install "kqueue_py[bench]"
 	mkdir -p docs/bench
 	$(PY) -m kqueue_py.bench $(BENCH_DOCS_ARGS) --json docs/bench/cpython.json
 	if command -v $(PYPY) >/dev/null 2>&1; then \
@@ -81,8 +84,8 @@ asan: $(PY)
 matrix:
 	bash tools/matrix.sh $(ARGS)
 
-wheel: $(PY)
-	$(PIP) install build
+wheel: pip
+	$(PIP) install --group release
 	$(PY) -m build
 
 # manylinux2014 (manylinux_2_17) cp39-abi3 wheels built with zig, into dist/.
@@ -112,7 +115,7 @@ sdist-check:
 # The builder's macOS/FreeBSD branch, cross-compiled and linked with zig
 # against those systems' headers (tests/test_bsd_build.py runs it too).
 check-bsd: zig
-	$(PIP) install cffi -r requirements-test.txt
+	$(PIP) install cffi --group test
 	$(PY) tools/check-bsd-build.py
 
 # mypy --strict on the package and ruff on the code (config in pyproject.toml).

@@ -7,8 +7,9 @@ not the user.
 
 * macOS / FreeBSD / other BSDs: the system ``<sys/event.h>`` and the
   kernel's kqueue; ``kqueue_close`` is ``close``.
-* Linux: kqueue_py's own backend (``csrc/``), which ships a
-  ``<sys/event.h>`` with FreeBSD's numbering.
+* Linux: kqueue_py's own backend (``csrc/``).  Its public
+  ``<sys/event.h>`` (FreeBSD's numbering) lives where it ships, in the
+  package: ``src/kqueue_py/include/sys/event.h``.
 
 Environment knobs (build time):
   KQUEUE_PY_SANITIZE=address,undefined   build the backend with sanitizers
@@ -24,6 +25,9 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")  # relative: cffi and setuptools run from HERE
+# The Linux backend's public <sys/event.h>: package data, so the one copy is
+# the one that is installed (as kqueue_py/include/sys/event.h).
+INCLUDE = os.path.join("src", "kqueue_py", "include")
 
 FILTERS = [
     "EVFILT_READ", "EVFILT_WRITE", "EVFILT_VNODE", "EVFILT_PROC",
@@ -186,9 +190,9 @@ def make_ffi(platform: str = sys.platform) -> FFI:
             "kqueue_py._kqueue",
             LINUX_SOURCE,
             sources=sources,
-            include_dirs=[os.path.join(CSRC, "include"), CSRC],
+            include_dirs=[INCLUDE, CSRC],
             depends=sorted(glob.glob(os.path.join(CSRC, "*.h")))
-            + [os.path.join(CSRC, "include", "sys", "event.h")],
+            + [os.path.join(INCLUDE, "sys", "event.h")],
             extra_compile_args=cflags + ["-pthread"],
             extra_link_args=ldflags + ["-pthread"],
         )

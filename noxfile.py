@@ -91,7 +91,7 @@ def _abi3(session: nox.Session) -> Path:
 def tests(session: nox.Session) -> None:
     """The whole suite against the installed wheel."""
     session.install("--upgrade", "pip", "setuptools", "wheel")
-    session.install("-r", "requirements-test.txt")
+    session.install("--group", "test")   # pyproject.toml's dependency group
     if session.python == "pypy3":
         # PyPy: its own (non-abi3) build; cffi is built into PyPy.
         _fresh_build_dir()

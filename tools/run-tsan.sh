@@ -30,7 +30,7 @@ VENV=.venv-tsan
 
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel cffi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-test.txt
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --group test
 rm -rf build   # never link objects of an earlier, uninstrumented build (nor leave ours)
 KQUEUE_PY_SANITIZE=thread \
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir \

@@ -9,7 +9,7 @@
 #    dir (the system's apt sources and dpkg architectures are never touched)
 #    and are unpacked with dpkg-deb -x (no maintainer scripts run);
 #  - builds the aarch64 wheel with tools/build-wheels.sh unless WHEEL is given;
-#  - installs WHEEL, cffi and requirements-test.txt (minus ziglang) as aarch64
+#  - installs WHEEL (with its cffi) and pyproject's test group as aarch64
 #    binary wheels into a temp site-packages with the host's pip;
 #  - runs the suite from this checkout with the arm64 python under qemu.
 # Exits non-zero if anything fails, the tests included.
@@ -178,17 +178,17 @@ step "wheel $(basename "$wheel")"
 # --- the aarch64 site-packages ----------------------------------------------
 # The host's pip (in a venv: Debian's python is externally managed) fetches
 # aarch64 binary wheels for cp311 into a plain directory; cffi's binary wheel
-# carries _cffi_backend (and its libffi).  ziglang is left out: only
-# tests/test_bsd_build.py uses it, deselected below.  The directory must be
-# named site-packages: tests/conftest.py checks kqueue_py is an installed copy.
+# carries _cffi_backend (and its libffi).  No zig: only tests/test_bsd_build.py
+# uses it, deselected below.  The directory must be named site-packages:
+# tests/conftest.py checks kqueue_py is an installed copy.
 step "installing the wheel and the test requirements for aarch64"
 site=$work/site-packages
-grep -v '^[[:space:]]*ziglang' requirements-test.txt >"$work/requirements.txt"
 "$PYTHON" -m venv "$work/hostvenv"
+"$work/hostvenv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$work/hostvenv/bin/python" -m pip install -q --disable-pip-version-check \
     --platform manylinux2014_aarch64 --python-version "$pyver" --implementation cp \
     --only-binary :all: --target "$site" \
-    cffi -r "$work/requirements.txt" "$wheel"
+    --group "$root/pyproject.toml:test" "$wheel"
 
 # --- probe qemu -------------------------------------------------------------
 # The backend reports a listening socket's pending connections through

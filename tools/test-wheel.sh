@@ -31,8 +31,9 @@ for py in "${pythons[@]}"; do
     name=$("$py" -c 'import sys; print(sys.implementation.name, sys.version.split()[0])') || name=$py
     echo "== $name ($py)"
     if ! { "$py" -m venv "$venv" &&
+           "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip &&
            "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-               cffi -r requirements-test.txt "$wheel"; }; then
+               --group pyproject.toml:test "$wheel"; }; then
         summary+=("$name: install failed"); status=1; continue
     fi
     # No __pycache__ in the checkout; the venv's pytest, not `python -m pytest`.

@@ -8,8 +8,8 @@ without any Python.  On Linux it also times raw ``epoll_wait``/``epoll_ctl``/
 eventfd: the kernel's own floor.
 
 ``struct kevent`` and the constants come from ``<sys/event.h>``: on Linux
-the backend's header (installed as ``kqueue_py/include/sys/event.h``; in a
-checkout, ``csrc/include``), on BSD/macOS the system's.
+the backend's header (package data: ``kqueue_py/include/sys/event.h``),
+on BSD/macOS the system's.
 """
 from __future__ import annotations
 
@@ -60,11 +60,10 @@ def _include_dirs() -> List[str]:
     """Where the backend's <sys/event.h> is (Linux); [] for the system's."""
     if not sys.platform.startswith("linux"):
         return []
-    pkg = Path(__file__).resolve().parent.parent
-    for cand in (pkg / "include", pkg.parent / "csrc" / "include"):
-        if (cand / "sys" / "event.h").is_file():
-            return [str(cand)]
-    raise RawCError(f"the backend's <sys/event.h> is not installed (looked in {pkg / 'include'})")
+    include = Path(__file__).resolve().parent.parent / "include"
+    if (include / "sys" / "event.h").is_file():
+        return [str(include)]
+    raise RawCError(f"the backend's <sys/event.h> is not installed (looked in {include})")
 
 
 def _defines() -> List[str]:
