@@ -1,8 +1,7 @@
 """The raw layer: the compiled module's ``ffi``/``lib`` and the classic helpers.
 
-``kev_change``, ``kq_apply`` and ``kq_wait`` are the small helpers of the
-sx language's ``std/net/kqueue`` module, for code that works with
-``struct kevent`` arrays directly.  Everything above this layer (the
+``kev_change``, ``kq_apply`` and ``kq_wait`` are small helpers for code
+that works with ``struct kevent`` arrays directly.  Everything above this layer (the
 Pythonic queue, the stdlib-compatible layer, the selector) is built on the
 same ``lib`` functions through one internal core.
 """

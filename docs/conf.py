@@ -1,0 +1,260 @@
+"""Sphinx configuration: `make docs` builds the HTML documentation.
+
+    sphinx-build -W --keep-going -n -c docs . docs/_build/html
+
+The source directory is the checkout's root, so that README.md (the home
+page), CONTRIBUTING.md, CHANGELOG.md and docs/*.md are read where they are
+and their links between each other resolve as they do on a forge; MyST reads
+the Markdown.  Only docs/reference.md is generated: autodoc fills it from the
+docstrings of the *installed* kqueue_py (the Makefile installs the wheel
+first; src/ is never put on sys.path).
+
+The build is strict (warnings are errors, every cross-reference must
+resolve), and `check_public_names` below makes it fail when a name listed in
+the ``__all__`` of a public module is missing from the reference (renamed,
+or without a docstring, which autodoc silently skips).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
+from sphinx.pycode import ModuleAnalyzer
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+
+import kqueue_py
+
+logger = logging.getLogger(__name__)
+
+project = "kqueue_py"
+author = "the kqueue_py authors"
+release = version = kqueue_py.__version__
+copyright = "kqueue_py authors, MIT licence"
+
+extensions = ["sphinx.ext.autodoc", "myst_parser"]
+
+# The pages, where they live in the checkout.  README.md is the home page.
+root_doc = "README"
+include_patterns = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md", "docs/*.md"]
+exclude_patterns = ["docs/_build"]
+source_suffix = {".md": "markdown"}
+
+# Headings get anchors (README and the guides link to "#sections").
+myst_heading_anchors = 3
+
+#: The modules whose ``__all__`` make up the public API.
+PUBLIC_MODULES = ("kqueue_py", "kqueue_py.queue", "kqueue_py.raw", "kqueue_py.compat",
+                  "kqueue_py.selectors")
+
+# A public module's ``__all__`` is what it documents, wherever a name is
+# defined (kqueue_py.queue's Event comes from the internal core).  Data
+# defined elsewhere (autodoc only finds ``#:`` comments in the module's own
+# source) is listed in docs/reference.md with ``autodata``.
+autodoc_default_options = {"members": True, "member-order": "bysource", "imported-members": True}
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+# Only kqueue_py's own docstrings: KqueueSelector's methods would otherwise
+# show the standard library's selectors docstrings (which are not reST).
+autodoc_inherit_docstrings = False
+
+#: Private modules whose ``#:`` comments document data that a public module
+#: re-exports (``KEEP`` is defined in the core, public in kqueue_py.queue).
+DEFINING_MODULES = ("kqueue_py._core",)
+
+# Every cross-reference must resolve (a docstring naming a renamed method
+# fails the build).  The standard library's names are not in this build (no
+# network for an inventory of docs.python.org): references to them stay
+# plain text.
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:.*", r"(select|selectors|socket|os|io|signal|asyncio|struct|collections\.abc"
+               r"|typing|types|enum)\..*"),
+    (r"py:class", r"(Any|Optional|Union|Iterable|Iterator|Sequence|Callable|NoReturn|Protocol"
+                  r"|SelectorKey|BaseSelector|Struct|_?CData|FFI|Lib|cdata|ffi\.CData)"),
+    # cffi's objects have no Python documentation of their own.
+    (r"py:class", r"(_cffi_backend|cffi)\..*"),
+]
+
+html_theme = "furo"
+html_title = f"kqueue_py {release}"
+html_static_path: list[str] = []
+html_show_sourcelink = False
+
+
+# The navigation: README.md stays as it is in the checkout; the site's
+# table of contents is appended to it when Sphinx reads it.
+TOCTREE = """
+
+```{toctree}
+:hidden:
+:caption: Documentation
+
+docs/api
+docs/reference
+docs/linux-backend
+docs/benchmarks
+docs/servers
+CONTRIBUTING
+CHANGELOG
+```
+"""
+
+
+def add_toctree(app: Sphinx, docname: str, source: list[str]) -> None:
+    if docname == root_doc:
+        source[0] += TOCTREE
+
+
+class ConstantsTable(SphinxDirective):
+    """``{kqueue-constants} MODULE PREFIX``: a table of the module's integer
+    constants whose names (in its ``__all__``) start with PREFIX, with their
+    value on this build, each a ``py:data`` target.  ``:decimal:`` for
+    numbers (filters), else hex (flags and masks)."""
+
+    required_arguments = 2
+    option_spec = {"decimal": directives.flag}
+
+    def run(self) -> list[nodes.Node]:
+        modname, prefix = self.arguments
+        module = importlib.import_module(modname)
+        names = sorted(n for n in module.__all__
+                       if n.startswith(prefix) and isinstance(getattr(module, n), int))
+        if not names:
+            raise self.error(f"{modname}.__all__ has no constant named {prefix}*")
+        show = str if "decimal" in self.options else hex_or_int
+        domain: Any = self.env.get_domain("py")
+        table = nodes.table(classes=["kqueue-constants"])
+        group = nodes.tgroup(cols=2)
+        table += group
+        group += nodes.colspec(colwidth=3)
+        group += nodes.colspec(colwidth=1)
+        head = nodes.thead()
+        group += head
+        head += self._row(nodes.Text("name"), nodes.Text("value"))
+        body = nodes.tbody()
+        group += body
+        for name in names:
+            fullname = f"{modname}.{name}"
+            target = nodes.target("", "", ids=[fullname])
+            self.state.document.note_explicit_target(target)
+            domain.note_object(fullname, "data", fullname, location=target)
+            cell = nodes.literal(name, name)
+            body += self._row(target, cell, nodes.literal(text=show(getattr(module, name))))
+        return [table]
+
+    @staticmethod
+    def _row(*cells: nodes.Node) -> nodes.row:
+        row = nodes.row()
+        entries = [nodes.entry()]
+        if isinstance(cells[0], nodes.target):
+            entries[0] += nodes.paragraph("", "", cells[0], cells[1])
+            rest = cells[2:]
+        else:
+            entries[0] += nodes.paragraph("", "", cells[0])
+            rest = cells[1:]
+        for cell in rest:
+            entry = nodes.entry()
+            entry += nodes.paragraph("", "", cell)
+            entries.append(entry)
+        for entry in entries:
+            row += entry
+        return row
+
+
+def hex_or_int(value: int) -> str:
+    """Flags and masks read best in hex (0 as 0)."""
+    return f"{value:#x}" if value > 0 else str(value)
+
+
+def _defining_comment(name: str, obj: object) -> list[str]:
+    """The ``#:`` comment of ``name`` where it is defined, when that is a
+    private module and the object is the same."""
+    for modname in DEFINING_MODULES:
+        docs = ModuleAnalyzer.for_module(modname).find_attr_docs()
+        lines = docs.get(("", name))
+        if lines and getattr(importlib.import_module(modname), name, None) is obj:
+            return list(lines)
+    return []
+
+
+def reexported_data_doc(app: Sphinx, what: str, name: str, obj: object, options: Any,
+                        lines: list[str]) -> None:
+    """Re-exported data: its ``#:`` comment where defined, not its type's
+    docstring."""
+    if what == "data":
+        comment = _defining_comment(name.rpartition(".")[2], obj)
+        if comment:
+            lines[:] = comment
+
+
+def skip_field_aliases(app: Sphinx, what: str, name: str, obj: object, skip: bool,
+                       options: Any) -> bool | None:
+    """A named tuple's fields say "Alias for field number N": not worth a line."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def protocol_signature(app: Sphinx, what: str, name: str, obj: object, options: Any,
+                       signature: str | None, return_annotation: str | None
+                       ) -> tuple[str, str | None] | None:
+    """A Protocol is never instantiated: no ``(*args, **kwargs)`` signature."""
+    if what == "class" and signature == "(*args, **kwargs)":
+        return "", return_annotation
+    return None
+
+
+def check_public_names(app: Sphinx, env: BuildEnvironment) -> None:
+    """Warn (an error under -W) for every public name the reference lacks.
+
+    A name in a module's ``__all__`` counts as documented when the reference
+    describes it under that module, or under another public module where the
+    same object is re-exported (``kqueue_py.KQueue`` is
+    ``kqueue_py.queue.KQueue``)."""
+    domain: Any = env.get_domain("py")
+    modules = {name: importlib.import_module(name) for name in PUBLIC_MODULES}
+    for modname, module in modules.items():
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if f"{modname}.{name}" in domain.objects:
+                continue
+            where = next((f"{other}.{name}" for other, mod in modules.items()
+                          if f"{other}.{name}" in domain.objects
+                          and getattr(mod, name, None) is obj), None)
+            if where is not None:
+                # The re-export is an alias of the documented object, so
+                # that :class:`kqueue_py.KQueue` resolves too.
+                entry = domain.objects[where]
+                domain.objects[f"{modname}.{name}"] = entry._replace(aliased=True)
+                continue
+            logger.warning(
+                "%s.%s is public (in __all__) but not in the API reference: "
+                "give it a docstring (a #: comment for data) or document it in docs/reference.md",
+                modname, name, type="kqueue_py", subtype="undocumented",
+                location="docs/reference")
+
+
+def add_index_redirect(app: Sphinx, exception: Exception | None) -> None:
+    """index.html for the site's root: the home page is README.html."""
+    if exception is None and app.builder.format == "html":
+        Path(app.outdir, "index.html").write_text(
+            '<!DOCTYPE html>\n<meta charset="utf-8">\n<title>kqueue_py</title>\n'
+            '<meta http-equiv="refresh" content="0; url=README.html">\n'
+            '<a href="README.html">kqueue_py documentation</a>\n', encoding="utf-8")
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("source-read", add_toctree)
+    app.add_directive("kqueue-constants", ConstantsTable)
+    app.connect("autodoc-process-docstring", reexported_data_doc)
+    app.connect("autodoc-skip-member", skip_field_aliases)
+    app.connect("autodoc-process-signature", protocol_signature)
+    app.connect("env-check-consistency", check_public_names)
+    app.connect("build-finished", add_index_redirect)
+    return {"parallel_read_safe": False}
