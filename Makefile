@@ -134,7 +134,7 @@ check-bsd: zig
 lint: $(PY)
 	$(PIP) install mypy ruff
 	$(VENV)/bin/mypy --strict src/kqueue_py
-	$(VENV)/bin/ruff check src tests tools build_kqueue.py setup.py noxfile.py
+	$(VENV)/bin/ruff check src tests tools docs build_kqueue.py setup.py noxfile.py
 
 clean:
 	rm -rf build dist docs/_build *.egg-info $(VENV) .venv-sanitize .venv-tsan .venv-pypy .nox .venv-nox src/kqueue_py/_kqueue.c src/kqueue_py/*.so

@@ -17,11 +17,13 @@ or without a docstring, which autodoc silently skips).
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
 from docutils import nodes
 from docutils.parsers.rst import directives
+from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
 from sphinx.pycode import ModuleAnalyzer
@@ -240,6 +242,88 @@ def check_public_names(app: Sphinx, env: BuildEnvironment) -> None:
                 location="docs/reference")
 
 
+# Inline code in the Markdown pages that names kqueue_py's API: `KQueue.wait`,
+# `kqueue_py.compat.install()`, `compat.kqueue.control`, `EV_ADD`.  Each one
+# becomes a link into the reference, and one that names an attribute the
+# package does not have (a method renamed since the page was written) fails
+# the build.  A name counts when it starts with "kqueue_py.<public module>",
+# "raw." or "compat.", or with a name from a public module's __all__ (except
+# kqueue and kevent: also the C calls).  CHANGELOG.md is history: left alone.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_NOT_ROOTS = {"kqueue", "kevent"}
+
+
+def _api_roots() -> dict[str, object]:
+    roots: dict[str, object] = {}
+    for modname in PUBLIC_MODULES:
+        module = importlib.import_module(modname)
+        roots.update((n, getattr(module, n)) for n in module.__all__ if n not in _NOT_ROOTS)
+    roots.update(raw=importlib.import_module("kqueue_py.raw"),
+                 compat=importlib.import_module("kqueue_py.compat"))
+    return roots
+
+
+def _api_name(text: str, roots: dict[str, object]) -> tuple[object, list[str]] | None:
+    """(the object the first part names, the remaining parts), or None when
+    the text is not a name of kqueue_py's API."""
+    text = text[:-2] if text.endswith("()") else text
+    if not _NAME.fullmatch(text):
+        return None
+    parts = text.split(".")
+    if parts[0] == "kqueue_py":
+        if len(parts) == 1:
+            return None
+        if f"kqueue_py.{parts[1]}" in PUBLIC_MODULES:
+            return importlib.import_module(f"kqueue_py.{parts[1]}"), parts[2:]
+        if parts[1] in kqueue_py.__all__:
+            return getattr(kqueue_py, parts[1]), parts[2:]
+        return None   # another module (the benchmark, the examples)
+    if parts[0] in ("raw", "compat") and len(parts) == 1:
+        return None   # the word, not the module
+    if parts[0] in roots:
+        return roots[parts[0]], parts[1:]
+    return None
+
+
+def link_api_names(app: Sphinx, doctree: nodes.document) -> None:
+    env = app.env
+    if env.docname in ("CHANGELOG", "docs/reference"):
+        return
+    roots = _api_roots()
+    for node in list(doctree.findall(nodes.literal)):
+        if isinstance(node.parent, (nodes.reference, addnodes.pending_xref, nodes.title,
+                                    nodes.literal_block)):
+            continue
+        text = node.astext()
+        found = _api_name(text, roots)
+        if found is None:
+            continue
+        obj, rest = found
+        for attr in rest:
+            if not hasattr(obj, attr):
+                logger.warning("`%s` names no attribute of kqueue_py's API (%r has no %r): "
+                               "renamed? Update the page.", text, obj, attr,
+                               type="kqueue_py", subtype="stale_name", location=node)
+                break
+            obj = getattr(obj, attr)
+        else:
+            target = text[:-2] if text.endswith("()") else text
+            xref = addnodes.pending_xref("", refdomain="py", reftype="obj", reftarget=target,
+                                         refspecific=True, refexplicit=True, refwarn=False,
+                                         kqueue_py_literal=True)
+            node.replace_self(xref)
+            xref += node
+
+
+def unresolved_api_name(app: Sphinx, env: BuildEnvironment, node: addnodes.pending_xref,
+                        contnode: nodes.Element) -> nodes.Element | None:
+    """An API name without an entry of its own (an inherited method, an
+    attribute of ffi) stays plain code: the name itself was checked."""
+    if node.get("kqueue_py_literal"):
+        return contnode
+    return None
+
+
 def add_index_redirect(app: Sphinx, exception: Exception | None) -> None:
     """index.html for the site's root: the home page is README.html."""
     if exception is None and app.builder.format == "html":
@@ -256,5 +340,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("autodoc-skip-member", skip_field_aliases)
     app.connect("autodoc-process-signature", protocol_signature)
     app.connect("env-check-consistency", check_public_names)
+    app.connect("doctree-read", link_api_names)
+    app.connect("missing-reference", unresolved_api_name)
     app.connect("build-finished", add_index_redirect)
     return {"parallel_read_safe": False}
