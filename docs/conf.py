@@ -51,6 +51,8 @@ source_suffix = {".md": "markdown"}
 
 # Headings get anchors (README and the guides link to "#sections").
 myst_heading_anchors = 3
+# A code block without a language (a file tree, a signature) is plain text.
+highlight_language = "none"
 
 #: The modules whose ``__all__`` make up the public API.
 PUBLIC_MODULES = ("kqueue_py", "kqueue_py.queue", "kqueue_py.raw", "kqueue_py.compat",
