@@ -134,7 +134,7 @@ class ConstantsTable(SphinxDirective):
         group += nodes.colspec(colwidth=1)
         head = nodes.thead()
         group += head
-        head += self._row(nodes.Text("name"), nodes.Text("value"))
+        head += _row([nodes.Text("name")], [nodes.Text("value")])
         body = nodes.tbody()
         group += body
         for name in names:
@@ -142,27 +142,19 @@ class ConstantsTable(SphinxDirective):
             target = nodes.target("", "", ids=[fullname])
             self.state.document.note_explicit_target(target)
             domain.note_object(fullname, "data", fullname, location=target)
-            cell = nodes.literal(name, name)
-            body += self._row(target, cell, nodes.literal(text=show(getattr(module, name))))
+            body += _row([target, nodes.literal(name, name)],
+                         [nodes.literal(text=show(getattr(module, name)))])
         return [table]
 
-    @staticmethod
-    def _row(*cells: nodes.Node) -> nodes.row:
-        row = nodes.row()
-        entries = [nodes.entry()]
-        if isinstance(cells[0], nodes.target):
-            entries[0] += nodes.paragraph("", "", cells[0], cells[1])
-            rest = cells[2:]
-        else:
-            entries[0] += nodes.paragraph("", "", cells[0])
-            rest = cells[1:]
-        for cell in rest:
-            entry = nodes.entry()
-            entry += nodes.paragraph("", "", cell)
-            entries.append(entry)
-        for entry in entries:
-            row += entry
-        return row
+
+def _row(*cells: list[nodes.Node]) -> nodes.row:
+    """A table row, one paragraph of the given nodes per cell."""
+    row = nodes.row()
+    for content in cells:
+        entry = nodes.entry()
+        entry += nodes.paragraph("", "", *content)
+        row += entry
+    return row
 
 
 def hex_or_int(value: int) -> str:
