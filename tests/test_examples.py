@@ -155,8 +155,8 @@ def test_http10_closes_unless_keep_alive(http):
     (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", 400),
     (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n", 413),
     (b"GET / HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 431),
-    (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
     (b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404),
     (b"DELETE / HTTP/1.1\r\nHost: t\r\n\r\n", 405),
 ])
@@ -275,8 +275,8 @@ def test_idle_connections_time_out_through_the_timer():
         assert server.stats["idle_closed"] >= 1
 
 
-def test_full_worker_backlog_sheds_with_503():
-    server = HTTPServer(workers=1, backlog=1)
+def test_full_worker_queue_sheds_with_503():
+    server = HTTPServer(workers=1, max_queued=1)
     with running(server) as addr:
         socks = [socket.create_connection(addr, timeout=10) for _ in range(6)]
         for s in socks:
@@ -330,7 +330,7 @@ import resource, sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 from kqueue_py.examples.http import HTTPServer
-s = HTTPServer(port=0, listen_backlog=4096, idle_timeout=120, handle_signals=True)
+s = HTTPServer(port=0, backlog=4096, idle_timeout=120, handle_signals=True)
 print(s.address[1], flush=True)
 s.serve_forever()
 """
