@@ -198,11 +198,10 @@ def _split_target(method: str, target: str) -> tuple[str, str, Optional[str]]:
 
 
 def _too_long_line(buf: Union[bytes, bytearray], limit: int) -> ParseError:
-    # 414 when the excess is in the target (a method, a space, then no
-    # second space within the limit); otherwise the line is just malformed.
-    m = _METHOD.match(buf, 0, limit)
-    if m is not None and buf.find(b" ", m.end(), limit) < 0:
-        return ParseError(414, "request target too long")
+    # The target is the only part of a request line that can be long: 414
+    # when the line starts as one (a method and a space), else 400.
+    if _METHOD.match(buf, 0, limit) is not None:
+        return ParseError(414, "request line too long")
     return ParseError(400, "request line too long")
 
 
