@@ -293,7 +293,7 @@ class H11Client:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "H11Client":
+    def __enter__(self) -> H11Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -368,6 +368,8 @@ class H11Client:
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """Whether the server closes the connection (and sends nothing more)."""
+        unread = self.conn.trailing_data[0]
+        assert unread == b"", f"bytes after the last response: {unread[:200]!r}"
         self.sock.settimeout(timeout)
         try:
             extra = self.sock.recv(65536)

