@@ -223,6 +223,15 @@ class Server:
     def stderr(self) -> str:
         return b"".join(self.err).decode(errors="replace")
 
+    def wait_stderr(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether ``text`` shows up on the program's stderr within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 

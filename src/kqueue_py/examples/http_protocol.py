@@ -7,7 +7,8 @@ What a request must be (anything else is a :class:`ParseError` carrying the
 status to answer with, after which the connection closes):
 
 * a request line ``method SP target SP HTTP/x.y`` of at most
-  ``Limits.max_request_line`` bytes (longer: 414); the target in
+  ``Limits.max_request_line`` bytes (longer: 414), after at most 4 empty
+  lines (more: 400); the target in
   origin-form (``/path?query``), absolute-form (``http://host/path``, whose
   authority replaces ``Host``), ``*`` (OPTIONS) or authority-form (CONNECT);
   HTTP/1.0 and 1.1 (a later 1.x is read as 1.1); another major version is a
@@ -197,10 +198,10 @@ def _split_target(method: str, target: str) -> tuple[str, str, Optional[str]]:
     raise ParseError(400, "malformed request target")
 
 
-def _too_long_line(buf: Union[bytes, bytearray], limit: int) -> ParseError:
+def _too_long_line(buf: Union[bytes, bytearray], start: int, limit: int) -> ParseError:
     # The target is the only part of a request line that can be long: 414
     # when the line starts as one (a method and a space), else 400.
-    if _METHOD.match(buf, 0, limit) is not None:
+    if _METHOD.match(buf, start, start + limit) is not None:
         return ParseError(414, "request line too long")
     return ParseError(400, "request line too long")
 
@@ -211,11 +212,16 @@ def parse_head(buf: Union[bytes, bytearray], limits: Limits) -> Optional[Head]:
     :class:`ParseError`.  A request line or header section over its limit,
     or a declared body over its limit, is refused before it has all arrived;
     the outcome does not depend on how the bytes are split."""
-    eol = buf.find(b"\r\n", 0, limits.max_request_line + 2)
+    # Up to 4 empty lines before the request line are ignored (RFC 9112,
+    # section 2.2: some clients send a CRLF after a body).
+    start = 0
+    while start < 8 and buf.startswith(b"\r\n", start):
+        start += 2
+    eol = buf.find(b"\r\n", start, start + limits.max_request_line + 2)
     if eol < 0:
-        if len(buf) >= limits.max_request_line + 2:
-            raise _too_long_line(buf, limits.max_request_line)
-        if buf.find(b"\n") >= 0:
+        if len(buf) - start >= limits.max_request_line + 2:
+            raise _too_long_line(buf, start, limits.max_request_line)
+        if buf.find(b"\n", start) >= 0:
             raise ParseError(400, "bare LF in the request line")
         return None
     # The field lines (each with its CRLF) end where the blank line starts:
@@ -225,7 +231,7 @@ def parse_head(buf: Union[bytes, bytearray], limits: Limits) -> Optional[Head]:
         if len(buf) > eol + limits.max_header_bytes + 3:
             raise ParseError(431, "request header section too large")
         return None
-    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    lines = bytes(buf[start:end]).decode("latin-1").split("\r\n")
     if not lines[0].isprintable():
         raise ParseError(400, "malformed request line")
     parts = lines[0].split(" ")
@@ -461,7 +467,7 @@ def error_response(status: int) -> Response:
 def error_bytes(exc: ParseError, buf: Union[bytes, bytearray]) -> bytes:
     """The answer to a request refused with ``exc`` (then the connection
     closes); without content if the request was a HEAD."""
-    return serialize(error_response(exc.status), False, head=buf[:5] == b"HEAD ")
+    return serialize(error_response(exc.status), False, head=bytes(buf[:13]).lstrip(b"\r\n")[:5] == b"HEAD ")
 
 
 def log_failure(what: str) -> None:
