@@ -195,8 +195,14 @@ class Server:
     """A server program in a subprocess; its stderr is collected."""
 
     def __init__(self, args: list[str], *, script: Optional[str] = None,
-                 nofile: Optional[int] = None) -> None:
-        cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", *args]
+                 nofile: Optional[int] = None, path: Optional[str] = None) -> None:
+        """``python -m *args``, or ``python -c script``, or ``python path *args``."""
+        if path is not None:
+            cmd = [sys.executable, path, *args]
+        elif script:
+            cmd = [sys.executable, "-c", script]
+        else:
+            cmd = [sys.executable, "-m", *args]
         preexec = None
         if nofile is not None:
             def preexec() -> None:

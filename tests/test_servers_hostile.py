@@ -619,6 +619,29 @@ def test_address_in_use_is_one_line_and_a_failure(module):
     assert len(lines) == 1 and "in use" in lines[0].lower(), r.stderr
 
 
+@pytest.mark.parametrize("module", ["http", "echo"])
+def test_a_copy_of_an_example_runs_as_it_is(module, tmp_path):
+    # Copied alone into another directory and run as a script: it imports
+    # only what kqueue_py exports (http.py also its protocol module, from
+    # the installed package), and nothing it imports needs the stdlib's
+    # http package, which a copy named http.py shadows.
+    import kqueue_py.examples
+    source = Path(kqueue_py.examples.__file__).parent / f"{module}.py"
+    copy = tmp_path / f"{module}.py"
+    copy.write_text(source.read_text())
+    srv = Server(["--port", "0"], path=str(copy))
+    try:
+        if module == "http":
+            assert request(srv.addr, GET)[::2] == (200, b"Hello from kqueue_py\n")
+        else:
+            with socket.create_connection(srv.addr, timeout=5) as c:
+                c.sendall(b"ping")
+                assert c.recv(10) == b"ping"
+    finally:
+        assert srv.stop() == 0, srv.stderr()
+    assert "Traceback" not in srv.stderr()
+
+
 def _own_handler_snippet() -> str:
     text = (Path(__file__).resolve().parent.parent / "docs" / "servers.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)

@@ -58,7 +58,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from kqueue_py import (
     CONSTANTS,
@@ -97,7 +97,7 @@ from kqueue_py.examples.http_protocol import (
     serialize,
 )
 
-__all__ = ["HTTPServer", "ServerConfig", "Phase", "Connection", "run", "main",
+__all__ = ["HTTPServer", "ServerConfig", "Phase", "Connection", "WorkerPool", "run", "main",
            # the protocol, re-exported for handlers written against this module
            "Request", "Response", "Router", "Limits", "ParseError", "default_app"]
 
@@ -185,6 +185,100 @@ class Connection:
         self.paused = False        # too much unsent output: READ disabled
 
 
+class WorkerPool:
+    """Threads that run handlers off the loop.
+
+    The loop submits a request with its connection's fd and generation; a
+    worker skips it if ``alive(fd, gen)`` says the client has left (counted
+    in ``skipped``), else runs the handler and serializes the answer (a
+    failure in either is a 500), appends ``(fd, gen, bytes, keep_alive)``
+    to the completions and, if that list was empty, triggers the
+    ``EVFILT_USER`` event ``wake`` on the loop's queue (one trigger covers
+    any number of completions), and the loop takes them."""
+
+    def __init__(self, app: Handler, workers: int, max_queued: int, queue: KQueue, wake: int,
+                 alive: Callable[[int, int], bool], draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.size = workers
+        self.skipped = 0           # jobs of clients that had left
+        self._queue = queue
+        self._wake = wake
+        self._alive = alive
+        self._draining = draining
+        self._lock = threading.Lock()
+        self._done: list[tuple[int, int, bytes, bool]] = []
+        self._jobs: _queue.Queue[Optional[tuple[int, int, Request]]] = \
+            _queue.Queue(maxsize=max_queued)
+        self._threads = [threading.Thread(target=self._run, name=f"http-worker-{i}", daemon=True)
+                         for i in range(workers)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fd: int, gen: int, req: Request) -> bool:
+        """Queue a request; False when ``max_queued`` are already waiting."""
+        try:
+            self._jobs.put_nowait((fd, gen, req))
+        except _queue.Full:
+            return False
+        return True
+
+    def take(self) -> list[tuple[int, int, bytes, bool]]:
+        """The completions so far: ``(fd, gen, response bytes, keep_alive)``."""
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def discard(self) -> None:
+        """Drop the requests not started yet."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except _queue.Empty:
+                return
+
+    def stop(self, timeout: float) -> None:
+        """End the threads; a handler still running is waited for
+        ``timeout`` seconds at most (the threads are daemons)."""
+        self.discard()
+        for _ in self._threads:
+            try:
+                self._jobs.put_nowait(None)
+            except _queue.Full:
+                break
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=max(0.0, end - time.monotonic()))
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fd, gen, req = job
+            try:
+                if not self._alive(fd, gen):
+                    # The client left while its job waited: skip the work.
+                    with self._lock:
+                        self.skipped += 1
+                    continue
+                keep_alive = req.keep_alive and not self._draining()
+                data = respond(self.app, req, keep_alive)
+            except Exception:   # noqa: BLE001 - a worker thread never dies
+                keep_alive = False
+                data = serialize(error_response(500), False, req.method == "HEAD")
+            with self._lock:
+                wake = not self._done
+                self._done.append((fd, gen, data, keep_alive))
+            if wake:
+                try:
+                    self._queue.trigger(self._wake)
+                except (OSError, ValueError):
+                    return   # the server is shutting down
+
+
 class HTTPServer:
     """The kqueue_py HTTP/1.1 server.  ``serve_forever()`` runs the loop on
     the calling thread; ``stop()`` is safe from any thread.
@@ -215,17 +309,15 @@ class HTTPServer:
         self._gens = itertools.count(1)
         self._changes: list[Change] = []
         self._ready: dict[int, Connection] = {}    # connections with work left over
-        self._lock = threading.Lock()
-        self._completions: list[tuple[int, int, bytes, bool]] = []
-        self._jobs: _queue.Queue[Optional[tuple[int, int, Request]]] = \
-            _queue.Queue(maxsize=config.max_queued)
-        self._workers = [threading.Thread(target=self._worker, name=f"http-worker-{i}", daemon=True)
-                         for i in range(config.workers)]
         self._draining = False
+        self.pool: Optional[WorkerPool] = None
+        if config.workers:
+            self.pool = WorkerPool(self.app, config.workers, config.max_queued, self.queue, _WAKE,
+                                   self._alive, lambda: self._draining)
         self._deadline = 0.0
         self._listening = True
         self.stats = {"accepted": 0, "requests": 0, "shed_503": 0, "stale_dropped": 0,
-                      "jobs_skipped": 0, "idle_closed": 0, "timed_out": 0, "paused": 0,
+                      "idle_closed": 0, "timed_out": 0, "paused": 0,
                       "accept_backoff": 0, "errors": 0, "drain_503": 0}
         self.queue.add_reader(self.listener)
         self.queue.add_user(_WAKE)
@@ -262,9 +354,9 @@ class HTTPServer:
         previous = self._watch_signals() if own else []
         if own:
             print(f"http server on http://{self.address[0]}:{self.address[1]}/ "
-                  f"(workers={len(self._workers)})", file=sys.stderr, flush=True)
-        for t in self._workers:
-            t.start()
+                  f"(workers={self.config.workers})", file=sys.stderr, flush=True)
+        if self.pool is not None:
+            self.pool.start()
         try:
             self._loop()
         finally:
@@ -369,11 +461,8 @@ class HTTPServer:
     def _end_drain(self) -> None:
         """The grace period is over: whatever is still waiting for a handler
         gets a 503; everything closes."""
-        while True:
-            try:
-                self._jobs.get_nowait()
-            except _queue.Empty:
-                break
+        if self.pool is not None:
+            self.pool.discard()
         for conn in list(self.conns.values()):
             if conn.phase is HANDLER:
                 self.stats["drain_503"] += 1
@@ -387,24 +476,14 @@ class HTTPServer:
 
     def _shutdown(self) -> None:
         self._draining = True
-        while True:
-            try:
-                self._jobs.get_nowait()
-            except _queue.Empty:
-                break
-        for _ in self._workers:
-            try:
-                self._jobs.put_nowait(None)
-            except _queue.Full:
-                break
+        if self.pool is not None:
+            self.pool.discard()
         for conn in list(self.conns.values()):
             self._close(conn)
         self._stop_listening()
         self.queue.close()
-        end = time.monotonic() + 1.0   # a handler still running is not waited for long
-        for t in self._workers:
-            if t.is_alive():
-                t.join(timeout=max(0.0, end - time.monotonic()))
+        if self.pool is not None:
+            self.pool.stop(timeout=1.0)   # a handler still running is not waited for long
 
     # -- connections --------------------------------------------------------
     def _accept(self) -> None:
@@ -548,8 +627,8 @@ class HTTPServer:
             self.stats["requests"] += 1
             req = head.request(body)
             keep_alive = req.keep_alive and not self._draining
-            if self._workers:
-                self._dispatch(conn, req, keep_alive)
+            if self.pool is not None:
+                self._dispatch(self.pool, conn, req, keep_alive)
             else:
                 conn.outbuf += respond(self.app, req, keep_alive)
                 self._answered(conn, keep_alive, time.monotonic())
@@ -564,10 +643,8 @@ class HTTPServer:
                 self._answered(conn, False, time.monotonic())
         self._flush(conn)
 
-    def _dispatch(self, conn: Connection, req: Request, keep_alive: bool) -> None:
-        try:
-            self._jobs.put_nowait((conn.fd, conn.gen, req))
-        except _queue.Full:
+    def _dispatch(self, pool: WorkerPool, conn: Connection, req: Request, keep_alive: bool) -> None:
+        if not pool.submit(conn.fd, conn.gen, req):
             self.stats["shed_503"] += 1
             conn.outbuf += serialize(error_response(503), keep_alive, req.method == "HEAD")
             self._answered(conn, keep_alive, time.monotonic())
@@ -685,36 +762,15 @@ class HTTPServer:
                 self._close(conn)
 
     # -- the worker pool ------------------------------------------------------
-    def _worker(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fd, gen, req = job
-            try:
-                conn = self.conns.get(fd)
-                if conn is None or conn.gen != gen:
-                    # The client left while its job waited: skip the work.
-                    with self._lock:
-                        self.stats["jobs_skipped"] += 1
-                    continue
-                keep_alive = req.keep_alive and not self._draining
-                data = respond(self.app, req, keep_alive)
-            except Exception:   # noqa: BLE001 - a worker thread never dies
-                keep_alive = False
-                data = serialize(error_response(500), False, req.method == "HEAD")
-            with self._lock:
-                wake = not self._completions
-                self._completions.append((fd, gen, data, keep_alive))
-            if wake:
-                try:
-                    self.queue.trigger(_WAKE)
-                except (OSError, ValueError):
-                    return   # the server is shutting down
+    def _alive(self, fd: int, gen: int) -> bool:
+        """Whether the connection a job came from is still there (any thread)."""
+        conn = self.conns.get(fd)
+        return conn is not None and conn.gen == gen
 
     def _on_completions(self) -> None:
-        with self._lock:
-            done, self._completions = self._completions, []
+        if self.pool is None:
+            return
+        done = self.pool.take()
         now = time.monotonic()
         for fd, gen, data, keep_alive in done:
             conn = self.conns.get(fd)
