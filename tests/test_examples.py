@@ -401,9 +401,12 @@ def test_http_server_takes_a_config_or_its_fields_not_both():
                 {"min_body_rate": -1.0}, {"max_output": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ServerConfig(**bad)
-    server = HTTPServer(config=ServerConfig(workers=1, max_queued=3, backlog=7))
+    pooled = HTTPServer(config=ServerConfig(workers=1, max_queued=3, backlog=7))
+    inline = HTTPServer(workers=0)
     try:
-        assert server.config.max_queued == 3 and server._jobs.maxsize == 3
+        assert pooled.config.max_queued == 3 and pooled.pool is not None and pooled.pool.size == 1
+        assert inline.pool is None
     finally:
-        server.listener.close()
-        server.queue.close()
+        for server in (pooled, inline):
+            server.listener.close()
+            server.queue.close()
