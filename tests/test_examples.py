@@ -410,3 +410,27 @@ def test_http_server_takes_a_config_or_its_fields_not_both():
         for server in (pooled, inline):
             server.listener.close()
             server.queue.close()
+
+
+@pytest.mark.parametrize("module", ["echo", "http", "http_protocol"])
+def test_examples_import_only_what_kqueue_py_exports(module):
+    import ast
+    from pathlib import Path
+
+    import kqueue_py
+    import kqueue_py.examples
+    tree = ast.parse((Path(kqueue_py.examples.__file__).parent / f"{module}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import in {module}.py: line {node.lineno}"
+            if node.module and node.module.startswith("kqueue_py"):
+                assert node.module in ("kqueue_py", "kqueue_py.examples.http_protocol"), node.module
+                if node.module == "kqueue_py":
+                    for alias in node.names:
+                        assert alias.name in kqueue_py.__all__, alias.name
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.startswith("kqueue_py") for a in node.names)
+            # The stdlib's http package: a copy saved as http.py would shadow it.
+            assert not any(a.name == "http" or a.name.startswith("http.") for a in node.names)
+        if isinstance(node, ast.ImportFrom) and node.module:
+            assert node.module != "http" and not node.module.startswith("http."), node.module

@@ -286,16 +286,19 @@ def test_connection_is_a_list_of_options(srv, version, value, keep):
             assert c.closed_by_peer()
 
 
-@pytest.mark.parametrize("expect", [b"Expect: 100-continue, foo\r\n",
-                                    b"Expect: foo\r\nExpect: 100-Continue\r\n"])
-def test_expect_as_a_list_gets_its_100_continue(srv, expect):
+@pytest.mark.parametrize("expect, framing, body", [
+    (b"Expect: 100-continue, foo\r\n", b"Content-Length: 5\r\n", b"hello"),
+    (b"Expect: foo\r\nExpect: 100-Continue\r\n", b"Content-Length: 5\r\n", b"hello"),
+    (b"Expect: 100-continue\r\n", b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+])
+def test_expect_as_a_list_gets_its_100_continue(srv, expect, framing, body):
     with socket.create_connection(srv.addr, timeout=10) as s, s.makefile("rb") as f:
-        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\n" + expect + b"Content-Length: 5\r\n\r\n")
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\n" + expect + framing + b"\r\n")
         s.settimeout(0.9)     # curl gives up waiting after 1 s
         assert f.readline() == b"HTTP/1.1 100 Continue\r\n"
         assert f.readline() == b"\r\n"
         s.settimeout(10)
-        s.sendall(b"hello")
+        s.sendall(body)
         assert f.readline().startswith(b"HTTP/1.1 200 ")
 
 
