@@ -322,6 +322,15 @@ def test_empty_lines_before_a_request_line_are_ignored_up_to_four(srv):
     assert status_of(srv.addr, b"\r\n" * 5 + b"GET / HTTP/1.1\r\nHost: t\r\n\r\n") == 400
 
 
+@pytest.mark.parametrize("raw", [b"GET / HTTP/1.1\nHost: t\n\n", b"GET / HTTP/1.1\r\nHost: t\n\n",
+                                 b"GET / HTTP/1.1\r\nHost: t\r\n\n"])
+def test_bare_lf_line_ends_are_refused_at_once(srv, raw):
+    # Not at the header deadline: the client does not shut down its side.
+    with socket.create_connection(srv.addr, timeout=3) as s, s.makefile("rb") as f:
+        s.sendall(raw)
+        assert f.readline().startswith(b"HTTP/1.1 400 ")
+
+
 def test_later_http1_minor_version_is_read_as_11(srv):
     with H11Client(srv.addr) as c:
         c.send_raw(b"GET / HTTP/1.2\r\nHost: t\r\n\r\n")

@@ -121,6 +121,7 @@ _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 _VERSION = re.compile(r"HTTP/([0-9])\.([0-9])")
 # The Host value: a uri-host with an optional port, or empty (RFC 9112, 3.2).
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
@@ -230,6 +231,8 @@ def parse_head(buf: Union[bytes, bytearray], limits: Limits) -> Optional[Head]:
     if end < 0:
         if len(buf) > eol + limits.max_header_bytes + 3:
             raise ParseError(431, "request header section too large")
+        if _BARE_LF.search(buf, eol + 2):
+            raise ParseError(400, "bare LF in the header section")   # now, not at the deadline
         return None
     lines = bytes(buf[start:end]).decode("latin-1").split("\r\n")
     if not lines[0].isprintable():
