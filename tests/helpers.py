@@ -4,16 +4,26 @@ Events from the raw ``lib.kevent`` are decoded into :class:`Event` tuples
 ``(ident, filter, flags, fflags, data, udata)`` with ``udata`` as an int.
 :class:`Queue` is a queue descriptor (an ``int``) with methods that apply
 changes and collect events; the ``kq`` fixture (conftest.py) hands one out.
-The HTTP helpers read one response the way a plain client would.
+The HTTP helpers read one response the way a plain client would
+(:func:`read_response`, :func:`request`) or as h11, a strict HTTP/1.1
+implementation, frames it (:class:`H11Client`); :class:`Server` runs an
+example server as a program in a subprocess.
 """
 from __future__ import annotations
 
 import os
 import re
+import resource
 import select
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections import namedtuple
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 from kqueue_py import ffi, lib
 
@@ -175,3 +185,212 @@ def request(addr, raw: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str
     with socket.create_connection(addr, timeout=timeout) as s, s.makefile("rb") as f:
         s.sendall(raw)
         return read_response(f)
+
+
+# --------------------------------------------------------------------------
+# The example servers as programs.
+
+
+class Server:
+    """A server program in a subprocess; its stderr is collected."""
+
+    def __init__(self, args: list[str], *, script: Optional[str] = None,
+                 nofile: Optional[int] = None, path: Optional[str] = None) -> None:
+        """``python -m *args``, or ``python -c script``, or ``python path *args``."""
+        if path is not None:
+            cmd = [sys.executable, path, *args]
+        elif script:
+            cmd = [sys.executable, "-c", script]
+        else:
+            cmd = [sys.executable, "-m", *args]
+        preexec = None
+        if nofile is not None:
+            def preexec() -> None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, cwd="/", preexec_fn=preexec)
+        assert self.proc.stderr is not None
+        first = self.proc.stderr.readline().decode()
+        m = re.search(r":(\d+)", first)
+        if m is None:
+            rest = self.proc.stderr.read().decode()
+            self.proc.kill()
+            raise AssertionError(f"no startup line: {first!r} {rest[-2000:]}")
+        self.port = int(m.group(1))
+        self.addr = ("127.0.0.1", self.port)
+        self.err: list[bytes] = [first.encode()]
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err.append(line)
+
+    def stderr(self) -> str:
+        return b"".join(self.err).decode(errors="replace")
+
+    def wait_stderr(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether ``text`` shows up on the program's stderr within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def status(self, key: str) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+@contextmanager
+def http_server(*options: str, workers: int = 0, nofile: Optional[int] = None,
+                script: Optional[str] = None) -> Iterator[Server]:
+    srv = Server(["kqueue_py.examples.http", "--port", "0", "--workers", str(workers), *options],
+                 script=script, nofile=nofile)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@contextmanager
+def echo_server(*options: str, nofile: Optional[int] = None) -> Iterator[Server]:
+    srv = Server(["kqueue_py.examples.echo", "--port", "0", *options], nofile=nofile)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# --------------------------------------------------------------------------
+# h11 as the client-side oracle: it frames each response as RFC 9112 says
+# (by the request's method, the status, Content-Length/Transfer-Encoding)
+# and raises h11.RemoteProtocolError on anything a strict client rejects.
+
+
+class H11Client:
+    """One connection whose responses h11 parses.
+
+    Requests go out either through h11 (:meth:`send_request`) or as raw
+    bytes (:meth:`send_raw`, after telling h11 with :meth:`expect` which
+    request method each raw request has, so that it frames the answers)."""
+
+    def __init__(self, addr, timeout: float = 10.0) -> None:
+        import h11
+        self.h11 = h11
+        self.sock = socket.create_connection(addr, timeout=timeout)
+        self.conn = h11.Connection(our_role=h11.CLIENT)
+        self.pending: list[str] = []      # methods of requests not yet answered
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> H11Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _ready_for_next(self) -> None:
+        h11 = self.h11
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+
+    def send_request(self, method: str, target: str, headers=(), body: Optional[bytes] = None,
+                     chunks=None) -> None:
+        """A request through h11: ``body`` with a Content-Length, ``chunks``
+        (a list of bytes) chunked, neither: no body."""
+        h11 = self.h11
+        hdrs = [("Host", "t"), *headers]
+        if body is not None:
+            hdrs.append(("Content-Length", str(len(body))))
+        elif chunks is not None:
+            hdrs.append(("Transfer-Encoding", "chunked"))
+        self._ready_for_next()
+        out = self.conn.send(h11.Request(method=method, target=target, headers=hdrs))
+        for data in ([body] if body else []) + list(chunks or []):
+            out += self.conn.send(h11.Data(data=data))
+        out += self.conn.send(h11.EndOfMessage())
+        self.sock.sendall(out)
+        self.pending.append(method)
+
+    def expect(self, method: str, target: str = "/") -> None:
+        """Tell h11 a request of ``method`` was sent (its bytes go out with
+        :meth:`send_raw`): h11 keeps one request in flight, so call this
+        right before reading each answer."""
+        h11 = self.h11
+        self._ready_for_next()
+        self.conn.send(h11.Request(method=method, target=target, headers=[("Host", "t")]))
+        self.conn.send(h11.EndOfMessage())
+
+    def send_raw(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def response(self, method: Optional[str] = None) -> tuple[int, dict[str, str], bytes]:
+        """The next response, as h11 frames it: (status, headers, body).
+        For a raw request, ``method`` is that request's method."""
+        h11 = self.h11
+        if method is not None:
+            self.expect(method)
+        elif self.pending:
+            self.pending.pop(0)
+        status = None
+        headers: dict[str, str] = {}
+        body = bytearray()
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(self.sock.recv(65536))
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                for name, value in event.headers:
+                    key = name.decode().lower()
+                    # Repeated fields stay visible: "a" and "b" become "a, b".
+                    headers[key] = (headers[key] + ", " if key in headers else "") + value.decode("latin-1")
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert status is not None
+                return status, headers, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("closed before a response")
+
+    def closed_by_peer(self, timeout: float = 5.0) -> bool:
+        """Whether the server closes the connection (and sends nothing more)."""
+        unread = self.conn.trailing_data[0]
+        assert unread == b"", f"bytes after the last response: {unread[:200]!r}"
+        self.sock.settimeout(timeout)
+        try:
+            extra = self.sock.recv(65536)
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+        assert extra == b"", f"bytes after the last response: {extra[:200]!r}"
+        return True

@@ -155,8 +155,8 @@ def test_http10_closes_unless_keep_alive(http):
     (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", 400),
     (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n", 413),
     (b"GET / HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 431),
-    (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
     (b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404),
     (b"DELETE / HTTP/1.1\r\nHost: t\r\n\r\n", 405),
 ])
@@ -275,8 +275,8 @@ def test_idle_connections_time_out_through_the_timer():
         assert server.stats["idle_closed"] >= 1
 
 
-def test_full_worker_backlog_sheds_with_503():
-    server = HTTPServer(workers=1, backlog=1)
+def test_full_worker_queue_sheds_with_503():
+    server = HTTPServer(workers=1, max_queued=1)
     with running(server) as addr:
         socks = [socket.create_connection(addr, timeout=10) for _ in range(6)]
         for s in socks:
@@ -330,7 +330,7 @@ import resource, sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 from kqueue_py.examples.http import HTTPServer
-s = HTTPServer(port=0, listen_backlog=4096, idle_timeout=120, handle_signals=True)
+s = HTTPServer(port=0, backlog=4096, idle_timeout=120, handle_signals=True)
 print(s.address[1], flush=True)
 s.serve_forever()
 """
@@ -391,3 +391,46 @@ def test_server_leaves_no_descriptors_behind():
             for _ in range(5):
                 assert request(addr, GET)[0] == 200
     assert _open_fds() == before
+
+
+def test_http_server_takes_a_config_or_its_fields_not_both():
+    from kqueue_py.examples.http import ServerConfig
+    with pytest.raises(TypeError, match="not both"):
+        HTTPServer(config=ServerConfig(), workers=2)
+    for bad in ({"idle_timeout": 0}, {"max_queued": 0}, {"workers": -1}, {"backlog": -1},
+                {"min_body_rate": -1.0}, {"max_output": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServerConfig(**bad)
+    pooled = HTTPServer(config=ServerConfig(workers=1, max_queued=3, backlog=7))
+    inline = HTTPServer(workers=0)
+    try:
+        assert pooled.config.max_queued == 3 and pooled.pool is not None and pooled.pool.size == 1
+        assert inline.pool is None
+    finally:
+        for server in (pooled, inline):
+            server.listener.close()
+            server.queue.close()
+
+
+@pytest.mark.parametrize("module", ["echo", "http", "http_protocol"])
+def test_examples_import_only_what_kqueue_py_exports(module):
+    import ast
+    from pathlib import Path
+
+    import kqueue_py
+    import kqueue_py.examples
+    tree = ast.parse((Path(kqueue_py.examples.__file__).parent / f"{module}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import in {module}.py: line {node.lineno}"
+            if node.module and node.module.startswith("kqueue_py"):
+                assert node.module in ("kqueue_py", "kqueue_py.examples.http_protocol"), node.module
+                if node.module == "kqueue_py":
+                    for alias in node.names:
+                        assert alias.name in kqueue_py.__all__, alias.name
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.startswith("kqueue_py") for a in node.names)
+            # The stdlib's http package: a copy saved as http.py would shadow it.
+            assert not any(a.name == "http" or a.name.startswith("http.") for a in node.names)
+        if isinstance(node, ast.ImportFrom) and node.module:
+            assert node.module != "http" and not node.module.startswith("http."), node.module

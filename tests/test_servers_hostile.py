@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import resource
 import signal
 import socket
 import struct
@@ -18,103 +17,19 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import STATUS_LINE, read_response, request
+from helpers import STATUS_LINE, Server, echo_server, http_server, read_response, request
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 # Built with sanitizers (make asan sets it).
 SANITIZED = bool(os.environ.get("KQUEUE_PY_SANITIZED"))
 LINGER0 = struct.pack("ii", 1, 0)     # close() sends a reset
-
-
-class Server:
-    """A server program in a subprocess; its stderr is collected."""
-
-    def __init__(self, args: list[str], *, script: Optional[str] = None,
-                 nofile: Optional[int] = None) -> None:
-        cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", *args]
-        preexec = None
-        if nofile is not None:
-            def preexec() -> None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, cwd="/", preexec_fn=preexec)
-        assert self.proc.stderr is not None
-        first = self.proc.stderr.readline().decode()
-        m = re.search(r":(\d+)", first)
-        if m is None:
-            rest = self.proc.stderr.read().decode()
-            self.proc.kill()
-            raise AssertionError(f"no startup line: {first!r} {rest[-2000:]}")
-        self.port = int(m.group(1))
-        self.addr = ("127.0.0.1", self.port)
-        self.err: list[bytes] = [first.encode()]
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.err.append(line)
-
-    def stderr(self) -> str:
-        return b"".join(self.err).decode(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def status(self, key: str) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        return self.proc.returncode
-
-
-@contextmanager
-def http_server(*options: str, workers: int = 0, nofile: Optional[int] = None,
-                script: Optional[str] = None) -> Iterator[Server]:
-    srv = Server(["kqueue_py.examples.http", "--port", "0", "--workers", str(workers), *options],
-                 script=script, nofile=nofile)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@contextmanager
-def echo_server(*options: str, nofile: Optional[int] = None) -> Iterator[Server]:
-    srv = Server(["kqueue_py.examples.echo", "--port", "0", *options], nofile=nofile)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-
-
 
 
 def exchange(addr, raw: bytes, timeout: float = 10.0) -> bytes:
@@ -237,7 +152,7 @@ def test_parser_fuzz_every_request_gets_a_well_formed_status(shared, raw):
 
 def test_protocol_405_has_allow_and_host_is_required(shared):
     status, headers, _ = request(shared.addr, b"DELETE / HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert status == 405 and headers["allow"] == "GET"
+    assert status == 405 and headers["allow"] == "GET, HEAD"
     assert request(shared.addr, b"GET / HTTP/1.1\r\n\r\n")[0] == 400
     assert request(shared.addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")[0] == 400
     assert request(shared.addr, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")[0] == 400
@@ -702,6 +617,29 @@ def test_address_in_use_is_one_line_and_a_failure(module):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use" in lines[0].lower(), r.stderr
+
+
+@pytest.mark.parametrize("module", ["http", "echo"])
+def test_a_copy_of_an_example_runs_as_it_is(module, tmp_path):
+    # Copied alone into another directory and run as a script: it imports
+    # only what kqueue_py exports (http.py also its protocol module, from
+    # the installed package), and nothing it imports needs the stdlib's
+    # http package, which a copy named http.py shadows.
+    import kqueue_py.examples
+    source = Path(kqueue_py.examples.__file__).parent / f"{module}.py"
+    copy = tmp_path / f"{module}.py"
+    copy.write_text(source.read_text())
+    srv = Server(["--port", "0"], path=str(copy))
+    try:
+        if module == "http":
+            assert request(srv.addr, GET)[::2] == (200, b"Hello from kqueue_py\n")
+        else:
+            with socket.create_connection(srv.addr, timeout=5) as c:
+                c.sendall(b"ping")
+                assert c.recv(10) == b"ping"
+    finally:
+        assert srv.stop() == 0, srv.stderr()
+    assert "Traceback" not in srv.stderr()
 
 
 def _own_handler_snippet() -> str:

@@ -33,8 +33,8 @@ import threading
 import time
 from typing import Any, Optional
 
-from ..examples.http import (
-    HTTPServer,
+from ..examples.http import HTTPServer
+from ..examples.http_protocol import (
     Limits,
     ParseError,
     default_app,

@@ -1,15 +1,24 @@
 """An echo server on kqueue_py: ``python -m kqueue_py.examples.echo --port N``.
 
-Non-blocking sockets with edge-triggered reads (``EV_CLEAR``): on each READ
-event the connection is read until ``EAGAIN`` -- but at most ``READ_BUDGET``
-bytes per loop turn, so one client streaming cannot starve the others (a
-connection stopped early waits on a ready list for its next turn).  What
-cannot be written at once waits for a WRITE event; once a connection's
-unsent bytes pass ``max_pending`` its READ registration is disabled until
-they drain (backpressure: a client that sends without reading costs a
-bounded amount of memory).  When ``accept()`` fails with EMFILE the
-listener rests for ``accept_backoff`` seconds.  Binds 127.0.0.1 unless told
-otherwise; SIGINT and SIGTERM stop it with exit status 0.
+The shape of a kqueue server, short enough to read first:
+
+* the listener and each connection have a level-triggered ``EVFILT_READ``
+  registration, and each READ event gets one ``recv()``: every ready
+  connection is served once per loop turn, so a client that streams
+  cannot starve the others;
+* what cannot be sent at once waits for a one-shot ``EVFILT_WRITE``;
+* backpressure: once a connection's unsent bytes reach ``max_pending``,
+  its READ registration is disabled (``EV_DISABLE``) until they drain
+  below half, so a client that sends without reading costs bounded memory;
+* when ``accept()`` fails with EMFILE the listener is disabled and a
+  one-shot ``EVFILT_TIMER`` enables it again ``accept_backoff`` s later;
+* ``stop()`` triggers an ``EVFILT_USER`` event (safe from any thread);
+  SIGINT and SIGTERM call it, and the program exits with status 0.
+
+The HTTP example (``kqueue_py.examples.http``) runs the same loop
+edge-triggered, with read budgets, deadlines, a worker pool and a drain.
+Only names that ``kqueue_py`` exports are used: a copy of this file runs
+as it is.
 """
 from __future__ import annotations
 
@@ -20,44 +29,38 @@ import socket
 import sys
 from typing import Any, Optional
 
-from .. import (
+from kqueue_py import (
     EV_ADD,
-    EV_CLEAR,
     EV_DISABLE,
     EV_ENABLE,
-    EV_EOF,
     EV_ONESHOT,
     EVFILT_READ,
     EVFILT_TIMER,
     EVFILT_USER,
     EVFILT_WRITE,
+    NOTE_NSECONDS,
+    Change,
     KQueue,
 )
-from ..queue import Change
-from ..raw import lib
 
 _STOP = 1    # EVFILT_USER ident that stops the loop
 _RETRY = 1   # EVFILT_TIMER ident (one-shot): accept again after EMFILE
 RECV_SIZE = 65536
-READ_BUDGET = 256 << 10   # bytes read from one connection per loop turn
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "out", "paused", "more", "peer_done", "writing")
+    __slots__ = ("sock", "out", "paused", "eof")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.fd = sock.fileno()
         self.out = bytearray()     # unsent output
         self.paused = False        # READ disabled until ``out`` drains
-        self.more = True           # the socket may hold unread bytes
-        self.peer_done = False     # the client shut down: close once flushed
-        self.writing = False       # a WRITE registration is pending
+        self.eof = False           # the client shut down: close once flushed
 
 
 class EchoServer:
     """Echo every byte back.  ``serve_forever()`` runs the loop; ``stop()`` is
-    safe from any thread (it triggers a user event)."""
+    safe from any thread.  ``backlog`` is the listen backlog."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 1024, *,
                  max_pending: int = 1 << 20, accept_backoff: float = 0.1) -> None:
@@ -69,11 +72,10 @@ class EchoServer:
         self.accept_backoff = accept_backoff
         self.listener = socket.create_server((host, port), backlog=backlog)
         self.listener.setblocking(False)
-        self.queue = KQueue(max_events=256)
         self.address = self.listener.getsockname()
+        self.queue = KQueue(max_events=256)
         self.conns: dict[int, _Conn] = {}
-        self._ready: dict[int, _Conn] = {}    # connections stopped early
-        self._changes: list[Change] = []
+        self._changes: list[Change] = []     # applied at the next wait
         self.stats = {"accepted": 0, "paused": 0, "accept_backoff": 0}
         self.queue.add_reader(self.listener)
         self.queue.add_user(_STOP)
@@ -86,52 +88,22 @@ class EchoServer:
 
     def serve_forever(self) -> None:
         lfd = self.listener.fileno()
-        conns = self.conns
         try:
             while True:
-                if self._changes:
-                    changes, self._changes = self._changes, []
-                    self.queue.apply(changes, raise_errors=False)
-                for ident, filt, flags, fflags, _, _ in self.queue.wait_tuples(
-                        0 if self._ready else None):
-                    if filt == EVFILT_READ:
-                        if ident == lfd:
-                            self._accept()
-                            continue
-                        conn = conns.get(ident)
-                        if conn is None:
-                            continue
-                        if flags & EV_EOF:
-                            if not fflags:
-                                # kqueue(2) puts a pending socket error in
-                                # fflags only where the system can read it
-                                # without clearing it (not on Linux): ask the
-                                # socket itself, once, at EOF.
-                                fflags = conn.sock.getsockopt(socket.SOL_SOCKET,
-                                                              socket.SO_ERROR)
-                            if fflags:
-                                self._close(conn)   # a reset: nothing to echo
-                                continue
-                            conn.peer_done = True
-                        conn.more = True
-                        self._on_readable(conn)
-                    elif filt == EVFILT_WRITE:
-                        conn = conns.get(ident)
-                        if conn is not None:
-                            conn.writing = False
-                            self._flush(conn)
-                    elif filt == EVFILT_TIMER:
-                        self._changes.append(Change(lfd, EVFILT_READ, EV_ENABLE))
-                    elif filt == EVFILT_USER:
+                changes, self._changes = self._changes, []
+                self.queue.apply(changes, raise_errors=False)
+                for ident, filt, _, _, _, _ in self.queue.wait_tuples():
+                    if filt == EVFILT_USER:
                         return
-                conn = None   # no reference keeps a closed connection's buffer alive
-                if self._ready:
-                    ready, self._ready = self._ready, {}
-                    for conn in ready.values():
-                        if conns.get(conn.fd) is conn:
-                            self._on_readable(conn)
-                    ready = {}
-                    conn = None
+                    if filt == EVFILT_TIMER:
+                        self._changes.append(Change(lfd, EVFILT_READ, EV_ENABLE))
+                    elif ident == lfd:
+                        self._accept()
+                    elif ident in self.conns:
+                        if filt == EVFILT_READ:
+                            self._read(ident, self.conns[ident])
+                        else:
+                            self._flush(ident, self.conns[ident])
         finally:
             self.close()
 
@@ -156,100 +128,56 @@ class EchoServer:
                 self.stats["accept_backoff"] += 1
                 self._changes.append(Change(self.listener.fileno(), EVFILT_READ, EV_DISABLE))
                 self._changes.append(Change(_RETRY, EVFILT_TIMER, EV_ADD | EV_ONESHOT,
-                                            lib.NOTE_NSECONDS, int(self.accept_backoff * 1e9)))
+                                            NOTE_NSECONDS, int(self.accept_backoff * 1e9)))
                 return
             sock.setblocking(False)
-            conn = _Conn(sock)
-            self.conns[conn.fd] = conn
+            self.conns[sock.fileno()] = _Conn(sock)
             self.stats["accepted"] += 1
-            self._changes.append(Change(conn.fd, EVFILT_READ, EV_ADD | EV_CLEAR))
+            self._changes.append(Change(sock.fileno(), EVFILT_READ, EV_ADD))
 
-    def _on_readable(self, conn: _Conn) -> None:
-        # Edge-triggered: read until the socket is dry (a short read means
-        # dry: new bytes bring a new event), but at most READ_BUDGET bytes
-        # per turn and not while the output is backed up.
-        if conn.paused or not conn.more:
+    def _read(self, fd: int, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
             return
-        sock = conn.sock
-        budget = READ_BUDGET
-        while True:
-            try:
-                chunk = sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                conn.more = False
-                break
-            except OSError:
-                self._close(conn)
-                return
-            if not chunk:
-                conn.more = False
-                conn.peer_done = True
-                break
-            self._send(conn, chunk)
-            if conn.fd not in self.conns or conn.paused:
-                return
-            if len(chunk) < RECV_SIZE:
-                conn.more = False
-                break
-            budget -= len(chunk)
-            if budget <= 0:
-                self._ready[conn.fd] = conn   # the rest next turn
-                break
-        if conn.peer_done and not conn.out and not conn.more:
-            self._close(conn)
+        except OSError:
+            self._close(fd, conn)      # a reset: nothing to echo
+            return
+        if not data:
+            conn.eof = True            # level-triggered EOF would fire again: stop reading
+            self._changes.append(Change(fd, EVFILT_READ, EV_DISABLE))
+        conn.out += data
+        self._flush(fd, conn)
 
-    def _send(self, conn: _Conn, data: bytes) -> None:
-        if not conn.out:
-            try:
-                sent = conn.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._close(conn)
-                return
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]  # type: ignore[assignment]
-        conn.out += data   # behind what already waits: keep order
-        self._flush(conn)
-
-    def _flush(self, conn: _Conn) -> None:
+    def _flush(self, fd: int, conn: _Conn) -> None:
         out = conn.out
-        if out and not conn.writing:
+        if out:
             try:
                 sent = conn.sock.send(out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                self._close(conn)
+                self._close(fd, conn)
                 return
-            del out[:sent]          # no copy of the rest (bytearray drops a prefix in place)
-            if out:
-                conn.writing = True
-                self._changes.append(Change(conn.fd, EVFILT_WRITE, EV_ADD | EV_ONESHOT))
-        if len(out) >= self.max_pending:
-            if not conn.paused:
-                conn.paused = True
+            del out[:sent]             # bytearray drops a prefix in place
+        if out:
+            self._changes.append(Change(fd, EVFILT_WRITE, EV_ADD | EV_ONESHOT))
+            if len(out) >= self.max_pending and not conn.paused:
+                conn.paused = True     # backpressure: stop reading this client
                 self.stats["paused"] += 1
-                self._ready.pop(conn.fd, None)
-                self._changes.append(Change(conn.fd, EVFILT_READ, EV_DISABLE))
+                self._changes.append(Change(fd, EVFILT_READ, EV_DISABLE))
+        elif conn.eof:
+            self._close(fd, conn)
             return
-        if conn.paused and len(out) <= self.max_pending // 2:
+        if conn.paused and not conn.eof and len(out) <= self.max_pending // 2:
             conn.paused = False
-            self._changes.append(Change(conn.fd, EVFILT_READ, EV_ENABLE))
-            self._ready[conn.fd] = conn
-        if conn.peer_done and not out and not conn.more:
-            self._close(conn)
+            self._changes.append(Change(fd, EVFILT_READ, EV_ENABLE))
 
-    def _close(self, conn: _Conn) -> None:
-        if self.conns.get(conn.fd) is conn:
-            del self.conns[conn.fd]
-        self._ready.pop(conn.fd, None)
-        if self._changes:
-            self._changes = [c for c in self._changes if c.ident != conn.fd
-                             or c.filter in (EVFILT_USER, EVFILT_TIMER)]
-        conn.sock.close()   # closing removes its registrations
-        conn.out = bytearray()   # freed now
+    def _close(self, fd: int, conn: _Conn) -> None:
+        del self.conns[fd]
+        # Changes queued for this number would hit a closed (or reused) one.
+        self._changes = [c for c in self._changes if c.ident != fd or c.filter == EVFILT_TIMER]
+        conn.sock.close()              # closing removes its registrations
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -257,13 +185,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7000)
+    ap.add_argument("--backlog", type=int, default=1024, help="listen backlog (1024)")
     ap.add_argument("--max-pending", type=int, default=1 << 20,
                     help="unsent bytes at which a connection stops being read (1 MiB)")
     ap.add_argument("--accept-backoff", type=float, default=0.1,
                     help="seconds the listener rests after accept() fails with EMFILE (0.1)")
     args = ap.parse_args(argv)
     try:
-        server = EchoServer(args.host, args.port, max_pending=args.max_pending,
+        server = EchoServer(args.host, args.port, args.backlog, max_pending=args.max_pending,
                             accept_backoff=args.accept_backoff)
     except OSError as exc:
         print(f"echo server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
