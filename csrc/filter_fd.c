@@ -571,6 +571,8 @@ static enum fd_kind learn_kind(int fd)
         return FDK_FIFO;
     if (S_ISREG(st.st_mode))
         return FDK_REGULAR;
+    if (kqueue_py_queue_id(fd) != 0)
+        return FDK_QUEUE;
     return FDK_OTHER;
 }
 
@@ -662,6 +664,9 @@ static intptr_t read_data(struct knote *kn, int fd)
     case FDK_LISTEN_OTHER:
         backlog = unix_listen_backlog(fd);
         return backlog > 0 ? backlog : 1;
+    case FDK_QUEUE:
+        backlog = kq_queue_pending(fd);
+        return backlog >= 0 ? backlog : 0;
     case FDK_FIFO:
     case FDK_OTHER:
         if (ioctl(fd, FIONREAD, &v) == 0)
