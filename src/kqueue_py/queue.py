@@ -191,6 +191,10 @@ class KQueue(QueueBase):
             raise TypeError(f"changes must be an iterable of Change, "
                             f"not {type(changes).__name__}") from None
         batch = [_checked(c, i) for i, c in enumerate(it)]
+        if any(c[1] == 0 for c in batch):
+            # The kernel skips a change with filter 0, without a receipt
+            # (FreeBSD's kqueue_kevent): so does this layer.
+            batch = [c for c in batch if c[1] != 0]
         n = len(batch)
         if n == 0:
             return []
