@@ -1108,7 +1108,7 @@ static int write_ready(struct kq *kq, uint64_t data, uint32_t revents, struct ke
 const struct filter_ops kq_read_ops = {
     .filter = EVFILT_READ,
     .tag = TAG_READ,
-    .flags = FILT_IDENT_FD,
+    .flags = FILT_IDENT_FD | FILT_QUEUE_FD,
     .init = read_init,
     .close_fds = read_close_fds,
     .destroy = read_destroy,

@@ -101,6 +101,9 @@ struct knote;
 #define FILT_WANTS_WAKE   0x4u  /* as FILT_NEEDS_WAKE, but works without */
 #define FILT_READY_BATCH  0x8u  /* ready() runs once per epoll batch, after
                                    the items of the other filters */
+#define FILT_QUEUE_FD     0x10u /* ident may be a queue's descriptor (FreeBSD's
+                                   kqueue_kqfilter: READ only); other
+                                   FILT_IDENT_FD filters get EINVAL for one */
 
 struct filter_ops {
     int16_t filter;             /* EVFILT_* */

@@ -654,7 +654,7 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
         }
         /* FreeBSD's kqueue_kqfilter(): a queue's descriptor offers
          * EVFILT_READ only. */
-        if ((ops->flags & FILT_IDENT_FD) && ops->filter != EVFILT_READ &&
+        if ((ops->flags & (FILT_IDENT_FD | FILT_QUEUE_FD)) == FILT_IDENT_FD &&
             kqueue_py_queue_id((int)kev->ident) != 0)
             return -EINVAL;
         if ((err = knote_reserve(kq, ops, kev)) != 0)
