@@ -334,6 +334,10 @@ static int timer_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
         return 0;
     }
     *out = kn->kev;
+    /* FreeBSD's kqueue_register() keeps fflags and data apart (kn_sfflags,
+     * kn_sdata) and zeroes them in the kevent it reports; a timer never
+     * sets kn_fflags: fflags 0, data the count. */
+    out->fflags = 0;
     out->data = (intptr_t)kn->u.timer.count;
     if (kn->kev.flags & EV_CLEAR) {
         kn->u.timer.count = 0;

@@ -106,6 +106,18 @@ def test_absolute_timer_dispatch_reports_again_when_enabled(kq):
     assert [e.data for e in timers(kq.poll(), 6)] == [1]
 
 
+@pytest.mark.parametrize("fflags", [0, SECONDS, USECONDS, ABSTIME | MSECONDS])
+def test_timer_events_carry_fflags_zero(kq, fflags):
+    """``kqueue_register`` stores the change's fflags apart (``kn_sfflags =
+    kev->fflags; ... kev->fflags = 0; kn->kn_kevent = *kev;``) and a timer
+    never sets ``kn_fflags``: its events carry ``fflags`` 0, whatever unit
+    it was registered with."""
+    data = int(time.time() * 1000) - 10 if fflags & ABSTIME else 1
+    kq.change((11, TIMER, EV_ADD | EV_ONESHOT, fflags, data, 3))
+    evs = timers(kq.wait(8, 3.0), 11)
+    assert [(e.fflags, e.data, e.udata) for e in evs] == [(0, 1, 3)]
+
+
 def test_relative_timer_still_implies_clear(kq):
     kq.change((7, TIMER, EV_ADD | EV_ONESHOT, 0, 1))
     evs = timers(kq.wait(8, 2.0), 7)

@@ -526,7 +526,7 @@ class Model:
                 kn.data = data
                 kn.active = bool(fflags & TRIGGER)
             else:
-                kn.fflags = fflags
+                kn.fflags = 0             # a timer reports fflags 0 (kqueue_register)
                 kn.active = ident in ZERO_TIMERS
             self.kn[key] = kn
             return 0
@@ -554,7 +554,6 @@ class Model:
             if flags & EV_CLEAR:           # a change with EV_CLEAR resets the trigger
                 kn.active = False
         elif flags & EV_ADD:               # re-adding a timer restarts it
-            kn.fflags = fflags
             kn.active = ident in ZERO_TIMERS
         return 0
 
