@@ -571,6 +571,8 @@ static enum fd_kind learn_kind(int fd)
         return FDK_FIFO;
     if (S_ISREG(st.st_mode))
         return FDK_REGULAR;
+    if (kqueue_py_queue_id(fd) != 0)
+        return FDK_QUEUE;
     return FDK_OTHER;
 }
 
@@ -662,6 +664,9 @@ static intptr_t read_data(struct knote *kn, int fd)
     case FDK_LISTEN_OTHER:
         backlog = unix_listen_backlog(fd);
         return backlog > 0 ? backlog : 1;
+    case FDK_QUEUE:
+        backlog = kq_queue_pending(fd);
+        return backlog >= 0 ? backlog : 0;
     case FDK_FIFO:
     case FDK_OTHER:
         if (ioctl(fd, FIONREAD, &v) == 0)
@@ -1103,7 +1108,7 @@ static int write_ready(struct kq *kq, uint64_t data, uint32_t revents, struct ke
 const struct filter_ops kq_read_ops = {
     .filter = EVFILT_READ,
     .tag = TAG_READ,
-    .flags = FILT_IDENT_FD,
+    .flags = FILT_IDENT_FD | FILT_QUEUE_FD,
     .init = read_init,
     .close_fds = read_close_fds,
     .destroy = read_destroy,

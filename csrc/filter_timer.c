@@ -4,8 +4,12 @@
  * All timers of a queue live in one min-heap on their CLOCK_MONOTONIC
  * deadline; a single timerfd is armed at the earliest one.  So a queue
  * holds any number of timers with one descriptor (libkqueue spends one
- * timerfd per timer).  As on FreeBSD, EV_CLEAR is implied, data reports
- * expirations since the last report, and re-adding restarts the timer.
+ * timerfd per timer).  As on FreeBSD (filt_timervalidate,
+ * filt_timerattach): a relative timer implies EV_CLEAR, an absolute one
+ * (NOTE_ABSTIME) does not and stays reported until deleted; data reports
+ * expirations since the last report; a periodic timer of 0 runs every unit;
+ * fflags other than the unit and NOTE_ABSTIME are EINVAL; re-adding
+ * restarts the timer.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +23,7 @@
 
 #define MIN_PERIOD_NS 1000   /* periodic timers fire at most once a microsecond */
 #define NOTE_UNITS (NOTE_SECONDS | NOTE_MSECONDS | NOTE_USECONDS | NOTE_NSECONDS)
+#define NOTE_TIMER_VALID (NOTE_UNITS | NOTE_ABSTIME)   /* FreeBSD's filt_timervalidate */
 
 static int64_t sat_add(int64_t a, int64_t b)
 {
@@ -230,6 +235,8 @@ static int timer_params(const struct knote *kn, const struct kevent *kev,
                         int64_t *deadline, int64_t *period)
 {
     int64_t unit;
+    if (kev->fflags & ~(uint32_t)NOTE_TIMER_VALID)
+        return -EINVAL;     /* NOTE_TRIGGER, stray bits: FreeBSD refuses them */
     switch (kev->fflags & NOTE_UNITS) {
     case 0:
     case NOTE_MSECONDS: unit = 1000000; break;
@@ -241,6 +248,10 @@ static int timer_params(const struct knote *kn, const struct kevent *kev,
     if (kev->data < 0)
         return -EINVAL;
     int64_t data = (int64_t)kev->data;
+    /* FreeBSD: "kn_sdata = 1" -- a timer of 0 that repeats runs every unit
+     * (1 ms by default, 1 s with NOTE_SECONDS); only EV_ONESHOT fires at once. */
+    if (data == 0 && !(kn->kev.flags & EV_ONESHOT))
+        data = 1;
     int64_t ns = data > INT64_MAX / unit ? INT64_MAX : data * unit;
     int64_t now = kq_now();
 
@@ -254,7 +265,7 @@ static int timer_params(const struct knote *kn, const struct kevent *kev,
         *deadline = sat_add(now, ns);
         *period = 0;
     } else {
-        /* A periodic timer of 0 runs at the smallest period (FreeBSD). */
+        /* Periods below a microsecond (NOTE_NSECONDS) run at one. */
         *period = ns < MIN_PERIOD_NS ? MIN_PERIOD_NS : ns;
         *deadline = sat_add(now, *period);
     }
@@ -286,7 +297,11 @@ static int timer_attach(struct kq *kq, struct knote *kn, const struct kevent *ke
      * readable for a timer, and a thread already blocked is not woken
      * early for a timer another thread adds. */
     (void)timer_fd_ensure(kq);
-    kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
+    /* Implied for relative timers only, as FreeBSD's filt_timerattach: an
+     * absolute timer that fired stays active (reported by every kevent())
+     * until it is deleted, unless the caller asked for EV_CLEAR. */
+    if (!(kev->fflags & NOTE_ABSTIME))
+        kn->kev.flags |= EV_CLEAR;
     kn->u.timer.heap_index = SIZE_MAX;
     return timer_start(kq, kn, kev);
 }
@@ -314,12 +329,20 @@ static void timer_detach(struct kq *kq, struct knote *kn)
 static int timer_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 {
     (void)kq;
-    kn->status &= ~KN_ACTIVE;
-    if (kn->u.timer.count == 0)
+    if (kn->u.timer.count == 0) {
+        kn->status &= ~KN_ACTIVE;
         return 0;
+    }
     *out = kn->kev;
+    /* FreeBSD's kqueue_register() keeps fflags and data apart (kn_sfflags,
+     * kn_sdata) and zeroes them in the kevent it reports; a timer never
+     * sets kn_fflags: fflags 0, data the count. */
+    out->fflags = 0;
     out->data = (intptr_t)kn->u.timer.count;
-    kn->u.timer.count = 0;
+    if (kn->kev.flags & EV_CLEAR) {
+        kn->u.timer.count = 0;
+        kn->status &= ~KN_ACTIVE;
+    }   /* else level-triggered (NOTE_ABSTIME): stays active, count kept */
     return 1;
 }
 

@@ -71,6 +71,7 @@ enum fd_kind {
                           device without poll (always ready); WRITE always */
     FDK_OTHER,         /* FIONREAD works (tty, ...) */
     FDK_NODATA,        /* readiness only (eventfd, epoll, ...) */
+    FDK_QUEUE,         /* a kqueue's descriptor: data = its pending events */
 };
 
 struct kq;
@@ -100,6 +101,9 @@ struct knote;
 #define FILT_WANTS_WAKE   0x4u  /* as FILT_NEEDS_WAKE, but works without */
 #define FILT_READY_BATCH  0x8u  /* ready() runs once per epoll batch, after
                                    the items of the other filters */
+#define FILT_QUEUE_FD     0x10u /* ident may be a queue's descriptor (FreeBSD's
+                                   kqueue_kqfilter: READ only); other
+                                   FILT_IDENT_FD filters get EINVAL for one */
 
 struct filter_ops {
     int16_t filter;             /* EVFILT_* */
@@ -327,6 +331,7 @@ void kq_attention(struct kq *kq, uint32_t tag, int on); /* busy()/polled() may s
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 void kq_after_delivery(struct kq *kq, struct knote *kn);   /* EV_ONESHOT, EV_DISPATCH */
 int64_t kq_now(void);
+intptr_t kq_queue_pending(int fd);  /* READ data on a queue's fd; -1: not one */
 #define KQ_FOREVER (-1)         /* scan() deadlines: wait for ever ... */
 #define KQ_POLL    0            /* ... or poll (long past, clock not read) */
 #define KQ_EBUF_MAX 256         /* epoll events on the stack per epoll_wait */

@@ -637,6 +637,10 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
         return -EINVAL;
     if ((ops->flags & FILT_IDENT_FD) && kev->ident > INT_MAX)
         return -EBADF;
+    /* FreeBSD's kqueue_register(): a queue cannot watch its own
+     * descriptor ("fp->f_data == kq"), whatever the filter or action. */
+    if ((ops->flags & FILT_IDENT_FD) && (int)kev->ident == kq->fd)
+        return -EINVAL;
 
     struct knote *kn = knote_find(kq, ops, kev->ident);
     int err;
@@ -648,6 +652,11 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
                 return -EBADF;
             return -ENOENT;
         }
+        /* FreeBSD's kqueue_kqfilter(): a queue's descriptor offers
+         * EVFILT_READ only. */
+        if ((ops->flags & (FILT_IDENT_FD | FILT_QUEUE_FD)) == FILT_IDENT_FD &&
+            kqueue_py_queue_id((int)kev->ident) != 0)
+            return -EINVAL;
         if ((err = knote_reserve(kq, ops, kev)) != 0)
             return err;
         if ((err = wake_for(kq, ops, kev)) != 0)
@@ -699,7 +708,8 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
     return err;
 }
 
-/* Apply the changelist; write EV_ERROR/EV_RECEIPT entries to events.
+/* Apply the changelist; write EV_ERROR/EV_RECEIPT entries to events, their
+ * flags EV_ERROR exactly (FreeBSD's "kevp->flags = EV_ERROR").
  * Returns the number of entries written, or -errno when an error found no
  * room (as on BSD, the call then fails with it). */
 static int apply_changes(struct kq *kq, const struct kevent *changes, int nchanges,
@@ -707,6 +717,8 @@ static int apply_changes(struct kq *kq, const struct kevent *changes, int nchang
 {
     int nout = 0;
     for (int i = 0; i < nchanges; i++) {
+        if (changes[i].filter == 0)
+            continue;   /* FreeBSD's kqueue_kevent(): skipped, no receipt */
         int err = apply_change(kq, &changes[i]);
         if (err == 0 && !(changes[i].flags & EV_RECEIPT))
             continue;
@@ -1003,6 +1015,44 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
     }
     kq_ebuf_put(stack, ebuf);
     return n;
+}
+
+/*
+ * EVFILT_READ data for a queue's descriptor registered in another queue:
+ * FreeBSD's filt_kqueue() reports kq_count, the events pending in it.
+ * Counted without taking anything: the watched queue's due timers and
+ * signals are collected onto its pending list (as its own kevent() would
+ * first do), and that list is counted.  Events still inside its epoll set
+ * (READ/WRITE, PROC, VNODE) cannot be counted without being consumed: the
+ * count is at least 1, as the descriptor polled readable.  Returns -1 if
+ * fd names no queue.  Called with the watching queue's lock held, so the
+ * watched queue's lock is only tried (two queues may watch each other);
+ * when another thread holds it, 1.
+ */
+intptr_t kq_queue_pending(int fd)
+{
+    struct kq *q = kq_get(fd);
+    if (q == NULL)
+        return -1;
+    intptr_t n = 0;
+    if (pthread_mutex_trylock(&q->lock) == 0) {
+        int64_t now = -1;
+        FOR_EACH_ATTN(q, ops) {
+            if (ops->busy != NULL && ops->collect != NULL && ops->busy(q)) {
+                if (now < 0)
+                    now = kq_now();
+                ops->collect(q, now);
+            }
+        }
+        for (struct knote *kn = q->q_head; kn != NULL; kn = kn->q_next)
+            n++;
+        int owed = wake_update(q);
+        pthread_mutex_unlock(&q->lock);
+        if (owed)
+            wake_signal(q);
+    }
+    kq_put(q);
+    return n > 0 ? n : 1;
 }
 
 /* kevent() with the timeout already a deadline (see scan()).  Returns the

@@ -13,6 +13,7 @@ import operator
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -174,24 +175,81 @@ def test_descriptor_not_inheritable(kq):
     assert os.get_inheritable(kq.fileno()) is False
 
 
-def test_fork_child_sees_queue_closed(kq):
-    shared = kqueue.fromfd(kq.fileno())
+#: CPython 3.12.1 invalidates select.kqueue objects in a fork child
+#: (gh-110395, "invalidate open kqueues after fork"); before, they keep the
+#: dead number and control() fails with EBADF.
+CLOSED_AT_FORK = sys.version_info >= (3, 12, 1)
+
+
+def _in_child(check) -> None:
+    """Run ``check()`` in a fork child; it must return normally."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            if kq.closed and shared.closed:
-                try:
-                    kq.fileno()
-                except ValueError as exc:
-                    if "closed kqueue" in str(exc):
-                        code = 0
+            check()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_fork_child_behaves_as_the_interpreters_select_kqueue(kq):
+    """As the running interpreter's own select.kqueue in a fork child:
+    3.12.1+ (gh-110395): closed, ``fileno()`` and ``control()`` raise
+    ``ValueError``; earlier: not closed, ``fileno()`` is the old number and
+    ``control()`` raises ``OSError(EBADF)`` (the child has no queue)."""
+    shared = kqueue.fromfd(kq.fileno())
+    number = kq.fileno()
+
+    def check():
+        for q in (kq, shared):
+            if CLOSED_AT_FORK:
+                assert q.closed
+                with pytest.raises(ValueError, match="closed kqueue"):
+                    q.fileno()
+                with pytest.raises(ValueError, match="closed kqueue"):
+                    q.control(None, 1, 0)
+            else:
+                assert not q.closed
+                assert q.fileno() == number
+                with pytest.raises(OSError) as ei:
+                    q.control(None, 1, 0)
+                assert ei.value.errno == errno.EBADF
+                with pytest.raises(OSError) as ei:
+                    q.control([kevent(1, compat.KQ_FILTER_USER, compat.KQ_EV_ADD)], 0)
+                assert ei.value.errno == errno.EBADF
+        # What an event loop does on either error: a new queue, which works.
+        fresh = kqueue()
+        fresh.control([kevent(1, compat.KQ_FILTER_USER, compat.KQ_EV_ADD)], 0)
+        fresh.close()
+
+    _in_child(check)
     assert not kq.closed     # the parent's queue is untouched
     kq.control([kevent(1, compat.KQ_FILTER_USER, compat.KQ_EV_ADD)], 0)
+
+
+@pytest.mark.skipif(CLOSED_AT_FORK, reason="3.12.1+ closes the object at fork")
+def test_fork_child_close_of_dead_queue_leaves_a_reused_number_alone(kq):
+    """Before 3.12.1 select.kqueue's close() in a child closed whatever
+    file had taken the dead number (gh-110395's reproducer); kqueue_py's
+    closes nothing there."""
+    def check():
+        number = kq.fileno()
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != number:             # the dead number names another file now
+            os.dup2(fd, number)
+            os.close(fd)
+        kq.close()
+        assert kq.closed
+        assert os.write(number, b"x") == 1      # still open
+
+    _in_child(check)
 
 
 # --------------------------------------------------------------------------

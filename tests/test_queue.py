@@ -211,6 +211,47 @@ def test_max_events_per_wait(q):
         q.wait(0, max_events=-1)
 
 
+@pytest.mark.parametrize("method", ["wait", "wait_tuples"])
+@pytest.mark.parametrize("cap,kwargs", [
+    (64, {"max_events": 64.0}), (64, {"max_events": 63.0}), (1, {"max_events": True}),
+    (64, {"max_events": True}), (64, {"timeout": 0j}), (64, {"timeout": 1j}),
+    (64, {"timeout": "0"}), (64, {"max_events": 0.0}),
+])
+def test_wait_argument_types_checked_even_at_their_defaults(method, cap, kwargs):
+    """The type check does not depend on the value: ``max_events`` equal
+    to the queue's capacity (64.0 == 64, True == 1) or 0, and a timeout
+    equal to 0 (0j), are refused as the other values of their type are --
+    ``TypeError``, as the stdlib's ``select.epoll.poll()`` refuses a float
+    count or a complex timeout (checked here as the oracle)."""
+    import select
+
+    with KQueue(max_events=cap) as q:
+        q.add_user(1)
+        q.trigger(1)
+        kwargs = dict(kwargs)
+        timeout = kwargs.pop("timeout", 0)
+        with pytest.raises(TypeError):
+            getattr(q, method)(timeout, **kwargs)
+        # Nothing was taken by the refused call.
+        assert [e[0] for e in getattr(q, method)(0)] == [1]
+    if hasattr(select, "epoll") and kwargs.get("max_events") is not True:
+        # (epoll takes a bool count; kqueue_py refuses bools everywhere.)
+        ep = select.epoll()
+        try:
+            with pytest.raises(TypeError):
+                ep.poll(timeout, kwargs.get("max_events", -1))
+        finally:
+            ep.close()
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, False, -0.0])
+def test_wait_zero_timeouts_still_poll(q, timeout):
+    q.add_user(1, flags=0)      # level-triggered: reported by both calls
+    q.trigger(1)
+    assert [e.ident for e in q.wait(timeout)] == [1]
+    assert [e[0] for e in q.wait_tuples(timeout)] == [1]
+
+
 def test_more_events_than_default_capacity():
     with KQueue(max_events=4) as q:
         for i in range(200):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import selectors
 import socket
@@ -97,20 +98,84 @@ def test_unregister_and_modify_after_the_fd_was_closed(sel, fds):
     key = sel.unregister(a)                 # looked up by object; no error from the queue
     assert key.fileobj is a
     c.close()
-    sel.modify(c, EVENT_READ)               # removing a filter of a closed fd is fine
-    sel.unregister(c)
+    # As EpollSelector (its EPOLL_CTL_MOD fails with EBADF): the modify
+    # raises, and leaves the file object unregistered.
+    with pytest.raises(OSError) as ei:
+        sel.modify(c, EVENT_READ)
+    assert ei.value.errno == errno.EBADF
     assert sel._filters == 0
     assert len(sel.get_map()) == 0
 
 
-def test_modify_adding_a_filter_to_a_closed_fd_raises_and_keeps_key(sel, fds):
+def _modify_outcome(selector_cls, scenario):
+    """Run ``scenario(sel, r, w)`` on a pipe registered for READ; return
+    what the modify raised and what is registered afterwards."""
+    r, w = os.pipe()
+    sel = selector_cls()
+    try:
+        sel.register(r, EVENT_READ, "d")
+        try:
+            scenario(sel, r, w)
+            raised = None
+        except Exception as e:  # the outcome is what is compared
+            raised = (type(e), getattr(e, "errno", None))
+        try:
+            left = sel.get_key(r).events
+        except KeyError:
+            left = None
+        return raised, left, len(sel.get_map())
+    finally:
+        sel.close()
+        for fd in (r, w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _close_then_add_write(sel, r, w):
+    os.close(r)
+    sel.modify(r, EVENT_READ | EVENT_WRITE)
+
+
+def _close_then_swap(sel, r, w):
+    os.close(r)
+    sel.modify(r, EVENT_WRITE)
+
+
+def _closed_selector(sel, r, w):
+    sel._kq.close() if isinstance(sel, KqueueSelector) else sel._selector.close()
+    sel.modify(r, EVENT_WRITE)
+
+
+def _fine(sel, r, w):
+    sel.modify(r, EVENT_READ | EVENT_WRITE, "e")
+
+
+@pytest.mark.parametrize("scenario", [_close_then_add_write, _close_then_swap,
+                                      _closed_selector, _fine])
+def test_modify_that_raises_leaves_the_file_object_unregistered(scenario):
+    """``EpollSelector.modify`` (Lib/selectors.py): ``except:
+    super().unregister(fileobj); raise`` -- and ``BaseSelector.modify``
+    unregisters before it registers again: a modify that raises leaves the
+    file object unregistered.  KqueueSelector against EpollSelector."""
+    want = _modify_outcome(selectors.EpollSelector, scenario)
+    got = _modify_outcome(KqueueSelector, scenario)
+    assert got == want
+
+
+def test_modify_failure_removes_the_kernel_registrations_too(sel, fds):
+    """Unregistered after a failed modify means nothing is reported for the
+    file any more, under its number or a new owner of it."""
     r, w = fds.pipe()
-    key = sel.register(r, EVENT_READ)
+    sel.register(r, EVENT_READ)
     fds.close(r)
     with pytest.raises(OSError):
         sel.modify(r, EVENT_READ | EVENT_WRITE)
-    assert sel.get_key(r) is key and sel._filters == 1
-    sel.unregister(r)
+    assert sel._filters == 0
+    r2, w2 = fds.pipe()
+    os.write(w2, b"x")
+    assert sel.select(0) == []
 
 
 def test_fd_closed_while_registered_does_not_report(sel, fds):

@@ -5,8 +5,10 @@ library reference documents ``select.kqueue`` and ``select.kevent``:
 argument parsing and ranges, defaults, error types and messages, rich
 comparison, ``kqueue.fromfd()``, ``control(changelist, max_events,
 timeout=None, /)``, PEP 475 retries with the remaining timeout,
-non-inheritable descriptors, and the current CPython fork behaviour (a
-queue reads as closed in a forked child).  Constants the stdlib never
+non-inheritable descriptors, and the fork behaviour of the running
+interpreter's own ``select.kqueue`` (from CPython 3.12.1 a queue reads as
+closed in a forked child, ``ValueError``; before, it keeps its dead number
+and ``control()`` fails with ``OSError(EBADF)``).  Constants the stdlib never
 exported are here too: ``KQ_FILTER_USER``, ``KQ_EV_RECEIPT``,
 ``KQ_EV_DISPATCH``, ``KQ_NOTE_TRIGGER``, ``KQ_NOTE_FF*``, the timer units.
 
@@ -22,6 +24,7 @@ import errno as _errno
 import operator
 import os
 import struct
+import sys
 import time
 from typing import Any, Iterable, Optional
 
@@ -51,6 +54,12 @@ _KEVENT = KEVENT   # this platform's struct kevent layout
 _SIZE = SIZE
 _INT_MAX = INT_MAX
 _U64 = 2**64 - 1
+
+#: A forked child inherits no queue.  From 3.12.1 (gh-110395) CPython marks
+#: its select.kqueue objects closed there (ValueError); before, an object
+#: kept its number and control() failed with OSError(EBADF) -- which event
+#: loops written then (eventlet's kqueue hub) take as "make a new queue".
+_CLOSED_AT_FORK = sys.version_info >= (3, 12, 1)
 
 
 def _constant_names() -> dict[str, int]:
@@ -272,6 +281,15 @@ class kqueue(QueueBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child, as the running interpreter's select.kqueue:
+        closed from 3.12.1; before, the dead number stays (``fileno()``
+        returns it, ``control()`` fails with ``EBADF`` from the backend,
+        which closed the queue).  Closing such an object closes nothing:
+        the number may name another file of the child's by now."""
+        if _CLOSED_AT_FORK:
+            self._fd = -1
 
     def control(self, changelist: Optional[Iterable[kevent]], maxevents: int,
                 timeout: Optional[float] = None, /) -> list[kevent]:

@@ -191,6 +191,10 @@ class KQueue(QueueBase):
             raise TypeError(f"changes must be an iterable of Change, "
                             f"not {type(changes).__name__}") from None
         batch = [_checked(c, i) for i, c in enumerate(it)]
+        if any(c[1] == 0 for c in batch):
+            # The kernel skips a change with filter 0, without a receipt
+            # (FreeBSD's kqueue_kevent): so does this layer.
+            batch = [c for c in batch if c[1] != 0]
         n = len(batch)
         if n == 0:
             return []
@@ -294,7 +298,7 @@ class KQueue(QueueBase):
         signal handler's exception propagates.
         """
         cap = self._cap
-        if max_events is not None and max_events != cap:
+        if max_events is not None and (max_events != cap or type(max_events) is not int):
             cap = _max_events(max_events)
             if cap == 0:
                 self._live_fd()
@@ -302,7 +306,9 @@ class KQueue(QueueBase):
         if timeout is None:
             ns = -1
         elif timeout == 0:
-            ns = 0
+            # 0.0, 0j, Decimal(0) equal 0 too: anything but a plain int
+            # goes through the full check (0j is a TypeError).
+            ns = 0 if type(timeout) is int else seconds_ns(timeout)
         else:
             ns = seconds_ns(timeout)
         free = self._free   # the buffer pool, inline (see above)
@@ -342,7 +348,7 @@ class KQueue(QueueBase):
         """Like :meth:`wait`, but the events are plain tuples in
         :class:`Event`'s field order -- the fastest way to get them."""
         cap = self._cap
-        if max_events is not None and max_events != cap:
+        if max_events is not None and (max_events != cap or type(max_events) is not int):
             cap = _max_events(max_events)
             if cap == 0:
                 self._live_fd()
@@ -350,7 +356,9 @@ class KQueue(QueueBase):
         if timeout is None:
             ns = -1
         elif timeout == 0:
-            ns = 0
+            # 0.0, 0j, Decimal(0) equal 0 too: anything but a plain int
+            # goes through the full check (0j is a TypeError).
+            ns = 0 if type(timeout) is int else seconds_ns(timeout)
         else:
             ns = seconds_ns(timeout)
         free = self._free   # the buffer pool, inline (see above)

@@ -131,11 +131,21 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
             raise ValueError(f"Invalid events: {events!r}")
         if events != key.events:
             added = events & ~key.events
-            failed = [e for e in self._submit(key.fd, added, _ADD) if e]
-            if failed:
-                self._submit(key.fd, added, _DELETE)
-                raise _core.os_error(failed[0])
-            self._submit(key.fd, key.events & ~events, _DELETE)
+            try:
+                failed = [e for e in self._submit(key.fd, added, _ADD) if e]
+                # A failing delete (EBADF: the descriptor was closed) fails
+                # the modify too, as EpollSelector's EPOLL_CTL_MOD does.
+                if not failed:
+                    failed = [e for e in self._submit(key.fd, key.events & ~events, _DELETE)
+                              if e]
+                if failed:
+                    raise _core.os_error(failed[0])
+            except BaseException:
+                # As EpollSelector (and BaseSelector.modify, which
+                # unregisters first): a modify that raises leaves the file
+                # object unregistered -- in the kernel too.
+                self._forget(fileobj, key, key.events | added)
+                raise
             self._filters += (bool(events & EVENT_READ) + bool(events & EVENT_WRITE)
                               - bool(key.events & EVENT_READ) - bool(key.events & EVENT_WRITE))
             self._resize()
@@ -144,11 +154,21 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
             self._fd_to_key[key.fd] = key
         return key
 
+    def _forget(self, fileobj: Any, key: SelectorKey, events: int) -> None:
+        """Unregister after a failed modify: the key goes, and whatever of
+        ``events`` is still registered for its fd is deleted (errors
+        ignored: the descriptor may be closed)."""
+        super().unregister(fileobj)
+        self._filters -= bool(key.events & EVENT_READ) + bool(key.events & EVENT_WRITE)
+        self._resize()
+        if self._kq.fd >= 0:
+            self._submit(key.fd, events, _DELETE)
+
     def select(self, timeout: Optional[float] = None) -> list[tuple[SelectorKey, int]]:
         if timeout is None:
             ns = -1
         elif timeout == 0:
-            ns = 0
+            ns = 0 if type(timeout) is int else selector_timeout_ns(timeout)   # 0j: TypeError
         else:
             ns = selector_timeout_ns(timeout)
         # With nothing registered this still waits (for the timeout), as
