@@ -1,23 +1,17 @@
 /*
  * EVFILT_READ and EVFILT_WRITE.
  *
- * READ registrations sit in the queue's wait set (waitfd), WRITE ones in
- * the nested wr_ep set; so EPOLLET (EV_CLEAR) and EPOLLONESHOT (EV_ONESHOT,
- * EV_DISPATCH) are per filter even on one fd.  A disabled registration is
- * disarmed (EPOLLONESHOT with no events), which also drops any event epoll
- * had ready for it.
+ * READ and WRITE registrations sit in the sub-sets of lifetime.c (per
+ * filter, 128 items each), so EPOLLET (EV_CLEAR) and
+ * EPOLLONESHOT (EV_ONESHOT, EV_DISPATCH) are per filter even on one fd.
+ * A disabled registration is disarmed (EPOLLONESHOT with no events), which
+ * also drops any event epoll had ready for it.
  *
- * A registration dies with its descriptor.  epoll keeps an item as long as
- * the open file lives, so after close(fd) a file still held by a dup() or a
- * fork() child would go on reporting under the closed number.  Before an
- * event is reported, one epoll_ctl() on the number confirms that it still
- * names the registered file (epoll items are keyed on file and number):
- * a MOD with the events a level-triggered registration has (a no-op for a
- * ready level item), the disarm of a dispatched one, the removal of a
- * oneshot one, or for EV_CLEAR an EPOLL_CTL_ADD probe that must fail with
- * EEXIST.  A stale registration is dropped and its udata kept for
- * kqueue_py_take_dropped(); its item, which epoll_ctl() can no longer
- * reach, is removed by rebuilding the set when it comes back (rebuild()).
+ * A registration dies with its descriptor (lifetime.c has the rule):
+ * before an event is reported, the number is checked to name the
+ * registered file still -- by the shadow probe, or by the epoll_ctl() the
+ * report needs anyway (the removal of an EV_ONESHOT registration, the
+ * disarm of an EV_DISPATCH one, the re-arm of a level NOTE_LOWAT one).
  *
  * Regular files cannot be added to epoll.  As on FreeBSD (filt_vfsread),
  * READ is ready while the offset is not at the end, data = size - offset
@@ -63,23 +57,11 @@ static void read_init(struct kq *kq)
     kq->files_ino_fd = -1;
 }
 
-static void write_init(struct kq *kq)
-{
-    kq->wr_ep = -1;
-}
-
 static void read_close_fds(struct kq *kq)
 {
     if (kq->files_ino_fd >= 0)
         close(kq->files_ino_fd);
     kq->files_ino_fd = -1;
-}
-
-static void write_close_fds(struct kq *kq)
-{
-    if (kq->wr_ep >= 0)
-        close(kq->wr_ep);
-    kq->wr_ep = -1;
 }
 
 /* The queue is freed: its knotes go without detaching (their epoll items
@@ -152,48 +134,16 @@ static void fd_unlink(struct kq *kq, struct knote *kn)
     slots_of(kq, kn->kev.filter)[kn->kev.ident] = NULL;
 }
 
-/* An internal descriptor is about to join the queue's epoll set under the
- * number fd.  A registration still recorded under that number was made on
- * a file since closed (the kernel just handed the number out again), so it
- * is stale: drop it now, before an epoll_ctl() confirming it could reach
- * the internal item.  Lock held (or the queue not yet shared). */
-static void fd_reused(struct kq *kq, struct knote **slots, int fd)
+/* Which sub-sets (lifetime.c) hold a knote's item: 0 READ, 1 WRITE. */
+static int kind_of(const struct knote *kn)
 {
-    if (fd < 0 || fd >= kq->fd_cap || slots[fd] == NULL)
-        return;
-    slots[fd]->status &= ~KN_INEPOLL;     /* no epoll_ctl() on the number */
-    kq_knote_stale(kq, slots[fd]);
+    return kn->kev.filter == EVFILT_READ ? 0 : 1;
 }
 
-static void read_fd_reused(struct kq *kq, int fd)
+static uint64_t data_of(const struct knote *kn)
 {
-    fd_reused(kq, kq->rd, fd);
-}
-
-static void write_fd_reused(struct kq *kq, int fd)
-{
-    fd_reused(kq, kq->wr, fd);
-}
-
-/* The nested set for WRITE registrations, made by the first one. */
-static int wr_ep_ensure(struct kq *kq, const struct knote *kn)
-{
-    if (kq->wr_ep >= 0)
-        return 0;
-    /* Only with the user's descriptor known open may a new descriptor be
-     * made: it cannot take the number being registered. */
-    if (fcntl((int)kn->kev.ident, F_GETFD) < 0)
-        return -EBADF;
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    int err = kq_watch_internal(kq, ep, EPOLLIN, EP_DATA(TAG_WRITES, 0, 0));
-    if (err == 0)
-        kq->wr_ep = ep;
-    return err;
-}
-
-static int set_of(const struct kq *kq, const struct knote *kn)
-{
-    return kn->kev.filter == EVFILT_READ ? kq->waitfd : kq->wr_ep;
+    return EP_DATA(kn->kev.filter == EVFILT_READ ? TAG_READ : TAG_WRITE, kn->u.fd.gen,
+                   (int)kn->kev.ident);
 }
 
 /* The epoll registration for a knote's current state.  A disabled (or
@@ -236,8 +186,6 @@ static int stale_error(int epoll_errno)
 {
     return epoll_errno == EBADF ? -EBADF : -ENOENT;
 }
-
-static void orphan_record(struct kq *kq, uint64_t data);
 
 /* ------------------------------------------------------------------ */
 /* Side lists: regular files, WRITE knotes waiting for their mark.     */
@@ -291,10 +239,10 @@ static void lowat_repoll(struct kq *kq, int64_t now)
         kn->u.fd.next = NULL;
         if ((kn->status & (KN_INEPOLL | KN_DISABLED)) == KN_INEPOLL) {
             struct epoll_event ev = wanted(kn);
-            if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, (int)kn->kev.ident, &ev) < 0) {
-                /* Its number no longer names the file: it died with it. */
-                kn->status &= ~KN_INEPOLL;
-                orphan_record(kq, ev.data.u64);
+            if (kq_set_mod(kq, kind_of(kn), kn->u.fd.set, (int)kn->kev.ident, &ev) < 0 &&
+                kq_life_check(kq, (int)kn->kev.ident) != 0) {
+                /* Its number no longer names the file: it died with it
+                 * (and so did a READ registration on the number). */
                 kq_knote_stale(kq, kn);
             }
         }
@@ -388,8 +336,6 @@ static int file_attach(struct kq *kq, struct knote *kn)
     if (fstat((int)kn->kev.ident, &st) < 0)
         return -errno;
     kn->u.fd.kind = FDK_REGULAR;
-    kn->u.fd.dev = (uint64_t)st.st_dev;
-    kn->u.fd.ino = (uint64_t)st.st_ino;
     kn->u.fd.mode = (uint32_t)(st.st_mode & S_IFMT);
     kn->u.fd.wd = -1;
     uint32_t mask = 0;
@@ -432,21 +378,21 @@ static int fd_sync(struct kq *kq, struct knote *kn)
     }
     lowat_unwait(kq, kn);
     struct epoll_event ev = wanted(kn);
+    int err;
     if (kn->status & KN_INEPOLL) {
         /* MOD re-arms a dispatched registration and re-checks readiness. */
-        if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_MOD, fd, &ev) == 0)
-            return 0;
-        kn->status &= ~KN_INEPOLL;
-        kn->status |= KN_STALE;
-        return stale_error(errno);
+        if ((err = kq_set_mod(kq, kind_of(kn), kn->u.fd.set, fd, &ev)) == 0)
+            kn->u.fd.armed = ev.events;
+        return err;
     }
-    if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_ADD, fd, &ev) == 0) {
+    if (!kq_life_epollable(kq, fd))
+        return file_attach(kq, kn);     /* a regular file or directory */
+    if ((err = kq_set_add(kq, kind_of(kn), fd, &ev, &kn->u.fd.set)) == 0) {
         kn->status |= KN_INEPOLL;
+        kn->u.fd.armed = ev.events;
         return 0;
     }
-    if (errno == EPERM)             /* a regular file or directory */
-        return file_attach(kq, kn);
-    return -errno;
+    return err;
 }
 
 /* A registration on a file epoll refuses (a regular file) reports from the
@@ -463,8 +409,8 @@ static void fd_detach(struct kq *kq, struct knote *kn);
 static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
     (void)kev;
-    int err;
-    if (kn->kev.filter == EVFILT_WRITE && (err = wr_ep_ensure(kq, kn)) != 0)
+    int err = kq_life_claim(kq, (int)kn->kev.ident);
+    if (err != 0)
         return err;
     kn->u.fd.kind = FDK_UNKNOWN;
     kn->u.fd.wd = -1;
@@ -475,49 +421,13 @@ static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
     return err;
 }
 
-/* Is the regular file kn registered still what its number names? */
-static int file_current(const struct knote *kn, struct stat *st)
-{
-    return fstat((int)kn->kev.ident, st) == 0 && (uint64_t)st->st_dev == kn->u.fd.dev &&
-           (uint64_t)st->st_ino == kn->u.fd.ino && (st->st_mode & S_IFMT) == kn->u.fd.mode;
-}
-
 static int fd_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
-    /* As on BSD, fflags and data (NOTE_LOWAT's mark) follow every change. */
+    /* As on BSD, fflags and data (NOTE_LOWAT's mark) follow every change.
+     * (The core found the registration alive: lifetime.c.) */
     kn->kev.fflags = kev->fflags;
     kn->kev.data = kev->data;
-    int err;
-    struct stat st;
-    if (kn->u.fd.kind == FDK_REGULAR && !file_current(kn, &st)) {
-        /* Closed, or the number names another file now. */
-        err = fcntl((int)kn->kev.ident, F_GETFD) < 0 ? -EBADF : -ENOENT;
-        kn->status |= KN_STALE;
-        file_detach(kq, kn);
-    } else {
-        err = fd_sync(kq, kn);
-    }
-    if (err == -ENOENT && (kn->status & KN_STALE) && (kev->flags & EV_ADD)) {
-        /* The old descriptor was closed and its number now names another
-         * file: this EV_ADD starts a new registration from scratch. */
-        void *udata = kn->kev.udata;
-        kn->kev = *kev;
-        kn->kev.udata = udata;              /* already set (or kept) by caller */
-        kn->kev.flags &= (uint16_t)~KN_INPUT_ONLY;
-        /* Off the lists the old registration was on (its first report may
-         * still be pending) before its state is cleared: KN_QUEUED and
-         * KN_LOWWAIT are what says a knote is linked there. */
-        kq_dequeue(kq, kn);
-        lowat_unwait(kq, kn);
-        kn->status = (kev->flags & EV_DISABLE) ? KN_DISABLED : 0;
-        kn->u.fd.kind = FDK_UNKNOWN;
-        kn->u.fd.pipe_size = 0;
-        kn->u.fd.sock = 0;
-        kn->u.fd.gen = ++kq->fd_gen;
-        err = fd_sync(kq, kn);
-        if (err != 0)
-            kn->status |= KN_STALE;         /* could not add: forget it */
-    }
+    int err = fd_sync(kq, kn);
     if (err == 0 && (err = pending_check(kq, kn)) != 0)
         kn->status |= KN_STALE;             /* cannot report it: forget it */
     return err;
@@ -527,10 +437,13 @@ static void fd_detach(struct kq *kq, struct knote *kn)
 {
     lowat_unwait(kq, kn);
     file_detach(kq, kn);
-    if (!(kn->status & KN_INEPOLL))
-        return;
-    epoll_ctl(set_of(kq, kn), EPOLL_CTL_DEL, (int)kn->kev.ident, NULL);
-    kn->status &= ~KN_INEPOLL;
+    if (kn->status & KN_INEPOLL) {
+        /* Fails when the number no longer names the file: lifetime.c then
+         * remembers the item, which may linger. */
+        (void)kq_set_del(kq, kind_of(kn), kn->u.fd.set, (int)kn->kev.ident, data_of(kn));
+        kn->status &= ~KN_INEPOLL;
+    }
+    kq_life_unclaim(kq, (int)kn->kev.ident);
 }
 
 /* EV_DELETE: remove, and say whether the registration was still live. */
@@ -539,22 +452,15 @@ static int fd_remove(struct kq *kq, struct knote *kn)
     int fd = (int)kn->kev.ident;
     lowat_unwait(kq, kn);
     if (kn->u.fd.kind == FDK_REGULAR) {
-        struct stat st;
-        int current = file_current(kn, &st);
         file_detach(kq, kn);
-        if (!current)
-            return fcntl(fd, F_GETFD) < 0 ? -EBADF : -ENOENT;
-        return 0;
+        return kq_life_check(kq, fd);
     }
     if (kn->status & KN_INEPOLL) {
         kn->status &= ~KN_INEPOLL;
-        if (epoll_ctl(set_of(kq, kn), EPOLL_CTL_DEL, fd, NULL) < 0)
-            return stale_error(errno);
-        return 0;
+        int err = kq_set_del(kq, kind_of(kn), kn->u.fd.set, fd, data_of(kn));
+        return err == 0 ? 0 : stale_error(-err);
     }
-    if (fcntl(fd, F_GETFD) < 0)
-        return -EBADF;
-    return 0;
+    return kq_life_check(kq, fd);
 }
 
 /* ------------------------------------------------------------------ */
@@ -751,188 +657,31 @@ static int is_socket(const struct knote *kn)
            kn->u.fd.kind == FDK_LISTEN_OTHER;
 }
 
-/* Does the number still name the file kn was registered on?  One
- * epoll_ctl() that also does what the report needs: disarm a dispatched
- * registration, remove a oneshot one, MOD a level-triggered one (which
- * re-arms it under NOTE_LOWAT); for EV_CLEAR an ADD probe that must find
- * the item (EEXIST).
- * epoll finds items by file and number, so any of these fails once the
- * number is closed or names another file.  Returns 1 if live. */
+/* Does the number still name the file kn was registered on?  The
+ * epoll_ctl() the report needs anyway where there is one (remove an
+ * EV_ONESHOT registration, disarm an EV_DISPATCH one, re-arm a level
+ * NOTE_LOWAT one: each fails once the number names something else), the
+ * shadow probe of lifetime.c otherwise.  Returns 1 if live. */
 static int confirm(struct kq *kq, struct knote *kn)
 {
-    int set = set_of(kq, kn), fd = (int)kn->kev.ident;
-    int saved = errno, ok;
+    int fd = (int)kn->kev.ident, saved = errno, ok;
     struct epoll_event ev = wanted(kn);
     if (kn->kev.flags & EV_ONESHOT) {
-        ok = epoll_ctl(set, EPOLL_CTL_DEL, fd, NULL) == 0;
+        ok = kq_set_del(kq, kind_of(kn), kn->u.fd.set, fd, data_of(kn)) == 0;
         kn->status &= ~KN_INEPOLL;
     } else if (kn->kev.flags & EV_DISPATCH) {
         ev.events = EPOLLONESHOT;            /* disarmed until EV_ENABLE */
-        ok = epoll_ctl(set, EPOLL_CTL_MOD, fd, &ev) == 0;
-    } else if (!(kn->kev.flags & EV_CLEAR)) {
-        /* Level-triggered: MOD with the events it has.  A ready level item
-         * is back on epoll's ready list already, so this changes nothing;
-         * with NOTE_LOWAT (an edge-triggered item) it re-arms the edge.
-         * (MOD rather than an ADD probe: an ADD on a nested set takes
-         * epoll's global nesting mutex.) */
-        ok = epoll_ctl(set, EPOLL_CTL_MOD, fd, &ev) == 0;
+        ok = kq_set_mod(kq, kind_of(kn), kn->u.fd.set, fd, &ev) == 0;
+        if (ok)
+            kn->u.fd.armed = ev.events;
+    } else if ((kn->kev.fflags & NOTE_LOWAT) && !(kn->kev.flags & EV_CLEAR)) {
+        /* Level-triggered over an edge-triggered item: re-arm the edge. */
+        ok = kq_set_mod(kq, kind_of(kn), kn->u.fd.set, fd, &ev) == 0;
     } else {
-        /* EV_CLEAR: a probe that must find the item (a MOD would re-arm
-         * the edge and report again data already reported). */
-        if (epoll_ctl(set, EPOLL_CTL_ADD, fd, &ev) == 0) {
-            epoll_ctl(set, EPOLL_CTL_DEL, fd, NULL);   /* added another file */
-            ok = 0;
-        } else {
-            ok = errno == EEXIST;
-        }
+        ok = kq_life_check(kq, fd) == 0;
     }
-    if (!ok)
-        kn->status &= ~KN_INEPOLL;
     errno = saved;
     return ok;
-}
-
-/* ------------------------------------------------------------------ */
-/* Lingering items.                                                    */
-
-/*
- * An item whose registration was found stale stays in its epoll set as
- * long as its file lives (a dup() or a fork() child holds it): epoll_ctl()
- * cannot reach it, since its number names something else now.  When such
- * an item comes back (an epoll_data with no registration, seen again in a
- * later epoll batch: fd_orphan), the set is rebuilt: a new epoll set gets every item of
- * the old one (read from /proc/self/fdinfo, events and data verbatim, so
- * disarmed items stay disarmed) except READ/WRITE items without a live
- * registration, and dup3() puts it in place under the same number.  The
- * READ set is waitfd, nested in the user's descriptor, so that descriptor
- * keeps naming the same file and whoever polls it is not disturbed.
- */
-static int rebuild(struct kq *kq, uint32_t tag)
-{
-    int old = tag == TAG_READ ? kq->waitfd : kq->wr_ep;
-    int parent = tag == TAG_READ ? kq->fd : kq->waitfd;
-    uint64_t parent_data = tag == TAG_READ ? 0 : EP_DATA(TAG_WRITES, 0, 0);
-    struct knote **slots = tag == TAG_READ ? kq->rd : kq->wr;
-    /* Threads blocked in the old set are sent round through wake_fd (below),
-     * which must therefore exist before the set is copied. */
-    if (tag == TAG_READ) {
-        int werr = kq_wake_fd_ensure(kq);
-        if (werr != 0)
-            return werr;
-    }
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", old);
-    FILE *info = fopen(path, "re");
-    if (info == NULL)
-        return -errno;
-    int fresh = epoll_create1(EPOLL_CLOEXEC);
-    if (fresh < 0) {
-        int err = -errno;
-        fclose(info);
-        return err;
-    }
-    char line[256];
-    while (fgets(line, sizeof line, info) != NULL) {
-        int tfd;
-        unsigned events;
-        unsigned long long data;
-        if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) != 3)
-            continue;
-        if (EP_TAG_OF(data) == tag) {
-            int fd = EP_FD_OF(data);
-            struct knote *kn = fd >= 0 && fd < kq->fd_cap ? slots[fd] : NULL;
-            if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data) ||
-                !(kn->status & KN_INEPOLL) || tfd != fd)
-                continue;                       /* left behind: not copied */
-            struct epoll_event probe = { .events = 0, .data.u64 = data };
-            if (epoll_ctl(old, EPOLL_CTL_ADD, fd, &probe) == 0 || errno != EEXIST) {
-                epoll_ctl(old, EPOLL_CTL_DEL, fd, NULL);
-                kn->status &= ~KN_INEPOLL;      /* stale too */
-                kq_knote_stale(kq, kn);
-                continue;
-            }
-        }
-        struct epoll_event ev = { .events = events, .data.u64 = data };
-        epoll_ctl(fresh, EPOLL_CTL_ADD, tfd, &ev);
-    }
-    fclose(info);
-    if (parent >= 0)
-        epoll_ctl(parent, EPOLL_CTL_DEL, old, NULL);
-    int err = 0;
-    if (dup3(fresh, old, O_CLOEXEC) < 0)
-        err = -errno;
-    close(fresh);
-    if (parent >= 0) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = parent_data };
-        epoll_ctl(parent, EPOLL_CTL_ADD, old, &ev);
-    }
-    if (tag == TAG_READ) {
-        /* Threads blocked in the old set: wake_fd is in both, so a write
-         * sends them round to the new one (wake_update clears it later). */
-        uint64_t one = 1;
-        kq->wake_signalled = 1;
-        (void)!write(kq->wake_fd, &one, sizeof one);
-    }
-    return err;
-}
-
-/* Which orphan table an item's epoll_data belongs to: the READ set's or
- * the WRITE set's. */
-static int orphan_set(uint64_t data)
-{
-    return EP_TAG_OF(data) == TAG_READ ? 0 : 1;
-}
-
-/* Remember the item of a registration just found stale: it may linger.
- * Never rebuilds (callers may be walking a list of knotes); when the table
- * is full the item is not recorded, and the next orphan of the set
- * rebuilds it (fd_orphan). */
-static void orphan_record(struct kq *kq, uint64_t data)
-{
-    int set = orphan_set(data);
-    int n = kq->norphans[set];
-    for (int i = 0; i < n; i++)
-        if (kq->orphans[set][i].data == data)
-            return;
-    if (n == KQ_ORPHANS)
-        return;
-    kq->orphans[set][n].data = data;
-    kq->orphans[set][n].batch = kq->batch;
-    kq->norphans[set] = n + 1;
-}
-
-/* An event that found no registration: deleted while the event was on its
- * way (seen once), or an item left behind by a registration found stale --
- * its file lives on elsewhere -- which comes back.  Every such item is
- * remembered with the batch that first saw it; when any comes back in a
- * later batch (or the table is full), its set is rebuilt, which removes
- * every lingering item of the set at once.  Per item, not "the same one
- * twice in a row": several lingering items come back in turn, and each
- * would push the other out of a single slot for ever. */
-static void fd_orphan(struct kq *kq, uint64_t data)
-{
-    int set = orphan_set(data);
-    if (kq->rebuilt_batch[set] == kq->batch && kq->batch != 0)
-        return;     /* in this batch's output, from the set just rebuilt */
-    int n = kq->norphans[set], again = n == KQ_ORPHANS;
-    for (int i = 0; i < n && !again; i++) {
-        if (kq->orphans[set][i].data == data) {
-            if (kq->orphans[set][i].batch == kq->batch)
-                return;                 /* seen already in this batch */
-            again = 1;
-        }
-    }
-    if (!again) {
-        kq->orphans[set][n].data = data;    /* the first time: maybe just in flight */
-        kq->orphans[set][n].batch = kq->batch;
-        kq->norphans[set] = n + 1;
-        return;
-    }
-    kq->norphans[set] = 0;
-    kq->rebuilt_batch[set] = kq->batch;
-    int saved = errno;
-    (void)rebuild(kq, EP_TAG_OF(data));
-    errno = saved;
 }
 
 /* Fill *out for a registration epoll reported ready with revents.
@@ -998,14 +747,13 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
  * the registration is changed). */
 static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 {
-    (void)kq;
     int fd = (int)kn->kev.ident;
     struct stat st;
     if (kn->u.fd.kind != FDK_REGULAR) {
         kn->status &= ~KN_ACTIVE;
         return 0;
     }
-    if (!file_current(kn, &st)) {
+    if (kq_life_check(kq, fd) != 0 || fstat(fd, &st) < 0) {
         /* Closed, or the number names another file now: the registration
          * died with its descriptor. */
         kn->status |= KN_STALE;
@@ -1040,14 +788,18 @@ static int fd_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 /* ------------------------------------------------------------------ */
 /* Ready items.                                                        */
 
-/* A ready fd registration from epoll.  Returns events written (0 or 1). */
-static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32_t revents,
+/* A ready fd registration from its sub-set.  Returns events written (0
+ * or 1). */
+static int deliver_fd(struct kq *kq, int kind, int set, uint64_t data, uint32_t revents,
                       struct kevent *out)
 {
     int fd = EP_FD_OF(data);
+    struct knote **slots = kind == 0 ? kq->rd : kq->wr;
     struct knote *kn = fd < kq->fd_cap ? slots[fd] : NULL;
     if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data)) {
-        fd_orphan(kq, data);
+        /* Deleted while the event was on its way, or a dead
+         * registration's item (lifetime.c tells them apart). */
+        kq_set_orphan(kq, kind, set, data);
         return 0;
     }
     if ((kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
@@ -1055,11 +807,11 @@ static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32
     int r = fd_event(kq, kn, revents, out);
     if (kn->status & KN_STALE) {
         /* The number no longer names the registered file (closed, the file
-         * kept alive by a dup() or a fork() child, or reused): the
-         * registration died with its descriptor.  Its item may linger in
-         * the set; when it comes back it is an orphan (fd_orphan). */
+         * kept alive by a dup() or a fork() child, or reused): every
+         * registration on it died with its descriptor, and this item,
+         * which just sent an event, lingers. */
+        kq_set_lingers(kq, kind, set, data);
         kq_knote_stale(kq, kn);
-        orphan_record(kq, data);
         return 0;
     }
     if (r == 0)
@@ -1068,36 +820,47 @@ static int deliver_fd(struct kq *kq, struct knote **slots, uint64_t data, uint32
     return 1;
 }
 
-/* READ: a registration in the wait set, or (TAG_FILES) a registered
- * regular file changed. */
-static int read_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
-                      int room)
+/* A sub-set has ready items: pull them with one epoll_wait. */
+static int set_ready(struct kq *kq, int kind, uint64_t data, struct kevent *out, int room)
 {
-    if (EP_TAG_OF(data) == TAG_FILES) {
-        files_ready(kq);
-        return 0;
-    }
-    return room > 0 ? deliver_fd(kq, kq->rd, data, revents, out) : 0;
-}
-
-/* WRITE: the nested set has ready items.  Pull them with one epoll_wait,
- * so that no level-triggered registration comes twice. */
-static int write_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
-                       int room)
-{
-    (void)data;
-    (void)revents;
     if (room <= 0)
         return 0;
     struct epoll_event stack[KQ_EBUF_MAX];
     int want = room;
     struct epoll_event *ebuf = kq_ebuf_get(stack, &want);
     int n = 0;
-    int r = epoll_wait(kq->wr_ep, ebuf, want, 0);
+    int r = kq_set_ready(kq, kind, data, ebuf, want);
     for (int i = 0; i < r; i++)
-        n += deliver_fd(kq, kq->wr, ebuf[i].data.u64, ebuf[i].events, &out[n]);
+        n += deliver_fd(kq, kind, EP_FD_OF(data), ebuf[i].data.u64, ebuf[i].events, &out[n]);
     kq_ebuf_put(stack, ebuf);
     return n;
+}
+
+/* READ: a READ sub-set has ready items, or (TAG_FILES) a registered
+ * regular file changed. */
+static int read_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                      int room)
+{
+    (void)revents;
+    if (EP_TAG_OF(data) == TAG_FILES) {
+        files_ready(kq);
+        return 0;
+    }
+    return set_ready(kq, 0, data, out, room);
+}
+
+/* WRITE: a WRITE sub-set has ready items. */
+static int write_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
+                       int room)
+{
+    (void)revents;
+    return set_ready(kq, 1, data, out, room);
+}
+
+/* After changes and each batch: the sub-sets due for a rebuild. */
+static int fd_rearm(struct kq *kq)
+{
+    return kq_sets_rearm(kq);
 }
 
 const struct filter_ops kq_read_ops = {
@@ -1117,15 +880,13 @@ const struct filter_ops kq_read_ops = {
     .detach = fd_detach,
     .deliver = fd_deliver,
     .ready = read_ready,
-    .fd_reused = read_fd_reused,
+    .rearm = fd_rearm,
 };
 
 const struct filter_ops kq_write_ops = {
     .filter = EVFILT_WRITE,
     .tag = TAG_WRITE,
-    .flags = FILT_IDENT_FD | FILT_READY_BATCH,
-    .init = write_init,
-    .close_fds = write_close_fds,
+    .flags = FILT_IDENT_FD,
     .destroy = write_destroy,
     .find = write_find,
     .reserve = fd_reserve,
@@ -1139,5 +900,4 @@ const struct filter_ops kq_write_ops = {
     .ready = write_ready,
     .polled = write_polled,
     .next_look = write_next_look,
-    .fd_reused = write_fd_reused,
 };

@@ -24,7 +24,7 @@
 /* Every filter, indexed by the tag in its epoll items' data (TAG_*).  A
  * filter with more than one tag appears under each; its own is ops->tag. */
 static const struct filter_ops *const kq_filters[TAG_COUNT] = {
-    [TAG_READ] = &kq_read_ops,     [TAG_FILES] = &kq_read_ops,
+    [TAG_READ] = &kq_read_ops,     [TAG_FILES] = &kq_read_ops,   [TAG_READS] = &kq_read_ops,
     [TAG_WRITE] = &kq_write_ops,   [TAG_WRITES] = &kq_write_ops,
     [TAG_SIGNAL] = &kq_signal_ops,
     [TAG_PROC] = &kq_proc_ops,
@@ -151,15 +151,35 @@ static void close_queue_fds(struct kq *kq)
     FOR_EACH_FILTER(ops)
         if (ops->close_fds != NULL)
             ops->close_fds(kq);
+    kq_life_close_fds(kq);
 }
 
-/* The number fd is about to name one of the queue's own descriptors: no
- * registration recorded under it may live on (see fd_reused). */
+static struct knote *knote_find(struct kq *kq, const struct filter_ops *ops, uintptr_t ident);
+static void knote_stale_one(struct kq *kq, struct knote *kn);
+
+/* Every registration on the descriptor number fd died with the file it
+ * was made on (lifetime.c found the number closed or naming another
+ * file): each is removed, its udata kept for kqueue_py_take_dropped(). */
 void kq_forget_number(struct kq *kq, int fd)
 {
-    FOR_EACH_FILTER(ops)
-        if (ops->fd_reused != NULL)
-            ops->fd_reused(kq, fd);
+    if (fd < 0)
+        return;
+    FOR_EACH_FILTER(ops) {
+        if (!(ops->flags & FILT_IDENT_FD))
+            continue;
+        struct knote *kn = knote_find(kq, ops, (uintptr_t)fd);
+        if (kn != NULL)
+            knote_stale_one(kq, kn);
+    }
+}
+
+/* The backend just made descriptor fd (an epoll set, a timerfd, an
+ * inotify instance, ...): a registration still recorded under its number
+ * was made on a file since closed, and must not take it over. */
+int kq_new_descriptor(struct kq *kq, int fd)
+{
+    kq_forget_number(kq, fd);
+    return fd;
 }
 
 /* Put an internal descriptor (nested set, timerfd, pidfd, ...) into the
@@ -169,13 +189,25 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
 {
     if (fd < 0)
         return -errno;
+    int err = kq_watch_shared(kq, fd, events, data);
+    if (err != 0)
+        close(fd);
+    return err;
+}
+
+/* The same for a descriptor the queue does not own (the process-wide
+ * signal descriptors): left open on failure.  0 or -errno. */
+int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data)
+{
     kq_forget_number(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
-        return 0;
-    int err = -errno;
-    close(fd);
-    return err;
+    return epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
+}
+
+/* Take an internal descriptor out of the wait set.  0 or -errno. */
+int kq_unwatch(struct kq *kq, int fd)
+{
+    return epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
 }
 
 /*
@@ -183,8 +215,23 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
  * every queue descriptor it inherited; the memory is left alone because
  * another (now vanished) thread may have been changing it mid-fork.
  */
-static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
-static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+/* Every queue's lock is taken too (registry_lock first, the lock order),
+ * so that the child finds each queue in a consistent state and can close
+ * the descriptors its registrations hold (pidfds). */
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < registry_cap; i++)
+        if (registry[i] != NULL)
+            pthread_mutex_lock(&registry[i]->lock);
+}
+static void atfork_parent(void)
+{
+    for (int i = registry_cap - 1; i >= 0; i--)
+        if (registry[i] != NULL)
+            pthread_mutex_unlock(&registry[i]->lock);
+    pthread_mutex_unlock(&registry_lock);
+}
 static void atfork_child(void)
 {
     for (int i = 0; i < registry_cap; i++) {
@@ -193,7 +240,8 @@ static void atfork_child(void)
             continue;
         registry[i] = NULL;
         close_queue_fds(kq);
-        /* pidfds are close-on-exec; like the memory, they are left. */
+        /* The memory is left (and the lock held): nothing in the child can
+         * reach the queue any more. */
     }
     pthread_mutex_unlock(&registry_lock);
     FOR_EACH_FILTER(ops)
@@ -256,6 +304,7 @@ int kqueue(void)
         return -1;
     }
     kq->fd = kq->waitfd = kq->wake_fd = -1;
+    kq_life_init(kq);
     FOR_EACH_FILTER(ops)
         if (ops->init != NULL)
             ops->init(kq);
@@ -269,19 +318,16 @@ int kqueue(void)
         errno = -err;
         goto fail;
     }
-    /* Two descriptors: the user's and the set kevent() waits in.  wake_fd
-     * and the filters' own come with the first registration that needs
-     * them (see wake_for). */
+    /* Two descriptors: the user's and the backend's duplicate of it, which
+     * kevent() waits in (threads may still wait in it after the user's
+     * number was closed, and it is never replaced).  wake_fd and the
+     * filters' own come with the first registration that needs them (see
+     * wake_for). */
     kq->fd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->fd < 0)
         goto fail;
-    /* The set kevent() waits in, nested in the user's descriptor: the hot
-     * path waits in it directly, and it can be rebuilt (filter_fd.c)
-     * without changing the file the user's descriptor names. */
-    kq->waitfd = epoll_create1(EPOLL_CLOEXEC);
+    kq->waitfd = fcntl(kq->fd, F_DUPFD_CLOEXEC, 0);
     if (kq->waitfd < 0)
-        goto fail;
-    if (ep_add(kq->fd, kq->waitfd, EPOLLIN, 0) < 0)
         goto fail;
     if ((err = registry_insert(kq)) != 0) {
         errno = -err;
@@ -309,11 +355,14 @@ static void kq_destroy(struct kq *kq)
         }
     }
     free(kq->hash);
+    kq->hash = NULL;
+    kq->hash_cap = 0;
     free(kq->dropped);
     close_queue_fds(kq);
     FOR_EACH_FILTER(ops)
         if (ops->destroy != NULL)
             ops->destroy(kq);
+    kq_life_destroy(kq);
     pthread_mutex_destroy(&kq->lock);
     free(kq);
 }
@@ -416,6 +465,16 @@ static struct knote *knote_find(struct kq *kq, const struct filter_ops *ops, uin
     return NULL;
 }
 
+/* Call fn on every knote of a filter that the core stores (not READ or
+ * WRITE).  fn must not remove knotes. */
+void kq_knote_foreach(struct kq *kq, int16_t filter, void (*fn)(struct kq *, struct knote *))
+{
+    for (size_t i = 0; i < kq->hash_cap; i++)
+        for (struct knote *kn = kq->hash[i]; kn != NULL; kn = kn->hash_next)
+            if (kn->kev.filter == filter)
+                fn(kq, kn);
+}
+
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
 {
     const struct filter_ops *ops = filter_lookup(filter);
@@ -490,6 +549,20 @@ void kq_knote_drop(struct kq *kq, struct knote *kn)
     free(kn);
 }
 
+/* Take back one udata value recorded since ndropped was before (udata
+ * NULL: none): it is still in use. */
+static void kq_undrop(struct kq *kq, int before, void *udata)
+{
+    for (int i = kq->ndropped - 1; udata != NULL && i >= before; i--) {
+        if (kq->dropped[i] == (uint64_t)(uintptr_t)udata) {
+            memmove(kq->dropped + i, kq->dropped + i + 1,
+                    (size_t)(kq->ndropped - i - 1) * sizeof *kq->dropped);
+            kq->ndropped--;
+            return;
+        }
+    }
+}
+
 /* Keep the udata of a registration the backend dropped on its own. */
 void kq_note_dropped(struct kq *kq, void *udata)
 {
@@ -506,13 +579,22 @@ void kq_note_dropped(struct kq *kq, void *udata)
     kq->dropped[kq->ndropped++] = (uint64_t)(uintptr_t)udata;
 }
 
-/* A registration the backend removes on its own (it died with its
- * descriptor, or its process exited unwatched): its owner gets the udata
- * back (kqueue_py_take_dropped), then it goes. */
-void kq_knote_stale(struct kq *kq, struct knote *kn)
+static void knote_stale_one(struct kq *kq, struct knote *kn)
 {
     kq_note_dropped(kq, kn->kev.udata);
     kq_knote_drop(kq, kn);
+}
+
+/* A registration the backend removes on its own (it died with its
+ * descriptor, or its process exited unwatched): its owner gets the udata
+ * back (kqueue_py_take_dropped), then it goes -- with every other
+ * registration on the same descriptor number, dead with it. */
+void kq_knote_stale(struct kq *kq, struct knote *kn)
+{
+    if (kn->ops->flags & FILT_IDENT_FD)
+        kq_forget_number(kq, (int)kn->kev.ident);
+    else
+        knote_stale_one(kq, kn);
 }
 
 /* ------------------------------------------------------------------ */
@@ -641,6 +723,20 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
     struct knote *kn = knote_find(kq, ops, kev->ident);
     int err;
 
+    if (kn != NULL && (ops->flags & FILT_IDENT_FD) && !(kev->flags & EV_DELETE)) {
+        /* lifetime.c: a registration whose number no longer names its file
+         * is dead (gone, its udata handed back); an EV_ADD makes a new one.
+         * (udata the EV_ADD passes again is still in use: not handed back.) */
+        void *old = kn->kev.udata;
+        int before = kq->ndropped;
+        if ((err = kq_life_verify(kq, (int)kev->ident)) != 0) {
+            if (!(kev->flags & EV_ADD))
+                return err;
+            kq_undrop(kq, before, old == kev->udata ? old : NULL);
+            kn = NULL;
+        }
+    }
+
     if (kn == NULL) {
         if (!(kev->flags & EV_ADD)) {
             /* As on BSD, a descriptor that is not open is EBADF. */
@@ -687,7 +783,7 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
 
     err = ops->modify(kq, kn, kev);
     if (kn->status & KN_STALE) {
-        /* Its descriptor was closed or reused: the backend removes it, and
+        /* The filter cannot go on with it: the backend removes it, and
          * keeps the udata it held (not this change's) for its owner --
          * unless this change is an EV_ADD, whose caller knows. */
         if (!(kev->flags & EV_ADD))
@@ -793,11 +889,15 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
                          struct kevent *out, int room, uint64_t scan_id)
 {
     int n = 0;
-    kq->batch++;
     uint32_t batched = 0;
     uint64_t batched_data[TAG_COUNT];
     uint32_t batched_events[TAG_COUNT];
-    for (int i = 0; i < r; i++) {
+    /* Start at a different item each batch: a nested set that fills the
+     * room must not starve the items behind it (epoll re-queues them all
+     * in the same order). */
+    int start = r > 1 ? (int)(kq->batch_rot++ % (uint32_t)r) : 0;
+    for (int k = 0; k < r; k++) {
+        int i = start + k < r ? start + k : start + k - r;
         uint32_t tag = EP_TAG_OF(ebuf[i].data.u64);
         const struct filter_ops *ops = tag < TAG_COUNT ? kq_filters[tag] : NULL;
         if (ops == NULL || ops->ready == NULL)
@@ -1032,6 +1132,13 @@ static int kevent_until(int kqfd, const struct kevent *changelist, int nchanges,
         pthread_mutex_unlock(&kq->lock);
         if (owed)
             wake_signal(kq);
+    }
+    /* lifetime.c's sweep, every KQ_SWEEP_EVERY calls. */
+    if ((__atomic_add_fetch(&kq->sweep_tick, 1, __ATOMIC_RELAXED) & (KQ_SWEEP_EVERY - 1)) == 0) {
+        pthread_mutex_lock(&kq->lock);
+        if (!kq->closed)
+            kq_sweep(kq);
+        pthread_mutex_unlock(&kq->lock);
     }
     /* As on FreeBSD: errors and receipts are returned without a scan. */
     if (n == 0 && nevents > 0)
