@@ -61,7 +61,7 @@ static int proc_attach(struct kq *kq, struct knote *kn, const struct kevent *kev
         return errno == EINVAL ? -ESRCH : -errno;
     kn->u.proc.pidfd = pidfd;
     kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
-    kn->u.proc.gen = ++kq->fd_gen;
+    kn->u.proc.gen = kq_next_gen(kq);
     kn->kev.fflags = kev->fflags;
     kn->kev.data = 0;
     err = kq_watch_internal(kq, pidfd, EPOLLIN | EPOLLONESHOT,

@@ -385,7 +385,6 @@ static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *k
     int err = event_fd_ensure();
     int added = 0;
     if (err == 0 && kq->signals == NULL) {
-        kq_forget_number(kq, sig_event_fd);   /* a stale READ/WRITE knote on its number */
         err = ep_signal(kq, EPOLL_CTL_ADD);
         added = err == 0;
     }

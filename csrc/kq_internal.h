@@ -245,6 +245,8 @@ struct kq_subset {
 };
 
 struct kq {
+    int refs;               /* atomic: registry + threads inside kevent();
+                               first: kq_alloc() clears all that follows */
     int fd;                 /* the user's descriptor (outer epoll) */
     uint64_t id;            /* unique in the process: see kqueue_py_queue_id() */
     int waitfd;             /* a duplicate of fd that kevent() waits in;
@@ -252,7 +254,7 @@ struct kq {
     int wake_fd;            /* eventfd: pending events or closed */
     int timer_fd;           /* timerfd at the earliest timer deadline */
     pthread_mutex_t lock;
-    int refs;               /* atomic: registry + threads inside kevent() */
+    struct kq *free_next;   /* on kq_free_list (kqueue.c) once destroyed */
     uint32_t attn;          /* atomic: bit (1 << tag) set by a filter while its
                                busy()/polled() may say yes (kq_attention) */
     int closed;
@@ -350,6 +352,7 @@ struct kq {
 int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);  /* 0 or -errno */
 int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data);    /* fd not closed */
 int kq_unwatch(struct kq *kq, int fd);                  /* out of the wait set: 0 or -errno */
+uint32_t kq_next_gen(struct kq *kq);                    /* a registration's generation */
 int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget its number */
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
 void kq_enqueue(struct kq *kq, struct knote *kn);

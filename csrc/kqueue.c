@@ -48,26 +48,69 @@ static const struct filter_ops *const kq_filters[TAG_COUNT] = {
 /* ------------------------------------------------------------------ */
 /* Registry: kqueue descriptor -> struct kq.                            */
 
+/*
+ * kevent() finds its queue without a lock: the table is replaced (never
+ * changed in size) when it grows, and old tables are kept, since a reader
+ * may still be looking at one; a queue's memory is never freed but kept
+ * for the next kqueue() (kq_free_list), so a reader that raced with the
+ * queue's end touches only its reference count, and checks after taking a
+ * reference that the number still names that queue.  Writers hold
+ * registry_lock.
+ */
+struct registry {
+    int cap;
+    struct registry *older;     /* kept: lock-free readers may be in it */
+    struct kq *slot[];          /* atomic */
+};
+
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct kq **registry;
-static int registry_cap;
+static struct registry *registry;   /* atomic */
+static struct kq *kq_free_list;     /* registry_lock */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* The queue registered under fd, or NULL.  registry_lock held. */
+static struct kq *slot_locked(int fd)
+{
+    return registry != NULL && fd >= 0 && fd < registry->cap ? registry->slot[fd] : NULL;
+}
+
+static void slot_set(int fd, struct kq *kq)
+{
+    __atomic_store_n(&registry->slot[fd], kq, __ATOMIC_RELEASE);
+}
+
+static struct kq *slot_load(int fd)
+{
+    struct registry *reg = __atomic_load_n(&registry, __ATOMIC_ACQUIRE);
+    return reg != NULL && fd < reg->cap ? __atomic_load_n(&reg->slot[fd], __ATOMIC_ACQUIRE) : NULL;
+}
 
 static void kq_destroy(struct kq *kq);
 static int ep_add(int epfd, int fd, uint32_t events, uint64_t data);
 
+static void kq_put(struct kq *kq);
+
+/* The queue fd names, with a reference taken; NULL if none.  No lock. */
 static struct kq *kq_get(int fd)
 {
-    struct kq *kq = NULL;
     if (fd < 0)
         return NULL;
-    pthread_mutex_lock(&registry_lock);
-    if (fd < registry_cap && registry[fd] != NULL) {
-        kq = registry[fd];
-        __atomic_add_fetch(&kq->refs, 1, __ATOMIC_RELAXED);
+    for (;;) {
+        struct kq *kq = slot_load(fd);
+        if (kq == NULL)
+            return NULL;
+        int refs = __atomic_load_n(&kq->refs, __ATOMIC_RELAXED);
+        do {
+            if (refs == 0)
+                break;      /* ending: the slot has changed, or is about to */
+        } while (!__atomic_compare_exchange_n(&kq->refs, &refs, refs + 1, 1, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_RELAXED));
+        if (refs != 0) {
+            if (slot_load(fd) == kq)
+                return kq;
+            kq_put(kq);     /* its memory was reused meanwhile */
+        }
     }
-    pthread_mutex_unlock(&registry_lock);
-    return kq;
 }
 
 static void kq_put(struct kq *kq)
@@ -189,19 +232,31 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
 {
     if (fd < 0)
         return -errno;
-    int err = kq_watch_shared(kq, fd, events, data);
-    if (err != 0)
-        close(fd);
+    kq_forget_number(kq, fd);
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
+        return 0;
+    int err = -errno;
+    close(fd);
     return err;
 }
 
 /* The same for a descriptor the queue does not own (the process-wide
- * signal descriptors): left open on failure.  0 or -errno. */
+ * signal descriptors, made by another queue maybe long ago): left open on
+ * failure.  A registration on its number lives on only if the number
+ * still names the file it was made on.  0 or -errno. */
 int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data)
 {
-    kq_forget_number(kq, fd);
+    (void)kq_life_verify(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
     return epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
+}
+
+/* A new generation for a registration's epoll_data (24 bits used): an
+ * event of an older registration of the same ident is recognised. */
+uint32_t kq_next_gen(struct kq *kq)
+{
+    return ++kq->fd_gen;
 }
 
 /* Take an internal descriptor out of the wait set.  0 or -errno. */
@@ -221,24 +276,24 @@ int kq_unwatch(struct kq *kq, int fd)
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&registry_lock);
-    for (int i = 0; i < registry_cap; i++)
-        if (registry[i] != NULL)
-            pthread_mutex_lock(&registry[i]->lock);
+    for (int i = 0; registry != NULL && i < registry->cap; i++)
+        if (registry->slot[i] != NULL)
+            pthread_mutex_lock(&registry->slot[i]->lock);
 }
 static void atfork_parent(void)
 {
-    for (int i = registry_cap - 1; i >= 0; i--)
-        if (registry[i] != NULL)
-            pthread_mutex_unlock(&registry[i]->lock);
+    for (int i = registry != NULL ? registry->cap - 1 : -1; i >= 0; i--)
+        if (registry->slot[i] != NULL)
+            pthread_mutex_unlock(&registry->slot[i]->lock);
     pthread_mutex_unlock(&registry_lock);
 }
 static void atfork_child(void)
 {
-    for (int i = 0; i < registry_cap; i++) {
-        struct kq *kq = registry[i];
+    for (int i = 0; registry != NULL && i < registry->cap; i++) {
+        struct kq *kq = registry->slot[i];
         if (kq == NULL)
             continue;
-        registry[i] = NULL;
+        slot_set(i, NULL);
         close_queue_fds(kq);
         /* The memory is left (and the lock held): nothing in the child can
          * reach the queue any more. */
@@ -257,23 +312,26 @@ static int registry_insert(struct kq *kq)
 {
     struct kq *stale = NULL;
     pthread_mutex_lock(&registry_lock);
-    if (kq->fd >= registry_cap) {
-        int cap = registry_cap ? registry_cap : 64;
+    if (registry == NULL || kq->fd >= registry->cap) {
+        int old = registry != NULL ? registry->cap : 0;
+        int cap = old ? old : 64;
         while (cap <= kq->fd)
             cap *= 2;
-        struct kq **grown = realloc(registry, (size_t)cap * sizeof *grown);
+        struct registry *grown = calloc(1, sizeof *grown + (size_t)cap * sizeof grown->slot[0]);
         if (grown == NULL) {
             pthread_mutex_unlock(&registry_lock);
             return -ENOMEM;
         }
-        memset(grown + registry_cap, 0, (size_t)(cap - registry_cap) * sizeof *grown);
-        registry = grown;
-        registry_cap = cap;
+        grown->cap = cap;
+        grown->older = registry;
+        for (int i = 0; i < old; i++)
+            grown->slot[i] = registry->slot[i];
+        __atomic_store_n(&registry, grown, __ATOMIC_RELEASE);
     }
     /* A queue still registered under this number was closed with plain
      * close() rather than kqueue_close(): retire it now. */
-    stale = registry[kq->fd];
-    registry[kq->fd] = kq;
+    stale = registry->slot[kq->fd];
+    slot_set(kq->fd, kq);
     pthread_mutex_unlock(&registry_lock);
     if (stale != NULL) {
         pthread_mutex_lock(&stale->lock);
@@ -288,6 +346,23 @@ static int registry_insert(struct kq *kq)
 /* ------------------------------------------------------------------ */
 /* Queue lifecycle.                                                    */
 
+/* Memory for a new queue, zeroed but for refs (0: kq_get() may be
+ * looking at it, atomically): a destroyed queue's, or new. */
+static struct kq *kq_alloc(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct kq *kq = kq_free_list;
+    if (kq != NULL)
+        kq_free_list = kq->free_next;
+    pthread_mutex_unlock(&registry_lock);
+    if (kq == NULL)
+        return calloc(1, sizeof *kq);
+    assert(__atomic_load_n(&kq->refs, __ATOMIC_RELAXED) == 0);
+    size_t skip = offsetof(struct kq, fd);
+    memset((char *)kq + skip, 0, sizeof *kq - skip);
+    return kq;
+}
+
 static int ep_add(int epfd, int fd, uint32_t events, uint64_t data)
 {
     struct epoll_event ev = { .events = events, .data.u64 = data };
@@ -298,7 +373,7 @@ int kqueue(void)
 {
     pthread_once(&atfork_once, atfork_install);
 
-    struct kq *kq = calloc(1, sizeof *kq);
+    struct kq *kq = kq_alloc();
     if (kq == NULL) {
         errno = ENOMEM;
         return -1;
@@ -308,7 +383,7 @@ int kqueue(void)
     FOR_EACH_FILTER(ops)
         if (ops->init != NULL)
             ops->init(kq);
-    kq->refs = 1;  /* the registry's reference */
+    __atomic_store_n(&kq->refs, 1, __ATOMIC_RELEASE);  /* the registry's reference */
     static uint64_t last_id;
     kq->id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED);
     pthread_mutex_init(&kq->lock, NULL);
@@ -364,15 +439,19 @@ static void kq_destroy(struct kq *kq)
             ops->destroy(kq);
     kq_life_destroy(kq);
     pthread_mutex_destroy(&kq->lock);
-    free(kq);
+    /* Kept for the next kqueue(): kq_get() may still read its refs. */
+    pthread_mutex_lock(&registry_lock);
+    kq->free_next = kq_free_list;
+    kq_free_list = kq;
+    pthread_mutex_unlock(&registry_lock);
 }
 
 uint64_t kqueue_py_queue_id(int fd)
 {
     uint64_t id = 0;
     pthread_mutex_lock(&registry_lock);
-    if (fd >= 0 && fd < registry_cap && registry[fd] != NULL)
-        id = registry[fd]->id;
+    if (slot_locked(fd) != NULL)
+        id = slot_locked(fd)->id;
     pthread_mutex_unlock(&registry_lock);
     return id;
 }
@@ -408,10 +487,9 @@ int kqueue_close(int fd)
 {
     struct kq *kq = NULL;
     pthread_mutex_lock(&registry_lock);
-    if (fd >= 0 && fd < registry_cap) {
-        kq = registry[fd];
-        registry[fd] = NULL;
-    }
+    kq = slot_locked(fd);
+    if (kq != NULL)
+        slot_set(fd, NULL);
     pthread_mutex_unlock(&registry_lock);
     if (kq == NULL) {
         errno = EBADF;
@@ -546,6 +624,7 @@ void kq_knote_drop(struct kq *kq, struct knote *kn)
     kn->ops->detach(kq, kn);
     kq_dequeue(kq, kn);
     knote_unlink(kq, kn);
+    assert(!(kn->status & KN_QUEUED) && kn->q_next == NULL && kn->q_prev == NULL);
     free(kn);
 }
 
@@ -609,6 +688,7 @@ void kq_enqueue(struct kq *kq, struct knote *kn)
      * that fire without one. */
     if (kq->wake_fd < 0)
         (void)kq_wake_fd_ensure(kq);
+    assert(kn->q_next == NULL && kn->q_prev == NULL && kq->q_head != kn);
     kn->status |= KN_QUEUED;
     kn->q_next = NULL;
     kn->q_prev = kq->q_tail;

@@ -18,7 +18,9 @@
  * closed; success, it names another file (the probe item is removed and
  * the registrations are dead).  Files epoll refuses (regular files,
  * directories) are known by device, inode and type instead (fstat).
- * Every registration on a number (READ, WRITE, VNODE) shares the entry.
+ * Every registration on a number (READ, WRITE, VNODE) shares the entry;
+ * the item is added by the first and left when the last goes (it leaves
+ * with its file; the same file registered on the number again finds it).
  *
  * The one case Linux cannot see: the same open file put back on the
  * number (dup2() from a kept duplicate, the file received back through
@@ -112,6 +114,8 @@ static int ids_reserve(struct kq *kq, int fd)
 {
     if (fd < kq->ids_cap)
         return 0;
+    if (fcntl(fd, F_GETFD) < 0)
+        return -EBADF;      /* a huge closed number must not allocate */
     int cap = kq->ids_cap ? kq->ids_cap : 64;
     while (cap <= fd)
         cap = cap > INT_MAX / 2 ? INT_MAX : cap * 2;
@@ -183,8 +187,8 @@ int kq_life_claim(struct kq *kq, int fd)
         assert(kq->ids[fd].users == 0);
     }
     /* Only with the number known open may a descriptor be made: it cannot
-     * take this number then. */
-    if (fcntl(fd, F_GETFD) < 0)
+     * take this number then.  (Afterwards the probe says EBADF itself.) */
+    if (kq->shadow_fd < 0 && fcntl(fd, F_GETFD) < 0)
         return -EBADF;
     int err = ids_reserve(kq, fd);
     if (err == 0 && kq->shadow_fd < 0)
@@ -197,6 +201,8 @@ int kq_life_claim(struct kq *kq, int fd)
         /* EEXIST: an item left by an earlier registration of this very
          * file on this number (the case Linux cannot tell apart). */
         id->kind = KQ_ID_EPOLL;
+    } else if (errno == EBADF) {
+        return -EBADF;
     } else if (errno == EPERM) {
         struct stat st;
         if (fstat(fd, &st) < 0)
@@ -226,13 +232,10 @@ void kq_life_unclaim(struct kq *kq, int fd)
     struct kq_fdid *id = &kq->ids[fd];
     if (--id->users > 0)
         return;
-    if (id->kind == KQ_ID_EPOLL) {
-        /* Fails (harmlessly) when the number no longer names the file: the
-         * item then goes with the file, and never wakes anyone. */
-        int saved = errno;
-        (void)epoll_ctl(kq->shadow_fd, EPOLL_CTL_DEL, fd, NULL);
-        errno = saved;
-    }
+    /* The shadow item stays (it goes with its file, and is never waited
+     * on): a registration of the same file on the number again finds it
+     * (EEXIST), one of another file adds its own.  No EPOLL_CTL_DEL per
+     * deletion, and none per re-registration of the same descriptor. */
     id->kind = KQ_ID_NONE;
 }
 
@@ -311,12 +314,8 @@ static struct kq_subset *subset_pick(struct kq *kq, int kind, int *idx, int *err
     int set = -1;
     if ((*err = new_set(kq, &set)) != 0)
         return NULL;
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(set_tag(kind), 0, i) };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, set, &ev) < 0) {
-        *err = -errno;
-        close(set);
+    if ((*err = kq_watch_internal(kq, set, EPOLLIN, EP_DATA(set_tag(kind), 0, i))) != 0)
         return NULL;
-    }
     s->fd = set;
     return s;
 }
@@ -436,11 +435,8 @@ static int rebuild(struct kq *kq, int kind, int idx)
             err = -errno;
     }
     struct kq_subset *s = &kq->subs[kind][idx];
-    if (err == 0) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_DATA(set_tag(kind), 0, idx) };
-        if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fresh, &ev) < 0)
-            err = -errno;
-    }
+    if (err == 0)
+        err = kq_watch_shared(kq, fresh, EPOLLIN, EP_DATA(set_tag(kind), 0, idx));
     if (err != 0) {
         /* The old set stays (with its lingering item); so does the call's
          * error.  A spare again: the one just filled goes. */
@@ -449,7 +445,7 @@ static int rebuild(struct kq *kq, int kind, int idx)
         return err;
     }
     /* Our own item in our own set: DEL cannot fail while the set is open. */
-    int rc = epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, s->fd, NULL);
+    int rc = kq_unwatch(kq, s->fd);
     assert(rc == 0);
     (void)rc;
     close(s->fd);
