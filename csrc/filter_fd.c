@@ -416,11 +416,12 @@ static int set_ready(struct kq *kq, int kind, uint64_t data, struct kevent *out,
 static int read_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
                       int room)
 {
-    (void)revents;
     if (EP_TAG_OF(data) == TAG_FILES) {
         fd_files_ready(kq);
         return 0;
     }
+    if (EP_TAG_OF(data) == TAG_READ)   /* a poll of the one READ sub-set (0) */
+        return room > 0 ? deliver_fd(kq, 0, 0, data, revents, out) : 0;
     return set_ready(kq, 0, data, out, room);
 }
 

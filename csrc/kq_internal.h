@@ -307,6 +307,8 @@ struct kq {
     int nsubs[2];
     int sets_due;               /* sub-sets marked for a rebuild */
     uint32_t batch_rot;         /* where process_batch starts (fairness) */
+    int nwatched;               /* descriptors in the wait set (kq_watch_*) */
+    int direct_fd;              /* atomic: the set a poll asks directly, or -1 */
     int sweep_next;             /* the number the sweep looks at next */
     uint32_t sweep_tick;        /* atomic: kevent() calls, for the sweep */
 
@@ -352,6 +354,7 @@ struct kq {
 int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);  /* 0 or -errno */
 int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data);    /* fd not closed */
 int kq_unwatch(struct kq *kq, int fd);                  /* out of the wait set: 0 or -errno */
+int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint64_t data);
 uint32_t kq_next_gen(struct kq *kq);                    /* a registration's generation */
 int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget its number */
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
@@ -397,6 +400,7 @@ int kq_set_ready(struct kq *kq, int kind, uint64_t data, struct epoll_event *ebu
 void kq_set_orphan(struct kq *kq, int kind, int set, uint64_t data);
 void kq_set_lingers(struct kq *kq, int kind, int set, uint64_t data);
 int kq_sets_rearm(struct kq *kq);                       /* rebuilds due: 0 or -errno */
+int kq_sets_sole(const struct kq *kq);                  /* the one READ sub-set, or -1 */
 void kq_sweep(struct kq *kq);                           /* a few numbers probed */
 #define KQ_SWEEP_EVERY 64       /* kevent() calls between two sweeps (a power of 2) */
 void kq_life_init(struct kq *kq);

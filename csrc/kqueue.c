@@ -143,11 +143,22 @@ static int closed_fd_ensure(void)
     return 0;
 }
 
+/* A poll (timeout 0) of a queue whose wait set holds nothing but its one
+ * READ sub-set asks that set directly: one epoll_wait, not two.  Lock
+ * held; read without it (the number stays the set's until the queue's
+ * end: a rebuild replaces the set in place). */
+static void direct_update(struct kq *kq)
+{
+    int fd = !kq->closed && kq->nwatched == 1 ? kq_sets_sole(kq) : -1;
+    __atomic_store_n(&kq->direct_fd, fd, __ATOMIC_RELAXED);
+}
+
 /* Mark a queue closed and wake everything blocked in it.  Lock held. */
 static void kq_mark_closed(struct kq *kq)
 {
     uint64_t one = 1;
     kq->closed = 1;
+    direct_update(kq);
     if (kq->wake_signalled)
         return;
     kq->wake_signalled = 1;
@@ -234,8 +245,11 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
         return -errno;
     kq_forget_number(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
+        kq->nwatched++;
+        direct_update(kq);
         return 0;
+    }
     int err = -errno;
     close(fd);
     return err;
@@ -249,7 +263,30 @@ int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data)
 {
     (void)kq_life_verify(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
-    return epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    kq->nwatched++;
+    direct_update(kq);
+    return 0;
+}
+
+/* Put the epoll set fresh in place of the internal descriptor under the
+ * number old: fresh joins the wait set, then dup3() makes old name it
+ * (the replaced set leaves the wait set with its file), and fresh's own
+ * number is closed.  0, or -errno with nothing changed (fresh still
+ * open). */
+int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint64_t data)
+{
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fresh, &ev) < 0)
+        return -errno;
+    if (dup3(fresh, old, O_CLOEXEC) < 0) {
+        int err = -errno;
+        (void)epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fresh, NULL);
+        return err;
+    }
+    close(fresh);
+    return 0;
 }
 
 /* A new generation for a registration's epoll_data (24 bits used): an
@@ -262,7 +299,11 @@ uint32_t kq_next_gen(struct kq *kq)
 /* Take an internal descriptor out of the wait set.  0 or -errno. */
 int kq_unwatch(struct kq *kq, int fd)
 {
-    return epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fd, NULL) < 0)
+        return -errno;
+    kq->nwatched--;
+    direct_update(kq);
+    return 0;
 }
 
 /*
@@ -378,7 +419,7 @@ int kqueue(void)
         errno = ENOMEM;
         return -1;
     }
-    kq->fd = kq->waitfd = kq->wake_fd = -1;
+    kq->fd = kq->waitfd = kq->wake_fd = kq->direct_fd = -1;
     kq_life_init(kq);
     FOR_EACH_FILTER(ops)
         if (ops->init != NULL)
@@ -1140,7 +1181,8 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             pthread_mutex_unlock(&kq->lock);
         }
         int room = nevents - n < want ? nevents - n : want;
-        int r = ep_wait(kq->waitfd, ebuf, room, wait_ns);
+        int direct = deadline == KQ_POLL ? __atomic_load_n(&kq->direct_fd, __ATOMIC_RELAXED) : -1;
+        int r = ep_wait(direct >= 0 ? direct : kq->waitfd, ebuf, room, wait_ns);
         if (r < 0) {
             if (n == 0)
                 n = -errno;     /* else report what we have; the signal stays pending */

@@ -314,9 +314,11 @@ static struct kq_subset *subset_pick(struct kq *kq, int kind, int *idx, int *err
     int set = -1;
     if ((*err = new_set(kq, &set)) != 0)
         return NULL;
-    if ((*err = kq_watch_internal(kq, set, EPOLLIN, EP_DATA(set_tag(kind), 0, i))) != 0)
+    s->fd = set;    /* first: the core looks at the sets when it joins */
+    if ((*err = kq_watch_internal(kq, set, EPOLLIN, EP_DATA(set_tag(kind), 0, i))) != 0) {
+        s->fd = -1;
         return NULL;
-    s->fd = set;
+    }
     return s;
 }
 
@@ -435,8 +437,10 @@ static int rebuild(struct kq *kq, int kind, int idx)
             err = -errno;
     }
     struct kq_subset *s = &kq->subs[kind][idx];
+    /* In place: the set's number names the fresh set from now on (a
+     * thread polling it without the lock sees one or the other). */
     if (err == 0)
-        err = kq_watch_shared(kq, fresh, EPOLLIN, EP_DATA(set_tag(kind), 0, idx));
+        err = kq_replace_watched(kq, s->fd, fresh, EPOLLIN, EP_DATA(set_tag(kind), 0, idx));
     if (err != 0) {
         /* The old set stays (with its lingering item); so does the call's
          * error.  A spare again: the one just filled goes. */
@@ -444,17 +448,23 @@ static int rebuild(struct kq *kq, int kind, int idx)
         (void)new_set(kq, &kq->spare_fd);
         return err;
     }
-    /* Our own item in our own set: DEL cannot fail while the set is open. */
-    int rc = kq_unwatch(kq, s->fd);
-    assert(rc == 0);
-    (void)rc;
-    close(s->fd);
-    s->fd = fresh;
     s->nlinger = 0;
     s->overflow = 0;
-    /* The number just closed makes sure the next spare can be had. */
+    /* The number fresh had is free again: the next spare can be had. */
     (void)new_set(kq, &kq->spare_fd);
     return 0;
+}
+
+/* The only descriptor in the wait set, when that is the one READ sub-set
+ * (kevent() then polls it directly); -1 otherwise. */
+int kq_sets_sole(const struct kq *kq)
+{
+    if (kq->nsubs[0] != 1 || kq->subs[0][0].fd < 0)
+        return -1;
+    for (int i = 0; i < kq->nsubs[1]; i++)
+        if (kq->subs[1][i].fd >= 0)
+            return -1;
+    return kq->subs[0][0].fd;
 }
 
 /* After changes and after each batch: rebuild the sub-sets due.  0 or the
