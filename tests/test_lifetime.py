@@ -13,6 +13,7 @@ registration deleted properly.
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import os
 import resource
@@ -311,6 +312,22 @@ def test_vnode_reregistration_on_a_reused_number_is_a_new_registration(kq, tmp_p
             assert not ev.flags & EV_ONESHOT, "the dead registration's EV_ONESHOT was kept"
     finally:
         os.close(fd2)
+
+
+def test_failed_readd_on_a_reused_number_hands_the_dead_udata_back(kq, tmp_path, fds,
+                                                                   lowest_free):
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    kq.change((fd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE, 0, 55))
+    os.close(fd)
+    lowest_free.next_is(fd)
+    a, _b = fds.socketpair()
+    assert a.fileno() == fd
+    with pytest.raises(OSError) as e:          # a socket cannot be watched
+        kq.change((fd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE, 0, 66))
+    assert e.value.errno == errno.EINVAL
+    assert take_dropped(kq) == [55]
 
 
 def test_read_reregistration_on_a_reused_number_ignores_keepudata(kq, fds, lowest_free):
