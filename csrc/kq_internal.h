@@ -53,7 +53,7 @@
 
 #define KQ_SUB_SPAN 128  /* items per sub-set (lifetime.c) */
 #define KQ_LINGER 16     /* items remembered per sub-set as maybe lingering */
-#define KQ_SWEEP 4       /* registrations the sweep probes per kevent() */
+#define KQ_SWEEP 4       /* registered numbers one sweep probes */
 
 /* knote status bits */
 #define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
@@ -402,7 +402,7 @@ void kq_set_lingers(struct kq *kq, int kind, int set, uint64_t data);
 int kq_sets_rearm(struct kq *kq);                       /* rebuilds due: 0 or -errno */
 int kq_sets_sole(const struct kq *kq);                  /* the one READ sub-set, or -1 */
 void kq_sweep(struct kq *kq);                           /* a few numbers probed */
-#define KQ_SWEEP_EVERY 64       /* kevent() calls between two sweeps (a power of 2) */
+#define KQ_SWEEP_EVERY 128      /* kevent() calls between two sweeps (a power of 2) */
 void kq_life_init(struct kq *kq);
 void kq_life_close_fds(struct kq *kq);
 void kq_life_destroy(struct kq *kq);

@@ -1255,8 +1255,12 @@ static int kevent_until(int kqfd, const struct kevent *changelist, int nchanges,
         if (owed)
             wake_signal(kq);
     }
-    /* lifetime.c's sweep, every KQ_SWEEP_EVERY calls. */
-    if ((__atomic_add_fetch(&kq->sweep_tick, 1, __ATOMIC_RELAXED) & (KQ_SWEEP_EVERY - 1)) == 0) {
+    /* lifetime.c's sweep, every KQ_SWEEP_EVERY calls on the queue.  A
+     * load and a store, not a locked increment: calls of several threads
+     * at once may count once, which only spaces sweeps a little more. */
+    uint32_t tick = __atomic_load_n(&kq->sweep_tick, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&kq->sweep_tick, tick, __ATOMIC_RELAXED);
+    if ((tick & (KQ_SWEEP_EVERY - 1)) == 0) {
         pthread_mutex_lock(&kq->lock);
         if (!kq->closed)
             kq_sweep(kq);

@@ -34,7 +34,7 @@
  * registration on a number that has some, every descriptor the backend
  * makes (a number a dead registration names is forgotten first), and a
  * sweep that probes KQ_SWEEP registered numbers every KQ_SWEEP_EVERY
- * kevent() calls, so that a registration whose file is gone for good
+ * kevent() calls on the queue, so that a registration whose file is gone for good
  * (closed, no event will ever come) is found and its udata handed back.
  *
  * Lingering items.  A dead registration's epoll item stays in its set

@@ -79,7 +79,7 @@ def test_the_core_names_no_filter():
 # descriptor and the registry are made of.  Only kqueue.c touches it.
 CORE_FIELDS = ("fd", "waitfd", "wake_fd", "wake_signalled", "closed", "refs", "lock", "id",
                "hash", "hash_cap", "hash_count", "q_head", "q_tail", "dropped", "ndropped",
-               "dropped_cap", "attn", "fd_gen", "batch_rot", "sweep_tick")
+               "dropped_cap", "attn", "fd_gen", "batch_rot", "nwatched", "direct_fd", "sweep_tick")
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if os.path.basename(p) != "kqueue.c"],
