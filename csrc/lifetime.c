@@ -29,29 +29,37 @@
  * regular files, reopening the same file (same inode) is that case too.
  *
  * Where it is checked: each fd event before it is reported (the probe,
- * about 0.2 us, or the epoll_ctl() an EV_ONESHOT / EV_DISPATCH / NOTE_LOWAT
- * report needs anyway), each change on an existing registration, each new
- * registration on a number that has some, every descriptor the backend
- * makes (a number a dead registration names is forgotten first), and a
+ * or the epoll_ctl() an EV_ONESHOT / EV_DISPATCH / NOTE_LOWAT report needs
+ * anyway), each change on an existing registration, each new registration
+ * on a number that has some, every descriptor the backend makes or
+ * watches (a number a dead registration names is forgotten first), and a
  * sweep that probes KQ_SWEEP registered numbers every KQ_SWEEP_EVERY
- * kevent() calls on the queue, so that a registration whose file is gone for good
- * (closed, no event will ever come) is found and its udata handed back.
+ * kevent() calls on the queue, so that a registration whose file is gone
+ * for good (closed, no event will ever come) is found and its udata
+ * handed back.
  *
  * Lingering items.  A dead registration's epoll item stays in its set
  * while its file lives elsewhere, and epoll_ctl() cannot reach it by
  * number any more.  The items of READ and WRITE registrations therefore
  * live in small sub-sets (at most KQ_SUB_SPAN items each, per filter,
- * filled in order) nested in the queue's wait set; a sub-set holding a lingering item is rebuilt
- * -- a fresh set gets its live items, and replaces it in the wait set --
- * which costs the items of that sub-set only.  A rebuild happens when an
- * event shows a dead registration's item (an event came from it: it
- * lingers), or when an item a failed EPOLL_CTL_DEL left behind comes back;
- * never for events of registrations deleted properly (EV_DELETE) while
- * another thread had them in flight.  Threads block in the wait set
- * itself, which is never replaced: no waiter is stranded.  The fresh set
- * is the spare descriptor, made in advance, so a rebuild never needs a new
- * descriptor at EMFILE; every epoll_ctl() of a rebuild is checked, and a
- * failure leaves the old set in place and fails the kevent() call.
+ * filled in order) nested in the queue's wait set; a sub-set holding a
+ * lingering item is rebuilt -- a fresh set gets its live items and takes
+ * its place, in place under its number (dup3) -- which costs the items of
+ * that sub-set only.  A rebuild happens when an event shows a dead
+ * registration's item (an event came from it: it lingers), or when an
+ * item a failed EPOLL_CTL_DEL left behind comes back; never for events of
+ * registrations deleted properly (EV_DELETE) while another thread had
+ * them in flight.  Threads block in the wait set itself, which is never
+ * replaced: no waiter is stranded.  The fresh set is the spare descriptor,
+ * made in advance, so a rebuild never needs a new descriptor at EMFILE;
+ * every epoll_ctl() of a rebuild is checked, and a failure leaves the old
+ * set in place and fails the kevent() call.
+ *
+ * Cost (CPU time of kevent() in a C loop, 2-vCPU VM): the probe is about
+ * 0.2 us per reported event, where the EPOLL_CTL_MOD it replaces cost
+ * about 0.33 us; one more epoll_wait per sub-set with ready items (none
+ * for a poll of a queue whose only sub-set is its one READ set: the core
+ * asks that set directly); one probe per new registration.
  */
 #define _GNU_SOURCE
 #include <errno.h>

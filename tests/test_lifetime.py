@@ -430,26 +430,38 @@ def test_kqueue_releases_the_object_of_a_closed_registration():
 # fork: the child holds no descriptor of the parent's queues.
 
 
-def test_fork_child_holds_no_queue_descriptors(kq):
+def test_fork_child_holds_no_queue_descriptors(make_kq, fds):
+    before = set(os.listdir("/proc/self/fd"))
+    kq = make_kq()
+    a, _b = fds.socketpair()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        kq.change((child.pid, lib.EVFILT_PROC, EV_ADD, lib.NOTE_EXIT, 0, 1))
+        kq.change((child.pid, lib.EVFILT_PROC, EV_ADD, lib.NOTE_EXIT, 0, 1),
+                  (a.fileno(), READ, EV_ADD, 0, 0, 2))
+        made = {}
+        for n in set(os.listdir("/proc/self/fd")) - before - {str(a.fileno()), str(_b.fileno())}:
+            try:
+                made[n] = os.readlink(f"/proc/self/fd/{n}")
+            except OSError:
+                pass                           # listdir's own descriptor
+        assert "anon_inode:[pidfd]" in made.values()
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            kinds = []
-            for name in os.listdir("/proc/self/fd"):
+            left = []
+            for name, what in made.items():
                 try:
-                    kinds.append(os.readlink(f"/proc/self/fd/{name}"))
+                    if os.readlink(f"/proc/self/fd/{name}") == what:
+                        left.append(what)
                 except OSError:
                     pass
-            os.write(w, repr(sorted(k for k in kinds if "pidfd" in k)).encode())
+            os.write(w, repr(sorted(left)).encode())
             os._exit(0)
         os.close(w)
         out = os.read(r, 4096).decode()
         os.close(r)
         os.waitpid(pid, 0)
-        assert out == "[]", f"the fork child holds the parent queue's pidfds: {out}"
+        assert out == "[]", f"the fork child holds the parent queue's descriptors: {out}"
     finally:
         child.kill()
         child.wait()
