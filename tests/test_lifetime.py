@@ -30,7 +30,7 @@ import pytest
 
 from kqueue_py import ffi, lib
 
-from helpers import Queue, kevent, wait_until
+from helpers import kevent, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the Linux backend's lifetime rule")
@@ -150,7 +150,7 @@ def _one_strand_trial(make_kq) -> list[str]:
         for i, (x, y) in enumerate(extra):
             y.send(b"z")
             kq.change((x.fileno(), READ, EV_ADD | EV_ONESHOT, 0, 0, 100 + i))
-            assert wait_until(lambda: len(got) > i, timeout=10), \
+            assert wait_until(lambda i=i: len(got) > i, timeout=10), \
                 f"thread {i + 1} of 3 never woke for a ready registration"
         for t in threads:
             t.join(10)
