@@ -480,7 +480,9 @@ static void kq_destroy(struct kq *kq)
             ops->destroy(kq);
     kq_life_destroy(kq);
     pthread_mutex_destroy(&kq->lock);
-    /* Kept for the next kqueue(): kq_get() may still read its refs. */
+    /* Kept for the next kqueue(): kq_get() may still read its refs (0 by
+     * now, unless kqueue() failed before publishing it). */
+    __atomic_store_n(&kq->refs, 0, __ATOMIC_RELEASE);
     pthread_mutex_lock(&registry_lock);
     kq->free_next = kq_free_list;
     kq_free_list = kq;
