@@ -481,17 +481,3 @@ def test_the_blind_spot_is_documented_not_claimed_handled():
     row = next(line for line in deviations.splitlines() if "dup2()" in line)
     assert "not detected" in row
 
-
-def test_the_blind_spot_behaves_as_documented(kq, fds):
-    # The same open file put back on the number: (file, number) is what it
-    # was, so the registration goes on (documented, not hidden).
-    a, b = fds.socketpair()
-    num = a.fileno()
-    keep = os.dup(num)
-    kq.change((num, READ, EV_ADD, 0, 0, 5))
-    os.close(num)
-    os.dup2(keep, num)
-    os.close(keep)
-    b.send(b"x")
-    assert [(e.ident, e.udata) for e in kq.poll()] == [(num, 5)]
-
