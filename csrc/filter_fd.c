@@ -287,20 +287,23 @@ static int fd_remove(struct kq *kq, struct knote *kn)
 static int confirm(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident, saved = errno, ok;
-    struct epoll_event ev = fd_wanted(kn);
-    if (kn->kev.flags & EV_ONESHOT) {
+    if (!(kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)) &&
+        (!(kn->kev.fflags & NOTE_LOWAT) || (kn->kev.flags & EV_CLEAR))) {
+        ok = kq_life_check(kq, fd) == 0;     /* the common case: the probe */
+    } else if (kn->kev.flags & EV_ONESHOT) {
         ok = kq_set_del(kq, fd_kind_of(kn), kn->u.fd.set, fd, data_of(kn)) == 0;
         kn->status &= ~KN_INEPOLL;
     } else if (kn->kev.flags & EV_DISPATCH) {
+        struct epoll_event ev = fd_wanted(kn);
         ev.events = EPOLLONESHOT;            /* disarmed until EV_ENABLE */
         ok = kq_set_mod(kq, fd_kind_of(kn), kn->u.fd.set, fd, &ev) == 0;
         if (ok)
             kn->u.fd.armed = ev.events;
-    } else if ((kn->kev.fflags & NOTE_LOWAT) && !(kn->kev.flags & EV_CLEAR)) {
-        /* Level-triggered over an edge-triggered item: re-arm the edge. */
-        ok = kq_set_mod(kq, fd_kind_of(kn), kn->u.fd.set, fd, &ev) == 0;
     } else {
-        ok = kq_life_check(kq, fd) == 0;
+        /* Level-triggered NOTE_LOWAT over an edge-triggered item: re-arm
+         * the edge. */
+        struct epoll_event ev = fd_wanted(kn);
+        ok = kq_set_mod(kq, fd_kind_of(kn), kn->u.fd.set, fd, &ev) == 0;
     }
     errno = saved;
     return ok;
