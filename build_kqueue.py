@@ -13,7 +13,7 @@ not the user.
 
 Environment knobs (build time):
   KQUEUE_PY_SANITIZE=address,undefined   build the backend with sanitizers
-  KQUEUE_PY_DEBUG=1                      -O0 -g
+  KQUEUE_PY_DEBUG=1                      -O0 -g, with the backend's assert()s
 """
 from __future__ import annotations
 
@@ -164,13 +164,17 @@ LINUX_SOURCE = """
 def _compile_args() -> tuple[list[str], list[str]]:
     cflags = ["-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
     ldflags: list[str] = []
-    if os.environ.get("KQUEUE_PY_DEBUG"):
+    debug = bool(os.environ.get("KQUEUE_PY_DEBUG"))
+    if debug:
         cflags += ["-O0", "-g"]
     sanitize = os.environ.get("KQUEUE_PY_SANITIZE")
     if sanitize:
         cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer",
                    "-fno-sanitize-recover=all", "-g", "-O1"]
         ldflags += [f"-fsanitize={sanitize}"]
+    # The backend's assert() invariants: compiled in by the debug and the
+    # sanitizer builds, out of a release build.
+    cflags.append("-UNDEBUG" if debug or sanitize else "-DNDEBUG")
     return cflags, ldflags
 
 

@@ -61,7 +61,7 @@ static int proc_attach(struct kq *kq, struct knote *kn, const struct kevent *kev
         return errno == EINVAL ? -ESRCH : -errno;
     kn->u.proc.pidfd = pidfd;
     kn->kev.flags |= EV_CLEAR;      /* implied, as on FreeBSD */
-    kn->u.proc.gen = ++kq->fd_gen;
+    kn->u.proc.gen = kq_next_gen(kq);
     kn->kev.fflags = kev->fflags;
     kn->kev.data = 0;
     err = kq_watch_internal(kq, pidfd, EPOLLIN | EPOLLONESHOT,
@@ -85,9 +85,24 @@ static void proc_detach(struct kq *kq, struct knote *kn)
 {
     if (kn->u.proc.pidfd < 0)
         return;
-    epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, kn->u.proc.pidfd, NULL);
+    (void)kq_unwatch(kq, kn->u.proc.pidfd);
     close(kn->u.proc.pidfd);
     kn->u.proc.pidfd = -1;
+}
+
+/* The queue's descriptors are closed (its end, or a fork() child, which
+ * must not hold the parent's pidfds). */
+static void pidfd_close(struct kq *kq, struct knote *kn)
+{
+    (void)kq;
+    if (kn->u.proc.pidfd >= 0)
+        close(kn->u.proc.pidfd);
+    kn->u.proc.pidfd = -1;
+}
+
+static void proc_close_fds(struct kq *kq)
+{
+    kq_knote_foreach(kq, EVFILT_PROC, pidfd_close);
 }
 
 /* A pidfd turned readable: the process exited.  Lock held. */
@@ -149,6 +164,7 @@ const struct filter_ops kq_proc_ops = {
     .filter = EVFILT_PROC,
     .tag = TAG_PROC,
     .flags = FILT_NEEDS_WAKE,
+    .close_fds = proc_close_fds,
     .attach = proc_attach,
     .modify = proc_modify,
     .detach = proc_detach,

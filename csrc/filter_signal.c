@@ -357,13 +357,18 @@ static uint64_t count_of(int sig)
 /* Put the eventfd and the signalfd into (or out of) a queue's set. */
 static int ep_signal(struct kq *kq, int op)
 {
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.u64 = EP_DATA(TAG_SIGNAL, 0, 0) };
-    if (epoll_ctl(kq->waitfd, op, sig_event_fd, &ev) < 0)
-        return -errno;
-    if (epoll_ctl(kq->waitfd, op, sig_pending_fd, &ev) == 0 || op == EPOLL_CTL_DEL)
+    if (op == EPOLL_CTL_DEL) {
+        (void)kq_unwatch(kq, sig_event_fd);
+        (void)kq_unwatch(kq, sig_pending_fd);
         return 0;
-    int err = -errno;
-    epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, sig_event_fd, NULL);
+    }
+    uint32_t events = EPOLLIN | EPOLLET;
+    uint64_t data = EP_DATA(TAG_SIGNAL, 0, 0);
+    int err = kq_watch_shared(kq, sig_event_fd, events, data);
+    if (err != 0)
+        return err;
+    if ((err = kq_watch_shared(kq, sig_pending_fd, events, data)) != 0)
+        (void)kq_unwatch(kq, sig_event_fd);
     return err;
 }
 
@@ -380,7 +385,6 @@ static int signal_attach(struct kq *kq, struct knote *kn, const struct kevent *k
     int err = event_fd_ensure();
     int added = 0;
     if (err == 0 && kq->signals == NULL) {
-        kq_forget_number(kq, sig_event_fd);   /* a stale READ/WRITE knote on its number */
         err = ep_signal(kq, EPOLL_CTL_ADD);
         added = err == 0;
     }

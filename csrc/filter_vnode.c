@@ -189,9 +189,14 @@ static int vnode_attach(struct kq *kq, struct knote *kn, const struct kevent *ke
     int err = inotify_ensure(kq);
     if (err)
         return err;
+    /* The registration lives as long as its descriptor (lifetime.c). */
+    if ((err = kq_life_claim(kq, (int)kev->ident)) != 0)
+        return err;
     kn->kev.fflags = kev->fflags;
     kn->u.vnode.fired = 0;
-    return watch(kq, kn, &st);
+    if ((err = watch(kq, kn, &st)) != 0)
+        kq_life_unclaim(kq, (int)kev->ident);
+    return err;
 }
 
 static int vnode_modify(struct kq *kq, struct knote *kn, const struct kevent *kev)
@@ -201,9 +206,8 @@ static int vnode_modify(struct kq *kq, struct knote *kn, const struct kevent *ke
     kn->kev.fflags = kev->fflags;
     if (!(kev->flags & EV_ADD))
         return 0;
-    /* Re-adding: if the number now names another file (the old one was
-     * closed behind our back), or the kernel dropped the watch, start
-     * over on the file it names now. */
+    /* Re-adding (the core found the number still naming the registered
+     * file: lifetime.c): if the kernel dropped the watch, start over. */
     struct stat st;
     if (fstat((int)kn->kev.ident, &st) < 0) {
         kn->status |= KN_STALE;
@@ -228,6 +232,7 @@ static int vnode_modify(struct kq *kq, struct knote *kn, const struct kevent *ke
 static void vnode_detach(struct kq *kq, struct knote *kn)
 {
     unwatch(kq, kn);
+    kq_life_unclaim(kq, (int)kn->kev.ident);
 }
 
 /* Record changes on a knote; queue it if it has something to say.
@@ -372,9 +377,14 @@ static int vnode_ready(struct kq *kq, uint64_t data, uint32_t revents, struct ke
 
 static int vnode_deliver(struct kq *kq, struct knote *kn, struct kevent *out)
 {
-    (void)kq;
     if (kn->u.vnode.fired == 0 && !(kn->kev.flags & EV_EOF)) {
         kn->status &= ~KN_ACTIVE;
+        return 0;
+    }
+    if (kq_life_check(kq, (int)kn->kev.ident) != 0) {
+        /* Its descriptor was closed, or names another file now: the
+         * registration died with it (lifetime.c). */
+        kn->status |= KN_STALE;
         return 0;
     }
     *out = kn->kev;

@@ -1,15 +1,16 @@
 /*
  * Internal structures of the Linux kqueue backend.
  *
- * One queue is one epoll instance (the descriptor the user sees, and so
- * pollable like a real kqueue) holding one nested epoll set, waitfd, in
- * which kevent() waits and which can be rebuilt (filter_fd.c) without
- * changing the user's file.  Inside waitfd sit:
- *   - every EVFILT_READ registration, directly (the hot path: one
- *     epoll_wait returns ready sockets);
- *   - wr_ep, a nested epoll set holding every EVFILT_WRITE registration.
- *     A file may sit in two epoll sets with independent EPOLLET /
- *     EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/EV_DISPATCH hold per filter;
+ * One queue is one epoll instance: the descriptor the user sees (and so
+ * pollable like a real kqueue), and waitfd, the backend's own duplicate of
+ * it, in which kevent() waits (the user's number may be closed while
+ * threads still wait).  That set is never replaced.  Inside it sit:
+ *   - the fd registrations' sub-sets (lifetime.c): nested epoll sets, one
+ *     per KQ_SUB_SPAN descriptor numbers and filter, holding the
+ *     EVFILT_READ / EVFILT_WRITE items.  A file may sit in two epoll sets
+ *     with independent EPOLLET / EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/
+ *     EV_DISPATCH hold per filter; an item epoll can no longer remove
+ *     costs a rebuild of its sub-set only;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
  *     (timers live in a heap, not one descriptor each), made by the first
  *     timer; timers fire without it (kevent() bounds its wait by the
@@ -23,23 +24,36 @@
  *   - one pidfd per EVFILT_PROC registration (filter_proc.c);
  *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
  *     created on the first one (filter_vnode.c).
+ * Beside it, never waited on: shadow_fd, the identity set of lifetime.c,
+ * and spare_fd, an epoll descriptor reserved for the next sub-set rebuild.
  * No lock is held across epoll_wait.
  *
  * Code: kqueue.c is the core (queues, changes, the pending list, the wait
- * loop); each filter_X.c is one filter behind struct filter_ops, found by
- * the core in kq_filters[] only.  Filters call back into the core through
- * the kq_* functions declared at the end of this file.
+ * loop); lifetime.c is the rule that a registration lives exactly as long
+ * as its descriptor, for every fd filter; each filter_X.c is one filter
+ * behind struct filter_ops, found by the core in kq_filters[] only.
+ * Filters call back into the core through the kq_* functions declared at
+ * the end of this file, and never touch the core's descriptors.
+ *
+ * Locks, in the order they are taken: registry_lock (kqueue.c: the
+ * descriptor -> queue table, the fork handlers) before a queue's lock
+ * (kq->lock: everything in struct kq, every hook) before sig_lock
+ * (filter_signal.c: the process-wide signal state).  No lock is held
+ * across epoll_wait, and none is taken inside the signal hook.
  */
 #ifndef KQ_INTERNAL_H
 #define KQ_INTERNAL_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/event.h>
 
-#define KQ_ORPHANS 16    /* items remembered per set before a rebuild */
+#define KQ_SUB_SPAN 128  /* items per sub-set (lifetime.c) */
+#define KQ_LINGER 16     /* items remembered per sub-set as maybe lingering */
+#define KQ_SWEEP 4       /* registered numbers one sweep probes */
 
 /* knote status bits */
 #define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
@@ -163,9 +177,6 @@ struct filter_ops {
     int (*polled)(const struct kq *kq);
     int64_t (*next_look)(struct kq *kq, int64_t now);
 
-    /* The number fd is about to name one of the queue's own descriptors:
-     * forget registrations still recorded under it (their file is gone). */
-    void (*fd_reused)(struct kq *kq, int fd);
 };
 
 struct knote {
@@ -183,8 +194,9 @@ struct knote {
             uint32_t gen;       /* generation in epoll_data (24 bits used) */
             int sock;           /* FDS_*: what a WRITE probe for local shutdown uses */
             int wd;             /* FDK_REGULAR: inotify watch (files_watch), else -1 */
-            uint64_t dev, ino;  /* FDK_REGULAR: the file registered ... */
-            uint32_t mode;      /* ... and its type (S_IFREG, S_IFDIR, S_IFCHR) */
+            uint32_t mode;      /* FDK_REGULAR: its type (S_IFREG, S_IFDIR, S_IFCHR) */
+            uint32_t armed;     /* the events its epoll item was last given */
+            int set;            /* which sub-set holds the item (lifetime.c) */
             struct knote *next; /* kq->files or kq->lowat_wait chain */
         } fd;
         struct {
@@ -217,16 +229,36 @@ struct knote {
     } u;
 };
 
+/* What a registered descriptor number names (lifetime.c). */
+enum { KQ_ID_NONE = 0, KQ_ID_EPOLL, KQ_ID_STAT };
+struct kq_fdid {
+    uint32_t users;         /* registrations on the number (READ, WRITE, VNODE) */
+    uint32_t kind;          /* KQ_ID_*: an item in shadow_fd, or (dev, ino, mode) */
+    uint32_t mode;
+    uint64_t dev, ino;
+};
+
+/* One nested epoll set of fd registrations (lifetime.c). */
+struct kq_subset {
+    int fd;                 /* -1 until its first item */
+    int count;              /* registrations whose item is in it */
+    int nlinger;            /* items a failed EPOLL_CTL_DEL may have left */
+    int overflow;           /* more than KQ_LINGER: any unknown event rebuilds */
+    int rebuild;            /* a lingering item came back: rebuild at rearm */
+    uint64_t linger[KQ_LINGER];   /* their epoll_data */
+};
+
 struct kq {
+    int refs;               /* atomic: registry + threads inside kevent();
+                               first: kq_alloc() clears all that follows */
     int fd;                 /* the user's descriptor (outer epoll) */
     uint64_t id;            /* unique in the process: see kqueue_py_queue_id() */
-    int waitfd;             /* the set nested in fd that kevent() waits in;
-                               outlives kqueue_close */
-    int wr_ep;              /* nested epoll for EVFILT_WRITE */
+    int waitfd;             /* a duplicate of fd that kevent() waits in;
+                               outlives kqueue_close, never replaced */
     int wake_fd;            /* eventfd: pending events or closed */
     int timer_fd;           /* timerfd at the earliest timer deadline */
     pthread_mutex_t lock;
-    int refs;               /* atomic: registry + threads inside kevent() */
+    struct kq *free_next;   /* on kq_free_list (kqueue.c) once destroyed */
     uint32_t attn;          /* atomic: bit (1 << tag) set by a filter while its
                                busy()/polled() may say yes (kq_attention) */
     int closed;
@@ -269,17 +301,20 @@ struct kq {
     struct knote *lowat_wait;
     int64_t lowat_next;         /* CLOCK_MONOTONIC ns of the next re-poll */
 
-    /* Items left behind in the READ set ([0]) and the WRITE set ([1]) by
-     * registrations found stale (filter_fd.c): the epoll_data of each, and
-     * the batch that first saw it.  One seen again in a later batch
-     * lingers, and its set is rebuilt. */
-    struct {
-        uint64_t data;
-        uint64_t batch;
-    } orphans[2][KQ_ORPHANS];
-    int norphans[2];
-    uint64_t rebuilt_batch[2];  /* the batch of the set's last rebuild */
-    uint64_t batch;             /* epoll batches processed so far */
+    /* lifetime.c: the identity of what each registered number names, and
+     * the sub-sets of the fd registrations ([0] READ, [1] WRITE). */
+    struct kq_fdid *ids;        /* by descriptor number */
+    int ids_cap;
+    int shadow_fd;              /* never waited on: one item per registered number */
+    int spare_fd;               /* an epoll set kept for the next rebuild */
+    struct kq_subset *subs[2];
+    int nsubs[2];
+    int sets_due;               /* sub-sets marked for a rebuild */
+    uint32_t batch_rot;         /* where process_batch starts (fairness) */
+    int nwatched;               /* descriptors in the wait set (kq_watch_*) */
+    int direct_fd;              /* atomic: the set a poll asks directly, or -1 */
+    int sweep_next;             /* the number the sweep looks at next */
+    uint32_t sweep_tick;        /* atomic: kevent() calls, for the sweep */
 
     /* udata of registrations the backend removed on its own: their
      * descriptor was closed or now names another file, or their process
@@ -300,17 +335,18 @@ struct kq {
  * tag of its own (ops->tag) and may own more.  Where order matters, hooks
  * run in ascending tag order: signals are collected before timers, and the
  * batched ready() hooks run vnodes, then timers, then the WRITE set. */
-#define TAG_READ    1u   /* an EVFILT_READ knote */
-#define TAG_WRITE   2u   /* an EVFILT_WRITE knote (inside wr_ep) */
+#define TAG_READ    1u   /* an EVFILT_READ knote (inside a READ sub-set) */
+#define TAG_WRITE   2u   /* an EVFILT_WRITE knote (inside a WRITE sub-set) */
 #define TAG_SIGNAL  3u   /* the process-wide signal eventfd and signalfd */
 #define TAG_PROC    4u   /* a pidfd: bits 0-31 the pid, 32-55 the generation */
 #define TAG_VNODE   5u   /* inotify_fd */
 #define TAG_TIMER   6u   /* timer_fd fired */
-#define TAG_WRITES  7u   /* wr_ep has ready items (EVFILT_WRITE's) */
+#define TAG_WRITES  7u   /* a WRITE sub-set has ready items (bits 0-31: its index) */
 #define TAG_FILES   8u   /* files_ino_fd: a registered regular file changed (EVFILT_READ's) */
 #define TAG_USER    9u   /* EVFILT_USER (no epoll item) */
 #define TAG_WAKE    10u  /* wake_fd, or closed_fd: the core's own */
-#define TAG_COUNT   11u
+#define TAG_READS   11u  /* a READ sub-set has ready items (bits 0-31: its index) */
+#define TAG_COUNT   12u
 #define EP_DATA(tag, gen, fd) (((uint64_t)(tag) << 56) | ((uint64_t)((gen) & 0xffffff) << 32) | \
                                (uint32_t)(fd))
 #define EP_TAG_OF(u64)  ((uint32_t)((u64) >> 56))
@@ -320,15 +356,21 @@ struct kq {
 /* kqueue.c: what the core offers filters.  Lock held. */
 #define KQ_DROPPED_MAX 65536    /* udata values kept for kqueue_py_take_dropped */
 int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);  /* 0 or -errno */
+int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data);    /* fd not closed */
+int kq_unwatch(struct kq *kq, int fd);                  /* out of the wait set: 0 or -errno */
+int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint64_t data);
+uint32_t kq_next_gen(struct kq *kq);                    /* a registration's generation */
+int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget its number */
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
 void kq_knote_drop(struct kq *kq, struct knote *kn);
 void kq_knote_stale(struct kq *kq, struct knote *kn);   /* keep udata, then drop */
 void kq_note_dropped(struct kq *kq, void *udata);
-void kq_forget_number(struct kq *kq, int fd);          /* fd_reused() of every filter */
+void kq_forget_number(struct kq *kq, int fd);          /* every fd registration on it dies */
 void kq_attention(struct kq *kq, uint32_t tag, int on); /* busy()/polled() may say yes */
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
+void kq_knote_foreach(struct kq *kq, int16_t filter, void (*fn)(struct kq *, struct knote *));
 void kq_after_delivery(struct kq *kq, struct knote *kn);   /* EV_ONESHOT, EV_DISPATCH */
 int64_t kq_now(void);
 intptr_t kq_queue_pending(int fd);  /* READ data on a queue's fd; -1: not one */
@@ -348,5 +390,26 @@ extern const struct filter_ops kq_proc_ops;     /* filter_proc.c */
 extern const struct filter_ops kq_vnode_ops;    /* filter_vnode.c */
 extern const struct filter_ops kq_timer_ops;    /* filter_timer.c */
 extern const struct filter_ops kq_user_ops;     /* filter_user.c */
+
+/* lifetime.c: a registration lives exactly as long as its descriptor.
+ * Lock held.  kind: 0 READ, 1 WRITE. */
+int kq_life_claim(struct kq *kq, int fd);                 /* 0 or -errno */
+void kq_life_unclaim(struct kq *kq, int fd);
+int kq_life_check(struct kq *kq, int fd);                 /* 0 live, -EBADF, -ENOENT */
+int kq_life_verify(struct kq *kq, int fd);                /* check; dead: forget the number */
+int kq_life_epollable(const struct kq *kq, int fd);       /* else known by fstat */
+int kq_set_add(struct kq *kq, int kind, int fd, struct epoll_event *ev, int *set);
+int kq_set_mod(struct kq *kq, int kind, int set, int fd, struct epoll_event *ev);
+int kq_set_del(struct kq *kq, int kind, int set, int fd, uint64_t data);
+int kq_set_ready(struct kq *kq, int kind, uint64_t data, struct epoll_event *ebuf, int max);
+void kq_set_orphan(struct kq *kq, int kind, int set, uint64_t data);
+void kq_set_lingers(struct kq *kq, int kind, int set, uint64_t data);
+int kq_sets_rearm(struct kq *kq);                       /* rebuilds due: 0 or -errno */
+int kq_sets_sole(const struct kq *kq);                  /* the one READ sub-set, or -1 */
+void kq_sweep(struct kq *kq);                           /* a few numbers probed */
+#define KQ_SWEEP_EVERY 128      /* kevent() calls between two sweeps (a power of 2) */
+void kq_life_init(struct kq *kq);
+void kq_life_close_fds(struct kq *kq);
+void kq_life_destroy(struct kq *kq);
 
 #endif /* KQ_INTERNAL_H */

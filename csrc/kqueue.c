@@ -24,7 +24,7 @@
 /* Every filter, indexed by the tag in its epoll items' data (TAG_*).  A
  * filter with more than one tag appears under each; its own is ops->tag. */
 static const struct filter_ops *const kq_filters[TAG_COUNT] = {
-    [TAG_READ] = &kq_read_ops,     [TAG_FILES] = &kq_read_ops,
+    [TAG_READ] = &kq_read_ops,     [TAG_FILES] = &kq_read_ops,   [TAG_READS] = &kq_read_ops,
     [TAG_WRITE] = &kq_write_ops,   [TAG_WRITES] = &kq_write_ops,
     [TAG_SIGNAL] = &kq_signal_ops,
     [TAG_PROC] = &kq_proc_ops,
@@ -48,26 +48,69 @@ static const struct filter_ops *const kq_filters[TAG_COUNT] = {
 /* ------------------------------------------------------------------ */
 /* Registry: kqueue descriptor -> struct kq.                            */
 
+/*
+ * kevent() finds its queue without a lock: the table is replaced (never
+ * changed in size) when it grows, and old tables are kept, since a reader
+ * may still be looking at one; a queue's memory is never freed but kept
+ * for the next kqueue() (kq_free_list), so a reader that raced with the
+ * queue's end touches only its reference count, and checks after taking a
+ * reference that the number still names that queue.  Writers hold
+ * registry_lock.
+ */
+struct registry {
+    int cap;
+    struct registry *older;     /* kept: lock-free readers may be in it */
+    struct kq *slot[];          /* atomic */
+};
+
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct kq **registry;
-static int registry_cap;
+static struct registry *registry;   /* atomic */
+static struct kq *kq_free_list;     /* registry_lock */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* The queue registered under fd, or NULL.  registry_lock held. */
+static struct kq *slot_locked(int fd)
+{
+    return registry != NULL && fd >= 0 && fd < registry->cap ? registry->slot[fd] : NULL;
+}
+
+static void slot_set(int fd, struct kq *kq)
+{
+    __atomic_store_n(&registry->slot[fd], kq, __ATOMIC_RELEASE);
+}
+
+static struct kq *slot_load(int fd)
+{
+    struct registry *reg = __atomic_load_n(&registry, __ATOMIC_ACQUIRE);
+    return reg != NULL && fd < reg->cap ? __atomic_load_n(&reg->slot[fd], __ATOMIC_ACQUIRE) : NULL;
+}
 
 static void kq_destroy(struct kq *kq);
 static int ep_add(int epfd, int fd, uint32_t events, uint64_t data);
 
+static void kq_put(struct kq *kq);
+
+/* The queue fd names, with a reference taken; NULL if none.  No lock. */
 static struct kq *kq_get(int fd)
 {
-    struct kq *kq = NULL;
     if (fd < 0)
         return NULL;
-    pthread_mutex_lock(&registry_lock);
-    if (fd < registry_cap && registry[fd] != NULL) {
-        kq = registry[fd];
-        __atomic_add_fetch(&kq->refs, 1, __ATOMIC_RELAXED);
+    for (;;) {
+        struct kq *kq = slot_load(fd);
+        if (kq == NULL)
+            return NULL;
+        int refs = __atomic_load_n(&kq->refs, __ATOMIC_RELAXED);
+        do {
+            if (refs == 0)
+                break;      /* ending: the slot has changed, or is about to */
+        } while (!__atomic_compare_exchange_n(&kq->refs, &refs, refs + 1, 1, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_RELAXED));
+        if (refs != 0) {
+            if (slot_load(fd) == kq)
+                return kq;
+            kq_put(kq);     /* its memory was reused meanwhile */
+        }
     }
-    pthread_mutex_unlock(&registry_lock);
-    return kq;
 }
 
 static void kq_put(struct kq *kq)
@@ -100,11 +143,22 @@ static int closed_fd_ensure(void)
     return 0;
 }
 
+/* A poll (timeout 0) of a queue whose wait set holds nothing but its one
+ * READ sub-set asks that set directly: one epoll_wait, not two.  Lock
+ * held; read without it (the number stays the set's until the queue's
+ * end: a rebuild replaces the set in place). */
+static void direct_update(struct kq *kq)
+{
+    int fd = !kq->closed && kq->nwatched == 1 ? kq_sets_sole(kq) : -1;
+    __atomic_store_n(&kq->direct_fd, fd, __ATOMIC_RELAXED);
+}
+
 /* Mark a queue closed and wake everything blocked in it.  Lock held. */
 static void kq_mark_closed(struct kq *kq)
 {
     uint64_t one = 1;
     kq->closed = 1;
+    direct_update(kq);
     if (kq->wake_signalled)
         return;
     kq->wake_signalled = 1;
@@ -151,15 +205,35 @@ static void close_queue_fds(struct kq *kq)
     FOR_EACH_FILTER(ops)
         if (ops->close_fds != NULL)
             ops->close_fds(kq);
+    kq_life_close_fds(kq);
 }
 
-/* The number fd is about to name one of the queue's own descriptors: no
- * registration recorded under it may live on (see fd_reused). */
+static struct knote *knote_find(struct kq *kq, const struct filter_ops *ops, uintptr_t ident);
+static void knote_stale_one(struct kq *kq, struct knote *kn);
+
+/* Every registration on the descriptor number fd died with the file it
+ * was made on (lifetime.c found the number closed or naming another
+ * file): each is removed, its udata kept for kqueue_py_take_dropped(). */
 void kq_forget_number(struct kq *kq, int fd)
 {
-    FOR_EACH_FILTER(ops)
-        if (ops->fd_reused != NULL)
-            ops->fd_reused(kq, fd);
+    if (fd < 0)
+        return;
+    FOR_EACH_FILTER(ops) {
+        if (!(ops->flags & FILT_IDENT_FD))
+            continue;
+        struct knote *kn = knote_find(kq, ops, (uintptr_t)fd);
+        if (kn != NULL)
+            knote_stale_one(kq, kn);
+    }
+}
+
+/* The backend just made descriptor fd (an epoll set, a timerfd, an
+ * inotify instance, ...): a registration still recorded under its number
+ * was made on a file since closed, and must not take it over. */
+int kq_new_descriptor(struct kq *kq, int fd)
+{
+    kq_forget_number(kq, fd);
+    return fd;
 }
 
 /* Put an internal descriptor (nested set, timerfd, pidfd, ...) into the
@@ -171,11 +245,65 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
         return -errno;
     kq_forget_number(kq, fd);
     struct epoll_event ev = { .events = events, .data.u64 = data };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0)
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
+        kq->nwatched++;
+        direct_update(kq);
         return 0;
+    }
     int err = -errno;
     close(fd);
     return err;
+}
+
+/* The same for a descriptor the queue does not own (the process-wide
+ * signal descriptors, made by another queue maybe long ago): left open on
+ * failure.  A registration on its number lives on only if the number
+ * still names the file it was made on.  0 or -errno. */
+int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data)
+{
+    (void)kq_life_verify(kq, fd);
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    kq->nwatched++;
+    direct_update(kq);
+    return 0;
+}
+
+/* Put the epoll set fresh in place of the internal descriptor under the
+ * number old: fresh joins the wait set, then dup3() makes old name it
+ * (the replaced set leaves the wait set with its file), and fresh's own
+ * number is closed.  0, or -errno with nothing changed (fresh still
+ * open). */
+int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint64_t data)
+{
+    struct epoll_event ev = { .events = events, .data.u64 = data };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fresh, &ev) < 0)
+        return -errno;
+    if (dup3(fresh, old, O_CLOEXEC) < 0) {
+        int err = -errno;
+        (void)epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fresh, NULL);
+        return err;
+    }
+    close(fresh);
+    return 0;
+}
+
+/* A new generation for a registration's epoll_data (24 bits used): an
+ * event of an older registration of the same ident is recognised. */
+uint32_t kq_next_gen(struct kq *kq)
+{
+    return ++kq->fd_gen;
+}
+
+/* Take an internal descriptor out of the wait set.  0 or -errno. */
+int kq_unwatch(struct kq *kq, int fd)
+{
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fd, NULL) < 0)
+        return -errno;
+    kq->nwatched--;
+    direct_update(kq);
+    return 0;
 }
 
 /*
@@ -183,17 +311,33 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data)
  * every queue descriptor it inherited; the memory is left alone because
  * another (now vanished) thread may have been changing it mid-fork.
  */
-static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
-static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+/* Every queue's lock is taken too (registry_lock first, the lock order),
+ * so that the child finds each queue in a consistent state and can close
+ * the descriptors its registrations hold (pidfds). */
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; registry != NULL && i < registry->cap; i++)
+        if (registry->slot[i] != NULL)
+            pthread_mutex_lock(&registry->slot[i]->lock);
+}
+static void atfork_parent(void)
+{
+    for (int i = registry != NULL ? registry->cap - 1 : -1; i >= 0; i--)
+        if (registry->slot[i] != NULL)
+            pthread_mutex_unlock(&registry->slot[i]->lock);
+    pthread_mutex_unlock(&registry_lock);
+}
 static void atfork_child(void)
 {
-    for (int i = 0; i < registry_cap; i++) {
-        struct kq *kq = registry[i];
+    for (int i = 0; registry != NULL && i < registry->cap; i++) {
+        struct kq *kq = registry->slot[i];
         if (kq == NULL)
             continue;
-        registry[i] = NULL;
+        slot_set(i, NULL);
         close_queue_fds(kq);
-        /* pidfds are close-on-exec; like the memory, they are left. */
+        /* The memory is left (and the lock held): nothing in the child can
+         * reach the queue any more. */
     }
     pthread_mutex_unlock(&registry_lock);
     FOR_EACH_FILTER(ops)
@@ -209,23 +353,26 @@ static int registry_insert(struct kq *kq)
 {
     struct kq *stale = NULL;
     pthread_mutex_lock(&registry_lock);
-    if (kq->fd >= registry_cap) {
-        int cap = registry_cap ? registry_cap : 64;
+    if (registry == NULL || kq->fd >= registry->cap) {
+        int old = registry != NULL ? registry->cap : 0;
+        int cap = old ? old : 64;
         while (cap <= kq->fd)
             cap *= 2;
-        struct kq **grown = realloc(registry, (size_t)cap * sizeof *grown);
+        struct registry *grown = calloc(1, sizeof *grown + (size_t)cap * sizeof grown->slot[0]);
         if (grown == NULL) {
             pthread_mutex_unlock(&registry_lock);
             return -ENOMEM;
         }
-        memset(grown + registry_cap, 0, (size_t)(cap - registry_cap) * sizeof *grown);
-        registry = grown;
-        registry_cap = cap;
+        grown->cap = cap;
+        grown->older = registry;
+        for (int i = 0; i < old; i++)
+            grown->slot[i] = registry->slot[i];
+        __atomic_store_n(&registry, grown, __ATOMIC_RELEASE);
     }
     /* A queue still registered under this number was closed with plain
      * close() rather than kqueue_close(): retire it now. */
-    stale = registry[kq->fd];
-    registry[kq->fd] = kq;
+    stale = registry->slot[kq->fd];
+    slot_set(kq->fd, kq);
     pthread_mutex_unlock(&registry_lock);
     if (stale != NULL) {
         pthread_mutex_lock(&stale->lock);
@@ -240,6 +387,23 @@ static int registry_insert(struct kq *kq)
 /* ------------------------------------------------------------------ */
 /* Queue lifecycle.                                                    */
 
+/* Memory for a new queue, zeroed but for refs (0: kq_get() may be
+ * looking at it, atomically): a destroyed queue's, or new. */
+static struct kq *kq_alloc(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct kq *kq = kq_free_list;
+    if (kq != NULL)
+        kq_free_list = kq->free_next;
+    pthread_mutex_unlock(&registry_lock);
+    if (kq == NULL)
+        return calloc(1, sizeof *kq);
+    assert(__atomic_load_n(&kq->refs, __ATOMIC_RELAXED) == 0);
+    size_t skip = offsetof(struct kq, fd);
+    memset((char *)kq + skip, 0, sizeof *kq - skip);
+    return kq;
+}
+
 static int ep_add(int epfd, int fd, uint32_t events, uint64_t data)
 {
     struct epoll_event ev = { .events = events, .data.u64 = data };
@@ -250,16 +414,17 @@ int kqueue(void)
 {
     pthread_once(&atfork_once, atfork_install);
 
-    struct kq *kq = calloc(1, sizeof *kq);
+    struct kq *kq = kq_alloc();
     if (kq == NULL) {
         errno = ENOMEM;
         return -1;
     }
-    kq->fd = kq->waitfd = kq->wake_fd = -1;
+    kq->fd = kq->waitfd = kq->wake_fd = kq->direct_fd = -1;
+    kq_life_init(kq);
     FOR_EACH_FILTER(ops)
         if (ops->init != NULL)
             ops->init(kq);
-    kq->refs = 1;  /* the registry's reference */
+    __atomic_store_n(&kq->refs, 1, __ATOMIC_RELEASE);  /* the registry's reference */
     static uint64_t last_id;
     kq->id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED);
     pthread_mutex_init(&kq->lock, NULL);
@@ -269,19 +434,16 @@ int kqueue(void)
         errno = -err;
         goto fail;
     }
-    /* Two descriptors: the user's and the set kevent() waits in.  wake_fd
-     * and the filters' own come with the first registration that needs
-     * them (see wake_for). */
+    /* Two descriptors: the user's and the backend's duplicate of it, which
+     * kevent() waits in (threads may still wait in it after the user's
+     * number was closed, and it is never replaced).  wake_fd and the
+     * filters' own come with the first registration that needs them (see
+     * wake_for). */
     kq->fd = epoll_create1(EPOLL_CLOEXEC);
     if (kq->fd < 0)
         goto fail;
-    /* The set kevent() waits in, nested in the user's descriptor: the hot
-     * path waits in it directly, and it can be rebuilt (filter_fd.c)
-     * without changing the file the user's descriptor names. */
-    kq->waitfd = epoll_create1(EPOLL_CLOEXEC);
+    kq->waitfd = fcntl(kq->fd, F_DUPFD_CLOEXEC, 0);
     if (kq->waitfd < 0)
-        goto fail;
-    if (ep_add(kq->fd, kq->waitfd, EPOLLIN, 0) < 0)
         goto fail;
     if ((err = registry_insert(kq)) != 0) {
         errno = -err;
@@ -309,21 +471,30 @@ static void kq_destroy(struct kq *kq)
         }
     }
     free(kq->hash);
+    kq->hash = NULL;
+    kq->hash_cap = 0;
     free(kq->dropped);
     close_queue_fds(kq);
     FOR_EACH_FILTER(ops)
         if (ops->destroy != NULL)
             ops->destroy(kq);
+    kq_life_destroy(kq);
     pthread_mutex_destroy(&kq->lock);
-    free(kq);
+    /* Kept for the next kqueue(): kq_get() may still read its refs (0 by
+     * now, unless kqueue() failed before publishing it). */
+    __atomic_store_n(&kq->refs, 0, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&registry_lock);
+    kq->free_next = kq_free_list;
+    kq_free_list = kq;
+    pthread_mutex_unlock(&registry_lock);
 }
 
 uint64_t kqueue_py_queue_id(int fd)
 {
     uint64_t id = 0;
     pthread_mutex_lock(&registry_lock);
-    if (fd >= 0 && fd < registry_cap && registry[fd] != NULL)
-        id = registry[fd]->id;
+    if (slot_locked(fd) != NULL)
+        id = slot_locked(fd)->id;
     pthread_mutex_unlock(&registry_lock);
     return id;
 }
@@ -359,10 +530,9 @@ int kqueue_close(int fd)
 {
     struct kq *kq = NULL;
     pthread_mutex_lock(&registry_lock);
-    if (fd >= 0 && fd < registry_cap) {
-        kq = registry[fd];
-        registry[fd] = NULL;
-    }
+    kq = slot_locked(fd);
+    if (kq != NULL)
+        slot_set(fd, NULL);
     pthread_mutex_unlock(&registry_lock);
     if (kq == NULL) {
         errno = EBADF;
@@ -414,6 +584,16 @@ static struct knote *knote_find(struct kq *kq, const struct filter_ops *ops, uin
         if (kn->kev.ident == ident && kn->kev.filter == filter)
             return kn;
     return NULL;
+}
+
+/* Call fn on every knote of a filter that the core stores (not READ or
+ * WRITE).  fn must not remove knotes. */
+void kq_knote_foreach(struct kq *kq, int16_t filter, void (*fn)(struct kq *, struct knote *))
+{
+    for (size_t i = 0; i < kq->hash_cap; i++)
+        for (struct knote *kn = kq->hash[i]; kn != NULL; kn = kn->hash_next)
+            if (kn->kev.filter == filter)
+                fn(kq, kn);
 }
 
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter)
@@ -487,7 +667,22 @@ void kq_knote_drop(struct kq *kq, struct knote *kn)
     kn->ops->detach(kq, kn);
     kq_dequeue(kq, kn);
     knote_unlink(kq, kn);
+    assert(!(kn->status & KN_QUEUED) && kn->q_next == NULL && kn->q_prev == NULL);
     free(kn);
+}
+
+/* Take back one udata value recorded since ndropped was before (udata
+ * NULL: none): it is still in use. */
+static void kq_undrop(struct kq *kq, int before, void *udata)
+{
+    for (int i = kq->ndropped - 1; udata != NULL && i >= before; i--) {
+        if (kq->dropped[i] == (uint64_t)(uintptr_t)udata) {
+            memmove(kq->dropped + i, kq->dropped + i + 1,
+                    (size_t)(kq->ndropped - i - 1) * sizeof *kq->dropped);
+            kq->ndropped--;
+            return;
+        }
+    }
 }
 
 /* Keep the udata of a registration the backend dropped on its own. */
@@ -506,13 +701,22 @@ void kq_note_dropped(struct kq *kq, void *udata)
     kq->dropped[kq->ndropped++] = (uint64_t)(uintptr_t)udata;
 }
 
-/* A registration the backend removes on its own (it died with its
- * descriptor, or its process exited unwatched): its owner gets the udata
- * back (kqueue_py_take_dropped), then it goes. */
-void kq_knote_stale(struct kq *kq, struct knote *kn)
+static void knote_stale_one(struct kq *kq, struct knote *kn)
 {
     kq_note_dropped(kq, kn->kev.udata);
     kq_knote_drop(kq, kn);
+}
+
+/* A registration the backend removes on its own (it died with its
+ * descriptor, or its process exited unwatched): its owner gets the udata
+ * back (kqueue_py_take_dropped), then it goes -- with every other
+ * registration on the same descriptor number, dead with it. */
+void kq_knote_stale(struct kq *kq, struct knote *kn)
+{
+    if (kn->ops->flags & FILT_IDENT_FD)
+        kq_forget_number(kq, (int)kn->kev.ident);
+    else
+        knote_stale_one(kq, kn);
 }
 
 /* ------------------------------------------------------------------ */
@@ -527,6 +731,7 @@ void kq_enqueue(struct kq *kq, struct knote *kn)
      * that fire without one. */
     if (kq->wake_fd < 0)
         (void)kq_wake_fd_ensure(kq);
+    assert(kn->q_next == NULL && kn->q_prev == NULL && kq->q_head != kn);
     kn->status |= KN_QUEUED;
     kn->q_next = NULL;
     kn->q_prev = kq->q_tail;
@@ -645,6 +850,20 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
     struct knote *kn = knote_find(kq, ops, kev->ident);
     int err;
 
+    if (kn != NULL && (ops->flags & FILT_IDENT_FD) && !(kev->flags & EV_DELETE)) {
+        /* lifetime.c: a registration whose number no longer names its file
+         * is dead (gone, its udata handed back); an EV_ADD makes a new one.
+         * (udata the EV_ADD passes again is still in use: not handed back.) */
+        void *old = kn->kev.udata;
+        int before = kq->ndropped;
+        if ((err = kq_life_verify(kq, (int)kev->ident)) != 0) {
+            if (!(kev->flags & EV_ADD))
+                return err;
+            kq_undrop(kq, before, old == kev->udata ? old : NULL);
+            kn = NULL;
+        }
+    }
+
     if (kn == NULL) {
         if (!(kev->flags & EV_ADD)) {
             /* As on BSD, a descriptor that is not open is EBADF. */
@@ -696,7 +915,7 @@ static int apply_change(struct kq *kq, const struct kevent *kev)
 
     err = ops->modify(kq, kn, kev);
     if (kn->status & KN_STALE) {
-        /* Its descriptor was closed or reused: the backend removes it, and
+        /* The filter cannot go on with it: the backend removes it, and
          * keeps the udata it held (not this change's) for its owner --
          * unless this change is an EV_ADD, whose caller knows. */
         if (!(kev->flags & EV_ADD))
@@ -805,11 +1024,15 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
                          struct kevent *out, int room, uint64_t scan_id)
 {
     int n = 0;
-    kq->batch++;
     uint32_t batched = 0;
     uint64_t batched_data[TAG_COUNT];
     uint32_t batched_events[TAG_COUNT];
-    for (int i = 0; i < r; i++) {
+    /* Start at a different item each batch: a nested set that fills the
+     * room must not starve the items behind it (epoll re-queues them all
+     * in the same order). */
+    int start = r > 1 ? (int)(kq->batch_rot++ % (uint32_t)r) : 0;
+    for (int k = 0; k < r; k++) {
+        int i = start + k < r ? start + k : start + k - r;
         uint32_t tag = EP_TAG_OF(ebuf[i].data.u64);
         const struct filter_ops *ops = tag < TAG_COUNT ? kq_filters[tag] : NULL;
         if (ops == NULL || ops->ready == NULL)
@@ -972,7 +1195,8 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             pthread_mutex_unlock(&kq->lock);
         }
         int room = nevents - n < want ? nevents - n : want;
-        int r = ep_wait(kq->waitfd, ebuf, room, wait_ns);
+        int direct = deadline == KQ_POLL ? __atomic_load_n(&kq->direct_fd, __ATOMIC_RELAXED) : -1;
+        int r = ep_wait(direct >= 0 ? direct : kq->waitfd, ebuf, room, wait_ns);
         if (r < 0) {
             if (n == 0)
                 n = -errno;     /* else report what we have; the signal stays pending */
@@ -1082,6 +1306,17 @@ static int kevent_until(int kqfd, const struct kevent *changelist, int nchanges,
         pthread_mutex_unlock(&kq->lock);
         if (owed)
             wake_signal(kq);
+    }
+    /* lifetime.c's sweep, every KQ_SWEEP_EVERY calls on the queue.  A
+     * load and a store, not a locked increment: calls of several threads
+     * at once may count once, which only spaces sweeps a little more. */
+    uint32_t tick = __atomic_load_n(&kq->sweep_tick, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&kq->sweep_tick, tick, __ATOMIC_RELAXED);
+    if ((tick & (KQ_SWEEP_EVERY - 1)) == 0) {
+        pthread_mutex_lock(&kq->lock);
+        if (!kq->closed)
+            kq_sweep(kq);
+        pthread_mutex_unlock(&kq->lock);
     }
     /* As on FreeBSD: errors and receipts are returned without a scan. */
     if (n == 0 && nevents > 0)

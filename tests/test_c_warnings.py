@@ -74,3 +74,24 @@ def test_the_core_names_no_filter():
     named = re.findall(r"\bEVFILT_\w+|\bkq_(?:read|write|fd|files|lowat|wr_ep|timers?|user|signal|proc|vnode)\w*"
                        r"|\bTAG_(?!COUNT\b|WAKE\b)\w+|\bNOTE_\w+", rest)
     assert named == []
+
+
+# The core's own state: what the queue, the pending list, the wake
+# descriptor and the registry are made of.  Only kqueue.c touches it.
+CORE_FIELDS = ("fd", "waitfd", "wake_fd", "wake_signalled", "closed", "refs", "lock", "id",
+               "hash", "hash_cap", "hash_count", "q_head", "q_tail", "dropped", "ndropped",
+               "dropped_cap", "attn", "fd_gen", "batch_rot", "nwatched", "direct_fd", "sweep_tick")
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if os.path.basename(p) != "kqueue.c"],
+                         ids=os.path.basename)
+def test_filters_reach_the_core_only_through_kq_functions(path):
+    # The other direction: a filter (and lifetime.c) calls the kq_*
+    # functions of kq_internal.h for the core's descriptors and state, and
+    # never touches them (no kq->waitfd in an epoll_ctl(), no kq->wake_fd
+    # write, no walk of the core's hash).
+    import re
+    with open(path) as f:
+        src = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    touched = sorted(set(re.findall(r"\bkq->(" + "|".join(CORE_FIELDS) + r")\b", src)))
+    assert touched == [], f"{os.path.basename(path)} touches the core's {touched}"

@@ -739,19 +739,13 @@ def test_vnode_change_without_add_on_bad_fd_is_ebadf(ident):
         lib.kqueue_close(kq)
 
 
-@pytest.mark.xfail(
-    sys.platform.startswith("linux"), strict=True,
-    reason="known Linux backend limit (docs/linux-backend.md): READ registrations share the queue's epoll "
-           "set with the backend's own descriptors, so registering one of those fails "
-           "with EEXIST")
 def test_read_on_backend_internal_fd_does_not_break_signal_registration():
     """The process-wide signal eventfd (made on the first EVFILT_SIGNAL
     registration) is an ordinary descriptor of the process.  A queue that
-    watches it with EVFILT_READ can then no longer register EVFILT_SIGNAL:
-    EV_ADD fails with EEXIST (the signal filter's EPOLL_CTL_ADD of that fd
-    into the queue's epoll set collides with the READ registration), and in
-    the other order EVFILT_READ fails with EEXIST.  Neither errno is a
-    kqueue(2) error; on BSD both registrations succeed and are independent."""
+    watches it with EVFILT_READ can register EVFILT_SIGNAL too, in either
+    order, as on BSD, where both registrations succeed and are independent
+    (READ registrations live in their own nested sets, apart from the
+    backend's descriptors)."""
     warm = lib.kqueue()
     assert _one_change(warm, signal.SIGUSR2, SIGNAL, EV_ADD) == (0, 0)
     before = set(os.listdir("/proc/self/fd"))

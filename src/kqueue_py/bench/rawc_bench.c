@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -119,17 +121,44 @@ static void bench(const char *variant, op_fn op, void *ctx, int64_t target_ns, i
 /* ---- fixtures ------------------------------------------------------ */
 
 /* n descriptors: n/2 socketpairs (both ends), plus one more pair if odd. */
-static int *make_fds(int n)
+/* A connected pair of TCP sockets over loopback. */
+static void tcp_pair(int sv[2])
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof sa;
+    int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(l, 1) < 0 ||
+        getsockname(l, (struct sockaddr *)&sa, &len) < 0)
+        die("tcp listener");
+    sv[1] = socket(AF_INET, SOCK_STREAM, 0);
+    if (sv[1] < 0 || connect(sv[1], (struct sockaddr *)&sa, sizeof sa) < 0)
+        die("tcp connect");
+    sv[0] = accept(l, NULL, NULL);
+    if (sv[0] < 0)
+        die("tcp accept");
+    setsockopt(sv[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    close(l);
+}
+
+/* n descriptors: both ends of n/2 connected pairs (AF_UNIX, or TCP). */
+static int *make_fds_of(int n, int tcp)
 {
     int *fds = calloc((size_t)n + 1, sizeof *fds);
     for (int i = 0; i < n; i += 2) {
         int sv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+        if (tcp)
+            tcp_pair(sv);
+        else if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
             die("socketpair");
         fds[i] = sv[0];
         fds[i + 1] = sv[1];
     }
     return fds;
+}
+
+static int *make_fds(int n)
+{
+    return make_fds_of(n, 0);
 }
 
 static int new_kq(void)
@@ -215,14 +244,22 @@ static void op_ep_poll_fionread(void *p, long n)
 #endif
 
 /* nfds registered for READ, the first `ready` of them readable. */
-static void scenario_poll(int nfds, int ready, int64_t target, int repeats, int with_fionread)
+static void scenario_poll(int nfds, int ready, int64_t target, int repeats, int with_fionread,
+                          int tcp)
 {
-    int *fds = make_fds(nfds);
+    int *fds = make_fds_of(nfds, tcp);
     /* Make `ready` descriptors readable: write into the peer of fds[2k]. */
     int made = 0;
     for (int i = 0; i < nfds && made < ready; i += 2, made++)
         if (write(fds[i + 1], "x", 1) != 1)
             die("write");
+    /* TCP: the bytes cross loopback in softirq; wait till each has landed. */
+    for (int i = 0; tcp && i < 2 * made; i += 2) {
+        int v = 0;
+        for (int spins = 0; v == 0 && spins < 1000000; spins++)
+            if (ioctl(fds[i], FIONREAD, &v) < 0)
+                die("FIONREAD");
+    }
     struct pollctx c = {0};
     c.cap = ready > 64 ? ready : 64;
     c.expect = ready;
@@ -516,11 +553,13 @@ int main(int argc, char **argv)
     }
 
     if (strcmp(scenario, "empty_poll") == 0)
-        scenario_poll(2, 0, target, repeats, 0);
+        scenario_poll(2, 0, target, repeats, 0, 0);
     else if (strcmp(scenario, "ready") == 0)
-        scenario_poll(2 * n, n, target, repeats, 1);
+        scenario_poll(2 * n, n, target, repeats, 1, 0);
+    else if (strcmp(scenario, "ready_tcp") == 0)
+        scenario_poll(2 * n, n, target, repeats, 1, 1);
     else if (strcmp(scenario, "active") == 0)
-        scenario_poll(n, 1, target, repeats, 0);
+        scenario_poll(n, 1, target, repeats, 0, 0);
     else if (strcmp(scenario, "regdel") == 0)
         scenario_regdel(n, target, repeats);
     else if (strcmp(scenario, "timers") == 0)

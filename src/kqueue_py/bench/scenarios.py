@@ -86,8 +86,19 @@ class Scenario:
 
 # ---------------------------------------------------------------- fixtures
 
-def _socket_fds(n: int, built: Built) -> List[int]:
-    """``n`` descriptors: both ends of ceil(n/2) socketpairs."""
+def _tcp_pair() -> Tuple[socket.socket, socket.socket]:
+    """A connected (accepted, client) pair of TCP sockets over loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        c = socket.create_connection(lst.getsockname())
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        a, _ = lst.accept()
+    return a, c
+
+
+def _socket_fds(n: int, built: Built, tcp: bool = False) -> List[int]:
+    """``n`` descriptors: both ends of ceil(n/2) socketpairs (or TCP pairs)."""
     socks: List[socket.socket] = []
     def close_all() -> None:
         for s in socks:
@@ -95,18 +106,21 @@ def _socket_fds(n: int, built: Built) -> List[int]:
 
     built.cleanup.append(close_all)
     while len(socks) < n:
-        a, b = socket.socketpair()
+        a, b = _tcp_pair() if tcp else socket.socketpair()
         socks += [a, b]
     return [s.fileno() for s in socks[:n]]
 
 
 def _make_ready(fds: List[int], ready: int) -> List[int]:
     """Make fds[0], fds[2], ... (``ready`` of them) readable: write one byte
-    into each one's peer.  Returns the ready descriptors."""
+    into each one's peer (and, over TCP, see it land).  Returns the ready
+    descriptors."""
     out = []
     for k in range(ready):
         os.write(fds[2 * k + 1], b"x")
         out.append(fds[2 * k])
+    for fd in out:
+        select.select([fd], [], [], 5.0)
     return out
 
 
@@ -164,12 +178,13 @@ def _expect(name: str, got: List[Tuple[Any, ...]], want: List[int]) -> None:
 
 def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 0,
                 unit: str, rawc: Tuple[str, int], stdlib: bool = True,
-                cdata_variant: bool = False, lib_variant: bool = True) -> Built:
+                cdata_variant: bool = False, lib_variant: bool = True,
+                tcp: bool = False) -> Built:
     """``nfds`` sockets registered for EVFILT_READ (level-triggered), the
     first ``ready`` readable; optionally ``timers`` armed timers.  One op:
     a poll (timeout 0) whose events are handed on as Python tuples."""
     built = Built(runners={}, roles={}, unit=unit, rawc=rawc)
-    fds = _socket_fds(nfds, built)
+    fds = _socket_fds(nfds, built, tcp)
     want = _make_ready(fds, ready)
     udatas = [i + 1 for i in range(nfds)]
     regs = [(fd, lib.EVFILT_READ, lib.EV_ADD, 0, u) for fd, u in zip(fds, udatas)]
@@ -361,6 +376,13 @@ def build_ready64(ctx: Context) -> Built:
                     rawc=("ready", 64), cdata_variant=True)
     b.notes.append("stdlib epoll hands (fd, mask, udata-from-dict): it reports no byte "
                    "count, kqueue_py's data is FIONREAD (see rawC epoll+FIONREAD)")
+    return b
+
+
+def build_ready64_tcp(ctx: Context) -> Built:
+    b = _build_poll(ctx, nfds=128, ready=64, cap=64, unit="wait of 64",
+                    rawc=("ready_tcp", 64), cdata_variant=True, tcp=True)
+    b.notes.append("ready64 over connected TCP pairs on loopback instead of AF_UNIX")
     return b
 
 
@@ -710,6 +732,7 @@ SCENARIOS: List[Scenario] = [
     Scenario("empty_poll", "empty poll (timeout 0, nothing ready)", build_empty_poll),
     Scenario("ready64", "wait returning 64 ready sockets -> (ident, filter, data, udata)",
              build_ready64),
+    Scenario("ready64_tcp", "the same, 64 ready TCP sockets (loopback)", build_ready64_tcp),
     Scenario("regdel1000", "register + delete 1,000 fds, one batch each", build_regdel),
     Scenario("active1of10", "1 active among 10 registered (poll)", _active_n(10)),
     Scenario("active1of10000", "1 active among 10,000 registered (poll)", _active_n(10_000)),
