@@ -113,6 +113,8 @@ struct kqueue_py_call {
     int64_t timeout_ns;
     const struct kevent *changelist;
     struct kevent *eventlist;
+    struct kevent change;
+    ...;
 };
 int kqueue_py_call(const struct kqueue_py_call *call);
 """
@@ -155,7 +157,9 @@ static int kqueue_py_kevent(int kq, const struct kevent *changelist, int nchange
 # per event buffer (or per prepared change) and change a field only when
 # its value changes.  The function only reads the request and returns the
 # result (-errno on failure): a request that does not change may be used by
-# several threads at once.  The GIL is released around the call, as around
+# several threads at once.  A request may carry its one change itself
+# (``change``, with ``changelist`` pointing to it), so that it owns all the
+# memory it points to.  The GIL is released around the call, as around
 # every cffi call.
 CALL = """
 struct kqueue_py_call {
@@ -165,6 +169,7 @@ struct kqueue_py_call {
     int64_t timeout_ns;
     const struct kevent *changelist;
     struct kevent *eventlist;
+    struct kevent change;   /* room for one change: changelist may point here */
 };
 static int kqueue_py_call(const struct kqueue_py_call *call)
 {

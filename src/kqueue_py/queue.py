@@ -131,8 +131,8 @@ class KQueue(QueueBase):
         self._udata = UdataMap()
         self._objects = self._udata.objects     # token -> udata, read by wait()
         self._finite = self._udata.finite       # non-empty: wait() releases udata
-        # trigger()'s prepared changes: (ident, fflags) -> (change, request).
-        self._triggers: dict[Any, tuple[Any, Any]] = {}
+        # trigger()'s prepared changes: ident or (ident, fflags) -> request.
+        self._triggers: dict[Any, Any] = {}
         self._open()
         # One buffer now (its request names this queue): a wait never
         # allocates unless threads wait at once.
@@ -273,17 +273,18 @@ class KQueue(QueueBase):
         # again, so threads share it.  EV_KEEPUDATA leaves the registration's
         # udata as it is; without it (macOS) the current udata word must be
         # sent again, which the general path does.
-        # Only plain ints are looked up (True == 1, but True is no ident).
+        # Only plain ints are looked up (True == 1, but True is no ident);
+        # the plain trigger by its ident alone, one with fflags by both.
+        # close() and fork empty the prepared changes, so a hit is a queue
+        # that was open (as with any call, a close from another thread
+        # meanwhile makes the call fail).
         if type(ident) is int and type(fflags) is int:
             try:
-                req = self._triggers[ident, fflags][1]
+                req = self._triggers[ident if fflags == 0 else (ident, fflags)]
             except KeyError:
                 req = self._prepare_trigger(ident, fflags)
         else:
             req = self._prepare_trigger(ident, fflags)
-        fd = self._fd
-        if fd < 0:
-            raise ValueError(_core.CLOSED_MESSAGE)
         if req is None or call(req) < 0:
             # No fast path here, or the trigger failed (no such user event,
             # the queue closed meanwhile...): the general path applies it
@@ -297,19 +298,22 @@ class KQueue(QueueBase):
         here), or None where there is no fast path (no ``EV_KEEPUDATA``)."""
         ident = _ident(ident)
         fflags = int_arg(fflags, "fflags", 0, 2**32 - 1)
-        fd = self._fd
-        if not _core.EV_KEEPUDATA or fd < 0:
+        fd = self._live_fd()
+        if not _core.EV_KEEPUDATA:
             return None
-        change = _core.ffi.new("struct kevent *")
+        # The request carries its change: it alone keeps all it points to.
+        req = new_call(fd)
+        change = req.change
         change.ident = ident
         change.filter = lib.EVFILT_USER
         change.flags = _core.EV_KEEPUDATA
         change.fflags = lib.NOTE_TRIGGER | fflags
-        req = new_call(fd, change, 1)
+        req.changelist = _core.ffi.addressof(req, "change")
+        req.nchanges = 1
         triggers = self._triggers
         if len(triggers) >= 64:
             triggers = self._triggers = {}
-        triggers[ident, fflags] = (change, req)
+        triggers[ident if fflags == 0 else (ident, fflags)] = req
         return req
 
     def add_signal(self, signum: int, udata: Any = None) -> None:
