@@ -296,8 +296,8 @@ class KQueue(QueueBase):
     def _prepare_trigger(self, ident: Any, fflags: Any) -> Any:
         """The request of a trigger of ``ident`` with ``fflags`` (checked
         here), or None where there is no fast path (no ``EV_KEEPUDATA``)."""
-        ident = _ident(ident)
         fflags = int_arg(fflags, "fflags", 0, 2**32 - 1)
+        ident = _ident(ident)
         fd = self._live_fd()
         if not _core.EV_KEEPUDATA:
             return None

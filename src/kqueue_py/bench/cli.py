@@ -232,6 +232,6 @@ def _measure(sc: Scenario, ctx: Context, rawc: Optional[RawC], rawc_note: str,
     elif rawc_note and built is not None and built.rawc:
         res.notes.append(rawc_note)
     if not res.error:
-        res.floors = floors(list(res.variants))
+        res.floors = floors(list(res.variants), sc.name)
         res.suspect, res.suspect_variants = report.check_result(res)
     return res

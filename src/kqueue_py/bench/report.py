@@ -100,7 +100,7 @@ class ScenarioResult:
         r.error = sc.get("error")
         r.variants = {k: Measurement(**v) for k, v in sc.get("variants", {}).items()}
         # Runs saved before floors were recorded get them from the names.
-        r.floors = dict(sc.get("floors") or floors(list(r.variants)))
+        r.floors = dict(sc["floors"] if "floors" in sc else floors(list(r.variants), name))
         r.attempts = int(sc.get("attempts", 1))
         r.suspect = list(sc.get("suspect", []))
         r.suspect_variants = list(sc.get("suspect_variants", []))
