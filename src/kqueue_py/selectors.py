@@ -11,6 +11,7 @@ without :func:`kqueue_py.compat.install`::
 from __future__ import annotations
 
 import selectors as _stdlib_selectors
+import sys
 import time
 from selectors import EVENT_READ, EVENT_WRITE, SelectorKey
 from typing import Any, Optional
@@ -40,6 +41,7 @@ _DELETE = lib.EV_DELETE
 _NODATA = getattr(lib, "NOTE_NODATA", 0)
 _pair_from = IDENT_FILTER.unpack_from
 _monotonic_ns = time.monotonic_ns
+_PYPY = sys.implementation.name == "pypy"
 
 
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
@@ -171,6 +173,18 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
                 raise failure(self._kqfd, n)
         fd_to_key = self._fd_to_key
         ready = []
+        if _PYPY:
+            # PyPy's JIT reads the cdata fields in place faster than any
+            # decoder copies them out.
+            events = buf.events
+            for i in range(n):
+                ev = events[i]
+                key = fd_to_key.get(ev.ident)
+                if key is not None:
+                    mask = EVENT_READ if ev.filter == _READ else EVENT_WRITE
+                    if key.events & mask:
+                        ready.append((key, mask))
+            return ready
         for ident, filt in decode_pairs(buf, n):
             key = fd_to_key.get(ident)
             if key is not None:
