@@ -256,8 +256,8 @@ def sec_headline(cp: Run, pp: Optional[Run]) -> str:
         x = _speedup(e, "stdlib")
         if x is not None:
             lines.append(f"- asyncio echo server, {e.unit.split('(')[-1].rstrip(')')}: "
-                         f"**{fmt_x(x)}** the requests per second of the default loop "
-                         f"on `SelectorEventLoop(KqueueSelector())`.")
+                         f"`SelectorEventLoop(KqueueSelector())` serves **{fmt_x(x)}** "
+                         f"the requests per second of the default loop.")
     r = cp.get("empty_poll")
     if r is not None and _speedup(r, "ctypes") is not None:
         lines.append(f"- against ctypes calling the same compiled `kevent()`: "
