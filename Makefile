@@ -65,7 +65,7 @@ bench: install-pkg
 
 # The numbers in docs/benchmarks.md and README.md, regenerated: a full run on
 # CPython (this venv) and, when pypy3 is installed, on PyPy (in .venv-pypy),
-# their JSON kept in docs/bench/; then tools/bench-docs.py rewrites the tables
+# their JSON kept in docs/bench/; then python -m kqueue_py.bench.docs rewrites the tables
 # between the <!-- bench:...:begin/end --> markers,
 # and the benchmark's own --replot draws the CPython run's chart (docs/bench.png).
 # BENCH_DOCS_ARGS=--quick for a faster, noisier run.
@@ -85,7 +85,7 @@ bench-docs: install-pkg
 	    echo "bench-docs: no $(PYPY): the docs will say PyPy was not run"; \
 	    rm -f docs/bench/pypy.json; \
 	fi
-	$(PY) tools/bench-docs.py --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json
+	$(PY) -m kqueue_py.bench.docs --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json
 	$(PY) -m kqueue_py.bench --replot docs/bench/cpython.json --png docs/bench.png
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.

@@ -20,6 +20,9 @@ class _Lib:
     # returns the number of events, or -errno on failure.
     def kqueue_py_kevent(self, kq: int, changelist: Any, nchanges: int,
                          eventlist: Any, nevents: int, timeout_ns: int) -> int: ...
+    # The same call described by one struct kqueue_py_call * (kq, nchanges,
+    # nevents, timeout_ns, changelist, eventlist): the fast entry point.
+    def kqueue_py_call(self, call: Any) -> int: ...
     def __getattr__(self, name: str) -> int: ...  # EVFILT_*, EV_*, NOTE_*
 
 lib: _Lib

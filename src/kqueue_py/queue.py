@@ -31,13 +31,13 @@ from ._core import (
     KEEP,
     MAX_EVENTS,
     MINUS_EINTR,
-    NULL,
     Buffer,
     Event,
     FileDescriptorLike,
     HasFileno,
     QueueBase,
     UdataMap,
+    call,
     decode_events,
     decode_tuples,
     failure,
@@ -45,8 +45,8 @@ from ._core import (
     ident_of,
     index_arg,
     int_arg,
-    kevent,
     lib,
+    new_call,
     seconds_ns,
     wait_more,
 )
@@ -59,6 +59,7 @@ _EV_ONESHOT = lib.EV_ONESHOT
 _monotonic_ns = time.monotonic_ns
 _unpack_from = _core.KEVENT.unpack_from
 _new_tuple = tuple.__new__
+_UNSEEN = _core.UNSEEN
 
 
 class Change(NamedTuple):
@@ -120,18 +121,26 @@ class KQueue(QueueBase):
     [(1, 'wake')]
     """
 
-    __slots__ = ("_cap", "_free", "_udata", "_objects", "_finite")
+    __slots__ = ("_cap", "_free", "_udata", "_objects", "_finite", "_triggers")
 
     def __init__(self, max_events: int = 64) -> None:
         self._fd = -1
         cap = int_arg(max_events, "max_events", 1, MAX_EVENTS)
         self._cap = cap
-        # One buffer now: a wait never allocates unless threads wait at once.
-        self._free: list[Buffer] = [Buffer(cap)]
+        self._free: list[Buffer] = []
         self._udata = UdataMap()
         self._objects = self._udata.objects     # token -> udata, read by wait()
         self._finite = self._udata.finite       # non-empty: wait() releases udata
+        # trigger()'s prepared changes: ident or (ident, fflags) -> request.
+        self._triggers: dict[Any, Any] = {}
         self._open()
+        # One buffer now (its request names this queue): a wait never
+        # allocates unless threads wait at once.
+        try:
+            self._free.append(Buffer(cap, self._fd))
+        except BaseException:
+            self._close_fd()
+            raise
 
     # -- lifecycle -----------------------------------------------------
     def fileno(self) -> int:
@@ -148,11 +157,15 @@ class KQueue(QueueBase):
         """Close the queue; threads blocked in :meth:`wait` wake and raise
         ``ValueError``.  Every udata object is released.  Idempotent."""
         self._close_fd()
+        self._free = []     # every later wait goes through _prepare, which checks
         self._udata.clear()
+        self._triggers = {}
 
     def _after_fork(self) -> None:
         self._fd = -1
+        self._free = []
         self._udata.clear()
+        self._triggers = {}
 
     def __enter__(self) -> KQueue:
         self._live_fd()
@@ -259,8 +272,53 @@ class KQueue(QueueBase):
         """Trigger user event ``ident``; safe from any thread, wakes waiters.
         ``fflags`` may carry ``NOTE_FFAND``/``NOTE_FFOR``/``NOTE_FFCOPY``
         with a 24-bit value."""
+        # The fast path: a change prepared once per (ident, fflags), applied
+        # through the one-argument entry point; its request is never written
+        # again, so threads share it.  EV_KEEPUDATA leaves the registration's
+        # udata as it is; without it (macOS) the current udata word must be
+        # sent again, which the general path does.
+        # Only plain ints are looked up (True == 1, but True is no ident);
+        # the plain trigger by its ident alone, one with fflags by both.
+        # close() and fork empty the prepared changes, so a hit is a queue
+        # that was open (as with any call, a close from another thread
+        # meanwhile makes the call fail).
+        if type(ident) is int and type(fflags) is int:
+            try:
+                req = self._triggers[ident if fflags == 0 else (ident, fflags)]
+            except KeyError:
+                req = self._prepare_trigger(ident, fflags)
+        else:
+            req = self._prepare_trigger(ident, fflags)
+        if req is None or call(req) < 0:
+            # No fast path here, or the trigger failed (no such user event,
+            # the queue closed meanwhile...): the general path applies it
+            # again, or raises what apply() raises for it (it changed
+            # nothing: a failed change has no effect).
+            self._one(_ident(ident), lib.EVFILT_USER, 0,
+                      lib.NOTE_TRIGGER | int_arg(fflags, "fflags", 0, 2**32 - 1), udata=KEEP)
+
+    def _prepare_trigger(self, ident: Any, fflags: Any) -> Any:
+        """The request of a trigger of ``ident`` with ``fflags`` (checked
+        here), or None where there is no fast path (no ``EV_KEEPUDATA``)."""
         fflags = int_arg(fflags, "fflags", 0, 2**32 - 1)
-        self._one(_ident(ident), lib.EVFILT_USER, 0, lib.NOTE_TRIGGER | fflags, udata=KEEP)
+        ident = _ident(ident)
+        fd = self._live_fd()
+        if not _core.EV_KEEPUDATA:
+            return None
+        # The request carries its change: it alone keeps all it points to.
+        req = new_call(fd)
+        change = req.change
+        change.ident = ident
+        change.filter = lib.EVFILT_USER
+        change.flags = _core.EV_KEEPUDATA
+        change.fflags = lib.NOTE_TRIGGER | fflags
+        req.changelist = _core.ffi.addressof(req, "change")
+        req.nchanges = 1
+        triggers = self._triggers
+        if len(triggers) >= 64:
+            triggers = self._triggers = {}
+        triggers[ident if fflags == 0 else (ident, fflags)] = req
+        return req
 
     def add_signal(self, signum: int, udata: Any = None) -> None:
         """Count deliveries of signal ``signum`` (``EVFILT_SIGNAL``)."""
@@ -284,11 +342,16 @@ class KQueue(QueueBase):
     # -- events --------------------------------------------------------
     # wait() and wait_tuples() are written out in full, alike but for the
     # decoder, on purpose: sharing the body through one more method call
-    # made an empty poll measurably slower (python -m kqueue_py.bench:
-    # KQueue.wait / kq_wait 1.10-1.14x -> 1.17-1.22x).  For the same reason
-    # the buffer pool is inline: pop a free buffer (allocate one if none is
-    # free or it is too small), append it back however the wait ends; a
-    # buffer lost to an exception is simply replaced.  Change both alike.
+    # made an empty poll measurably slower.  For the same reason the buffer
+    # pool is inline: pop a free buffer, append it back however the wait
+    # ends; a buffer lost to an exception is simply replaced.  Each buffer
+    # carries its request for the fast entry point, prepared for the
+    # ``timeout`` and ``max_events`` objects it last served (``buf.t``,
+    # ``buf.m``): a wait passing the same objects again -- an event loop's
+    # ``wait(0)`` or ``wait(None)`` -- checks nothing else and writes
+    # nothing before the call.  close() and fork empty the pool, so a wait
+    # on a closed queue always goes through _prepare, which checks.  Change
+    # both alike.
     def wait(self, timeout: Optional[float] = None,
              max_events: Optional[int] = None) -> list[Event]:
         """Wait up to ``timeout`` seconds (``None``: forever, 0: poll) and
@@ -297,36 +360,23 @@ class KQueue(QueueBase):
         Interrupted waits are retried with the remaining time (PEP 475); a
         signal handler's exception propagates.
         """
-        cap = self._cap
-        if max_events is not None and (max_events != cap or type(max_events) is not int):
-            cap = _max_events(max_events)
-            if cap == 0:
-                self._live_fd()
-                return []
-        if timeout is None:
-            ns = -1
-        elif timeout == 0:
-            # 0.0, 0j, Decimal(0) equal 0 too: anything but a plain int
-            # goes through the full check (0j is a TypeError).
-            ns = 0 if type(timeout) is int else seconds_ns(timeout)
-        else:
-            ns = seconds_ns(timeout)
         free = self._free   # the buffer pool, inline (see above)
         try:
             buf = free.pop()
         except IndexError:
-            buf = Buffer(self._cap)
-        if buf.cap < cap:
-            buf = Buffer(cap)
+            buf = self._prepare(None, timeout, max_events)
+        else:
+            if timeout is not buf.t or max_events is not buf.m:
+                buf = self._prepare(buf, timeout, max_events)
+        ns = buf.ns
         deadline = _monotonic_ns() + ns if ns > 0 else 0
-        fd = self._fd
-        n = kevent(fd, NULL, 0, buf.events, cap, ns)
+        n = call(buf.req)
         if n <= 0:
             if n == 0:
                 free.append(buf)
                 return []
             if n == MINUS_EINTR:
-                n = wait_more(fd, buf.events, cap, ns, deadline, n)
+                n = wait_more(buf.req.kq, buf.events, buf.ask, ns, deadline, n)
             if n <= 0:
                 free.append(buf)
                 if n == 0:
@@ -347,36 +397,23 @@ class KQueue(QueueBase):
                     ) -> list[tuple[int, int, int, int, int, Any]]:
         """Like :meth:`wait`, but the events are plain tuples in
         :class:`Event`'s field order -- the fastest way to get them."""
-        cap = self._cap
-        if max_events is not None and (max_events != cap or type(max_events) is not int):
-            cap = _max_events(max_events)
-            if cap == 0:
-                self._live_fd()
-                return []
-        if timeout is None:
-            ns = -1
-        elif timeout == 0:
-            # 0.0, 0j, Decimal(0) equal 0 too: anything but a plain int
-            # goes through the full check (0j is a TypeError).
-            ns = 0 if type(timeout) is int else seconds_ns(timeout)
-        else:
-            ns = seconds_ns(timeout)
         free = self._free   # the buffer pool, inline (see above)
         try:
             buf = free.pop()
         except IndexError:
-            buf = Buffer(self._cap)
-        if buf.cap < cap:
-            buf = Buffer(cap)
+            buf = self._prepare(None, timeout, max_events)
+        else:
+            if timeout is not buf.t or max_events is not buf.m:
+                buf = self._prepare(buf, timeout, max_events)
+        ns = buf.ns
         deadline = _monotonic_ns() + ns if ns > 0 else 0
-        fd = self._fd
-        n = kevent(fd, NULL, 0, buf.events, cap, ns)
+        n = call(buf.req)
         if n <= 0:
             if n == 0:
                 free.append(buf)
                 return []
             if n == MINUS_EINTR:
-                n = wait_more(fd, buf.events, cap, ns, deadline, n)
+                n = wait_more(buf.req.kq, buf.events, buf.ask, ns, deadline, n)
             if n <= 0:
                 free.append(buf)
                 if n == 0:
@@ -391,6 +428,38 @@ class KQueue(QueueBase):
             self._udata.release_delivered(buf, n)
         free.append(buf)
         return events
+
+    def _prepare(self, buf: Optional[Buffer], timeout: Any, max_events: Any) -> Buffer:
+        """A buffer (``buf``, or a new one if None or too small) whose
+        request is a wait on this queue for ``timeout`` and ``max_events``,
+        both checked here (on failure ``buf`` goes back to the pool).
+        ``ValueError`` if the queue is closed.  ``max_events=0`` asks for no
+        events and does not wait: the call returns 0 at once."""
+        try:
+            cap = self._cap if max_events is None else _max_events(max_events)
+            if cap == 0:
+                self._live_fd()
+                ns = 0
+            else:
+                ns = seconds_ns(timeout)
+            fd = self._live_fd()
+        except BaseException:
+            if buf is not None:
+                self._free.append(buf)
+            raise
+        if buf is None or buf.cap < cap:
+            buf = Buffer(max(cap, self._cap), fd)
+        req = buf.req
+        if buf.ask != cap:
+            req.nevents = buf.ask = cap
+        if buf.ns != ns:
+            req.timeout_ns = buf.ns = ns
+        # Only values whose identity fixes their value may skip this next
+        # time (a float or an int is immutable; an object with __index__ or
+        # __float__ might answer differently).
+        buf.t = timeout if timeout is None or type(timeout) in (int, float) else _UNSEEN
+        buf.m = max_events if max_events is None or type(max_events) is int else _UNSEEN
+        return buf
 
 
 def _max_events(value: Any) -> int:

@@ -35,10 +35,35 @@ def raise_errno(err: int | None = None) -> Any:
 
 
 _kevent = _core.kevent
+_call = _core.call
+_new_call = _core.new_call
 _NULL = _core.NULL
 _wait_more = _core.wait_more
 _monotonic_ns = time.monotonic_ns
 _capacity = _core.events_capacity
+
+# Prepared requests for the fast entry point (``_core.call``), so that a
+# helper called again with the same arguments -- what an event loop does --
+# makes one single-argument C call.  Each entry holds the change or event
+# array itself, which keeps alive the memory the request points to (so a
+# hit counts only for the very same object), the other arguments it was
+# prepared for, and the request.  A prepared request is never written
+# again, so threads may share it.  Changes are looked up by queue, then by
+# change: one change is often applied to several queues in turn (one
+# trigger, two threads).  Waits are looked up by the event array alone
+# (cdata hash by address), then by all the arguments, which finds the
+# request when one array is used with several queues in turn.  At most
+# _CACHED entries of each kind are kept (then the cache starts over).
+_CACHED = 64
+_applies: dict[int, dict[Any, tuple[Any, Any]]] = {}
+_waits: dict[Any, tuple[Any, int, int, int, Any]] = {}
+_waits_all: dict[tuple[int, Any, int, int], tuple[Any, int, int, int, Any]] = {}
+
+
+def _remember(cache: dict[Any, Any], key: Any, entry: Any) -> None:
+    if len(cache) >= _CACHED:
+        cache.clear()
+    cache[key] = entry
 
 
 def kev_change(fd: int, filter: int, flags: int, udata: int = 0, *,
@@ -71,13 +96,30 @@ def kq_apply(kq: int, change: Any) -> bool:
 
     On failure ``ffi.errno`` holds the error.
     """
-    if _room(change, "change") < 1:
-        raise ValueError("change must hold one struct kevent, got an empty array")
-    r: int = _kevent(kq, change, 1, _NULL, 0, 0)
+    try:
+        obj, req = _applies[kq][change]
+    except (KeyError, TypeError):     # TypeError: kq or change is not hashable
+        req = _prepare_apply(kq, change)
+    else:
+        if obj is not change:
+            req = _prepare_apply(kq, change)
+    r: int = _call(req)
     if r < 0:
         ffi.errno = -r
         return False
     return True
+
+
+def _prepare_apply(kq: int, change: Any) -> Any:
+    if _room(change, "change") < 1:
+        raise ValueError("change must hold one struct kevent, got an empty array")
+    req = _new_call(kq, change, 1)
+    per_queue = _applies.get(kq)
+    if per_queue is None:
+        per_queue = {}
+        _remember(_applies, kq, per_queue)
+    _remember(per_queue, change, (change, req))
+    return req
 
 
 def timespec(seconds: float) -> Any:
@@ -107,27 +149,49 @@ def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
     propagates.  The errno comes back folded into the C result, so a handler
     that makes kqueue calls of its own cannot disturb it.
     """
-    if timeout_ms <= 0:
-        ns = -1 if timeout_ms < 0 else 0
-        deadline = 0
-    else:
-        ns = timeout_ms * 1_000_000
-        deadline = _monotonic_ns() + ns
     try:
-        if cap > len(events):
-            _too_many(cap, len(events))
-    except TypeError:
-        room = _room(events, "events")   # a struct kevent *
-        if cap > room:
-            _too_many(cap, room)
-    n: int = _kevent(kq, _NULL, 0, events, cap, ns)
+        obj, k, c, t, req = _waits[events]
+    except (KeyError, TypeError):     # TypeError: events is not hashable
+        req = _prepare_wait(kq, events, cap, timeout_ms)
+    else:
+        if obj is not events or k != kq or c != cap or t != timeout_ms:
+            req = _prepare_wait(kq, events, cap, timeout_ms)
+    if timeout_ms > 0:
+        deadline = _monotonic_ns() + timeout_ms * 1_000_000
+    n: int = _call(req)
     if n >= 0:
         return n
-    n = _wait_more(kq, events, cap, ns, deadline, n)
-    if n < 0:
-        ffi.errno = -n
-        return -1
-    return n
+    if n == _MINUS_EINTR:
+        n = _wait_more(kq, events, cap, req.timeout_ns,
+                       deadline if timeout_ms > 0 else 0, n)
+        if n >= 0:
+            return n
+    ffi.errno = -n
+    return -1
+
+
+_MINUS_EINTR = _core.MINUS_EINTR
+
+
+def _prepare_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> Any:
+    key = (kq, events, cap, timeout_ms)
+    try:
+        entry = _waits_all.get(key)
+    except TypeError:                 # not hashable: not cdata (_room says so)
+        entry = None
+    if entry is None or entry[0] is not events:
+        room = _room(events, "events")
+        if cap > room:
+            _too_many(cap, room)
+        if timeout_ms <= 0:
+            ns = -1 if timeout_ms < 0 else 0
+        else:
+            ns = timeout_ms * 1_000_000
+        entry = (events, kq, cap, timeout_ms,
+                 _new_call(kq, events=events, nevents=cap, timeout_ns=ns))
+        _remember(_waits_all, key, entry)
+    _remember(_waits, events, entry)
+    return entry[4]
 
 
 def _too_many(cap: int, room: int) -> None:

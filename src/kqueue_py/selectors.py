@@ -11,6 +11,7 @@ without :func:`kqueue_py.compat.install`::
 from __future__ import annotations
 
 import selectors as _stdlib_selectors
+import sys
 import time
 from selectors import EVENT_READ, EVENT_WRITE, SelectorKey
 from typing import Any, Optional
@@ -21,12 +22,11 @@ from ._core import (
     EV_RECEIPT,
     IDENT_FILTER,
     MINUS_EINTR,
-    NULL,
     Buffer,
     Handle,
+    call,
     decode_pairs,
     failure,
-    kevent,
     lib,
     selector_timeout_ns,
     wait_more,
@@ -41,6 +41,7 @@ _DELETE = lib.EV_DELETE
 _NODATA = getattr(lib, "NOTE_NODATA", 0)
 _pair_from = IDENT_FILTER.unpack_from
 _monotonic_ns = time.monotonic_ns
+_PYPY = sys.implementation.name == "pypy"
 
 
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
@@ -56,24 +57,30 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         super().__init__()
         self._kq = Handle()
         self._filters = 0   # registered (fd, filter) pairs: the most events one wait can return
-        # select()'s own event array (a selector is used from one thread),
-        # and what select() passes to kevent(), kept ready by _resize():
-        # the descriptor, the array and how many events to ask for.
-        self._buf = Buffer(64)
+        # select()'s own event array (a selector is used from one thread)
+        # and its request for the fast entry point (_core.Buffer): the
+        # descriptor, the array, how many events to ask for and the
+        # timeout; select() prepares it again only when the timeout object
+        # differs from the last one or a registration changed _ask.
         self._kqfd = self._kq.fd
-        self._events = self._buf.events
-        self._ask = 1
+        self._buf = Buffer(64, self._kqfd)
+        self._ask = 1      # how many events select() asks for
         _core.on_fork(self)
 
     def _after_fork(self) -> None:
         self._kqfd = -1
+        self._buf.t = _core.UNSEEN
 
     def _resize(self) -> None:
+        # Only select() writes to its request (see _prepare); a registration
+        # (maybe from another thread while select() waits) makes the next
+        # select() prepare it again, asking for _ask events.
         ask = self._filters if self._filters > 0 else 1
         if ask > self._buf.cap:
-            self._buf = Buffer(max(ask, 2 * self._buf.cap))
-            self._events = self._buf.events
-        self._ask = ask
+            self._buf = Buffer(max(ask, 2 * self._buf.cap), self._kqfd)
+        if ask != self._ask:
+            self._ask = ask
+            self._buf.t = _core.UNSEEN
 
     def fileno(self) -> int:
         return self._kq.live_fd()
@@ -165,30 +172,40 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
             self._submit(key.fd, events, _DELETE)
 
     def select(self, timeout: Optional[float] = None) -> list[tuple[SelectorKey, int]]:
-        if timeout is None:
-            ns = -1
-        elif timeout == 0:
-            ns = 0 if type(timeout) is int else selector_timeout_ns(timeout)   # 0j: TypeError
-        else:
-            ns = selector_timeout_ns(timeout)
-        # With nothing registered this still waits (for the timeout), as
-        # the stdlib selectors do (_ask is at least 1).
+        buf = self._buf
+        # The request is ready when the timeout is the very object it was
+        # prepared for (an event loop passes None, 0 or the same float);
+        # close() and fork reset that, so a closed selector always checks.
+        if timeout is not buf.t:
+            self._prepare(buf, timeout)
+        ns = buf.ns
         deadline = _monotonic_ns() + ns if ns > 0 else 0
-        fd = self._kqfd
-        n: int = kevent(fd, NULL, 0, self._events, self._ask, ns)
+        n: int = call(buf.req)
         if n <= 0:
             if n == 0:
                 return []
             if n == MINUS_EINTR:
                 # PEP 475: retried with the time that remains.
-                n = wait_more(fd, self._events, self._ask, ns, deadline, n)
+                n = wait_more(self._kqfd, buf.events, buf.ask, ns, deadline, n)
             if n <= 0:
                 if n == 0:
                     return []
                 raise failure(self._kqfd, n)
         fd_to_key = self._fd_to_key
         ready = []
-        for ident, filt in decode_pairs(self._buf, n):
+        if _PYPY:
+            # PyPy's JIT reads the cdata fields in place faster than any
+            # decoder copies them out.
+            events = buf.events
+            for i in range(n):
+                ev = events[i]
+                key = fd_to_key.get(ev.ident)
+                if key is not None:
+                    mask = EVENT_READ if ev.filter == _READ else EVENT_WRITE
+                    if key.events & mask:
+                        ready.append((key, mask))
+            return ready
+        for ident, filt in decode_pairs(buf, n):
             key = fd_to_key.get(ident)
             if key is not None:
                 mask = EVENT_READ if filt == _READ else EVENT_WRITE
@@ -196,7 +213,22 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
                     ready.append((key, mask))
         return ready
 
+    def _prepare(self, buf: Buffer, timeout: Any) -> None:
+        """Make ``buf``'s request wait for ``timeout`` (checked here);
+        the closed-selector ``ValueError`` if closed.  With nothing
+        registered select() still waits for the timeout, as the stdlib
+        selectors do (it asks for at least one event)."""
+        ns = selector_timeout_ns(timeout)
+        if self._kqfd < 0:
+            raise failure(-1, 0)
+        if buf.ns != ns:
+            buf.req.timeout_ns = buf.ns = ns
+        if buf.ask != self._ask:
+            buf.req.nevents = buf.ask = self._ask
+        buf.t = timeout if timeout is None or type(timeout) in (int, float) else _core.UNSEEN
+
     def close(self) -> None:
         self._kqfd = -1
+        self._buf.t = _core.UNSEEN
         self._kq.close()
         super().close()

@@ -19,8 +19,18 @@ same work in the same process:
 
 Modules: :mod:`.timing` (perf_counter_ns batches), :mod:`.machine` (facts
 recorded with each run), :mod:`.ctypes_binding`, :mod:`.rawc` (the C
-program's build and run), :mod:`.scenarios`, :mod:`.pyapi` (the ``KQueue``
-variants), :mod:`.report` (table, targets, JSON, PNG), :mod:`.cli`.
+program's build and run), :mod:`.scenarios` (every scenario and comparator,
+and the one table of targets), :mod:`.report` (the one data model -- a run
+and its results, saved as JSON -- its sanity checks and formatters: the
+terminal table, the targets, the chart), :mod:`.docs` (``python -m
+kqueue_py.bench.docs``: the Markdown tables of the docs, from saved runs),
+:mod:`.cli`.
+
+:mod:`.servers` is a separate command, ``python -m kqueue_py.bench.servers``:
+a load test (with ``wrk``) of the example HTTP server
+(:mod:`kqueue_py.examples`, whose request handling it reuses) against the
+same HTTP logic on selectors, asyncio and uvloop.  It measures whole
+servers, not the binding, and shares nothing with the rest of this package.
 """
 from __future__ import annotations
 

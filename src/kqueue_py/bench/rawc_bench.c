@@ -503,6 +503,40 @@ static void scenario_user_rt(int64_t target, int repeats)
 #endif
 }
 
+/* ---- one trigger (nobody waits) ------------------------------------ */
+
+static void op_kq_trigger(void *p, long n)
+{
+    struct rtctx *c = p;
+    for (long i = 0; i < n; i++)
+        kq_trigger(c->a);
+}
+
+#ifdef HAVE_EPOLL
+static void op_ep_trigger(void *p, long n)
+{
+    struct rtctx *c = p;
+    for (long i = 0; i < n; i++)
+        ep_signal(c->efa);
+}
+#endif
+
+static void scenario_trigger(int64_t target, int repeats)
+{
+    struct rtctx c = {0};
+    c.a = new_kq();
+    kq_change(c.a, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
+    bench("kq", op_kq_trigger, &c, target, repeats);
+    p_kqclose(c.a);
+#ifdef HAVE_EPOLL
+    c.efa = eventfd(0, EFD_CLOEXEC);
+    if (c.efa < 0)
+        die("eventfd");
+    bench("epoll", op_ep_trigger, &c, target, repeats);
+    close(c.efa);
+#endif
+}
+
 /* ---- main ---------------------------------------------------------- */
 
 static int sys_close(int fd) { return close(fd); }
@@ -568,6 +602,8 @@ int main(int argc, char **argv)
         scenario_timers(n, target, repeats, 1);
     else if (strcmp(scenario, "user_rt") == 0)
         scenario_user_rt(target, repeats);
+    else if (strcmp(scenario, "trigger") == 0)
+        scenario_trigger(target, repeats);
     else {
         fprintf(stderr, "rawc_bench: unknown scenario %s\n", scenario);
         return 2;

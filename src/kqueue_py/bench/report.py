@@ -1,17 +1,49 @@
-"""The table, the targets, JSON and the PNG chart."""
+"""The benchmark's one data model and its formatters.
+
+* :class:`ScenarioResult` (one scenario of one run) and :class:`Run` (a
+  whole run: machine facts, settings, results), written and read back as
+  JSON (:meth:`Run.write`, :meth:`Run.read`): the terminal table, the
+  chart and the docs (:mod:`.docs`) are all drawn from this one model;
+* the sanity checks (:func:`check_result`): a run that measured something
+  impossible -- a variant faster than the raw-C floor it is built on, a
+  comparator whose batches mostly ran far slower than its reported value --
+  is flagged (``suspect``), never charted, and its targets are not scored;
+* the targets (:func:`evaluate_targets`, over :data:`.scenarios.TARGETS`);
+* the formatters: :func:`fmt_ns`, :func:`fmt_x`, the text table
+  (:func:`render_table`), the targets (:func:`render_targets`), the chart
+  (:func:`write_png`).
+
+Speed-ups have one direction throughout: *comparator time / kqueue_py
+time*, so above 1 means kqueue_py is faster.
+"""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional, TextIO
 
+from .scenarios import FLOOR_SLACK, RAWC_EPOLL, RAWC_KEVENT, TARGETS, Target, floors
 from .timing import Measurement
 
-__all__ = ["ScenarioResult", "fmt_ns", "render_table", "render_variants", "evaluate_targets",
-           "speedups", "read_json", "write_json", "write_png"]
+__all__ = ["ScenarioResult", "Run", "fmt_ns", "fmt_x", "ratio", "check_result",
+           "evaluate_targets", "render_table", "render_variants", "render_targets",
+           "speedups", "write_png", "utc_now", "UNSTABLE", "RAWC_KEVENT", "RAWC_EPOLL"]
 
-RAWC_KEVENT = "rawC kevent"
-RAWC_EPOLL = "rawC epoll"
+#: A role's variant is unstable when the median of its batches is more than
+#: this many times its reported value (min over groups of the group medians):
+#: most of its batches ran in a much slower mode than the one reported.
+UNSTABLE = 3.0
+
+#: Scenarios where one op is one kevent() call, so "time - raw C" is the
+#: binding's own cost (call + decode).
+OVERHEAD_SCENARIOS = ("empty_poll", "ready64", "active1of10", "active1of10000",
+                      "timers_armed_wait")
+
+
+def utc_now() -> str:
+    """The time now, as recorded in a run (ISO 8601, UTC, seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ScenarioResult:
@@ -25,28 +57,114 @@ class ScenarioResult:
         self.roles: Dict[str, str] = {}
         self.notes: List[str] = []
         self.error: Optional[str] = None
+        self.floors: Dict[str, List[str]] = {}
+        #: Why this scenario's numbers cannot be trusted (empty: they can).
+        self.suspect: List[str] = []
+        #: The variants those reasons name: never charted, no target on them.
+        self.suspect_variants: List[str] = []
+        self.attempts = 1
+
+    def variant_name(self, role: str) -> Optional[str]:
+        """The variant playing ``role`` (a role or a variant name), if measured."""
+        name = self.roles.get(role, role)
+        return name if name in self.variants else None
 
     def role(self, role: str) -> Optional[float]:
         """ns/op (min of group medians) of the variant playing ``role``
-        (kqueue_py, ctypes, stdlib, rawC kevent, rawC epoll)."""
-        name = self.roles.get(role, role)
-        m = self.variants.get(name)
-        return m.value_ns if m else None
+        (kqueue_py, ctypes, stdlib, rawC kevent, rawC epoll, ...)."""
+        name = self.variant_name(role)
+        return self.variants[name].value_ns if name else None
+
+    def trusted(self, role: str) -> Optional[float]:
+        """:meth:`role`, or None if that variant is flagged."""
+        name = self.variant_name(role)
+        if name is None or name in self.suspect_variants:
+            return None
+        return self.variants[name].value_ns
 
     def to_json(self) -> Dict[str, Any]:
         return {
             "title": self.title, "unit": self.unit, "roles": self.roles,
-            "notes": self.notes, "error": self.error,
+            "notes": self.notes, "error": self.error, "floors": self.floors,
+            "suspect": self.suspect, "suspect_variants": self.suspect_variants,
+            "attempts": self.attempts,
             "variants": {k: asdict(v) for k, v in self.variants.items()},
-            "ratios": ratios(self),
             "speedups": speedups(self),
-            "overhead_above_rawC_ns": {k: overhead(self, k) for k in ("kqueue_py", "ctypes")},
         }
 
+    @classmethod
+    def from_json(cls, name: str, sc: Dict[str, Any]) -> ScenarioResult:
+        r = cls(name, sc.get("title", name), sc.get("unit", ""))
+        r.roles = dict(sc.get("roles", {}))
+        r.notes = list(sc.get("notes", []))
+        r.error = sc.get("error")
+        r.variants = {k: Measurement(**v) for k, v in sc.get("variants", {}).items()}
+        # Runs saved before floors were recorded get them from the names.
+        r.floors = dict(sc["floors"] if "floors" in sc else floors(list(r.variants), name))
+        r.attempts = int(sc.get("attempts", 1))
+        r.suspect = list(sc.get("suspect", []))
+        r.suspect_variants = list(sc.get("suspect_variants", []))
+        return r
 
-def fmt_ns(ns: Optional[float]) -> str:
+
+class Run:
+    """One run of the benchmark: machine facts, settings, results."""
+
+    def __init__(self, facts: Dict[str, Any], settings: Dict[str, Any],
+                 results: List[ScenarioResult]) -> None:
+        self.machine = facts
+        self.settings = settings
+        self.results = results
+
+    @property
+    def python(self) -> str:
+        return str(self.machine.get("python", "?"))
+
+    @property
+    def when(self) -> str:
+        """The day the run was made (recorded in the run when it is made)."""
+        stamp = self.settings.get("finished_utc") or self.settings.get("started_utc")
+        return str(stamp)[:10] if stamp else "an unrecorded date"
+
+    def get(self, name: str) -> Optional[ScenarioResult]:
+        """Scenario ``name`` if it was measured without error."""
+        for r in self.results:
+            if r.name == name:
+                return None if r.error else r
+        return None
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"machine": self.machine, "settings": self.settings,
+                "scenarios": {r.name: r.to_json() for r in self.results},
+                "targets": evaluate_targets(self.results)}
+
+    def write(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    @classmethod
+    def read(cls, path: str) -> Run:
+        """A run saved by :meth:`write`; the checks are applied again (a
+        file from an older version, or edited by hand, is judged the same)."""
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        results = [ScenarioResult.from_json(name, sc) for name, sc in doc["scenarios"].items()]
+        for r in results:
+            if not r.error:
+                reasons, names = check_result(r)
+                for reason in reasons:
+                    if reason not in r.suspect:
+                        r.suspect.append(reason)
+                r.suspect_variants += [n for n in names if n not in r.suspect_variants]
+        return cls(doc["machine"], doc.get("settings", {}), results)
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt_ns(ns: Optional[float], none: str = "-") -> str:
     if ns is None:
-        return "-"
+        return none
     if ns < 10_000:
         return f"{ns:,.0f} ns"
     if ns < 10_000_000:
@@ -54,37 +172,138 @@ def fmt_ns(ns: Optional[float]) -> str:
     return f"{ns / 1e6:,.2f} ms"
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def fmt_x(x: Optional[float], none: str = "-") -> str:
+    return none if x is None else f"{x:.2f}x"
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     if a is None or b is None or b <= 0:
         return None
     return a / b
 
 
-def ratios(r: ScenarioResult) -> Dict[str, Optional[float]]:
-    kp = r.role("kqueue_py")
-    return {
-        "ctypes/kqueue_py": _ratio(r.role("ctypes"), kp),
-        "kqueue_py/stdlib": _ratio(kp, r.role("stdlib")),
-        "kqueue_py/rawC": _ratio(kp, r.role(RAWC_KEVENT)),
-    }
-
-
-#: Scenarios where one op is one kevent() call, so "time - raw C" is the
-#: binding's own cost (call + decode).
-OVERHEAD_SCENARIOS = ("empty_poll", "ready64", "active1of10", "active1of10000",
-                      "timers_armed_wait")
-
-
 def overhead(r: ScenarioResult, role: str) -> Optional[float]:
-    t, c = r.role(role), r.role(RAWC_KEVENT)
-    if t is None or c is None:
+    """Time above raw C of the same kevent() call (None if not both
+    measured and trusted, or within the noise: not above raw C)."""
+    t, c = r.trusted(role), r.trusted(RAWC_KEVENT)
+    if t is None or c is None or t <= c:
         return None
-    return max(t - c, 1.0)
+    return t - c
 
 
-def _fmt_ratio(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.2f}x"
+#: The chart's comparators: (role, label).
+CHART_COMPARATORS = [("ctypes", "ctypes"), ("stdlib", "stdlib (epoll/selectors)"),
+                     (RAWC_KEVENT, "raw C, same kevent()")]
 
+
+def speedups(r: ScenarioResult) -> Dict[str, Optional[float]]:
+    """kqueue_py's speed-up over each comparator: its time / kqueue_py's
+    (> 1: kqueue_py is faster); None where either is flagged."""
+    kp = r.trusted("kqueue_py")
+    return {role: ratio(r.trusted(role), kp) for role, _ in CHART_COMPARATORS}
+
+
+# ---------------------------------------------------------------- checks
+
+def check_result(r: ScenarioResult) -> tuple[List[str], List[str]]:
+    """What makes ``r``'s numbers impossible: (reasons, the variants they
+    name).  A variant faster than a raw-C variant it is built on (by more
+    than :data:`.scenarios.FLOOR_SLACK`, the noise of two separately timed
+    programs) means one of the two measured nothing real -- typically the
+    C program ran while the machine was busy; a role's variant whose median
+    batch is more than :data:`UNSTABLE` times its reported value spent most
+    of the run in another mode than the one reported."""
+    reasons: List[str] = []
+    names: List[str] = []
+    for floor, above in r.floors.items():
+        f = r.variants.get(floor)
+        if f is None:
+            continue
+        for name in above:
+            m = r.variants.get(name)
+            if m is not None and f.value_ns > FLOOR_SLACK * m.value_ns:
+                reasons.append(f"impossible: {name} ({fmt_ns(m.value_ns)}) is faster than "
+                               f"{floor} ({fmt_ns(f.value_ns)}), which does the same "
+                               f"call with no Python")
+                names += [floor, name]
+    role_variants = set(r.roles.values()) | {RAWC_KEVENT, RAWC_EPOLL}
+    for name in sorted(role_variants):
+        m = r.variants.get(name)
+        if m is not None and m.median_ns > UNSTABLE * m.value_ns:
+            reasons.append(f"unstable: {name}'s median batch ({fmt_ns(m.median_ns)}) is "
+                           f"{m.median_ns / m.value_ns:.1f}x its reported time "
+                           f"({fmt_ns(m.value_ns)})")
+            names.append(name)
+    return reasons, sorted(set(names))
+
+
+# ---------------------------------------------------------------- targets
+
+def _target_side(by: Dict[str, ScenarioResult], scenario: str, role: Optional[str]
+                 ) -> tuple[Optional[float], Optional[str], bool]:
+    """(ns, variant name, flagged) of ``role`` in ``scenario``."""
+    r = by.get(scenario)
+    if r is None or role is None:
+        return None, None, False
+    name = r.variant_name(role)
+    if name is None:
+        return None, None, False
+    return r.variants[name].value_ns, name, name in r.suspect_variants
+
+
+def evaluate_targets(results: List[ScenarioResult],
+                     targets: Optional[List[Target]] = None) -> List[Dict[str, Any]]:
+    """Every target with its value from this run and a status: ``met``,
+    ``missed``, ``n/a`` (not measured here) or ``suspect`` (a variant it
+    needs was flagged by :func:`check_result`)."""
+    by = {r.name: r for r in results if not r.error}
+    out: List[Dict[str, Any]] = []
+    for t in TARGETS if targets is None else targets:
+        num, num_name, num_bad = _target_side(by, t.scenario, t.num)
+        unit = "ns" if t.den is None else "x"
+        if t.den is None:
+            value, den_name, den_bad = num, None, False
+        else:
+            den, den_name, den_bad = _target_side(by, t.den_scenario or t.scenario, t.den)
+            value = ratio(num, den)
+        if value is None:
+            status = "n/a"
+        elif num_bad or den_bad:
+            status = "suspect"
+        elif t.op == "<=":
+            status = "met" if value <= t.bound else "missed"
+        else:
+            status = "met" if value >= t.bound else "missed"
+        out.append({"target": t.label, "scenario": t.scenario, "value": value,
+                    "unit": unit, "op": t.op, "bound": t.bound, "status": status,
+                    "met": {"met": True, "missed": False}.get(status),
+                    "num": num_name, "den": den_name})
+    return out
+
+
+def fmt_target_value(t: Dict[str, Any]) -> str:
+    if t["value"] is None:
+        return "-"
+    return fmt_ns(t["value"]) if t["unit"] == "ns" else fmt_x(t["value"])
+
+
+def fmt_target_bound(t: Dict[str, Any]) -> str:
+    b = t["bound"]
+    return f"{t['op']} {fmt_ns(b)}" if t["unit"] == "ns" else f"{t['op']} {b:g}x"
+
+
+def render_targets(targets: List[Dict[str, Any]], out: TextIO, python: str = "") -> None:
+    """``python``: the interpreter the run measured (machine facts' "python")."""
+    print(f"Targets ({python or 'this interpreter'}, ratios from this run):", file=out)
+    for t in targets:
+        status = {"met": "MET    ", "missed": "MISSED ", "suspect": "SUSPECT",
+                  "n/a": "n/a    "}[t["status"]]
+        what = f" [{t['num']} / {t['den']}]" if t["den"] else ""
+        print(f"  [{status}] {t['target']}: {fmt_target_value(t)} "
+              f"(target {fmt_target_bound(t)}){what}", file=out)
+
+
+# ---------------------------------------------------------------- text tables
 
 def _grid(rows: List[List[str]], right: set[int]) -> List[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -98,10 +317,18 @@ def _grid(rows: List[List[str]], right: set[int]) -> List[str]:
     return out
 
 
+def _cell(r: ScenarioResult, role: str) -> str:
+    name = r.variant_name(role)
+    if name is None:
+        return "-"
+    return fmt_ns(r.variants[name].value_ns) + ("!" if name in r.suspect_variants else "")
+
+
 def render_table(results: List[ScenarioResult], facts: Dict[str, Any], mode: str,
                  out: TextIO, verbose: bool = False) -> None:
     """The summary table and the binding-overhead table; with ``verbose``
-    also every variant of every scenario."""
+    also every variant of every scenario.  A flagged time has a "!" and
+    no ratio."""
     def p(s: str = "") -> None:
         print(s, file=out)
 
@@ -125,14 +352,21 @@ def render_table(results: List[ScenarioResult], facts: Dict[str, Any], mode: str
         if r.error:
             rows.append([r.name, "ERROR", r.error[:60]] + [""] * 7)
             continue
-        rt = ratios(r)
-        rows.append([r.name, r.unit, fmt_ns(r.role("kqueue_py")), fmt_ns(r.role("ctypes")),
-                     fmt_ns(r.role("stdlib")), fmt_ns(r.role(RAWC_KEVENT)),
-                     fmt_ns(r.role(RAWC_EPOLL)),
-                     _fmt_ratio(rt["ctypes/kqueue_py"]), _fmt_ratio(rt["kqueue_py/stdlib"]),
-                     _fmt_ratio(rt["kqueue_py/rawC"])])
+        kp = r.trusted("kqueue_py")
+        rows.append([r.name, r.unit, _cell(r, "kqueue_py"), _cell(r, "ctypes"),
+                     _cell(r, "stdlib"), _cell(r, RAWC_KEVENT), _cell(r, RAWC_EPOLL),
+                     fmt_x(ratio(r.trusted("ctypes"), kp)),
+                     fmt_x(ratio(kp, r.trusted("stdlib"))),
+                     fmt_x(ratio(kp, r.trusted(RAWC_KEVENT)))])
     for line in _grid(rows, right=set(range(2, 10))):
         p(line)
+    flagged = [r for r in results if r.suspect]
+    if flagged:
+        p()
+        p("Flagged (! above; not charted, their targets not scored):")
+        for r in flagged:
+            for reason in r.suspect:
+                p(f"  {r.name} (after {r.attempts} attempt{'s' * (r.attempts > 1)}): {reason}")
     p()
     p("What the binding adds above raw C of the same kevent() call (time - rawC kevent):")
     orows = [["scenario", "kqueue_py", "ctypes", "ctypes/kqueue_py"]]
@@ -140,7 +374,7 @@ def render_table(results: List[ScenarioResult], facts: Dict[str, Any], mode: str
         if r.error or r.name not in OVERHEAD_SCENARIOS:
             continue
         kp_o, ct_o = overhead(r, "kqueue_py"), overhead(r, "ctypes")
-        orows.append([r.name, fmt_ns(kp_o), fmt_ns(ct_o), _fmt_ratio(_ratio(ct_o, kp_o))])
+        orows.append([r.name, fmt_ns(kp_o), fmt_ns(ct_o), fmt_x(ratio(ct_o, kp_o))])
     for line in _grid(orows, right={1, 2, 3}):
         p("  " + line)
     p()
@@ -167,8 +401,9 @@ def render_variants(results: List[ScenarioResult], out: TextIO) -> None:
         for name, m in r.variants.items():
             role = [k for k, v in r.roles.items() if v == name]
             label = name + (f"  [{role[0]}]" if role else "")
+            label += "  (flagged)" if name in r.suspect_variants else ""
             vrows.append([label, fmt_ns(m.value_ns), fmt_ns(m.median_ns), fmt_ns(m.min_ns),
-                          _fmt_ratio(_ratio(m.value_ns, kp)), str(m.batch)])
+                          fmt_x(ratio(m.value_ns, kp)), str(m.batch)])
         for line in _grid(vrows, right={1, 2, 3, 4, 5}):
             p("    " + line)
         for note in r.notes:
@@ -176,98 +411,13 @@ def render_variants(results: List[ScenarioResult], out: TextIO) -> None:
     p()
 
 
-def evaluate_targets(results: List[ScenarioResult]) -> List[Dict[str, Any]]:
-    """The design's targets, each with its value from this run."""
-    by = {r.name: r for r in results if not r.error}
-    targets: List[Dict[str, Any]] = []
-
-    def add(desc: str, value: Optional[float], op: str, bound: float) -> None:
-        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        targets.append({"target": desc, "value": value, "op": op, "bound": bound,
-                        "met": met})
-
-    e: Any = by.get("empty_poll")
-    add("empty poll: ctypes / kqueue_py (kq_wait)",
-        e and _ratio(e.role("ctypes"), e.role("kqueue_py")), ">=", 2.5)
-    add("empty poll: kqueue_py (kq_wait) / select.epoll.poll(0, 64)",
-        e and _ratio(e.role("kqueue_py"), e.role("stdlib")), "<=", 1.2)
-    r: Any = by.get("ready64")
-    add("64 ready to Python: ctypes / kqueue_py",
-        r and _ratio(r.role("ctypes"), r.role("kqueue_py")), ">=", 3.0)
-    add("64 ready to Python: kqueue_py / raw C (same backend call)",
-        r and _ratio(r.role("kqueue_py"), r.role(RAWC_KEVENT)), "<=", 1.3)
-    a10: Any = by.get("active1of10")
-    a10k: Any = by.get("active1of10000")
-    add("1 active: among 10,000 / among 10 (kqueue_py)",
-        a10 and a10k and _ratio(a10k.role("kqueue_py"), a10.role("kqueue_py")), "<=", 1.2)
-    # The Pythonic queue against the raw helper (same backend call), and
-    # kqueue_py's selector against the stdlib's default one.
-    for name, label, bound in (("empty_poll", "empty poll", 1.3),
-                               ("active1of10", "1 active among 10", 1.3),
-                               ("ready64", "64 ready", 1.6)):
-        s: Any = by.get(name)
-        add(f"{label}: KQueue.wait / kq_wait",
-            s and _ratio(s.role("KQueue.wait"), s.role("kqueue_py")), "<=", bound)
-    for name, label, bound in (("empty_poll", "empty poll", 1.0),
-                               ("active1of10", "1 active among 10", 1.1),
-                               ("ready64", "64 ready", 1.0)):
-        s = by.get(name)
-        sel = s and s.roles.get("stdlib selector", "stdlib selector")
-        add(f"{label}: KqueueSelector.select / {sel[len('stdlib '):] if sel else 'stdlib'}",
-            s and _ratio(s.role("KqueueSelector"), s.role("stdlib selector")), "<=", bound)
-    return targets
-
-
-def render_targets(targets: List[Dict[str, Any]], out: TextIO, python: str = "") -> None:
-    """``python``: the interpreter the run measured (machine facts' "python")."""
-    print(f"Targets ({python or 'this interpreter'}, ratios from this run):", file=out)
-    for t in targets:
-        status = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
-        value = "-" if t["value"] is None else f"{t['value']:.2f}x"
-        print(f"  [{status}] {t['target']}: {value} (target {t['op']} {t['bound']}x)",
-              file=out)
-
-
-def read_json(path: str) -> tuple[Dict[str, Any], List[ScenarioResult]]:
-    """The machine facts and the results of a run saved by :func:`write_json`."""
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    results = []
-    for name, sc in doc["scenarios"].items():
-        r = ScenarioResult(name, sc["title"], sc["unit"])
-        r.roles = dict(sc["roles"])
-        r.notes = list(sc["notes"])
-        r.error = sc["error"]
-        r.variants = {k: Measurement(**v) for k, v in sc["variants"].items()}
-        results.append(r)
-    return doc["machine"], results
-
-
-def write_json(path: str, facts: Dict[str, Any], settings: Dict[str, Any],
-               results: List[ScenarioResult], targets: List[Dict[str, Any]]) -> None:
-    doc = {"machine": facts, "settings": settings,
-           "scenarios": {r.name: r.to_json() for r in results}, "targets": targets}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
-#: The chart's comparators: (role, label).
-CHART_COMPARATORS = [("ctypes", "ctypes"), ("stdlib", "stdlib (epoll/selectors)"),
-                     (RAWC_KEVENT, "raw C, same kevent()")]
-
-
-def speedups(r: ScenarioResult) -> Dict[str, Optional[float]]:
-    """kqueue_py's speed-up over each comparator: its time / kqueue_py's
-    (> 1: kqueue_py is faster)."""
-    kp = r.role("kqueue_py")
-    return {role: _ratio(r.role(role), kp) for role, _ in CHART_COMPARATORS}
-
+# ---------------------------------------------------------------- the chart
 
 def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -> Optional[str]:
     """Left: kqueue_py's speed-up over each comparator (one direction:
     comparator time / kqueue_py time, > 1 = kqueue_py faster).  Right: the
-    absolute times per operation.  Returns a message if skipped."""
+    absolute times per operation.  Flagged variants are left out (a gap,
+    and "flagged" under the scenario's name).  Returns a message if skipped."""
     try:
         import matplotlib
 
@@ -277,6 +427,7 @@ def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -
     except ImportError:
         return "matplotlib is not importable: --png skipped (pip install 'kqueue_py[bench]')"
     ok = [r for r in results if not r.error and r.role("kqueue_py")]
+    names = [r.name + ("\n(flagged)" if r.suspect else "") for r in ok]
     series = [("kqueue_py", "kqueue_py")] + CHART_COMPARATORS
     fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(max(12, 1.7 * len(ok)), 5.5),
                                    gridspec_kw={"width_ratios": [3, 2]})
@@ -291,7 +442,7 @@ def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -
                         ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(ok)))
-    ax.set_xticklabels([r.name for r in ok], rotation=25, ha="right")
+    ax.set_xticklabels(names, rotation=25, ha="right")
     ax.set_ylabel("speed-up of kqueue_py (comparator time / kqueue_py time)")
     ax.set_yscale("log")       # (resets the tick formatters: set them after)
     plain = FuncFormatter(lambda v, _pos: f"{v:g}x")
@@ -302,14 +453,14 @@ def write_png(path: str, results: List[ScenarioResult], facts: Dict[str, Any]) -
     ax.legend(fontsize=8)
     width_t = 0.8 / len(series)
     for j, (role, label) in enumerate(series):
-        vals = [r.role(role) for r in ok]
+        vals = [r.trusted(role) for r in ok]
         xs = [i + (j - (len(series) - 1) / 2) * width_t for i in range(len(ok))]
         ax_t.bar([x for x, v in zip(xs, vals) if v], [v for v in vals if v], width_t, label=label)
     ax_t.set_xticks(range(len(ok)))
-    ax_t.set_xticklabels([r.name for r in ok], rotation=25, ha="right")
+    ax_t.set_xticklabels(names, rotation=25, ha="right")
     ax_t.set_ylabel("time per operation (ns, log scale)")
     ax_t.set_yscale("log")
-    times = [v for r in ok for role, _ in series for v in [r.role(role)] if v]
+    times = [v for r in ok for role, _ in series for v in [r.trusted(role)] if v]
     if times:
         ax_t.set_ylim(min(times) / 2, max(times) * 40)    # room for the legend above the bars
     ax_t.set_title("absolute times", fontsize=9)

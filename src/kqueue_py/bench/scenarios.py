@@ -1,4 +1,4 @@
-"""The scenarios and, for each, every comparator's runner.
+"""The scenarios, every comparator's runner, and the targets.
 
 A runner ``run(n)`` does one scenario operation ``n`` times in its own loop.
 Before timing, each scenario runs a self-check (:attr:`Built.checks`): every
@@ -8,9 +8,17 @@ Roles: the variant named by ``roles["kqueue_py"]``, ``roles["ctypes"]`` and
 ``roles["stdlib"]`` fill the table's main columns; the raw-C program adds
 ``rawC kevent`` (the same backend call from C) and ``rawC epoll`` (the
 kernel's floor).  Other variants appear in the detail listing.
+
+Floors (:func:`floors`): which variants do the work of a raw-C variant plus
+some Python, so can never be faster than it; a run where one is (beyond the
+noise) measured nothing real, and the report says so instead of charting it.
+
+:data:`TARGETS`, at the end, is the one table of what kqueue_py aims for,
+each target a ratio of two variants of one run (or a time per operation).
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import os
@@ -23,14 +31,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import kqueue_py
-from kqueue_py import ffi, kev_change, kq_apply, kq_wait, lib, new_events
+from kqueue_py import KQueue, ffi, kev_change, kq_apply, kq_wait, lib, new_events
 from kqueue_py.raw import kevent_struct
 
-from . import pyapi
 from .ctypes_binding import CtypesKqueue, KEvent, Timespec
 from .timing import Runner
 
-__all__ = ["Context", "Built", "Scenario", "SCENARIOS", "SkipScenario"]
+__all__ = ["Context", "Built", "Scenario", "SCENARIOS", "SkipScenario", "Target", "TARGETS",
+           "floors", "RAWC_KEVENT", "RAWC_EPOLL"]
+
+#: The raw-C program's variants (rawc.py names them).
+RAWC_KEVENT = "rawC kevent"
+RAWC_EPOLL = "rawC epoll"
 
 KEVENT_SIZE: int = ffi.sizeof("struct kevent")
 # (ident, filter, data, udata): flags and fflags are skipped as padding.
@@ -236,12 +248,33 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
 
     # -- the Pythonic API -------------------------------------------------
     if not timers:
-        q = pyapi.new_queue()
+        q = KQueue()
         built.cleanup.append(q.close)
-        pyapi.register_readers(q, fds, udatas)
-        built.runners.update(pyapi.poll_runners(q, cap))
+        for fd, u in zip(fds, udatas):
+            q.add_reader(fd, u)
+        q_wait, q_tuples = q.wait, q.wait_tuples
+
+        # As the kq_wait runner, the events are handed on only when there are
+        # some (an empty comprehension alone costs ~100 ns on CPython 3.11).
+        def run_q_wait(n: int) -> None:
+            wait = q_wait
+            for _ in range(n):
+                evs = wait(0, cap)
+                out = [(e.ident, e.filter, e.data, e.udata) for e in evs] if evs else []
+                del out
+
+        def run_q_tuples(n: int) -> None:
+            wait = q_tuples
+            for _ in range(n):
+                evs = wait(0, cap)
+                out = [(e[0], e[1], e[4], e[5]) for e in evs] if evs else []
+                del out
+
+        built.runners["kqueue_py KQueue.wait"] = run_q_wait
+        built.runners["kqueue_py KQueue.wait_tuples"] = run_q_tuples
         built.roles["KQueue.wait"] = "kqueue_py KQueue.wait"
-        built.checks.append(lambda: _expect("KQueue", pyapi.decode_events(q, cap), want))
+        built.checks.append(lambda: _expect(
+            "KQueue", [(e.ident, e.filter, e.data, e.udata) for e in q.wait(0, cap)], want))
 
     # -- ctypes -----------------------------------------------------------
     ct = ctx.ct
@@ -589,8 +622,18 @@ def build_user_rt(ctx: Context) -> Built:
     built.checks.append(check_kq)
 
     # -- the Pythonic API -------------------------------------------------
-    qa, qb = pyapi.new_queue(), pyapi.new_queue()
-    trigger, wait_one = pyapi.user_roundtrip_parts(qa, qb)
+    qa, qb = KQueue(), KQueue()
+    qa.add_user(1)
+    qb.add_user(1)
+
+    def trigger(q: KQueue) -> None:
+        q.trigger(1)
+
+    def wait_one(q: KQueue) -> Any:
+        while True:
+            evs = q.wait(None, 1)
+            if evs:
+                return evs[0]
 
     def echo_q() -> None:
         try:
@@ -614,6 +657,7 @@ def build_user_rt(ctx: Context) -> Built:
             wait_one(qa)
 
     built.runners["kqueue_py KQueue.trigger/wait"] = run_q
+    built.roles["KQueue"] = "kqueue_py KQueue.trigger/wait"
 
     # -- ctypes -----------------------------------------------------------
     ct = ctx.ct
@@ -726,6 +770,232 @@ def _stdlib_roundtrip(built: Built, stop_flag: Dict[str, bool]) -> None:
     built.checks.append(check)
 
 
+# ------------------------------------------------ one trigger, nobody waits
+
+def build_trigger(ctx: Context) -> Built:
+    """One op: trigger an EVFILT_USER event (``NOTE_TRIGGER``) that nobody
+    waits for -- what a worker thread does to wake an event loop."""
+    built = Built(runners={}, roles={}, unit="trigger", rawc=("trigger", 0))
+    q = KQueue()
+    built.cleanup.append(q.close)
+    q.add_user(1)
+
+    def run_q(n: int) -> None:
+        trigger = q.trigger
+        for _ in range(n):
+            trigger(1)
+
+    built.runners["kqueue_py KQueue.trigger"] = run_q
+    built.roles["KQueue.trigger"] = "kqueue_py KQueue.trigger"
+
+    kq = _new_kq(built)
+    if not kq_apply(kq, kev_change(1, lib.EVFILT_USER, lib.EV_ADD | lib.EV_CLEAR)):
+        kqueue_py.raise_errno()
+    trig = kev_change(1, lib.EVFILT_USER, 0, fflags=lib.NOTE_TRIGGER)
+
+    def run_kq(n: int) -> None:
+        apply, k_, t = kq_apply, kq, trig
+        for _ in range(n):
+            apply(k_, t)
+
+    built.runners["kqueue_py kq_apply"] = run_kq
+    built.roles["kqueue_py"] = "kqueue_py kq_apply"
+
+    ct = ctx.ct
+    ckq = _ct_new_kq(ct, built)
+    reg = KEvent(1, lib.EVFILT_USER, lib.EV_ADD | lib.EV_CLEAR, 0, 0, None)
+    if ct.kevent(ckq, ctypes.byref(reg), 1, None, 0, None) < 0:
+        raise OSError(ctypes.get_errno(), "ctypes kevent")
+    ctrig = KEvent(1, lib.EVFILT_USER, 0, lib.NOTE_TRIGGER, 0, None)
+
+    def run_ct(n: int) -> None:
+        kevent, k_, t = ct.kevent, ckq, ctrig
+        for _ in range(n):
+            kevent(k_, t, 1, None, 0, None)
+
+    built.runners["ctypes"] = run_ct
+    built.roles["ctypes"] = "ctypes"
+
+    if hasattr(os, "eventfd"):
+        efd = os.eventfd(0)
+        built.cleanup.append(lambda: os.close(efd))
+
+        def run_ef(n: int) -> None:
+            write, fd = os.eventfd_write, efd
+            for _ in range(n):
+                write(fd, 1)
+
+        built.runners["stdlib os.eventfd_write"] = run_ef
+        built.roles["stdlib"] = "stdlib os.eventfd_write"
+    else:  # PyPy 3.9, BSD/macOS: a pipe (drained now and then: it must not fill)
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        built.cleanup += [functools.partial(os.close, r), functools.partial(os.close, w)]
+
+        def run_pipe(n: int) -> None:
+            write, read, fd = os.write, os.read, w
+            for i in range(n):
+                write(fd, b"x")
+                if i & 1023 == 1023:
+                    read(r, 65536)
+            try:
+                read(r, 65536)
+            except BlockingIOError:
+                pass
+
+        built.runners["stdlib os.write(pipe)"] = run_pipe
+        built.roles["stdlib"] = "stdlib os.write(pipe)"
+    built.notes.append("the stdlib's way to wake a loop from a thread is a write to an "
+                       "eventfd (a pipe where there is none): one system call each time; "
+                       "a user event already triggered needs none")
+
+    def check() -> None:
+        q.trigger(1)
+        if [e.ident for e in q.wait(0)] != [1]:
+            raise AssertionError("KQueue.trigger: no event")
+        for run in built.runners.values():
+            run(1)
+
+    built.checks.append(check)
+    return built
+
+
+# ------------------------------------------------- asyncio: an echo server
+
+ECHO_CLIENTS = 32
+ECHO_MESSAGE = b"x" * 64
+
+
+class _EchoServer(asyncio.BufferedProtocol):
+    """Echoes what it reads (into one buffer of its own: no allocation per read)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(4096)
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(bytes(self.buf[:nbytes]))
+
+
+class _EchoClient(asyncio.BufferedProtocol):
+    """Sends ECHO_MESSAGE, waits for all of it to come back, ``left`` times."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.left = 0
+        self.buf = bytearray(4096)
+        self.got = 0
+        self.done: Optional[asyncio.Future[None]] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def start(self, requests: int, done: asyncio.Future[None]) -> None:
+        self.left = requests
+        self.done = done
+        self.got = 0
+        self.transport.write(ECHO_MESSAGE)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buf)[self.got:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.got += nbytes
+        if self.got < len(ECHO_MESSAGE):
+            return
+        assert self.done is not None
+        if self.got != len(ECHO_MESSAGE) or self.buf[:self.got] != ECHO_MESSAGE:
+            self.done.set_exception(AssertionError(f"echo returned {bytes(self.buf[:16])!r}..."))
+            return
+        self.got = 0
+        self.left -= 1
+        if self.left > 0:
+            self.transport.write(ECHO_MESSAGE)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+def _echo_runner(loop: asyncio.AbstractEventLoop, clients: List[_EchoClient]) -> Runner:
+    """``run(n)``: n requests, spread over the clients, all at once."""
+    def run(n: int) -> None:
+        k, extra = divmod(n, len(clients))
+        futs = []
+        for i, c in enumerate(clients):
+            want = k + (1 if i < extra else 0)
+            if want:
+                fut = loop.create_future()
+                c.start(want, fut)
+                futs.append(fut)
+        loop.run_until_complete(asyncio.gather(*futs))
+
+    return run
+
+
+def _echo_setup(built: Built, loop: asyncio.AbstractEventLoop, n: int) -> List[_EchoClient]:
+    async def setup() -> Tuple[Any, List[_EchoClient]]:
+        server = await loop.create_server(_EchoServer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = []
+        for _ in range(n):
+            _t, c = await loop.create_connection(_EchoClient, "127.0.0.1", port)
+            clients.append(c)
+        return server, clients
+
+    server, clients = loop.run_until_complete(setup())
+
+    def close() -> None:
+        for c in clients:
+            c.transport.close()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+    built.cleanup.append(close)
+    return clients
+
+
+def build_asyncio_echo(ctx: Context) -> Built:
+    """An echo server and N clients over TCP loopback in one event loop,
+    ``asyncio.BufferedProtocol`` on both sides (no allocation per read, so
+    the loop's own work weighs more); one op = one request (64 bytes there
+    and back).  The same program on
+    ``SelectorEventLoop(KqueueSelector())`` and on asyncio's default loop
+    (``EpollSelector`` on Linux): time per request, so the speed-up is the
+    ratio of requests per second."""
+    from ..selectors import KqueueSelector
+
+    n = min(ECHO_CLIENTS, max(1, (ctx.fd_budget - 8) // 2))
+    built = Built(runners={}, roles={}, unit=f"request ({n} clients)")
+    std_loop = asyncio.new_event_loop()
+    std_clients = _echo_setup(built, std_loop, n)
+    kq_loop = asyncio.SelectorEventLoop(KqueueSelector())
+    kq_clients = _echo_setup(built, kq_loop, n)
+    sel = getattr(std_loop, "_selector", None)
+    std_name = f"stdlib asyncio default loop ({type(sel).__name__ if sel else '?'})"
+    built.runners[std_name] = _echo_runner(std_loop, std_clients)
+    built.runners["kqueue_py asyncio SelectorEventLoop(KqueueSelector())"] = _echo_runner(
+        kq_loop, kq_clients)
+    built.roles["kqueue_py"] = "kqueue_py asyncio SelectorEventLoop(KqueueSelector())"
+    built.roles["stdlib"] = std_name
+    if n != ECHO_CLIENTS:
+        built.notes.append(f"scaled down: {n} clients, not {ECHO_CLIENTS} "
+                           "(RLIMIT_NOFILE too low)")
+
+    def check() -> None:
+        for run in built.runners.values():
+            run(2 * n)
+
+    built.checks.append(check)
+    return built
+
+
 # ---------------------------------------------------------------- registry
 
 SCENARIOS: List[Scenario] = [
@@ -737,6 +1007,93 @@ SCENARIOS: List[Scenario] = [
     Scenario("active1of10", "1 active among 10 registered (poll)", _active_n(10)),
     Scenario("active1of10000", "1 active among 10,000 registered (poll)", _active_n(10_000)),
     Scenario("user_wake_rt", "cross-thread EVFILT_USER wake round trip", build_user_rt),
+    Scenario("trigger", "trigger a user event nobody waits for", build_trigger),
     Scenario("timers10000", "add + delete 10,000 EVFILT_TIMER, one batch each", build_timers),
     Scenario("timers_armed_wait", "poll while 10,000 timers are armed", build_timers_wait),
+    Scenario("asyncio_echo", f"asyncio echo server, {ECHO_CLIENTS} concurrent clients "
+             "(TCP loopback)", build_asyncio_echo),
+]
+
+
+# ---------------------------------------------------------------- floors
+
+#: Slack for two separately timed programs: a variant is "faster than its
+#: floor" only when the floor took more than this many times its time.
+FLOOR_SLACK = 1.3
+
+
+#: Scenarios whose raw-C variants are no floor: a batch of 1,000 or 10,000
+#: changes is the backend's allocations, and the C program, a fresh process,
+#: allocates from a cold heap where the Python process's is warm (the C
+#: program is steadily slower there, by up to a third).
+NO_FLOOR = ("regdel1000", "timers10000")
+
+
+def floors(variants: List[str], scenario: str = "") -> Dict[str, List[str]]:
+    """For each raw-C variant present, the variants that do its work and
+    more, so can never be faster: every kqueue_py and ctypes variant calls
+    the very ``kevent`` that ``rawC kevent`` calls (not the selector: it
+    registers with ``NOTE_NODATA``, which spares the backend work per
+    event); the stdlib's epoll variants make the system calls that
+    ``rawC epoll`` makes.  None for the scenarios in :data:`NO_FLOOR`."""
+    out: Dict[str, List[str]] = {}
+    if scenario in NO_FLOOR:
+        return out
+    if RAWC_KEVENT in variants:
+        out[RAWC_KEVENT] = [v for v in variants if v.startswith(("kqueue_py", "ctypes"))
+                            and "KqueueSelector" not in v]
+    if RAWC_EPOLL in variants:
+        out[RAWC_EPOLL] = [v for v in variants
+                           if v.startswith(("stdlib epoll", "stdlib eventfd", "stdlib Epoll",
+                                            "stdlib os.eventfd"))]
+    return {k: v for k, v in out.items() if v}
+
+
+# ---------------------------------------------------------------- targets
+
+@dataclass(frozen=True)
+class Target:
+    """What kqueue_py aims for: ``num`` / ``den`` (roles or variant names of
+    scenario ``scenario``; ``den_scenario`` if the denominator is another
+    scenario's) compared with ``bound`` by ``op``; with ``den`` None,
+    ``num``'s time per operation in ns."""
+
+    scenario: str
+    label: str
+    num: str
+    den: Optional[str]
+    op: str
+    bound: float
+    den_scenario: Optional[str] = None
+
+
+TARGETS: List[Target] = [
+    Target("empty_poll", "empty poll: ctypes / kq_wait", "ctypes", "kqueue_py", ">=", 2.5),
+    Target("empty_poll", "empty poll: kq_wait / the stdlib's poll", "kqueue_py", "stdlib",
+           "<=", 1.05),
+    Target("empty_poll", "empty poll: KQueue.wait / the stdlib's poll", "KQueue.wait",
+           "stdlib", "<=", 1.2),
+    Target("empty_poll", "empty poll: KQueue.wait / kq_wait", "KQueue.wait", "kqueue_py",
+           "<=", 1.3),
+    Target("active1of10", "1 active among 10: KQueue.wait / kq_wait", "KQueue.wait",
+           "kqueue_py", "<=", 1.3),
+    Target("ready64", "64 ready: KQueue.wait / kq_wait", "KQueue.wait", "kqueue_py",
+           "<=", 1.6),
+    Target("ready64", "64 ready: kq_wait / raw C (same backend call)", "kqueue_py",
+           RAWC_KEVENT, "<=", 1.3),
+    Target("active1of10000", "1 active: among 10,000 / among 10 (kq_wait)", "kqueue_py",
+           "kqueue_py", "<=", 1.2, den_scenario="active1of10"),
+    Target("empty_poll", "empty poll: KqueueSelector / the stdlib's selector",
+           "KqueueSelector", "stdlib selector", "<=", 1.0),
+    Target("active1of10", "1 active among 10: KqueueSelector / the stdlib's selector",
+           "KqueueSelector", "stdlib selector", "<=", 1.0),
+    Target("ready64", "64 ready: KqueueSelector / the stdlib's selector",
+           "KqueueSelector", "stdlib selector", "<=", 1.0),
+    Target("user_wake_rt", "wake round trip: kq_apply/kq_wait / the stdlib's",
+           "kqueue_py", "stdlib", "<=", 1.05),
+    Target("user_wake_rt", "wake round trip: KQueue.trigger/wait / the stdlib's",
+           "KQueue", "stdlib", "<=", 1.2),
+    Target("trigger", "KQueue.trigger, per call", "KQueue.trigger", None, "<=", 1000.0),
+    Target("asyncio_echo", "asyncio echo: requests/s, KqueueSelector / the default loop",
+           "stdlib", "kqueue_py", ">=", 1.0),
 ]
