@@ -11,7 +11,7 @@ ZIGLANG = ziglang==0.15.2
 # Extra pytest arguments:  make test ARGS="-k timer"
 ARGS   ?=
 
-.PHONY: install install-pkg zig test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
+.PHONY: install install-pkg zig test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -114,6 +114,15 @@ sdist-check:
 check-bsd: zig
 	$(PIP) install cffi -r requirements-test.txt
 	$(PY) tools/check-bsd-build.py
+
+# The slow tier, not part of `make test`: watchdog's and eventlet's own test
+# suites (pinned, from their PyPI sdists) on their Linux path and on their
+# kqueue path through `python -m kqueue_py.run`, in venvs under
+# ~/.cache/kqueue_py-peers (PEERS_ARGS="--cache DIR", "--only eventlet");
+# rewrites docs/peers.md.  About 15 minutes on 2 CPUs.
+PEERS_ARGS ?=
+peers:
+	$(PYTHON) tools/peer-suites.py $(PEERS_ARGS)
 
 # mypy --strict on the package and ruff on the code (config in pyproject.toml).
 lint: $(PY)

@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = {
     "watchdog": {
         "version": "7.1.1",
-        "test_deps": ["pytest==9.2.0", "pytest-timeout==2.4.0", "flaky==3.8.1"],
+        "test_deps": ["pytest==9.2.0", "pytest-timeout==2.4.0", "flaky==3.8.1", "PyYAML==6.0.3"],
     },
     "eventlet": {
         "version": "0.41.3",

@@ -408,8 +408,11 @@ class _Installation:
                 self.delete(module, name)
 
     def patch_selectors(self, module: Any) -> None:
+        selector_cls: type
         if self.selector == "kqueue":
-            from .selectors import KqueueSelector as selector_cls
+            from .selectors import KqueueSelector
+
+            selector_cls = KqueueSelector
         else:
             selector_cls = _stdlib_kqueue_selector(module)
         self.set(module, "KqueueSelector", selector_cls)
@@ -568,14 +571,13 @@ class _PatchingLoader:
         if spec is not None and spec.loader is not None:
             pristine = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(pristine)
-        had = "select" in sys.modules
         live = sys.modules.get("select")
         if pristine is not None:
             sys.modules["select"] = pristine
         try:
             self._loader.exec_module(module)
         finally:
-            if had:
+            if live is not None:
                 sys.modules["select"] = live
             else:
                 sys.modules.pop("select", None)

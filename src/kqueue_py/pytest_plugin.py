@@ -83,7 +83,9 @@ def pytest_report_header(config: Any) -> Optional[str]:
     import select
     import selectors
 
-    return (f"kqueue_py: select.kqueue is {select.kqueue.__module__}.kqueue, "
+    kqueue = getattr(select, "kqueue", None)
+    return (f"kqueue_py: select.kqueue is "
+            f"{kqueue.__module__ + '.kqueue' if kqueue is not None else 'missing'}, "
             f"selectors.DefaultSelector is {selectors.DefaultSelector.__module__}."
             f"{selectors.DefaultSelector.__name__}, "
             f"select.epoll {'present' if hasattr(select, 'epoll') else 'hidden'}")
