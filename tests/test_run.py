@@ -328,3 +328,57 @@ def test_pytest_plugin(tmp_path):
     assert on["kqueue"] and not on["epoll"] and not on["conftest_epoll"], on
     off = reports(expect="none")                 # loaded but not asked: nothing changes
     assert not off["kqueue"] and off["epoll"] and off["conftest_epoll"], off
+
+
+COUNTS_SIGINT = r"""
+import signal, sys
+count = 0
+def on_int(signo, frame):
+    global count
+    count += 1
+    print("got SIGINT", flush=True)
+def on_usr1(signo, frame):
+    print("count", count, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, on_int)
+signal.signal(signal.SIGUSR1, on_usr1)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path):
+    """The terminal sends SIGINT to the whole foreground process group, the
+    command included; the runner must not pass its own copy on as well."""
+    import pty
+
+    pid, master = pty.fork()
+    if pid == 0:   # the child: a new session with the pty as its terminal
+        os.chdir(tmp_path)
+        os.execv(sys.executable, [*RUN, "--", sys.executable, "-c", COUNTS_SIGINT])
+    out = b""
+
+    def read_until(pattern: bytes) -> None:
+        nonlocal out
+        while not re.search(pattern, out):
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:   # EIO: the terminal's other side is gone
+                chunk = b""
+            assert chunk, out
+            out += chunk
+
+    try:
+        read_until(b"ready")
+        os.write(master, b"\x03")                 # Ctrl-C
+        read_until(b"got SIGINT")
+        # A signal sent to the runner by a process is passed on, and after
+        # any copy of SIGINT it might have forwarded (lower numbers first).
+        os.kill(pid, signal.SIGUSR1)
+        read_until(rb"count \d+\r?\n")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(master)
+    assert re.search(rb"count 1\r?\n", out), out
+    assert os.waitstatus_to_exitcode(status) == 0
