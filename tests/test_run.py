@@ -232,7 +232,26 @@ def fresh(name):
     finally:
         sys.modules[name] = saved
 
+def inject_selectors():
+    # eventlet.patcher.inject('selectors', globals(), ('select', green_select)):
+    # a fresh selectors built on a stand-in select, on purpose.
+    import types
+    green = types.ModuleType("select")
+    green.select = select.select
+    saved = {n: sys.modules.pop(n) for n in ("select", "selectors")}
+    sys.modules["select"] = green
+    try:
+        mod = importlib.import_module("selectors")
+    finally:
+        for n in ("select", "selectors"):
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    assert mod.select is green
+    return sorted(n for n in vars(mod) if n.endswith("Selector")), mod.DefaultSelector.__name__
+
 HIDE = sys.argv[1] == "hide"
+stand_in = inject_selectors()
+assert stand_in[1] == "SelectSelector", stand_in
 epoll = select.epoll
 meta_path = list(sys.meta_path)
 stdlib_default = selectors.DefaultSelector
@@ -250,6 +269,7 @@ with sel1.DefaultSelector() as sel:                # a working selector on the f
     sel.register(a, sel1.EVENT_READ, "a")
     b.send(b"x")
     assert [k.data for k, _ in sel.select(1)] == ["a"]
+assert inject_selectors() == stand_in                # a stand-in select is left alone
 importlib.reload(select)                           # a reload keeps the installation too
 assert select.kqueue is compat.kqueue and hasattr(select, "epoll") is (not HIDE)
 compat.uninstall()

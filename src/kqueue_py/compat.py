@@ -399,6 +399,10 @@ class _Installation:
             self.records.append((module, name, getattr(module, name)))
             delattr(module, name)
 
+    def patched(self, module: Any) -> bool:
+        """Whether ``module`` is a ``select`` this installation patched."""
+        return any(m is module and name == "kqueue" for m, name, _ in self.records)
+
     def patch_select(self, module: Any) -> None:
         for name, value in {"kqueue": kqueue, "kevent": kevent, **CONSTANTS}.items():
             self.set(module, name, value)
@@ -544,8 +548,9 @@ class _PatchingLoader:
 
     def exec_module(self, module: Any) -> None:
         name = module.__name__
+        patch = True
         if name == "selectors":
-            self._exec_selectors(module)
+            patch = self._exec_selectors(module)
         else:
             self._loader.exec_module(module)
         # The module looks as any other import made it.
@@ -554,14 +559,25 @@ class _PatchingLoader:
             module.__spec__.loader = self._loader
         with _lock:
             state = _state
-            if state is None or state.finder is not self._finder:
-                return     # uninstalled meanwhile: an ordinary module
+            if not patch or state is None or state.finder is not self._finder:
+                return     # uninstalled meanwhile, or not on our select: left alone
             if name == "select":
                 state.patch_select(module)
             else:
                 state.patch_selectors(module)
 
-    def _exec_selectors(self, module: Any) -> None:
+    def _exec_selectors(self, module: Any) -> bool:
+        """Execute a fresh ``selectors``; whether to patch it."""
+        live = sys.modules.get("select")
+        with _lock:
+            state = _state
+            ours = state is not None and (live is None or state.patched(live))
+        if not ours:
+            # Another select stands in sys.modules on purpose (a green one,
+            # as eventlet's patcher.inject puts there): the module is built
+            # on it, as its author meant, and not patched.
+            self._loader.exec_module(module)
+            return False
         # The stdlib's class definitions depend on what ``select`` offers when
         # the module executes: run it against an unpatched ``select`` so that
         # it defines what it would without kqueue_py (and uninstall() can
@@ -571,7 +587,6 @@ class _PatchingLoader:
         if spec is not None and spec.loader is not None:
             pristine = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(pristine)
-        live = sys.modules.get("select")
         if pristine is not None:
             sys.modules["select"] = pristine
         try:
@@ -583,6 +598,7 @@ class _PatchingLoader:
                 sys.modules.pop("select", None)
         if pristine is not None:
             module.select = live if live is not None else importlib.import_module("select")
+        return True
 
 
 def _stdlib_kqueue_selector(selectors_module: Any) -> type:
