@@ -84,7 +84,31 @@ platform.__platform__ = platform.PLATFORM_BSD
 # Who each difference from the baseline belongs to, with the evidence.  A
 # test with a difference but no note here is listed as "not yet explained".
 # Keys: (project, test id as pytest prints it).
-NOTES: Dict[Tuple[str, str], str] = {}
+NOTES: Dict[Tuple[str, str], str] = {
+    ("watchdog", "tests/test_emitter.py::test_delete"): (
+        "**kqueue_py's bug** (Linux backend, descriptor lifetime). The `KqueueEmitter` thread "
+        "dies with `KeyError` in `get_for_fd`: after a file's `NOTE_DELETE` watchdog closes the "
+        "file's descriptor without `EV_DELETE` (on BSD `close()` removes the registration), and "
+        "the backend then reports another `NOTE_DELETE` under the closed number (inotify's "
+        "`IN_DELETE_SELF` comes only when that last descriptor is closed). Reproduced without "
+        "watchdog: unlink a watched file, take its `NOTE_DELETE\\|NOTE_ATTRIB`, close the "
+        "descriptor: the next `control()` returns `NOTE_DELETE` for the closed number."),
+    ("watchdog", "tests/test_kqueue.py::test_delete_unregisters_descriptor[True]"): (
+        "**kqueue_py's limitation** (Linux backend, `EVFILT_VNODE`): `rmdir()` of a watched "
+        "directory reports no `NOTE_DELETE` for it. FreeBSD's `vop_rmdir_post` posts "
+        "`NOTE_WRITE\\|NOTE_LINK` on the parent (kqueue_py reports that) and `NOTE_DELETE` on the "
+        "directory; inotify sends `IN_DELETE_SELF` only when the last reference goes, and the "
+        "watching descriptor is one. Listed in docs/linux-backend.md; the file case "
+        "(`[False]`) passes."),
+    ("eventlet", "tests/hub_test.py::test_repeated_select_bad_fd"): (
+        "**eventlet's expectation, not BSD's**: the kqueue hub builds `select.kevent(-1, ...)`, "
+        "which raises `OverflowError: can't convert negative value to size_t`, as CPython's own "
+        "`select.kevent` does on FreeBSD and macOS (`kqueue_event_init` converts an int ident "
+        "with `PyLong_AsSize_t`); the test expects the `ValueError` of the epoll, poll and select "
+        "hubs. Run apart: the hub's `add()` has already registered a listener for fd -1 when the "
+        "exception comes, so every later test's tearDown check (`Readers: Listener "
+        "FdListener('read', -1, ...)`) fails in cascade."),
+}
 
 
 @dataclass
@@ -98,6 +122,7 @@ class Outcome:
 class Run:
     name: str                # baseline, kqueue
     command: List[str]
+    backend: str = ""        # what the probe saw in use
     returncode: int = 0
     outcomes: Dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
@@ -206,6 +231,17 @@ def junit_id(classname: str, name: str, file: Optional[str]) -> str:
     return "::".join([classname, name])
 
 
+def probe(tree: Path, py: Path, env: Dict[str, str], kqueue: bool, code: str,
+          run_args: Sequence[str] = ()) -> str:
+    """What the suite's processes will use, asked the same way (evidence for the doc)."""
+    cmd = [str(py), "-c", code]
+    if kqueue:
+        cmd = [str(py), "-m", "kqueue_py.run", *run_args, "--", *cmd]
+    proc = subprocess.run(cmd, cwd=tree, env=env, text=True, capture_output=True)
+    out = (proc.stdout.strip() or proc.stderr.strip().splitlines()[-1:] or ["?"])
+    return out if isinstance(out, str) else out[0]
+
+
 def run_suite(name: str, run_name: str, tree: Path, py: Path, results: Path,
               pytest_args: List[str], env: Dict[str, str], kqueue: bool,
               run_args: Sequence[str] = ()) -> Run:
@@ -262,12 +298,18 @@ def run_watchdog(cache: Path, wheel: Optional[Path], python: str) -> Dict[str, o
     plugin_dir.mkdir(exist_ok=True)
     (plugin_dir / "peer_watchdog_bsd.py").write_text(WATCHDOG_BSD_PLUGIN)
     env = base_env(py)
+    which = ("import select\nfrom watchdog.observers import Observer\n"
+             "kq = getattr(select, 'kqueue', None)\n"
+             "print(Observer.__name__ + ', select.kqueue:',"
+             " kq.__module__ + '.' + kq.__name__ if kq else None)")
     base = run_suite("watchdog", "baseline", tree, py, results, ["tests"], env, kqueue=False)
+    base.backend = probe(tree, py, env, False, which)
     kq_env = dict(env)
     # The plugin's directory goes after the hook's on PYTHONPATH (kqueue_py.run prepends).
     kq_env["PYTHONPATH"] = str(plugin_dir)
     kq = run_suite("watchdog", "kqueue", tree, py, results,
                    ["-p", "peer_watchdog_bsd", "tests"], kq_env, kqueue=True)
+    kq.backend = probe(tree, py, kq_env, True, "import peer_watchdog_bsd\n" + which)
     return {"runs": [base, kq], "py": py, "how": {
         "baseline": "`python -m pytest tests` (Linux: inotify emitter)",
         "kqueue": "`python -m kqueue_py.run -- python -m pytest -p peer_watchdog_bsd tests` "
@@ -292,6 +334,10 @@ def run_eventlet(cache: Path, wheel: Optional[Path], python: str) -> Dict[str, o
         apart = run_suite("eventlet", run_name + "-apart", tree, py, results,
                           [EVENTLET_APART], env, kqueue)
         main.outcomes.update(apart.outcomes)
+        main.backend = probe(tree, py, env, kqueue,
+                             "import eventlet.hubs\nhub = eventlet.hubs.get_hub()\n"
+                             "q = type(getattr(hub, 'kqueue', getattr(hub, 'poll', None)))\n"
+                             "print(type(hub).__module__ + '.Hub on', q.__module__ + '.' + q.__name__)")
         main.seconds += apart.seconds
         runs.append(main)
     return {"runs": runs, "py": py, "how": {
@@ -353,11 +399,12 @@ def section(name: str, result: Dict[str, object], meta: str) -> str:
     lines = [f"## {name} {spec['version']}", "", meta, ""]
     lines.append(f"Installed: {versions(py, [name, 'kqueue_py', *deps])}.")
     lines.append("")
-    lines.append("| run | command | exit | time | outcomes |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| run | command | in use (asked the same way) | exit | time | outcomes |")
+    lines.append("|---|---|---|---|---|---|")
     for run in (base, kq):
-        lines.append(f"| {run.name} | {how[run.name]} | {run.returncode} | {run.seconds:.0f} s "
-                     f"| {summarize(run.outcomes)} |")
+        backend = run.backend.replace("|", "\\|")
+        lines.append(f"| {run.name} | {how[run.name]} | `{backend}` | {run.returncode} "
+                     f"| {run.seconds:.0f} s | {summarize(run.outcomes)} |")
     lines.append("")
     ids = sorted(set(base.outcomes) | set(kq.outcomes))
     diffs = []
