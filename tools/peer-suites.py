@@ -33,7 +33,10 @@ How each project's kqueue path is chosen, without editing its code or tests:
   both runs: on the kqueue hub it leaves the hub broken and the tests after
   it fail in tearDown in cascade, which would hide everything else.
 
-Each run's per-test outcomes come from pytest's JUnit XML; the script then
+Each run's per-test outcomes come from pytest's JUnit XML.  Every test whose
+outcome differs is then run again alone (with the others that differ), twice
+on each path, to tell a difference of behaviour from a suite's flakiness on a
+loaded machine.  The script then
 writes ``docs/peers.md``: the date, versions and machine, a summary per
 project, every test whose outcome differs with its note (``NOTES`` below:
 who the difference belongs to, with the evidence), and the full per-test
@@ -116,6 +119,7 @@ class Outcome:
     outcome: str             # passed, failed, error, skipped
     message: str = ""
     seconds: float = 0.0
+    reruns: List[str] = field(default_factory=list)   # outcomes of the tests re-run alone
 
 
 @dataclass
@@ -263,7 +267,7 @@ def run_suite(name: str, run_name: str, tree: Path, py: Path, results: Path,
             rc = -1
             out.write(f"\n[peer-suites] timed out after {RUN_TIMEOUT_S} s\n")
     seconds = (datetime.datetime.now() - start).total_seconds()
-    run = Run(run_name, command, rc, parse_junit(xml), seconds)
+    run = Run(run_name, command, returncode=rc, outcomes=parse_junit(xml), seconds=seconds)
     counts = summarize(run.outcomes)
     log(f"{name} {run_name}: exit {rc} in {seconds:.0f} s: {counts}")
     return run
@@ -284,6 +288,40 @@ def base_env(py: Path) -> Dict[str, str]:
     env["PATH"] = str(py.parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+RERUNS = 2
+
+
+def differing(base: Run, kq: Run) -> List[str]:
+    """Tests whose outcome differs, not counting a test one path skips."""
+    out = []
+    for test_id in sorted(set(base.outcomes) | set(kq.outcomes)):
+        b, k = base.outcomes.get(test_id), kq.outcomes.get(test_id)
+        pair = {b.outcome if b else "not run", k.outcome if k else "not run"}
+        if len(pair) > 1 and not pair <= {"passed", "skipped", "not run"}:
+            out.append(test_id)
+    return out
+
+
+def rerun_differences(name: str, runs: List[Tuple[Run, Dict[str, str], bool, List[str]]],
+                      tree: Path, py: Path, results: Path, exclude: Sequence[str] = ()) -> None:
+    """Run each differing test again, alone with the others that differ, RERUNS
+    times on each path: a difference that comes and goes is the suite's
+    flakiness under load, not a behaviour of either path."""
+    (base, *_), (kq, *_) = runs
+    ids = [test_id for test_id in differing(base, kq) if test_id not in exclude]
+    if not ids:
+        return
+    for run, env, kqueue, extra in runs:
+        for i in range(RERUNS):
+            again = run_suite(name, f"{run.name}-rerun{i + 1}", tree, py, results,
+                              [*extra, *ids], env, kqueue)
+            for test_id in ids:
+                o = run.outcomes.get(test_id)
+                if o is not None:
+                    r = again.outcomes.get(test_id)
+                    o.reruns.append(r.outcome if r else "not run")
 
 
 def run_watchdog(cache: Path, wheel: Optional[Path], python: str) -> Dict[str, object]:
@@ -310,6 +348,9 @@ def run_watchdog(cache: Path, wheel: Optional[Path], python: str) -> Dict[str, o
     kq = run_suite("watchdog", "kqueue", tree, py, results,
                    ["-p", "peer_watchdog_bsd", "tests"], kq_env, kqueue=True)
     kq.backend = probe(tree, py, kq_env, True, "import peer_watchdog_bsd\n" + which)
+    rerun_differences("watchdog", [(base, env, False, []),
+                                   (kq, kq_env, True, ["-p", "peer_watchdog_bsd"])],
+                      tree, py, results)
     return {"runs": [base, kq], "py": py, "how": {
         "baseline": "`python -m pytest tests` (Linux: inotify emitter)",
         "kqueue": "`python -m kqueue_py.run -- python -m pytest -p peer_watchdog_bsd tests` "
@@ -326,6 +367,7 @@ def run_eventlet(cache: Path, wheel: Optional[Path], python: str) -> Dict[str, o
     results = cache / "results"
     results.mkdir(exist_ok=True)
     runs = []
+    envs = []
     for run_name, hub, kqueue in (("baseline", "epolls", False), ("kqueue", "kqueue", True)):
         env = base_env(py)
         env["EVENTLET_HUB"] = hub
@@ -340,6 +382,10 @@ def run_eventlet(cache: Path, wheel: Optional[Path], python: str) -> Dict[str, o
                              "print(type(hub).__module__ + '.Hub on', q.__module__ + '.' + q.__name__)")
         main.seconds += apart.seconds
         runs.append(main)
+        envs.append(env)
+    rerun_differences("eventlet", [(runs[0], envs[0], False, ["--deselect", EVENTLET_APART]),
+                                   (runs[1], envs[1], True, ["--deselect", EVENTLET_APART])],
+                      tree, py, results, exclude=[EVENTLET_APART])
     return {"runs": runs, "py": py, "how": {
         "baseline": "`EVENTLET_HUB=epolls python -m pytest tests` (the epoll hub)",
         "kqueue": "`EVENTLET_HUB=kqueue python -m kqueue_py.run -- python -m pytest tests` "
@@ -384,10 +430,11 @@ def machine() -> str:
 def cell(o: Optional[Outcome]) -> str:
     if o is None:
         return "not run"
+    again = f" (alone, again: {', '.join(o.reruns)})" if o.reruns else ""
     if o.outcome == "passed":
-        return "passed"
+        return "passed" + again
     text = o.message.replace("|", "\\|").replace("\n", " ")
-    return f"{o.outcome}: {text}" if text else o.outcome
+    return (f"{o.outcome}: {text}" if text else o.outcome) + again
 
 
 def section(name: str, result: Dict[str, object], meta: str) -> str:
@@ -407,27 +454,27 @@ def section(name: str, result: Dict[str, object], meta: str) -> str:
                      f"| {run.seconds:.0f} s | {summarize(run.outcomes)} |")
     lines.append("")
     ids = sorted(set(base.outcomes) | set(kq.outcomes))
-    diffs = []
+    real_ids = set(differing(base, kq))
+    real, other_path = [], []
     for test_id in ids:
         b, k = base.outcomes.get(test_id), kq.outcomes.get(test_id)
-        bo = b.outcome if b else "not run"
-        ko = k.outcome if k else "not run"
-        if bo == ko:
+        if (b.outcome if b else "not run") == (k.outcome if k else "not run"):
             continue
         # A test that only one path has (skipped on the other by the suite
-        # itself) is not a difference of behaviour; list it apart.
-        diffs.append((test_id, b, k))
-    real = [(t, b, k) for t, b, k in diffs
-            if not ({(b.outcome if b else "not run"), (k.outcome if k else "not run")}
-                    <= {"passed", "skipped", "not run"})]
-    other_path = [(t, b, k) for t, b, k in diffs if (t, b, k) not in real]
+        # itself) is not a difference of behaviour; it is listed apart.
+        (real if test_id in real_ids else other_path).append((test_id, b, k))
     lines.append(f"### Differences from the baseline ({len(real)})")
     lines.append("")
     if real:
         lines.append("| test | baseline | kqueue | whose, and the evidence |")
         lines.append("|---|---|---|---|")
         for test_id, b, k in real:
-            note = NOTES.get((name, test_id), "**not yet explained**")
+            note = NOTES.get((name, test_id))
+            if note is None:
+                flaky = any(o is not None and o.reruns and set(o.reruns) != {o.outcome}
+                            for o in (b, k))
+                note = ("flaky: the outcome changed when the test was run again alone "
+                        "(the suite's timing under load)" if flaky else "**not yet explained**")
             lines.append(f"| `{test_id}` | {cell(b)} | {cell(k)} | {note} |")
     else:
         lines.append("None: every test that ran on both paths has the same outcome.")
@@ -515,9 +562,10 @@ def main() -> int:
     sections: Dict[str, str] = {}
     pyver = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
                            text=True, capture_output=True, check=True).stdout.strip()
+    described = git_describe()   # what the wheel is built from
     for name in names:
         meta = (f"Run of {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-                f"kqueue_py at {git_describe()}, CPython {pyver}, {machine()}.")
+                f"kqueue_py at {described}, CPython {pyver}, {machine()}.")
         py = venv_python(ensure_venv(cache, name, args.python))
         if wheel is None:
             sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "setuptools",

@@ -14,7 +14,8 @@ exported are here too: ``KQ_FILTER_USER``, ``KQ_EV_RECEIPT``,
 these (only where it has no native kqueue, unless forced), and makes
 ``selectors.KqueueSelector`` exist and be ``selectors.DefaultSelector`` —
 so unmodified kqueue code (selectors, asyncio, Twisted, watchers) runs on
-Linux.  :func:`uninstall` undoes it.
+Linux; fresh imports of ``select``/``selectors`` made while it is in effect
+are patched too.  :func:`uninstall` undoes it.
 """
 from __future__ import annotations
 
