@@ -402,3 +402,15 @@ def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path):
         os.close(master)
     assert re.search(rb"count 1\r?\n", out), out
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_command_starts_with_the_signal_state_a_shell_gives(tmp_path):
+    """No signal blocked, none ignored that a plain start leaves at its
+    default (Python itself ignores SIGPIPE; the runner blocks the signals it
+    passes on): the oracle is the same program started by subprocess."""
+    probe = ["sh", "-c", "grep -E '^(SigBlk|SigIgn)' /proc/self/status"]
+    direct = run(probe, tmp_path)
+    under = run([*RUN, "--", *probe], tmp_path)
+    assert direct.returncode == under.returncode == 0, under.stderr
+    assert under.stdout == direct.stdout
+    assert "SigBlk:\t0000000000000000" in under.stdout

@@ -190,11 +190,9 @@ def _run(argv: List[str], env: Dict[str, str]) -> int:
     # by default in this process; the child starts with the mask we had and
     # with the dispositions a shell would give it (Python ignores SIGPIPE).
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    default = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ")
-               if hasattr(signal, name)]
     try:
         try:
-            pid = os.posix_spawnp(argv[0], argv, env, setsigmask=old_mask, setsigdef=default)
+            pid = _spawn(argv, env, old_mask)
         except OSError as exc:
             sys.stderr.write(f"kqueue_py.run: cannot run {argv[0]!r}: {exc.strerror}\n")
             return 127 if isinstance(exc, FileNotFoundError) else 126
@@ -207,6 +205,20 @@ def _run(argv: List[str], env: Dict[str, str]) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
+
+
+def _spawn(argv: List[str], env: Dict[str, str], mask: Any) -> int:
+    """Start ``argv`` with the signal mask ``mask``, as subprocess starts a
+    program otherwise (SIGPIPE and SIGXFSZ back to their default action); its
+    pid.  Not posix_spawn: glibc's leaves its internal signals ignored in the
+    new program."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv, env=env, restore_signals=True,
+                            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask))
+    proc.returncode = 0   # reaped here, by waitpid: Popen must not track it
+    return proc.pid
 
 
 def _forward(pid: int, signo: int) -> None:
