@@ -120,7 +120,9 @@ def test_nothing_outside_the_command_changes(tmp_path):
     env = dict(os.environ, TMPDIR=str(scratch))
     env.pop("PYTHONPATH", None)
     before = _site_files()
-    modules_before = set(sys.modules)
+    meta_path = list(sys.meta_path)
+    import selectors
+    default = selectors.DefaultSelector
     proc = run([*RUN, "--hide-epoll", "--", sys.executable, "-c", CHILD], tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     inside = json.loads(proc.stdout)
@@ -128,10 +130,11 @@ def test_nothing_outside_the_command_changes(tmp_path):
     # The hook's private directory lived in TMPDIR and is gone.
     assert list(scratch.iterdir()) == []
     assert _site_files() == before
-    # This process: its select untouched, no kqueue_py.run imported here.
+    # This process: its select, selectors, import machinery and environment untouched.
     assert not hasattr(select, "kqueue") and hasattr(select, "epoll")
+    assert selectors.DefaultSelector is default and not hasattr(selectors, "KqueueSelector")
+    assert sys.meta_path == meta_path
     assert "KQUEUE_PY_RUN" not in os.environ
-    assert set(sys.modules) == modules_before
     # A process started afterwards, outside the command, is the stdlib's own.
     after = json.loads(run([sys.executable, "-c", CHILD], tmp_path, env=env).stdout)
     assert not after["kqueue"] and after["epoll"]
