@@ -103,6 +103,15 @@ NOTES: Dict[Tuple[str, str], str] = {
         "directory; inotify sends `IN_DELETE_SELF` only when the last reference goes, and the "
         "watching descriptor is one. Listed in docs/linux-backend.md; the file case "
         "(`[False]`) passes."),
+    ("eventlet", "tests/hub_test.py::test_fork"): (
+        "**kqueue_py's bug** (fork behaviour of `compat.kqueue`), seen when the timing makes "
+        "the forked child wait: its `server.accept()` goes to the hub, whose `control()` on the "
+        "queue made before the fork raises `ValueError: I/O operation on closed kqueue object` "
+        "(what CPython 3.12.1 and later do) where this interpreter's own `select.kqueue` "
+        "(3.11) raises `OSError(EBADF)`; eventlet's kqueue hub makes a new queue only on "
+        "`OSError`. When the parent's connection is already there, `accept()` never waits and "
+        "the test passes, hence passes alone. kqueue_py must behave as the running "
+        "interpreter's `select.kqueue` does (the fork-behaviour work)."),
     ("eventlet", "tests/hub_test.py::test_repeated_select_bad_fd"): (
         "**eventlet's expectation, not BSD's**: the kqueue hub builds `select.kevent(-1, ...)`, "
         "which raises `OverflowError: can't convert negative value to size_t`, as CPython's own "
@@ -314,10 +323,15 @@ def rerun_differences(name: str, runs: List[Tuple[Run, Dict[str, str], bool, Lis
     if not ids:
         return
     for run, env, kqueue, extra in runs:
+        # Only what ran on this path (pytest refuses an id in a skipped module).
+        mine = [test_id for test_id in ids
+                if test_id in run.outcomes and run.outcomes[test_id].outcome != "skipped"]
+        if not mine:
+            continue
         for i in range(RERUNS):
             again = run_suite(name, f"{run.name}-rerun{i + 1}", tree, py, results,
-                              [*extra, *ids], env, kqueue)
-            for test_id in ids:
+                              [*extra, *mine], env, kqueue)
+            for test_id in mine:
                 o = run.outcomes.get(test_id)
                 if o is not None:
                     r = again.outcomes.get(test_id)
