@@ -195,8 +195,11 @@ while True:
 
 
 def _start(tmp_path: Path, code: str) -> subprocess.Popen:
+    # SIGINT at its default action, even when this test runs as a background
+    # job (which starts with SIGINT ignored, and so would the command).
     proc = subprocess.Popen([*RUN, "--", sys.executable, "-c", code], cwd=tmp_path,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"   # the command is up, its handlers set
     return proc
