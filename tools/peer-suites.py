@@ -232,6 +232,8 @@ def parse_junit(path: Path) -> Dict[str, Outcome]:
 
 def junit_id(classname: str, name: str, file: Optional[str]) -> str:
     """``tests/x_test.py::Class::test`` from JUnit's dotted classname."""
+    if not classname:   # a module skipped or failed at collection
+        return name.replace(".", "/") + ".py"
     parts = classname.split(".")
     # The module is the longest prefix that is a file of the suite.
     for i in range(len(parts), 0, -1):
@@ -302,8 +304,19 @@ def base_env(py: Path) -> Dict[str, str]:
 RERUNS = 2
 
 
+def fill_module_skips(run: Run, ids: Sequence[str]) -> None:
+    """A test of a module skipped whole (at collection) is skipped too."""
+    for test_id in ids:
+        module = run.outcomes.get(test_id.split("::")[0])
+        if test_id not in run.outcomes and module is not None and module.outcome == "skipped":
+            run.outcomes[test_id] = Outcome("skipped", "the whole module: " + module.message)
+
+
 def differing(base: Run, kq: Run) -> List[str]:
     """Tests whose outcome differs, not counting a test one path skips."""
+    every = sorted(set(base.outcomes) | set(kq.outcomes))
+    fill_module_skips(base, every)
+    fill_module_skips(kq, every)
     out = []
     for test_id in sorted(set(base.outcomes) | set(kq.outcomes)):
         b, k = base.outcomes.get(test_id), kq.outcomes.get(test_id)
