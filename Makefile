@@ -10,7 +10,7 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 # Extra pytest arguments:  make test ARGS="-k timer"
 ARGS   ?=
 
-.PHONY: install install-pkg pip zig docs test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint clean
+.PHONY: install install-pkg pip zig docs test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -129,6 +129,15 @@ sdist-check:
 check-bsd: zig
 	$(PIP) install cffi --group test
 	$(PY) tools/check-bsd-build.py
+
+# The slow tier, not part of `make test`: watchdog's and eventlet's own test
+# suites (pinned, from their PyPI sdists) on their Linux path and on their
+# kqueue path through `python -m kqueue_py.run`, in venvs under
+# ~/.cache/kqueue_py-peers (PEERS_ARGS="--cache DIR", "--only eventlet");
+# rewrites docs/peers.md.  About 15 minutes on 2 CPUs.
+PEERS_ARGS ?=
+peers:
+	$(PYTHON) tools/peer-suites.py $(PEERS_ARGS)
 
 # mypy --strict on the package and ruff on the code (config in pyproject.toml).
 lint: $(PY)

@@ -13,6 +13,10 @@ Layers, each built only on the ones before it:
 * ``kqueue_py.compat`` — ``select.kqueue``/``select.kevent`` work-alikes
   and ``install()``.
 * ``kqueue_py.selectors`` — ``KqueueSelector`` for ``selectors``/asyncio.
+
+Tools: ``python -m kqueue_py.run -- COMMAND`` runs a command, and every
+Python process it starts, with ``compat.install()`` in effect;
+``pytest -p kqueue_py.pytest_plugin --kqueue`` does the same from pytest.
 """
 from __future__ import annotations
 

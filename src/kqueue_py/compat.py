@@ -16,15 +16,19 @@ exported are here too: ``KQ_FILTER_USER``, ``KQ_EV_RECEIPT``,
 these (only where it has no native kqueue, unless forced), and makes
 ``selectors.KqueueSelector`` exist and be ``selectors.DefaultSelector`` —
 so unmodified kqueue code (selectors, asyncio, Twisted, watchers) runs on
-Linux.  :func:`uninstall` undoes it.
+Linux; fresh imports of ``select``/``selectors`` made while it is in effect
+are patched too.  :func:`uninstall` undoes it.
 """
 from __future__ import annotations
 
 import errno as _errno
+import importlib
+import importlib.util
 import operator
 import os
 import struct
 import sys
+import threading
 import time
 from typing import Any, Iterable, Optional
 
@@ -48,7 +52,7 @@ from ._core import (
     kevent as _kevent_ns,
 )
 
-__all__ = ["kqueue", "kevent", "install", "uninstall", "installed"]
+__all__ = ["kqueue", "kevent", "install", "uninstall", "installed", "SELECTOR_CHOICES"]
 
 _KEVENT = KEVENT   # this platform's struct kevent layout
 _SIZE = SIZE
@@ -374,63 +378,245 @@ class kqueue(QueueBase):
 
 # ---------------------------------------------------------------------------
 # install() / uninstall()
+#
+# An installation is a list of records (module, name, previous value), in the
+# order the changes were made; uninstall() undoes them in reverse, so every
+# module object ever patched -- the live ``select`` and ``selectors`` and any
+# fresh copy imported while installed -- ends as it was.  A finder first on
+# sys.meta_path hands every fresh import of ``select``/``selectors`` (code
+# that pops sys.modules['select'] and imports again, as
+# ``eventlet.patcher.original('select')`` does; importlib.reload) a loader
+# that patches the new module as soon as it has executed.
 
-_saved: Optional[dict[str, Any]] = None
+_MISSING: Any = object()
+_HOOKED = ("select", "selectors")
+#: The ``selector`` choices of :func:`install`.
+SELECTOR_CHOICES = ("stdlib", "kqueue")
+
+
+class _Installation:
+    __slots__ = ("force", "selector", "hide_epoll", "hide_poll", "records", "finder")
+
+    def __init__(self, force: bool, selector: str, hide_epoll: bool, hide_poll: bool) -> None:
+        self.force = force
+        self.selector = selector
+        self.hide_epoll = hide_epoll
+        self.hide_poll = hide_poll
+        self.records: list[tuple[Any, str, Any]] = []
+        self.finder = _ReimportFinder()
+
+    def options(self) -> tuple[bool, str, bool, bool]:
+        return (self.force, self.selector, self.hide_epoll, self.hide_poll)
+
+    def set(self, module: Any, name: str, value: Any) -> None:
+        self.records.append((module, name, getattr(module, name, _MISSING)))
+        setattr(module, name, value)
+
+    def delete(self, module: Any, name: str) -> None:
+        if hasattr(module, name):
+            self.records.append((module, name, getattr(module, name)))
+            delattr(module, name)
+
+    def patched(self, module: Any) -> bool:
+        """Whether ``module`` is a ``select`` this installation patched."""
+        return any(m is module and name == "kqueue" for m, name, _ in self.records)
+
+    def patch_select(self, module: Any) -> None:
+        for name, value in {"kqueue": kqueue, "kevent": kevent, **CONSTANTS}.items():
+            self.set(module, name, value)
+        for name in sorted(vars(module)):
+            if ((self.hide_epoll and (name == "epoll" or name.startswith("EPOLL")))
+                    or (self.hide_poll and (name in ("poll", "devpoll") or name.startswith("POLL")))):
+                self.delete(module, name)
+
+    def patch_selectors(self, module: Any) -> None:
+        selector_cls: type
+        if self.selector == "kqueue":
+            from .selectors import KqueueSelector
+
+            selector_cls = KqueueSelector
+        else:
+            selector_cls = _stdlib_kqueue_selector(module)
+        self.set(module, "KqueueSelector", selector_cls)
+        self.set(module, "DefaultSelector", selector_cls)
+        if self.hide_epoll:
+            self.delete(module, "EpollSelector")
+        if self.hide_poll:
+            self.delete(module, "PollSelector")
+            self.delete(module, "DevpollSelector")
+
+
+_state: Optional[_Installation] = None
+_lock = threading.RLock()
 
 
 def installed() -> bool:
     """True while :func:`install` is in effect."""
-    return _saved is not None
+    return _state is not None
 
 
-def install(force: bool = False) -> bool:
+def install(force: bool = False, *, selector: str = "stdlib", hide_epoll: bool = False,
+            hide_poll: bool = False) -> bool:
     """Offer kqueue_py as ``select.kqueue`` and make it the default selector.
 
     Without ``force``, nothing happens on a platform whose ``select`` module
-    already has a native kqueue (returns False).  Idempotent; undone by
-    :func:`uninstall`.  Returns True when installed.
+    already has a native kqueue (returns False).  ``selector`` picks the
+    class that becomes ``selectors.KqueueSelector`` and
+    ``selectors.DefaultSelector``: ``"stdlib"`` (the default), the standard
+    library's own KqueueSelector running on these ``select.kqueue`` objects,
+    as on BSD; ``"kqueue"``, :class:`kqueue_py.selectors.KqueueSelector`.
+    For testing code that prefers epoll or poll when present,
+    ``hide_epoll`` removes ``select.epoll``, the ``EPOLL*`` constants and
+    ``selectors.EpollSelector``, and ``hide_poll`` removes ``select.poll``,
+    ``POLL*`` and ``selectors.PollSelector``.
+
+    The installation also covers every fresh import of ``select`` or
+    ``selectors`` (a module popped from ``sys.modules`` and imported again,
+    ``importlib.reload``) while it is in effect.  Idempotent with the same
+    arguments (``ValueError`` with others: uninstall first); undone
+    entirely by :func:`uninstall`.  Returns True when installed.
     """
-    global _saved
+    global _state
+    if selector not in SELECTOR_CHOICES:
+        raise ValueError(f"selector must be one of {SELECTOR_CHOICES}, got {selector!r}")
+    options = (bool(force), selector, bool(hide_epoll), bool(hide_poll))
     import select
     import selectors
 
-    if _saved is not None:
-        return True
-    if not force and hasattr(select, "kqueue") and select.kqueue is not kqueue:
-        return False
-    saved: dict[str, Any] = {}
-    missing = object()
-    names = {"kqueue": kqueue, "kevent": kevent, **CONSTANTS}
-    for name, value in names.items():
-        saved["select." + name] = getattr(select, name, missing)
-        setattr(select, name, value)
-    selector_cls = _stdlib_kqueue_selector(selectors)
-    for name, value in (("KqueueSelector", selector_cls), ("DefaultSelector", selector_cls)):
-        saved["selectors." + name] = getattr(selectors, name, missing)
-        setattr(selectors, name, value)
-    saved["_missing"] = missing
-    _saved = saved
+    with _lock:
+        if _state is not None:
+            if _state.options() != options:
+                raise ValueError("kqueue_py.compat is already installed with other options "
+                                 f"{_state.options()}: call uninstall() first")
+            return True
+        if not force and hasattr(select, "kqueue") and select.kqueue is not kqueue:
+            return False
+        state = _Installation(*options)
+        try:
+            state.patch_select(select)
+            state.patch_selectors(selectors)
+        except BaseException:
+            _undo(state)
+            raise
+        sys.meta_path.insert(0, state.finder)
+        _state = state
     return True
 
 
 def uninstall() -> None:
-    """Restore ``select`` and ``selectors`` as they were before install()."""
-    global _saved
-    import select
-    import selectors
+    """Restore ``select`` and ``selectors`` as they were before install():
+    the live modules and every copy imported while installed."""
+    global _state
+    with _lock:
+        state = _state
+        if state is None:
+            return
+        _state = None
+        try:
+            sys.meta_path.remove(state.finder)
+        except ValueError:
+            pass
+        _undo(state)
 
-    if _saved is None:
-        return
-    missing = _saved.pop("_missing")
-    for key, value in _saved.items():
-        modname, name = key.split(".", 1)
-        module = select if modname == "select" else selectors
-        if value is missing:
+
+def _undo(state: _Installation) -> None:
+    for module, name, previous in reversed(state.records):
+        if previous is _MISSING:
             if hasattr(module, name):
                 delattr(module, name)
         else:
-            setattr(module, name, value)
-    _saved = None
+            setattr(module, name, previous)
+    state.records.clear()
+
+
+def _original_spec(fullname: str, finder: object) -> Any:
+    """The spec the rest of sys.meta_path finds for a top-level module."""
+    for other in list(sys.meta_path):
+        if other is finder:
+            continue
+        find_spec = getattr(other, "find_spec", None)
+        if find_spec is None:
+            continue
+        spec = find_spec(fullname, None)
+        if spec is not None:
+            return spec
+    return None
+
+
+class _ReimportFinder:
+    """Hands a fresh import of ``select``/``selectors`` a patching loader."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _HOOKED or path is not None:
+            return None
+        spec = _original_spec(fullname, self)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _PatchingLoader(spec.loader, self)
+        return spec
+
+
+class _PatchingLoader:
+    def __init__(self, loader: Any, finder: _ReimportFinder) -> None:
+        self._loader = loader
+        self._finder = finder
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        name = module.__name__
+        patch = True
+        if name == "selectors":
+            patch = self._exec_selectors(module)
+        else:
+            self._loader.exec_module(module)
+        # The module looks as any other import made it.
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        with _lock:
+            state = _state
+            if not patch or state is None or state.finder is not self._finder:
+                return     # uninstalled meanwhile, or not on our select: left alone
+            if name == "select":
+                state.patch_select(module)
+            else:
+                state.patch_selectors(module)
+
+    def _exec_selectors(self, module: Any) -> bool:
+        """Execute a fresh ``selectors``; whether to patch it."""
+        live = sys.modules.get("select")
+        with _lock:
+            state = _state
+            ours = state is not None and (live is None or state.patched(live))
+        if not ours:
+            # Another select stands in sys.modules on purpose (a green one,
+            # as eventlet's patcher.inject puts there): the module is built
+            # on it, as its author meant, and not patched.
+            self._loader.exec_module(module)
+            return False
+        # The stdlib's class definitions depend on what ``select`` offers when
+        # the module executes: run it against an unpatched ``select`` so that
+        # it defines what it would without kqueue_py (and uninstall() can
+        # restore exactly that), then point it at the live, patched module.
+        pristine = None
+        spec = _original_spec("select", self._finder)
+        if spec is not None and spec.loader is not None:
+            pristine = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(pristine)
+        if pristine is not None:
+            sys.modules["select"] = pristine
+        try:
+            self._loader.exec_module(module)
+        finally:
+            if live is not None:
+                sys.modules["select"] = live
+            else:
+                sys.modules.pop("select", None)
+        if pristine is not None:
+            module.select = live if live is not None else importlib.import_module("select")
+        return True
 
 
 def _stdlib_kqueue_selector(selectors_module: Any) -> type:
