@@ -98,6 +98,8 @@ docs/reference
 docs/linux-backend
 docs/benchmarks
 docs/servers
+docs/run
+docs/peers
 CONTRIBUTING
 CHANGELOG
 ```
