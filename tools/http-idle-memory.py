@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from kqueue_py.bench.servers import read_response_body
+
 HELLO = b"Hello from kqueue_py\n"
 KINDS = ["kqueue_py", "kqueue_py --workers 2", "uvicorn+httptools", "uvicorn+httptools+uvloop"]
 
@@ -70,16 +72,7 @@ def _rss(pid: int) -> int:
 
 def _get(sock: socket.socket, f: Any) -> None:
     sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-    length = -1
-    while True:
-        line = f.readline()
-        if not line:
-            raise ConnectionError("closed")
-        if line == b"\r\n":
-            break
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    if f.read(length) != HELLO:
+    if read_response_body(f) != HELLO:
         raise RuntimeError("unexpected body")
 
 

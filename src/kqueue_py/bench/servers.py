@@ -269,7 +269,7 @@ def stall_test(workers: int, seconds: float = 2.0) -> dict[str, float]:
             f = s.makefile("rb")
             while not stop.is_set():
                 s.sendall(b"GET /sleep?ms=10 HTTP/1.1\r\nHost: x\r\n\r\n")
-                _read_response(f)
+                read_response_body(f)
 
     threads = [threading.Thread(target=sleeper, daemon=True) for _ in range(SLEEPERS)]
     for t in threads:
@@ -283,7 +283,7 @@ def stall_test(workers: int, seconds: float = 2.0) -> dict[str, float]:
             while time.monotonic() < end:
                 t0 = time.perf_counter()
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                _read_response(f)
+                read_response_body(f)
                 lat.append((time.perf_counter() - t0) * 1e3)
     finally:
         stop.set()
@@ -295,7 +295,9 @@ def stall_test(workers: int, seconds: float = 2.0) -> dict[str, float]:
             "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "max_ms": lat[-1]}
 
 
-def _read_response(f: Any) -> bytes:
+def read_response_body(f: Any) -> bytes:
+    """Read one response from the file object ``f``; return its body (by
+    its Content-Length)."""
     length = 0
     while True:
         line = f.readline()
