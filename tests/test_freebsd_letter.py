@@ -22,7 +22,7 @@ TIMER, USER, READ, WRITE, VNODE = (lib.EVFILT_TIMER, lib.EVFILT_USER, lib.EVFILT
                                    lib.EVFILT_WRITE, lib.EVFILT_VNODE)
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ONESHOT, EV_CLEAR, EV_DISPATCH = lib.EV_ONESHOT, lib.EV_CLEAR, lib.EV_DISPATCH
-EV_ERROR, EV_RECEIPT = lib.EV_ERROR, lib.EV_RECEIPT
+EV_ERROR, EV_RECEIPT, EV_EOF = lib.EV_ERROR, lib.EV_RECEIPT, lib.EV_EOF
 SECONDS, MSECONDS, USECONDS, NSECONDS = (lib.NOTE_SECONDS, lib.NOTE_MSECONDS,
                                          lib.NOTE_USECONDS, lib.NOTE_NSECONDS)
 ABSTIME, TRIGGER = lib.NOTE_ABSTIME, lib.NOTE_TRIGGER
@@ -299,5 +299,116 @@ def test_socket_descriptor_read_data_unchanged(kq, fds):
     """Not a queue: READ data is still FIONREAD."""
     a, b = fds.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     b.send(b"hello")
+    kq.change((a.fileno(), READ, EV_ADD))
+    assert [e.data for e in kq.wait(8, 1.0)] == [5]
+
+
+# ---------------------------------------------------------------------------
+# Sockets: SEQPACKET and UDP (``sys/kern/uipc_socket.c``)
+
+
+def _udp_pair(fds):
+    a = fds.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    b = fds.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+    a.connect(b.getsockname())
+    b.connect(a.getsockname())
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _seqpacket_pair(fds):
+    return fds.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+@pytest.mark.parametrize("kind", ["seqpacket", "udp"])
+@pytest.mark.parametrize("fflags", [0, lib.NOTE_NODATA])
+def test_local_shutdown_wr_is_write_eof_on_seqpacket_and_udp(kq, fds, kind, fflags):
+    """``filt_sowrite``: ``if (so->so_snd.sb_state & SBS_CANTSENDMORE) {
+    kn->kn_flags |= EV_EOF; ...}`` -- ``shutdown(SHUT_WR)`` sets it for every
+    protocol (``socantsendmore``), a SEQPACKET or a connected UDP socket as
+    much as TCP.  The probe must neither send anything nor take the pending
+    error: the peer receives no record, and an ICMP error stays for
+    ``recv()``."""
+    a, b = _seqpacket_pair(fds) if kind == "seqpacket" else _udp_pair(fds)
+    kq.change((a.fileno(), WRITE, EV_ADD, fflags))
+    ev = kq.wait_one()
+    assert not ev.flags & EV_EOF
+    with pytest.raises(BlockingIOError):
+        b.recv(10)                  # the look sent nothing
+    a.shutdown(socket.SHUT_WR)
+    ev = kq.wait_one()
+    assert (ev.ident, ev.filter) == (a.fileno(), WRITE)
+    assert ev.flags & EV_EOF and ev.fflags == 0
+    if kind == "udp":
+        with pytest.raises(BlockingIOError):
+            b.recv(10)
+    else:
+        assert b.recv(10) == b""    # the peer sees the end of the stream
+    with pytest.raises(BrokenPipeError):
+        a.send(b"x")
+
+
+def test_udp_write_eof_probe_keeps_the_pending_error(kq, fds):
+    """The look for ``SBS_CANTSENDMORE`` must not consume a connected UDP
+    socket's pending ICMP error (Linux clears it on any read of it)."""
+    import select
+
+    port_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    port_sock.bind(("127.0.0.1", 0))
+    closed = port_sock.getsockname()
+    port_sock.close()
+    u = fds.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    u.connect(closed)
+    u.send(b"x")
+    with select.epoll() as ep:      # the oracle: the error has arrived
+        ep.register(u.fileno(), select.EPOLLERR)
+        assert ep.poll(2.0)
+    u.shutdown(socket.SHUT_WR)
+    kq.change((u.fileno(), WRITE, EV_ADD))
+    ev = kq.wait_one()
+    assert ev.flags & EV_EOF and ev.fflags == 0
+    assert u.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+
+
+def test_udp_read_lowat_counts_every_queued_datagram(kq, fds):
+    """``filt_soread``: ``kn->kn_data = sbavail(&so->so_rcv) - so->so_rcv.sb_ctl;``
+    and ``if (kn->kn_sfflags & NOTE_LOWAT) { if (kn->kn_data >= kn->kn_sdata)
+    return (1); }`` -- the mark is judged against every queued datagram:
+    two of 5 and 7 bytes reach a mark of 10.  Linux tells only the next
+    datagram's size (``FIONREAD``), so the event must come all the same
+    (never lost); ``data`` is what ``recv()`` returns next."""
+    a, b = _udp_pair(fds)
+    kq.change((a.fileno(), READ, EV_ADD, lib.NOTE_LOWAT, 10))
+    b.send(b"12345")
+    b.send(b"1234567")
+    h.wait_until(lambda: len(a.recv(64, socket.MSG_PEEK)) == 5)
+    evs = kq.wait(8, 1.0)
+    assert [(e.ident, e.filter) for e in evs] == [(a.fileno(), READ)]
+    assert evs[0].data == 5 and not evs[0].flags & lib.EV_EOF
+    assert a.recv(64) == b"12345" and a.recv(64) == b"1234567"
+
+
+def test_udp_read_lowat_above_the_queue_stays_quiet(kq, fds):
+    """Where Linux can bound the queued bytes (``SO_MEMINFO``'s receive
+    memory, which every queued byte is charged to), a mark above it is not
+    reached: no event, as on FreeBSD."""
+    a, b = _udp_pair(fds)
+    kq.change((a.fileno(), READ, EV_ADD, lib.NOTE_LOWAT, 1 << 20))
+    b.send(b"12345")
+    b.send(b"1234567")
+    h.wait_until(lambda: len(a.recv(64, socket.MSG_PEEK)) == 5)
+    assert kq.wait(8, 0.05) == []
+
+
+def test_udp_read_data_without_lowat_is_the_next_datagram(kq, fds):
+    """Without a mark ``data`` stays the next datagram's size (``FIONREAD``,
+    what ``recv()`` returns), documented as a deviation from ``sbavail``."""
+    a, b = _udp_pair(fds)
+    b.send(b"12345")
+    b.send(b"1234567")
+    h.wait_until(lambda: len(a.recv(64, socket.MSG_PEEK)) == 5)
     kq.change((a.fileno(), READ, EV_ADD))
     assert [e.data for e in kq.wait(8, 1.0)] == [5]
