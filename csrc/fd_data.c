@@ -10,9 +10,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
-#include <linux/inet_diag.h>
 #include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <linux/unix_diag.h>
@@ -254,7 +254,17 @@ intptr_t fd_write_data(struct knote *kn, int fd)
 }
 
 /* What a WRITE registration on a socket checks for a local shutdown. */
-enum { FDS_UNKNOWN = 0, FDS_TCP, FDS_UNIX_STREAM, FDS_UNIX_DIAG, FDS_UDP4, FDS_UDP6, FDS_OTHER };
+enum {
+    FDS_UNKNOWN = 0,
+    FDS_TCP,
+    FDS_UNIX_STREAM,
+    FDS_UNIX_SEQPACKET,
+    FDS_UNIX_DGRAM,
+    FDS_UDP4,
+    FDS_UDP6,
+    FDS_DGRAM,          /* another socket of messages (SOCK_DGRAM, SOCK_RAW) */
+    FDS_OTHER
+};
 
 static int sock_class(int fd)
 {
@@ -275,7 +285,9 @@ static int sock_class(int fd)
     if (domain == AF_UNIX && type == SOCK_STREAM)
         return FDS_UNIX_STREAM;
     if (domain == AF_UNIX)
-        return FDS_UNIX_DIAG;           /* SOCK_SEQPACKET, SOCK_DGRAM */
+        return type == SOCK_SEQPACKET ? FDS_UNIX_SEQPACKET : FDS_UNIX_DGRAM;
+    if (type == SOCK_DGRAM || type == SOCK_RAW)
+        return FDS_DGRAM;
     return FDS_OTHER;
 }
 
@@ -314,7 +326,8 @@ int fd_send_shut_down(struct knote *kn, int fd)
         /* An empty send: EPIPE once SEND_SHUTDOWN is set, else nothing. */
         shut = send(fd, "", 0, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno == EPIPE;
         break;
-    case FDS_UNIX_DIAG:
+    case FDS_UNIX_SEQPACKET:
+    case FDS_UNIX_DGRAM:
         nlh = unix_diag(fd, 0, &reply);
         shut = nlh != NULL &&
                diag_attr(nlh, sizeof(struct unix_diag_msg), UNIX_DIAG_SHUTDOWN, &how,
@@ -332,6 +345,42 @@ int fd_send_shut_down(struct knote *kn, int fd)
     }
     errno = saved;
     return shut;
+}
+
+/* A READ registration with NOTE_LOWAT whose FIONREAD is below its mark:
+ * could the queued bytes reach it all the same?  FreeBSD judges the mark
+ * against every queued byte (filt_soread: sbavail); Linux's FIONREAD is
+ * that for streams and SEQPACKET, but only the next message's size for
+ * datagram sockets, and nothing tells the sum of the others.  So that no
+ * event is lost, a datagram socket reaches its mark unless an upper bound
+ * of its queued bytes is below it: the receive memory charged to it
+ * (SO_MEMINFO's rmem_alloc, which counts each queued datagram's whole
+ * buffer); an AF_UNIX datagram socket has no such bound (its queue is
+ * charged to the senders), so any queued datagram reaches the mark. */
+int fd_read_may_reach(struct knote *kn, int fd, intptr_t mark)
+{
+    if (kn->u.fd.kind != FDK_SOCKET)
+        return 0;
+    if (kn->u.fd.sock == FDS_UNKNOWN)
+        kn->u.fd.sock = sock_class(fd);
+    switch (kn->u.fd.sock) {
+    case FDS_UNIX_DGRAM:
+        return 1;
+    case FDS_UDP4:
+    case FDS_UDP6:
+    case FDS_DGRAM: {
+        uint32_t mem[SK_MEMINFO_VARS];
+        socklen_t len = sizeof mem;
+        int saved = errno;
+        int r = getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len);
+        errno = saved;
+        if (r < 0 || len <= SK_MEMINFO_RMEM_ALLOC * sizeof mem[0])
+            return 1;               /* no bound: do not lose the event */
+        return (intptr_t)mem[SK_MEMINFO_RMEM_ALLOC] >= mark;
+    }
+    default:
+        return 0;                   /* FIONREAD is every queued byte */
+    }
 }
 
 int fd_is_socket(const struct knote *kn)
