@@ -343,15 +343,36 @@ static void vnode_ignored(struct kq *kq, int wd)
 
 static void vnode_dispatch(struct kq *kq, const struct inotify_event *ev)
 {
-    if (ev->mask & IN_Q_OVERFLOW) {
-        vnode_overflow(kq);
-        return;
-    }
     for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next)
         if (kn->u.vnode.wd == ev->wd)
             vnode_event(kq, kn, ev);
     if (ev->mask & IN_IGNORED)
         vnode_ignored(kq, ev->wd);
+}
+
+/* Read an inotify instance dry.  The kernel queues at most
+ * fs.inotify.max_queued_events events per instance; past that it drops
+ * them and queues one IN_Q_OVERFLOW (wd -1): what changed meanwhile is
+ * unknown, so every registration the instance serves must look again.
+ * One mechanism for VNODE and for the regular files' READ/WRITE. */
+void kq_inotify_drain(struct kq *kq, int fd,
+                      void (*on_event)(struct kq *, const struct inotify_event *),
+                      void (*on_overflow)(struct kq *))
+{
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (;;) {
+        ssize_t len = read(fd, buf, sizeof buf);
+        if (len <= 0)
+            return;     /* EAGAIN: drained */
+        for (char *p = buf; p < buf + len;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            if (ev->mask & IN_Q_OVERFLOW)
+                on_overflow(kq);
+            else
+                on_event(kq, ev);
+            p += sizeof *ev + ev->len;
+        }
+    }
 }
 
 /* inotify_fd is readable: read and dispatch everything.  Lock held. */
@@ -362,17 +383,8 @@ static int vnode_ready(struct kq *kq, uint64_t data, uint32_t revents, struct ke
     (void)revents;
     (void)out;
     (void)room;
-    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
-    for (;;) {
-        ssize_t len = read(kq->inotify_fd, buf, sizeof buf);
-        if (len <= 0)
-            return 0;   /* EAGAIN: drained */
-        for (char *p = buf; p < buf + len;) {
-            const struct inotify_event *ev = (const struct inotify_event *)p;
-            vnode_dispatch(kq, ev);
-            p += sizeof *ev + ev->len;
-        }
-    }
+    kq_inotify_drain(kq, kq->inotify_fd, vnode_dispatch, vnode_overflow);
+    return 0;
 }
 
 static int vnode_deliver(struct kq *kq, struct knote *kn, struct kevent *out)

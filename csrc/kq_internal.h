@@ -372,6 +372,14 @@ void kq_attention(struct kq *kq, uint32_t tag, int on); /* busy()/polled() may s
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 void kq_knote_foreach(struct kq *kq, int16_t filter, void (*fn)(struct kq *, struct knote *));
 void kq_after_delivery(struct kq *kq, struct knote *kn);   /* EV_ONESHOT, EV_DISPATCH */
+/* filter_vnode.c: read every pending event of an inotify instance (VNODE's,
+ * or the regular files' of fd_files.c); each goes to on_event, and a lost
+ * batch (IN_Q_OVERFLOW) to on_overflow, which must make every watched
+ * registration look again. */
+struct inotify_event;
+void kq_inotify_drain(struct kq *kq, int fd,
+                      void (*on_event)(struct kq *, const struct inotify_event *),
+                      void (*on_overflow)(struct kq *));
 int64_t kq_now(void);
 intptr_t kq_queue_pending(int fd);  /* READ data on a queue's fd; -1: not one */
 #define KQ_FOREVER (-1)         /* scan() deadlines: wait for ever ... */

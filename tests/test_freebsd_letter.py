@@ -9,6 +9,7 @@ document) whose behaviour it pins: timers (``filt_timervalidate``,
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import time
 
@@ -406,3 +407,53 @@ def test_unix_dgram_read_lowat_counts_every_queued_datagram(kq, fds):
     b.send(b"1234567")
     evs = kq.wait(8, 1.0)
     assert [(e.ident, e.data) for e in evs] == [(a.fileno(), 5)]
+
+
+# ---------------------------------------------------------------------------
+# Files and vnodes (``sys/kern/vfs_subr.c``)
+
+
+def _max_queued_events() -> int:
+    with open("/proc/sys/fs/inotify/max_queued_events") as f:
+        return int(f.read())
+
+
+def test_regular_file_read_after_inotify_overflow(kq, tmp_path):
+    """``filt_vfsread``: ``kn->kn_data = va.va_size - kn->kn_fp->f_offset;
+    res = ... kn->kn_data != 0;`` -- a file registered at its end is
+    reported once it grows, whatever happened to other files.  On Linux the
+    wake-up is inotify's, whose queue holds ``max_queued_events``: after
+    more changes to other watched files than that, the growth of this one
+    is lost in the queue's overflow (``IN_Q_OVERFLOW``), and every
+    registration must look again."""
+    limit = _max_queued_events()
+    if limit > 100_000:
+        pytest.skip(f"fs.inotify.max_queued_events is {limit}")
+    paths = [tmp_path / n for n in ("a", "b", "c")]
+    files = []
+    for p in paths:
+        p.write_bytes(b"")
+        files.append(open(p, "rb"))
+    try:
+        for f in files:
+            kq.change((f.fileno(), READ, EV_ADD | EV_CLEAR))
+        assert kq.poll() == []              # all at their end
+        wa, wb = (os.open(p, os.O_WRONLY | os.O_APPEND) for p in paths[:2])
+        try:
+            for _ in range(limit // 2 + 8):  # alternate: inotify merges repeats
+                os.write(wa, b"x")
+                os.write(wb, b"x")
+        finally:
+            os.close(wa)
+            os.close(wb)
+        paths[2].write_bytes(b"grown")      # its IN_MODIFY finds the queue full
+        evs = kq.wait(8, 1.0)
+        got = {e.ident: e.data for e in evs if e.filter == READ}
+        assert got.get(files[2].fileno()) == 5, got
+        assert got.get(files[0].fileno()) == limit // 2 + 8
+        assert kq.poll() == []              # EV_CLEAR: reported once
+        paths[2].write_bytes(b"grown again")   # watches still work afterwards
+        assert [(e.ident, e.data) for e in kq.wait(8, 1.0)] == [(files[2].fileno(), 11)]
+    finally:
+        for f in files:
+            f.close()
