@@ -36,9 +36,15 @@
  *   IN_UNMOUNT                NOTE_REVOKE, with EV_EOF | EV_ONESHOT
  *   IN_Q_OVERFLOW (events lost)  every registration: NOTE_WRITE |
  *                             NOTE_ATTRIB plus what fstat shows
- * Limits: rmdir() of a watched directory is not reported while a
- * descriptor keeps it open (inotify sends IN_DELETE_SELF only once the
- * last reference goes); when the last link of a file is removed the
+ *   IN_DELETE of a subdirectory  the cue to fstat the watched directories:
+ *                             one with st_nlink 0 was removed, NOTE_DELETE
+ *   order                     as FreeBSD's vop_remove_post: an unlink's
+ *                             directory NOTE_WRITE before the file's
+ *                             NOTE_DELETE (inotify has them the other way)
+ * Limits: rmdir() of a watched directory is seen only through its
+ * parent's watch in the same queue (inotify sends IN_DELETE_SELF only once
+ * the last reference goes, and the registration's descriptor is one; no
+ * IN_ATTRIB comes for it); when the last link of a file is removed the
  * kernel may drop the watch, and later writes through a still-open
  * descriptor are not reported.
  */
@@ -149,6 +155,8 @@ static void remember(struct knote *kn, const struct stat *st)
     kn->u.vnode.size = st->st_size;
     kn->u.vnode.nlink = st->st_nlink;
     kn->u.vnode.stamp = attr_stamp(st);
+    kn->u.vnode.isdir = S_ISDIR(st->st_mode);
+    kn->u.vnode.qseq = 0;
     kn->kev.data = 0;
 }
 
@@ -308,7 +316,10 @@ static void vnode_event(struct kq *kq, struct knote *kn, const struct inotify_ev
         notes |= NOTE_REVOKE;
         kn->kev.flags |= EV_EOF | EV_ONESHOT;   /* as FreeBSD on revoke */
     }
+    int was_queued = (kn->status & KN_QUEUED) != 0;
     vnode_fire(kq, kn, notes, group);
+    if ((notes & NOTE_DELETE) && !was_queued && (kn->status & KN_QUEUED))
+        kn->u.vnode.qseq = kq->vn_seq;  /* an unlink: see vnode_dispatch */
 }
 
 /* Events were lost: tell every registration something may have changed. */
@@ -341,11 +352,68 @@ static void vnode_ignored(struct kq *kq, int wd)
     }
 }
 
+/* A directory lost a subdirectory (rmdir): inotify says nothing to the
+ * removed directory's own watch while a descriptor (the registration's
+ * own) keeps it open, so look at the directories this queue watches on
+ * that file system: one whose link count fell to 0 was removed
+ * (vop_rmdir_post: NOTE_DELETE, after the parent's NOTE_WRITE|NOTE_LINK). */
+static void vnode_rmdir_cue(struct kq *kq, uint64_t dev)
+{
+    for (size_t b = 0; b < KQ_VN_BUCKETS; b++) {
+        for (struct knote *kn = kq->vn_buckets[b]; kn != NULL; kn = kn->u.vnode.next) {
+            struct stat st;
+            if (!kn->u.vnode.isdir || kn->u.vnode.dev != dev || kn->u.vnode.nlink == 0 ||
+                !vnode_stat(kn, &st) || st.st_nlink != 0)
+                continue;
+            (void)stat_changes(kn, &st, 0);
+            vnode_fire(kq, kn, NOTE_DELETE, 0);
+        }
+    }
+}
+
+/* The registrations an unlink's link-count drop queued at the previous
+ * inotify event: the tail of the pending list.  inotify reports the
+ * file's change (IN_ATTRIB) before its directory's entry removal
+ * (IN_DELETE); FreeBSD's vop_remove_post activates the directory first.
+ * They are taken off (at most `cap`) and put back after the directory. */
+static int lift_unlinked(struct kq *kq, struct knote **lifted, int cap)
+{
+    int n = 0;
+    uint32_t prev = kq->vn_seq - 1;
+    if (prev == 0)
+        return 0;
+    for (struct knote *kn = kq->q_tail; kn != NULL && n < cap; kn = kn->q_prev) {
+        if (kn->kev.filter != EVFILT_VNODE || kn->u.vnode.qseq != prev)
+            break;
+        lifted[n++] = kn;
+    }
+    for (int i = n - 1; i >= 0; i--)    /* oldest first */
+        kq_dequeue(kq, lifted[i]);
+    return n;
+}
+
 static void vnode_dispatch(struct kq *kq, const struct inotify_event *ev)
 {
-    for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next)
-        if (kn->u.vnode.wd == ev->wd)
+    struct knote *lifted[16];
+    int nlifted = 0;
+    uint64_t dev = 0;
+    int rmdir_cue = 0;
+    if (++kq->vn_seq == 0)
+        kq->vn_seq = 1;                 /* 0 marks no queueing link drop */
+    if (ev->len > 0 && (ev->mask & IN_DELETE))
+        nlifted = lift_unlinked(kq, lifted, (int)(sizeof lifted / sizeof lifted[0]));
+    for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next) {
+        if (kn->u.vnode.wd == ev->wd) {
             vnode_event(kq, kn, ev);
+            dev = kn->u.vnode.dev;
+            rmdir_cue = kn->u.vnode.isdir && ev->len > 0 &&
+                        (ev->mask & (IN_DELETE | IN_ISDIR)) == (IN_DELETE | IN_ISDIR);
+        }
+    }
+    if (rmdir_cue)
+        vnode_rmdir_cue(kq, dev);
+    for (int i = nlifted - 1; i >= 0; i--)
+        kq_enqueue(kq, lifted[i]);
     if (ev->mask & IN_IGNORED)
         vnode_ignored(kq, ev->wd);
 }

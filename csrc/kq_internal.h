@@ -224,6 +224,8 @@ struct knote {
             int64_t size;       /* st_size when last looked at */
             uint64_t nlink;     /* st_nlink when last looked at */
             uint64_t stamp;     /* mode, owner, mtime when last looked at */
+            uint32_t qseq;      /* the inotify event whose link drop queued it */
+            uint32_t isdir;     /* it watches a directory */
             struct knote *next; /* chain in kq->vn_buckets */
         } vnode;
     } u;
@@ -326,6 +328,7 @@ struct kq {
     /* EVFILT_VNODE: one inotify instance, knotes hashed by watch. */
     int inotify_fd;             /* -1 until the first VNODE registration */
     struct knote **vn_buckets;  /* KQ_VN_BUCKETS chains on wd */
+    uint32_t vn_seq;            /* inotify events dispatched (filter_vnode.c) */
 };
 
 /* epoll_data: bits 56-63 are the tag, the index in kq_filters[] of the
