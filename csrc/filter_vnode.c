@@ -382,7 +382,8 @@ static int lift_unlinked(struct kq *kq, struct knote **lifted, int cap)
     uint32_t prev = kq->vn_seq - 1;
     if (prev == 0)
         return 0;
-    for (struct knote *kn = kq->q_tail; kn != NULL && n < cap; kn = kn->q_prev) {
+    for (struct knote *kn = kq_pending_before(kq, NULL); kn != NULL && n < cap;
+         kn = kq_pending_before(kq, kn)) {
         if (kn->kev.filter != EVFILT_VNODE || kn->u.vnode.qseq != prev)
             break;
         lifted[n++] = kn;

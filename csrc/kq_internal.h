@@ -367,6 +367,7 @@ int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget 
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
+struct knote *kq_pending_before(struct kq *kq, struct knote *kn);   /* NULL: the last */
 void kq_knote_drop(struct kq *kq, struct knote *kn);
 void kq_knote_stale(struct kq *kq, struct knote *kn);   /* keep udata, then drop */
 void kq_note_dropped(struct kq *kq, void *udata);
