@@ -53,6 +53,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -371,12 +372,35 @@ static void vnode_rmdir_cue(struct kq *kq, uint64_t dev)
     }
 }
 
+/* Is the file kn watches the entry `name` just removed from the directory
+ * open as dirfd?  The unlinked name of a descriptor reads back (its
+ * /proc/self/fd link) as the directory's path, the name and " (deleted)". */
+static int removed_from(const struct knote *kn, int dirfd, const char *name)
+{
+    static const char deleted[] = " (deleted)";
+    char link[sizeof "/proc/self/fd/" + 12], dir[PATH_MAX], file[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", dirfd);
+    ssize_t dl = readlink(link, dir, sizeof dir - 1);
+    snprintf(link, sizeof link, "/proc/self/fd/%d", (int)kn->kev.ident);
+    ssize_t fl = readlink(link, file, sizeof file - 1);
+    if (dl <= 0 || fl <= 0)
+        return 0;
+    size_t dirlen = (size_t)dl == 1 && dir[0] == '/' ? 0 : (size_t)dl;   /* "/" + name */
+    size_t namelen = strlen(name), flen = (size_t)fl;
+    return flen == dirlen + 1 + namelen + sizeof deleted - 1 &&
+           memcmp(file, dir, dirlen) == 0 && file[dirlen] == '/' &&
+           memcmp(file + dirlen + 1, name, namelen) == 0 &&
+           memcmp(file + dirlen + 1 + namelen, deleted, sizeof deleted - 1) == 0;
+}
+
 /* The registrations an unlink's link-count drop queued at the previous
  * inotify event: the tail of the pending list.  inotify reports the
  * file's change (IN_ATTRIB) before its directory's entry removal
  * (IN_DELETE); FreeBSD's vop_remove_post activates the directory first.
- * They are taken off (at most `cap`) and put back after the directory. */
-static int lift_unlinked(struct kq *kq, struct knote **lifted, int cap)
+ * Those whose file was that very entry are taken off (at most `cap`) and
+ * put back after the directory. */
+static int lift_unlinked(struct kq *kq, int dirfd, const char *name, struct knote **lifted,
+                         int cap)
 {
     int n = 0;
     uint32_t prev = kq->vn_seq - 1;
@@ -385,6 +409,8 @@ static int lift_unlinked(struct kq *kq, struct knote **lifted, int cap)
     for (struct knote *kn = kq_pending_before(kq, NULL); kn != NULL && n < cap;
          kn = kq_pending_before(kq, kn)) {
         if (kn->kev.filter != EVFILT_VNODE || kn->u.vnode.qseq != prev)
+            break;
+        if (!removed_from(kn, dirfd, name))
             break;
         lifted[n++] = kn;
     }
@@ -401,8 +427,15 @@ static void vnode_dispatch(struct kq *kq, const struct inotify_event *ev)
     int rmdir_cue = 0;
     if (++kq->vn_seq == 0)
         kq->vn_seq = 1;                 /* 0 marks no queueing link drop */
-    if (ev->len > 0 && (ev->mask & IN_DELETE))
-        nlifted = lift_unlinked(kq, lifted, (int)(sizeof lifted / sizeof lifted[0]));
+    if (ev->len > 0 && (ev->mask & IN_DELETE)) {
+        for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next) {
+            if (kn->u.vnode.wd == ev->wd) {     /* the directory, by any descriptor */
+                nlifted = lift_unlinked(kq, (int)kn->kev.ident, ev->name, lifted,
+                                        (int)(sizeof lifted / sizeof lifted[0]));
+                break;
+            }
+        }
+    }
     for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next) {
         if (kn->u.vnode.wd == ev->wd) {
             vnode_event(kq, kn, ev);

@@ -506,6 +506,21 @@ def test_unlink_order_with_the_file_registered_first_and_a_later_write(kq, tmp_p
         os.write(gfd, b"2")
         evs = kq.wait(8, 1.0)
         assert [i for i, _ in _vnodes(evs)] == [gfd, dfd, ffd]
+        # A file of another (unwatched) directory unlinked just before an
+        # entry of the watched one: two removals, each in its own order.
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "h").write_bytes(b"")
+        (d / "i").write_bytes(b"")
+        hfd = os.open(other / "h", os.O_RDONLY)
+        try:
+            kq.change((hfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE))
+            assert _vnodes(kq.poll()) == [(dfd, lib.NOTE_WRITE)]   # i's creation
+            os.unlink(other / "h")
+            os.unlink(d / "i")
+            assert [i for i, _ in _vnodes(kq.wait(8, 1.0))] == [hfd, dfd]
+        finally:
+            os.close(hfd)
     finally:
         for fd in (gfd, ffd, dfd):
             os.close(fd)
