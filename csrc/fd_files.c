@@ -57,28 +57,35 @@ static void files_unwatch(struct kq *kq, struct knote *kn)
     inotify_rm_watch(kq->files_ino_fd, wd);
 }
 
-/* A watched file changed: its knotes look again (a WRITE knote or a
- * directory's has a watch only with EV_CLEAR: reported once more). */
+/* A registration looks again (a WRITE knote or a directory's has a watch
+ * only with EV_CLEAR: reported once more). */
+static void files_look_again(struct kq *kq, struct knote *kn)
+{
+    kn->status |= KN_ACTIVE;
+    if (!(kn->status & KN_DISABLED))
+        kq_enqueue(kq, kn);
+}
+
+/* A watched file changed: its knotes look again. */
+static void files_event(struct kq *kq, const struct inotify_event *ev)
+{
+    for (struct knote *kn = kq->files; kn != NULL; kn = kn->u.fd.next)
+        if (kn->u.fd.wd == ev->wd)
+            files_look_again(kq, kn);
+}
+
+/* Changes were lost (IN_Q_OVERFLOW): every watched registration looks
+ * again -- a file that grew meanwhile is reported (filt_vfsread). */
+static void files_overflow(struct kq *kq)
+{
+    for (struct knote *kn = kq->files; kn != NULL; kn = kn->u.fd.next)
+        if (kn->u.fd.wd >= 0)
+            files_look_again(kq, kn);
+}
+
 void fd_files_ready(struct kq *kq)
 {
-    union {
-        struct inotify_event ev;
-        char bytes[4096];
-    } buf;
-    ssize_t len;
-    while ((len = read(kq->files_ino_fd, &buf, sizeof buf)) > 0) {
-        for (ssize_t off = 0; off < len;) {
-            struct inotify_event *ev = (struct inotify_event *)(buf.bytes + off);
-            for (struct knote *kn = kq->files; kn != NULL; kn = kn->u.fd.next) {
-                if (kn->u.fd.wd == ev->wd) {
-                    kn->status |= KN_ACTIVE;
-                    if (!(kn->status & KN_DISABLED))
-                        kq_enqueue(kq, kn);
-                }
-            }
-            off += (ssize_t)sizeof *ev + ev->len;
-        }
-    }
+    kq_inotify_drain(kq, kq->files_ino_fd, files_event, files_overflow);
 }
 
 /* Start treating kn as a regular file (epoll refused its descriptor). */

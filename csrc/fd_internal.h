@@ -23,6 +23,7 @@ enum fd_kind fd_learn_kind(int fd);
 intptr_t fd_read_data(struct knote *kn, int fd);
 intptr_t fd_write_data(struct knote *kn, int fd);
 int fd_send_shut_down(struct knote *kn, int fd);
+int fd_read_may_reach(struct knote *kn, int fd, intptr_t mark);
 int fd_is_socket(const struct knote *kn);
 
 /* fd_lowat.c: WRITE below NOTE_LOWAT */

@@ -334,7 +334,7 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
         if (revents & (EPOLLRDHUP | EPOLLHUP))
             out->flags |= EV_EOF;
         else if (kn->kev.fflags & NOTE_LOWAT && out->data < kn->kev.data &&
-                 !(revents & EPOLLERR))
+                 !(revents & EPOLLERR) && !fd_read_may_reach(kn, fd, kn->kev.data))
             return 0;
     } else {
         if (counted)

@@ -36,9 +36,15 @@
  *   IN_UNMOUNT                NOTE_REVOKE, with EV_EOF | EV_ONESHOT
  *   IN_Q_OVERFLOW (events lost)  every registration: NOTE_WRITE |
  *                             NOTE_ATTRIB plus what fstat shows
- * Limits: rmdir() of a watched directory is not reported while a
- * descriptor keeps it open (inotify sends IN_DELETE_SELF only once the
- * last reference goes); when the last link of a file is removed the
+ *   IN_DELETE of a subdirectory  the cue to fstat the watched directories:
+ *                             one with st_nlink 0 was removed, NOTE_DELETE
+ *   order                     as FreeBSD's vop_remove_post: an unlink's
+ *                             directory NOTE_WRITE before the file's
+ *                             NOTE_DELETE (inotify has them the other way)
+ * Limits: rmdir() of a watched directory is seen only through its
+ * parent's watch in the same queue (inotify sends IN_DELETE_SELF only once
+ * the last reference goes, and the registration's descriptor is one; no
+ * IN_ATTRIB comes for it); when the last link of a file is removed the
  * kernel may drop the watch, and later writes through a still-open
  * descriptor are not reported.
  */
@@ -47,6 +53,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -149,6 +156,8 @@ static void remember(struct knote *kn, const struct stat *st)
     kn->u.vnode.size = st->st_size;
     kn->u.vnode.nlink = st->st_nlink;
     kn->u.vnode.stamp = attr_stamp(st);
+    kn->u.vnode.isdir = S_ISDIR(st->st_mode);
+    kn->u.vnode.qseq = 0;
     kn->kev.data = 0;
 }
 
@@ -308,7 +317,10 @@ static void vnode_event(struct kq *kq, struct knote *kn, const struct inotify_ev
         notes |= NOTE_REVOKE;
         kn->kev.flags |= EV_EOF | EV_ONESHOT;   /* as FreeBSD on revoke */
     }
+    int was_queued = (kn->status & KN_QUEUED) != 0;
     vnode_fire(kq, kn, notes, group);
+    if ((notes & NOTE_DELETE) && !was_queued && (kn->status & KN_QUEUED))
+        kn->u.vnode.qseq = kq->vn_seq;  /* an unlink: see vnode_dispatch */
 }
 
 /* Events were lost: tell every registration something may have changed. */
@@ -341,17 +353,128 @@ static void vnode_ignored(struct kq *kq, int wd)
     }
 }
 
+/* A directory lost a subdirectory (rmdir): inotify says nothing to the
+ * removed directory's own watch while a descriptor (the registration's
+ * own) keeps it open, so look at the directories this queue watches on
+ * that file system: one whose link count fell to 0 was removed
+ * (vop_rmdir_post: NOTE_DELETE, after the parent's NOTE_WRITE|NOTE_LINK). */
+static void vnode_rmdir_cue(struct kq *kq, uint64_t dev)
+{
+    for (size_t b = 0; b < KQ_VN_BUCKETS; b++) {
+        for (struct knote *kn = kq->vn_buckets[b]; kn != NULL; kn = kn->u.vnode.next) {
+            struct stat st;
+            if (!kn->u.vnode.isdir || kn->u.vnode.dev != dev || kn->u.vnode.nlink == 0 ||
+                !vnode_stat(kn, &st) || st.st_nlink != 0)
+                continue;
+            (void)stat_changes(kn, &st, 0);
+            vnode_fire(kq, kn, NOTE_DELETE, 0);
+        }
+    }
+}
+
+/* Is the file kn watches the entry `name` just removed from the directory
+ * open as dirfd?  The unlinked name of a descriptor reads back (its
+ * /proc/self/fd link) as the directory's path, the name and " (deleted)". */
+static int removed_from(const struct knote *kn, int dirfd, const char *name)
+{
+    static const char deleted[] = " (deleted)";
+    char link[sizeof "/proc/self/fd/" + 12], dir[PATH_MAX], file[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", dirfd);
+    ssize_t dl = readlink(link, dir, sizeof dir - 1);
+    snprintf(link, sizeof link, "/proc/self/fd/%d", (int)kn->kev.ident);
+    ssize_t fl = readlink(link, file, sizeof file - 1);
+    if (dl <= 0 || fl <= 0)
+        return 0;
+    size_t dirlen = (size_t)dl == 1 && dir[0] == '/' ? 0 : (size_t)dl;   /* "/" + name */
+    size_t namelen = strlen(name), flen = (size_t)fl;
+    return flen == dirlen + 1 + namelen + sizeof deleted - 1 &&
+           memcmp(file, dir, dirlen) == 0 && file[dirlen] == '/' &&
+           memcmp(file + dirlen + 1, name, namelen) == 0 &&
+           memcmp(file + dirlen + 1 + namelen, deleted, sizeof deleted - 1) == 0;
+}
+
+/* The registrations an unlink's link-count drop queued at the previous
+ * inotify event: the tail of the pending list.  inotify reports the
+ * file's change (IN_ATTRIB) before its directory's entry removal
+ * (IN_DELETE); FreeBSD's vop_remove_post activates the directory first.
+ * Those whose file was that very entry are taken off (at most `cap`) and
+ * put back after the directory. */
+static int lift_unlinked(struct kq *kq, int dirfd, const char *name, struct knote **lifted,
+                         int cap)
+{
+    int n = 0;
+    uint32_t prev = kq->vn_seq - 1;
+    if (prev == 0)
+        return 0;
+    for (struct knote *kn = kq_pending_before(kq, NULL); kn != NULL && n < cap;
+         kn = kq_pending_before(kq, kn)) {
+        if (kn->kev.filter != EVFILT_VNODE || kn->u.vnode.qseq != prev)
+            break;
+        if (!removed_from(kn, dirfd, name))
+            break;
+        lifted[n++] = kn;
+    }
+    for (int i = n - 1; i >= 0; i--)    /* oldest first */
+        kq_dequeue(kq, lifted[i]);
+    return n;
+}
+
 static void vnode_dispatch(struct kq *kq, const struct inotify_event *ev)
 {
-    if (ev->mask & IN_Q_OVERFLOW) {
-        vnode_overflow(kq);
-        return;
+    struct knote *lifted[16];
+    int nlifted = 0;
+    uint64_t dev = 0;
+    int rmdir_cue = 0;
+    if (++kq->vn_seq == 0)
+        kq->vn_seq = 1;                 /* 0 marks no queueing link drop */
+    if (ev->len > 0 && (ev->mask & IN_DELETE)) {
+        for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next) {
+            if (kn->u.vnode.wd == ev->wd) {     /* the directory, by any descriptor */
+                nlifted = lift_unlinked(kq, (int)kn->kev.ident, ev->name, lifted,
+                                        (int)(sizeof lifted / sizeof lifted[0]));
+                break;
+            }
+        }
     }
-    for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next)
-        if (kn->u.vnode.wd == ev->wd)
+    for (struct knote *kn = *bucket_of(kq, ev->wd); kn != NULL; kn = kn->u.vnode.next) {
+        if (kn->u.vnode.wd == ev->wd) {
             vnode_event(kq, kn, ev);
+            dev = kn->u.vnode.dev;
+            rmdir_cue = kn->u.vnode.isdir && ev->len > 0 &&
+                        (ev->mask & (IN_DELETE | IN_ISDIR)) == (IN_DELETE | IN_ISDIR);
+        }
+    }
+    if (rmdir_cue)
+        vnode_rmdir_cue(kq, dev);
+    for (int i = nlifted - 1; i >= 0; i--)
+        kq_enqueue(kq, lifted[i]);
     if (ev->mask & IN_IGNORED)
         vnode_ignored(kq, ev->wd);
+}
+
+/* Read an inotify instance dry.  The kernel queues at most
+ * fs.inotify.max_queued_events events per instance; past that it drops
+ * them and queues one IN_Q_OVERFLOW (wd -1): what changed meanwhile is
+ * unknown, so every registration the instance serves must look again.
+ * One mechanism for VNODE and for the regular files' READ/WRITE. */
+void kq_inotify_drain(struct kq *kq, int fd,
+                      void (*on_event)(struct kq *, const struct inotify_event *),
+                      void (*on_overflow)(struct kq *))
+{
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (;;) {
+        ssize_t len = read(fd, buf, sizeof buf);
+        if (len <= 0)
+            return;     /* EAGAIN: drained */
+        for (char *p = buf; p < buf + len;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            if (ev->mask & IN_Q_OVERFLOW)
+                on_overflow(kq);
+            else
+                on_event(kq, ev);
+            p += sizeof *ev + ev->len;
+        }
+    }
 }
 
 /* inotify_fd is readable: read and dispatch everything.  Lock held. */
@@ -362,17 +485,8 @@ static int vnode_ready(struct kq *kq, uint64_t data, uint32_t revents, struct ke
     (void)revents;
     (void)out;
     (void)room;
-    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
-    for (;;) {
-        ssize_t len = read(kq->inotify_fd, buf, sizeof buf);
-        if (len <= 0)
-            return 0;   /* EAGAIN: drained */
-        for (char *p = buf; p < buf + len;) {
-            const struct inotify_event *ev = (const struct inotify_event *)p;
-            vnode_dispatch(kq, ev);
-            p += sizeof *ev + ev->len;
-        }
-    }
+    kq_inotify_drain(kq, kq->inotify_fd, vnode_dispatch, vnode_overflow);
+    return 0;
 }
 
 static int vnode_deliver(struct kq *kq, struct knote *kn, struct kevent *out)

@@ -224,6 +224,8 @@ struct knote {
             int64_t size;       /* st_size when last looked at */
             uint64_t nlink;     /* st_nlink when last looked at */
             uint64_t stamp;     /* mode, owner, mtime when last looked at */
+            uint32_t qseq;      /* the inotify event whose link drop queued it */
+            uint32_t isdir;     /* it watches a directory */
             struct knote *next; /* chain in kq->vn_buckets */
         } vnode;
     } u;
@@ -326,6 +328,7 @@ struct kq {
     /* EVFILT_VNODE: one inotify instance, knotes hashed by watch. */
     int inotify_fd;             /* -1 until the first VNODE registration */
     struct knote **vn_buckets;  /* KQ_VN_BUCKETS chains on wd */
+    uint32_t vn_seq;            /* inotify events dispatched (filter_vnode.c) */
 };
 
 /* epoll_data: bits 56-63 are the tag, the index in kq_filters[] of the
@@ -364,6 +367,7 @@ int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget 
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
 void kq_enqueue(struct kq *kq, struct knote *kn);
 void kq_dequeue(struct kq *kq, struct knote *kn);
+struct knote *kq_pending_before(struct kq *kq, struct knote *kn);   /* NULL: the last */
 void kq_knote_drop(struct kq *kq, struct knote *kn);
 void kq_knote_stale(struct kq *kq, struct knote *kn);   /* keep udata, then drop */
 void kq_note_dropped(struct kq *kq, void *udata);
@@ -372,6 +376,14 @@ void kq_attention(struct kq *kq, uint32_t tag, int on); /* busy()/polled() may s
 struct knote *kq_knote_find(struct kq *kq, uintptr_t ident, int16_t filter);
 void kq_knote_foreach(struct kq *kq, int16_t filter, void (*fn)(struct kq *, struct knote *));
 void kq_after_delivery(struct kq *kq, struct knote *kn);   /* EV_ONESHOT, EV_DISPATCH */
+/* filter_vnode.c: read every pending event of an inotify instance (VNODE's,
+ * or the regular files' of fd_files.c); each goes to on_event, and a lost
+ * batch (IN_Q_OVERFLOW) to on_overflow, which must make every watched
+ * registration look again. */
+struct inotify_event;
+void kq_inotify_drain(struct kq *kq, int fd,
+                      void (*on_event)(struct kq *, const struct inotify_event *),
+                      void (*on_overflow)(struct kq *));
 int64_t kq_now(void);
 intptr_t kq_queue_pending(int fd);  /* READ data on a queue's fd; -1: not one */
 #define KQ_FOREVER (-1)         /* scan() deadlines: wait for ever ... */

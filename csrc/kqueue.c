@@ -758,6 +758,15 @@ void kq_dequeue(struct kq *kq, struct knote *kn)
     kn->q_next = kn->q_prev = NULL;
 }
 
+/* The pending list read backwards: the knote queued before kn, or the
+ * last one when kn is NULL; NULL at the head. */
+struct knote *kq_pending_before(struct kq *kq, struct knote *kn)
+{
+    if (kn == NULL)
+        return kq->q_tail;
+    return (kn->status & KN_QUEUED) ? kn->q_prev : NULL;
+}
+
 /* Queue or unqueue a userspace knote after its state changed. */
 static void knote_requeue(struct kq *kq, struct knote *kn)
 {

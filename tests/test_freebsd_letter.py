@@ -9,6 +9,7 @@ document) whose behaviour it pins: timers (``filt_timervalidate``,
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import time
 
@@ -22,7 +23,7 @@ TIMER, USER, READ, WRITE, VNODE = (lib.EVFILT_TIMER, lib.EVFILT_USER, lib.EVFILT
                                    lib.EVFILT_WRITE, lib.EVFILT_VNODE)
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ONESHOT, EV_CLEAR, EV_DISPATCH = lib.EV_ONESHOT, lib.EV_CLEAR, lib.EV_DISPATCH
-EV_ERROR, EV_RECEIPT = lib.EV_ERROR, lib.EV_RECEIPT
+EV_ERROR, EV_RECEIPT, EV_EOF = lib.EV_ERROR, lib.EV_RECEIPT, lib.EV_EOF
 SECONDS, MSECONDS, USECONDS, NSECONDS = (lib.NOTE_SECONDS, lib.NOTE_MSECONDS,
                                          lib.NOTE_USECONDS, lib.NOTE_NSECONDS)
 ABSTIME, TRIGGER = lib.NOTE_ABSTIME, lib.NOTE_TRIGGER
@@ -301,3 +302,247 @@ def test_socket_descriptor_read_data_unchanged(kq, fds):
     b.send(b"hello")
     kq.change((a.fileno(), READ, EV_ADD))
     assert [e.data for e in kq.wait(8, 1.0)] == [5]
+
+
+# ---------------------------------------------------------------------------
+# Sockets: SEQPACKET and UDP (``sys/kern/uipc_socket.c``)
+
+
+def _udp_pair(fds):
+    a = fds.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    b = fds.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+    a.connect(b.getsockname())
+    b.connect(a.getsockname())
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _seqpacket_pair(fds):
+    return fds.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+@pytest.mark.parametrize("kind", ["seqpacket", "udp"])
+@pytest.mark.parametrize("fflags", [0, lib.NOTE_NODATA])
+def test_local_shutdown_wr_is_write_eof_on_seqpacket_and_udp(kq, fds, kind, fflags):
+    """``filt_sowrite``: ``if (so->so_snd.sb_state & SBS_CANTSENDMORE) {
+    kn->kn_flags |= EV_EOF; ...}`` -- ``shutdown(SHUT_WR)`` sets it for every
+    protocol (``socantsendmore``), a SEQPACKET or a connected UDP socket as
+    much as TCP.  The probe must neither send anything nor take the pending
+    error: the peer receives no record, and an ICMP error stays for
+    ``recv()``."""
+    a, b = _seqpacket_pair(fds) if kind == "seqpacket" else _udp_pair(fds)
+    kq.change((a.fileno(), WRITE, EV_ADD, fflags))
+    ev = kq.wait_one()
+    assert not ev.flags & EV_EOF
+    with pytest.raises(BlockingIOError):
+        b.recv(10)                  # the look sent nothing
+    a.shutdown(socket.SHUT_WR)
+    ev = kq.wait_one()
+    assert (ev.ident, ev.filter) == (a.fileno(), WRITE)
+    assert ev.flags & EV_EOF and ev.fflags == 0
+    if kind == "udp":
+        with pytest.raises(BlockingIOError):
+            b.recv(10)
+    else:
+        assert b.recv(10) == b""    # the peer sees the end of the stream
+    with pytest.raises(BrokenPipeError):
+        a.send(b"x")
+
+
+def test_udp_write_eof_probe_keeps_the_pending_error(kq, fds):
+    """The look for ``SBS_CANTSENDMORE`` must not consume a connected UDP
+    socket's pending ICMP error (Linux clears it on any read of it)."""
+    import select
+
+    port_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    port_sock.bind(("127.0.0.1", 0))
+    closed = port_sock.getsockname()
+    port_sock.close()
+    u = fds.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    u.connect(closed)
+    u.send(b"x")
+    with select.epoll() as ep:      # the oracle: the error has arrived
+        ep.register(u.fileno(), select.EPOLLERR)
+        assert ep.poll(2.0)
+    u.shutdown(socket.SHUT_WR)
+    kq.change((u.fileno(), WRITE, EV_ADD))
+    ev = kq.wait_one()
+    assert ev.flags & EV_EOF and ev.fflags == 0
+    assert u.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+
+
+def test_udp_read_lowat_counts_every_queued_datagram(kq, fds):
+    """``filt_soread``: ``kn->kn_data = sbavail(&so->so_rcv) - so->so_rcv.sb_ctl;``
+    and ``if (kn->kn_sfflags & NOTE_LOWAT) { if (kn->kn_data >= kn->kn_sdata)
+    return (1); }`` -- the mark is judged against every queued datagram:
+    two of 5 and 7 bytes reach a mark of 10.  Linux tells only the next
+    datagram's size (``FIONREAD``), so the event must come all the same
+    (never lost); ``data`` is what ``recv()`` returns next.  A mark above
+    the bound Linux gives (``SO_MEMINFO``'s receive memory, to which every
+    queued byte is charged) is not reached, as on FreeBSD."""
+    a, b = _udp_pair(fds)
+    kq.change((a.fileno(), READ, EV_ADD, lib.NOTE_LOWAT, 10))
+    b.send(b"12345")
+    b.send(b"1234567")
+    h.wait_until(lambda: len(a.recv(64, socket.MSG_PEEK)) == 5)
+    evs = kq.wait(8, 1.0)
+    assert [(e.ident, e.filter) for e in evs] == [(a.fileno(), READ)]
+    assert evs[0].data == 5 and not evs[0].flags & EV_EOF
+    kq.change((a.fileno(), READ, EV_ADD, lib.NOTE_LOWAT, 1 << 20))
+    assert kq.wait(8, 0.05) == []
+    assert a.recv(64) == b"12345" and a.recv(64) == b"1234567"
+
+
+def test_unix_dgram_read_lowat_counts_every_queued_datagram(kq, fds):
+    """The same ``filt_soread`` for an AF_UNIX datagram socket (FreeBSD
+    queues its datagrams in the receiver's buffer: ``sbavail`` is their
+    sum).  Linux charges them to the senders, so there is no bound: any
+    queued datagram may reach the mark, and the event comes."""
+    a, b = fds.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    kq.change((a.fileno(), READ, EV_ADD | EV_CLEAR, lib.NOTE_LOWAT, 10))
+    b.send(b"12345")
+    b.send(b"1234567")
+    evs = kq.wait(8, 1.0)
+    assert [(e.ident, e.data) for e in evs] == [(a.fileno(), 5)]
+
+
+# ---------------------------------------------------------------------------
+# Files and vnodes (``sys/kern/vfs_subr.c``)
+
+
+def _max_queued_events() -> int:
+    with open("/proc/sys/fs/inotify/max_queued_events") as f:
+        return int(f.read())
+
+
+def test_regular_file_read_after_inotify_overflow(kq, tmp_path):
+    """``filt_vfsread``: ``kn->kn_data = va.va_size - kn->kn_fp->f_offset;
+    res = ... kn->kn_data != 0;`` -- a file registered at its end is
+    reported once it grows, whatever happened to other files.  On Linux the
+    wake-up is inotify's, whose queue holds ``max_queued_events``: after
+    more changes to other watched files than that, the growth of this one
+    is lost in the queue's overflow (``IN_Q_OVERFLOW``), and every
+    registration must look again."""
+    limit = _max_queued_events()
+    if limit > 100_000:
+        pytest.skip(f"fs.inotify.max_queued_events is {limit}")
+    paths = [tmp_path / n for n in ("a", "b", "c")]
+    files = []
+    for p in paths:
+        p.write_bytes(b"")
+        files.append(open(p, "rb"))
+    try:
+        for f in files:
+            kq.change((f.fileno(), READ, EV_ADD | EV_CLEAR))
+        assert kq.poll() == []              # all at their end
+        wa, wb = (os.open(p, os.O_WRONLY | os.O_APPEND) for p in paths[:2])
+        try:
+            for _ in range(limit // 2 + 8):  # alternate: inotify merges repeats
+                os.write(wa, b"x")
+                os.write(wb, b"x")
+        finally:
+            os.close(wa)
+            os.close(wb)
+        paths[2].write_bytes(b"grown")      # its IN_MODIFY finds the queue full
+        evs = kq.wait(8, 1.0)
+        got = {e.ident: e.data for e in evs if e.filter == READ}
+        assert got.get(files[2].fileno()) == 5, got
+        assert got.get(files[0].fileno()) == limit // 2 + 8
+        assert kq.poll() == []              # EV_CLEAR: reported once
+        paths[2].write_bytes(b"grown again")   # watches still work afterwards
+        assert [(e.ident, e.data) for e in kq.wait(8, 1.0)] == [(files[2].fileno(), 11)]
+    finally:
+        for f in files:
+            f.close()
+
+
+def _vnodes(evs):
+    return [(e.ident, e.fflags) for e in evs if e.filter == VNODE]
+
+
+def test_unlink_reports_the_directory_before_the_file(kq, tmp_path):
+    """``vop_remove_post``: ``VFS_KNOTE_LOCKED(a->a_dvp, NOTE_WRITE);
+    VFS_KNOTE_LOCKED(a->a_vp, NOTE_DELETE);`` -- the directory's knote is
+    activated first, so one ``kevent()`` returns its ``NOTE_WRITE`` before
+    the file's ``NOTE_DELETE``, each once (inotify queues the file's link
+    count change before the directory's entry removal)."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "f").write_bytes(b"x")
+    dfd = os.open(d, os.O_RDONLY)
+    ffd = os.open(d / "f", os.O_RDONLY)
+    try:
+        kq.change((dfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE),
+                  (ffd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE))
+        os.unlink(d / "f")
+        evs = kq.wait(8, 1.0)
+        assert _vnodes(evs) == [(dfd, lib.NOTE_WRITE), (ffd, lib.NOTE_DELETE)]
+        assert kq.poll() == []
+    finally:
+        os.close(ffd)
+        os.close(dfd)
+
+
+def test_unlink_order_with_the_file_registered_first_and_a_later_write(kq, tmp_path):
+    """Only the removal's own two hints are reordered: a change made before
+    it keeps its place (FreeBSD queues a knote where it was first
+    activated), and one made after it comes after."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "f").write_bytes(b"x")
+    (d / "g").write_bytes(b"")
+    gfd = os.open(d / "g", os.O_RDWR)
+    ffd = os.open(d / "f", os.O_RDONLY)
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        kq.change((gfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE),
+                  (ffd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE),
+                  (dfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE))
+        os.write(gfd, b"1")
+        os.unlink(d / "f")
+        os.write(gfd, b"2")
+        evs = kq.wait(8, 1.0)
+        assert [i for i, _ in _vnodes(evs)] == [gfd, dfd, ffd]
+        # A file of another (unwatched) directory unlinked just before an
+        # entry of the watched one: two removals, each in its own order.
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "h").write_bytes(b"")
+        (d / "i").write_bytes(b"")
+        hfd = os.open(other / "h", os.O_RDONLY)
+        try:
+            kq.change((hfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE))
+            assert _vnodes(kq.poll()) == [(dfd, lib.NOTE_WRITE)]   # i's creation
+            os.unlink(other / "h")
+            os.unlink(d / "i")
+            assert [i for i, _ in _vnodes(kq.wait(8, 1.0))] == [hfd, dfd]
+        finally:
+            os.close(hfd)
+    finally:
+        for fd in (gfd, ffd, dfd):
+            os.close(fd)
+
+
+def test_rmdir_of_a_watched_directory_in_a_watched_parent(kq, tmp_path):
+    """``vop_rmdir_post``: ``VFS_KNOTE_LOCKED(a->a_dvp, NOTE_WRITE |
+    NOTE_LINK); VFS_KNOTE_LOCKED(a->a_vp, NOTE_DELETE);`` -- inotify says
+    nothing about the removed directory while the watching descriptor keeps
+    it open, so the parent's entry removal is the cue to look at it
+    (``fstat``: ``st_nlink`` 0)."""
+    parent = tmp_path / "p"
+    (parent / "s").mkdir(parents=True)
+    pfd = os.open(parent, os.O_RDONLY)
+    sfd = os.open(parent / "s", os.O_RDONLY)
+    try:
+        kq.change((pfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE | lib.NOTE_LINK),
+                  (sfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE | lib.NOTE_WRITE))
+        os.rmdir(parent / "s")
+        evs = kq.wait(8, 1.0)
+        assert _vnodes(evs) == [(pfd, lib.NOTE_WRITE | lib.NOTE_LINK), (sfd, lib.NOTE_DELETE)]
+        assert kq.poll() == []
+    finally:
+        os.close(sfd)
+        os.close(pfd)
