@@ -597,25 +597,25 @@ class _PatchingLoader:
         return True
 
 
-#: ``try`` statements (3.11 adds ``try``/``except*``, a node of its own).
-_TRY_STATEMENTS: tuple[type, ...] = (ast.Try, *((ast.TryStar,) if hasattr(ast, "TryStar") else ()))
+#: The statements whose blocks a module runs at import (3.11 adds
+#: ``try``/``except*``, a node of its own).
+_BLOCK_STATEMENTS: tuple[type, ...] = (
+    ast.If, ast.For, ast.While, ast.With, ast.Try,
+    *((ast.TryStar,) if hasattr(ast, "TryStar") else ()))
 
 
 def _class_def(body: list[ast.stmt], name: str) -> Optional[ast.ClassDef]:
     """The module-level ``class name`` in ``body``: directly, or inside the
-    blocks a module runs at import (``if``/``else``, ``try``, ``with``),
-    never inside a function or another class."""
+    blocks a module runs at import (``if``/``else``, ``try``, ``with``,
+    loops), never inside a function or another class."""
     for stmt in body:
         if isinstance(stmt, ast.ClassDef) and stmt.name == name:
             return stmt
-        blocks: list[list[ast.stmt]] = []
-        if isinstance(stmt, (ast.If, ast.For, ast.While)):
-            blocks = [stmt.body, stmt.orelse]
-        elif isinstance(stmt, _TRY_STATEMENTS):
-            blocks = [stmt.body, *(h.body for h in stmt.handlers), stmt.orelse,
-                      stmt.finalbody]
-        elif isinstance(stmt, ast.With):
-            blocks = [stmt.body]
+        if not isinstance(stmt, _BLOCK_STATEMENTS):
+            continue
+        blocks: list[list[ast.stmt]] = [getattr(stmt, field, [])
+                                        for field in ("body", "orelse", "finalbody")]
+        blocks += [handler.body for handler in getattr(stmt, "handlers", [])]
         for block in blocks:
             found = _class_def(block, name)
             if found is not None:
