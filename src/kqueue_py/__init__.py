@@ -20,8 +20,9 @@ built on another:
 Tools, over ``compat``: ``python -m kqueue_py.run -- COMMAND`` runs a
 command, and every Python process it starts, with ``compat.install()`` in
 effect; ``pytest -p kqueue_py.pytest_plugin --kqueue`` does the same from
-pytest.  (``compat.install(selector="kqueue")`` is the one place a layer
-uses another: it offers ``kqueue_py.selectors.KqueueSelector``.)
+pytest.  (``compat.install()`` is the one place a layer uses another: it
+offers ``kqueue_py.selectors.KqueueSelector`` when asked to with
+``selector="kqueue"``, or when the stdlib's own class cannot be built.)
 """
 from __future__ import annotations
 
