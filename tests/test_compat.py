@@ -671,3 +671,47 @@ def test_closing_a_stale_fromfd_twin_never_closes_a_queue_that_reused_the_number
         assert [e.ident for e in new.control([ev], 1, 0)] == [1]   # still a live queue
     finally:
         new.close()
+
+
+def _module_from(tmp_path, name: str, source: str):
+    import importlib.util
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stdlib_selector_found_whatever_guards_it(tmp_path):
+    # The stdlib's selectors source with its kqueue guard worded otherwise,
+    # the class moved to the guard's else branch: still the stdlib's class.
+    import inspect
+    import selectors
+
+    source = inspect.getsource(selectors)
+    guard = "\nif hasattr(select, 'kqueue'):\n"
+    assert guard in source
+    module = _module_from(tmp_path, "selectors_reworded", source.replace(
+        guard, "\nif getattr(select, 'kqueue', None) is None:  # no kqueue\n    pass\nelse:\n", 1))
+    assert not hasattr(module, "KqueueSelector")
+    cls = compat._stdlib_kqueue_selector(module)
+    assert (cls.__module__, cls.__qualname__) == ("selectors_reworded", "KqueueSelector")
+    assert issubclass(cls, module.BaseSelector)
+    assert not hasattr(module, "KqueueSelector")    # install() sets it, not the lookup
+
+
+def test_stdlib_selector_falls_back_to_kqueue_pys_own(tmp_path):
+    from kqueue_py.selectors import KqueueSelector
+
+    base = "import selectors\nBaseSelector = selectors.BaseSelector\n"
+    without = _module_from(tmp_path, "no_kqueue_class", base)
+    failing = _module_from(tmp_path, "failing_class", base + (          # a NameError
+        "import select\nif hasattr(select, 'kqueue'):\n    class KqueueSelector(NoSuchBase):\n"
+        "        pass\n"))
+    not_a_selector = _module_from(tmp_path, "not_a_selector", base + (
+        "try:\n    pass\nfinally:\n    if 0:\n        class KqueueSelector:\n            pass\n"))
+    for module in (without, failing, not_a_selector):
+        assert compat._stdlib_kqueue_selector(module) is KqueueSelector, module
+        assert not hasattr(module, "KqueueSelector")

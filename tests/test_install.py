@@ -57,6 +57,41 @@ def test_install_patches_modules_imported_before_it():
     assert out.strip() == "ok"
 
 
+def test_install_gives_the_stdlib_class_itself_when_selectors_came_first():
+    # selectors was imported (PRELUDE) while select had no kqueue, so it has
+    # no KqueueSelector: install() must build the stdlib's own class, from
+    # the stdlib's file, living in the selectors module -- not a stand-in.
+    out = run("""
+        assert not NATIVE, "this test is for platforms without select.kqueue"
+        import ast, kqueue_py.selectors
+        assert "KqueueSelector" not in vars(selectors)
+        compat.install()
+        cls = selectors.DefaultSelector
+        assert cls is selectors.KqueueSelector and cls is not kqueue_py.selectors.KqueueSelector
+        assert (cls.__module__, cls.__qualname__) == ("selectors", "KqueueSelector")
+        with open(selectors.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        [node] = [n for n in ast.walk(tree)
+                  if isinstance(n, ast.ClassDef) and n.name == "KqueueSelector"]
+        [init] = [n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"]
+        code = cls.__init__.__code__
+        assert (code.co_filename, code.co_firstlineno) == (selectors.__file__, init.lineno), \
+            (code.co_filename, code.co_firstlineno, init.lineno)
+        assert cls.__init__.__globals__ is vars(selectors)   # the module's own namespace
+        sel = selectors.DefaultSelector()
+        assert isinstance(sel._selector, compat.kqueue)
+        a, b = socket.socketpair()
+        sel.register(a, selectors.EVENT_READ, "a")
+        b.send(b"x")
+        assert [(k.data, m) for k, m in sel.select(1)] == [("a", selectors.EVENT_READ)]
+        sel.close(); a.close(); b.close()
+        compat.uninstall()
+        assert "KqueueSelector" not in vars(selectors)
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_install_before_selectors_is_imported():
     code = textwrap.dedent("""
         import sys

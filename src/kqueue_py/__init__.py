@@ -3,7 +3,10 @@
 On macOS and FreeBSD this binds the kernel's kqueue; on Linux it ships its
 own kqueue backend (C, over epoll, eventfd and timerfd).
 
-Layers, each built only on the ones before it:
+Four public modules, side by side: each is a thin layer over the one
+internal core, ``kqueue_py._core`` (the compiled ``ffi``/``lib``, the
+event buffers, the wait loop, the decoders, the error path), and none is
+built on another:
 
 * ``kqueue_py.raw`` — ``ffi``, ``lib`` (the compiled ``kqueue_py._kqueue``),
   every ``EVFILT_*``/``EV_*``/``NOTE_*`` constant and the helpers
@@ -14,9 +17,12 @@ Layers, each built only on the ones before it:
   and ``install()``.
 * ``kqueue_py.selectors`` — ``KqueueSelector`` for ``selectors``/asyncio.
 
-Tools: ``python -m kqueue_py.run -- COMMAND`` runs a command, and every
-Python process it starts, with ``compat.install()`` in effect;
-``pytest -p kqueue_py.pytest_plugin --kqueue`` does the same from pytest.
+Tools, over ``compat``: ``python -m kqueue_py.run -- COMMAND`` runs a
+command, and every Python process it starts, with ``compat.install()`` in
+effect; ``pytest -p kqueue_py.pytest_plugin --kqueue`` does the same from
+pytest.  (``compat.install()`` is the one place a layer uses another: it
+offers ``kqueue_py.selectors.KqueueSelector`` when asked to with
+``selector="kqueue"``, or when the stdlib's own class cannot be built.)
 """
 from __future__ import annotations
 

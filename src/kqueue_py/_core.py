@@ -7,7 +7,9 @@ is here, and nothing else:
 * the compiled module (``ffi``, ``lib``) and the ``struct kevent`` layout;
 * :class:`QueueBase`: a queue descriptor that closes only while it still
   names its own queue, the fork registry, and the closed-queue check with
-  its one message (:data:`CLOSED_MESSAGE`);
+  its one message (:data:`CLOSED_MESSAGE`); :class:`QueueObject`, the
+  ``fileno``/``closed``/context-manager/``__del__`` that ``KQueue`` and
+  ``compat.kqueue`` share;
 * the errno -> exception helper (:func:`failure`);
 * the two timeout policies: :func:`seconds_ns` (kqueue_py's: seconds as an
   int or float, ``None`` = forever, negative/NaN refused) and
@@ -17,7 +19,8 @@ is here, and nothing else:
   wait loop (:func:`wait_more`: EINTR is retried with the time that
   remains, PEP 475; a signal handler's exception propagates);
 * one decoder per shape: :func:`decode_rows` (raw 6-tuples),
-  :func:`decode_tuples` / :func:`decode_events` (udata objects), and
+  :func:`decode_tuples` (udata objects; the queue layer decodes its own
+  :class:`~kqueue_py.queue.Event` objects from the same buffer), and
   :func:`decode_pairs` (ident, filter);
 * :class:`UdataMap`: arbitrary Python udata objects behind integer tokens,
   with the rules that release an object exactly when its registration ends.
@@ -34,7 +37,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol, Union
+from typing import Any, Callable, Iterable, Optional, Protocol, TypeVar, Union
 
 from ._kqueue import ffi as ffi
 from ._kqueue import lib as lib
@@ -410,6 +413,49 @@ class Handle(QueueBase):
         self._close_fd()
 
 
+_Q = TypeVar("_Q", bound="QueueObject")
+
+
+class QueueObject(QueueBase):
+    """What a queue object the user holds does the same way in every layer
+    (:class:`kqueue_py.KQueue`, :class:`kqueue_py.compat.kqueue`):
+    ``fileno()``, ``closed``, the context manager and the close on garbage
+    collection.  Each class extends or replaces :meth:`close`."""
+
+    __slots__ = ()
+
+    def fileno(self) -> int:
+        """Return the queue's descriptor (the kqueue control file
+        descriptor): poll it for readability to learn that events are
+        pending (it can sit in select, epoll or another kqueue).
+        ``ValueError`` once the queue is closed."""
+        return self._live_fd()
+
+    @property
+    def closed(self) -> bool:
+        """True once the queue is closed: by :meth:`close`, or in a forked
+        child where the fork closed it."""
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Close the queue's descriptor.  Idempotent."""
+        self._close_fd()
+
+    def __enter__(self: _Q) -> _Q:
+        self._live_fd()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._fd >= 0:
+                self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
 def on_fork(obj: Any) -> None:
     """Call ``obj._after_fork()`` in a forked child (held weakly)."""
     _LIVE.add(obj)
@@ -568,56 +614,6 @@ def decode_pairs(buf: Buffer, n: int) -> Iterable[tuple[int, int]]:
         return [_pair_from(view, SIZE * i) for i in range(n)]
     c = buf.fields
     return zip(c["ident"][:n].tolist(), c["filter"][:n].tolist())
-
-
-class _EventFields(NamedTuple):
-    ident: int
-    filter: int
-    flags: int
-    fflags: int
-    data: int
-    udata: Any
-
-
-class Event(_EventFields):
-    """One kernel event: ``(ident, filter, flags, fflags, data, udata)``.
-
-    A tuple (so it unpacks and compares cheaply) with named fields."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return ("Event(ident={}, filter={}, flags={:#x}, fflags={:#x}, data={}, udata={!r})"
-                .format(*self))
-
-
-Event.__module__ = "kqueue_py.queue"
-_new_tuple = tuple.__new__
-
-
-def _event_maker() -> Callable[[Any], Event]:
-    import functools
-
-    return functools.partial(_new_tuple, Event)
-
-
-make_event = _event_maker()
-
-
-def decode_events(buf: Buffer, n: int, get: Callable[[int], Any]) -> list[Event]:
-    """The first ``n`` events as :class:`Event` objects, ``udata`` mapped
-    through ``get``."""
-    if n == 1:
-        i, f, fl, ff, d, u = _unpack_from(buf.view)
-        return [_new_tuple(Event, (i, f, fl, ff, d, get(u)))]
-    if n > 8 and STRIDED:
-        c = buf.fields
-        return list(map(make_event, zip(
-            c["ident"][:n].tolist(), c["filter"][:n].tolist(), c["flags"][:n].tolist(),
-            c["fflags"][:n].tolist(), c["data"][:n].tolist(),
-            map(get, c["udata"][:n].tolist()))))
-    return [_new_tuple(Event, (i, f, fl, ff, d, get(u)))
-            for i, f, fl, ff, d, u in _iter_unpack(buf.view[: n * SIZE])]
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ are patched too.  :func:`uninstall` undoes it.
 """
 from __future__ import annotations
 
+import ast
 import errno as _errno
 import importlib
 import importlib.util
@@ -40,7 +41,7 @@ from ._core import (
     NULL,
     SIZE,
     Buffer,
-    QueueBase,
+    QueueObject,
     control_timeout_ns,
     decode_rows,
     failure,
@@ -220,7 +221,7 @@ def _kevent_from_row(row: tuple[int, int, int, int, int, int]) -> kevent:
     return ev
 
 
-class kqueue(QueueBase):
+class kqueue(QueueObject):
     """kqueue()
 
     A kernel event queue, as ``select.kqueue``.  The descriptor is
@@ -252,15 +253,6 @@ class kqueue(QueueBase):
         self._adopt(fd)
         return self
 
-    @property
-    def closed(self) -> bool:
-        """True if the kqueue handler is closed."""
-        return self._fd < 0
-
-    def fileno(self) -> int:
-        """Return the kqueue control file descriptor."""
-        return self._live_fd()
-
     def close(self) -> None:
         """Close the kqueue control file descriptor.  Further operations on
         the kqueue object will raise an exception."""
@@ -271,20 +263,6 @@ class kqueue(QueueBase):
                 os.close(fd)  # not a queue of ours (fromfd on a plain fd)
             except OSError:
                 pass
-
-    def __del__(self) -> None:
-        try:
-            if self._fd >= 0:
-                self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-    def __enter__(self) -> kqueue:
-        self._live_fd()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _after_fork(self) -> None:
         """In a forked child, as the running interpreter's select.kqueue:
@@ -619,34 +597,67 @@ class _PatchingLoader:
         return True
 
 
+#: The statements whose blocks a module runs at import (3.11 adds
+#: ``try``/``except*``, a node of its own).
+_BLOCK_STATEMENTS: tuple[type, ...] = (
+    ast.If, ast.For, ast.While, ast.With, ast.Try,
+    *((ast.TryStar,) if hasattr(ast, "TryStar") else ()))
+
+
+def _class_def(body: list[ast.stmt], name: str) -> Optional[ast.ClassDef]:
+    """The module-level ``class name`` in ``body``: directly, or inside the
+    blocks a module runs at import (``if``/``else``, ``try``, ``with``,
+    loops), never inside a function or another class."""
+    for stmt in body:
+        if isinstance(stmt, ast.ClassDef) and stmt.name == name:
+            return stmt
+        if not isinstance(stmt, _BLOCK_STATEMENTS):
+            continue
+        blocks: list[list[ast.stmt]] = [getattr(stmt, field, [])
+                                        for field in ("body", "orelse", "finalbody")]
+        blocks += [handler.body for handler in getattr(stmt, "handlers", [])]
+        for block in blocks:
+            found = _class_def(block, name)
+            if found is not None:
+                return found
+    return None
+
+
 def _stdlib_kqueue_selector(selectors_module: Any) -> type:
     """The stdlib's own KqueueSelector, running on the patched select module.
 
     ``selectors`` defines KqueueSelector only when ``select.kqueue`` exists
-    at import time.  Where it was imported without one, its class body is
-    taken from the stdlib source and executed in the module's namespace;
-    where the source is unavailable, kqueue_py's own selector stands in.
+    at import time.  Where it was imported without one, the ``class
+    KqueueSelector`` statement is found in the module's source by its
+    syntax tree (wherever it sits at module level, whatever condition
+    guards it) and that statement alone is run in the module's namespace,
+    with the source file's line numbers.  Where the source is unavailable,
+    has no such class, or the class does not build into a
+    ``BaseSelector``, kqueue_py's own selector stands in.
     """
     existing = getattr(selectors_module, "KqueueSelector", None)
     if existing is not None:
         return existing  # type: ignore[no-any-return]
     try:
         import inspect
-        import textwrap
 
-        source = inspect.getsource(selectors_module)
-        start = source.index("\nif hasattr(select, 'kqueue'):\n")
-        body_start = source.index("\n", start + 1) + 1
-        lines = []
-        for line in source[body_start:].splitlines(keepends=True):
-            if line.strip() and not line.startswith((" ", "\t")):
-                break
-            lines.append(line)
-        namespace = dict(vars(selectors_module))
-        exec(compile(textwrap.dedent("".join(lines)), selectors_module.__file__, "exec"), namespace)
-        cls = namespace["KqueueSelector"]
-        return cls  # type: ignore[no-any-return]
-    except (OSError, TypeError, ValueError, KeyError):
-        from .selectors import KqueueSelector
+        filename = inspect.getsourcefile(selectors_module) or "<selectors>"
+        tree = ast.parse(inspect.getsource(selectors_module), filename)
+        node = _class_def(tree.body, "KqueueSelector")
+        if node is not None:
+            code = compile(ast.Module(body=[node], type_ignores=[]), filename, "exec")
+            namespace = vars(selectors_module)
+            # Run in the module's own namespace (its methods see the module's
+            # globals, as the class defined at import would), then take the
+            # name out again: install() sets it, and uninstall() removes it.
+            try:
+                exec(code, namespace)
+            finally:
+                cls = namespace.pop("KqueueSelector", None)
+            if isinstance(cls, type) and issubclass(cls, selectors_module.BaseSelector):
+                return cls
+    except Exception:   # no source (OSError, TypeError), no parse, a failing class body
+        pass
+    from .selectors import KqueueSelector
 
-        return KqueueSelector
+    return KqueueSelector

@@ -24,21 +24,21 @@ Design notes
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 from . import _core
 from ._core import (
     KEEP,
     MAX_EVENTS,
     MINUS_EINTR,
+    SIZE,
+    STRIDED,
     Buffer,
-    Event,
     FileDescriptorLike,
     HasFileno,
-    QueueBase,
+    QueueObject,
     UdataMap,
     call,
-    decode_events,
     decode_tuples,
     failure,
     fileno_of,
@@ -58,8 +58,56 @@ _EV_DELETE = lib.EV_DELETE
 _EV_ONESHOT = lib.EV_ONESHOT
 _monotonic_ns = time.monotonic_ns
 _unpack_from = _core.KEVENT.unpack_from
+_iter_unpack = _core.KEVENT.iter_unpack
 _new_tuple = tuple.__new__
 _UNSEEN = _core.UNSEEN
+
+
+class _EventFields(NamedTuple):
+    ident: int
+    filter: int
+    flags: int
+    fflags: int
+    data: int
+    udata: Any
+
+
+class Event(_EventFields):
+    """One kernel event: ``(ident, filter, flags, fflags, data, udata)``.
+
+    A tuple (so it unpacks and compares cheaply) with named fields."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return ("Event(ident={}, filter={}, flags={:#x}, fflags={:#x}, data={}, udata={!r})"
+                .format(*self))
+
+
+def _event_maker() -> Callable[[Any], Event]:
+    import functools
+
+    return functools.partial(_new_tuple, Event)
+
+
+_make_event = _event_maker()
+
+
+def _decode_events(buf: Buffer, n: int, get: Callable[[int], Any]) -> list[Event]:
+    """The first ``n`` events of ``buf`` as :class:`Event` objects,
+    ``udata`` mapped through ``get`` (the core's decoders give the other
+    shapes)."""
+    if n == 1:
+        i, f, fl, ff, d, u = _unpack_from(buf.view)
+        return [_new_tuple(Event, (i, f, fl, ff, d, get(u)))]
+    if n > 8 and STRIDED:
+        c = buf.fields
+        return list(map(_make_event, zip(
+            c["ident"][:n].tolist(), c["filter"][:n].tolist(), c["flags"][:n].tolist(),
+            c["fflags"][:n].tolist(), c["data"][:n].tolist(),
+            map(get, c["udata"][:n].tolist()))))
+    return [_new_tuple(Event, (i, f, fl, ff, d, get(u)))
+            for i, f, fl, ff, d, u in _iter_unpack(buf.view[: n * SIZE])]
 
 
 class Change(NamedTuple):
@@ -110,7 +158,7 @@ def _checked(c: Any, i: int) -> Change:
     return Change(ident, filt, flags, fflags, data, udata)
 
 
-class KQueue(QueueBase):
+class KQueue(QueueObject):
     """A kqueue: register interest with :meth:`apply` (or the helpers),
     collect events with :meth:`wait`.
 
@@ -142,17 +190,7 @@ class KQueue(QueueBase):
             self._close_fd()
             raise
 
-    # -- lifecycle -----------------------------------------------------
-    def fileno(self) -> int:
-        """The queue's descriptor: poll it for readability to learn that
-        events are pending (it can sit in select, epoll or another kqueue)."""
-        return self._live_fd()
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran (or in a forked child)."""
-        return self._fd < 0
-
+    # -- lifecycle (fileno, closed, with, __del__: QueueObject) ----------
     def close(self) -> None:
         """Close the queue; threads blocked in :meth:`wait` wake and raise
         ``ValueError``.  Every udata object is released.  Idempotent."""
@@ -166,20 +204,6 @@ class KQueue(QueueBase):
         self._free = []
         self._udata.clear()
         self._triggers = {}
-
-    def __enter__(self) -> KQueue:
-        self._live_fd()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if self._fd >= 0:
-                self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
@@ -382,11 +406,11 @@ class KQueue(QueueBase):
                 if n == 0:
                     return []
                 raise failure(self._fd, n)
-        if n == 1:   # decode_events' one-event case, inlined: the common case
+        if n == 1:   # _decode_events' one-event case, inlined: the common case
             i, f, fl, ff, d, u = _unpack_from(buf.view)
             events = [_new_tuple(Event, (i, f, fl, ff, d, self._objects.get(u)))]
         else:
-            events = decode_events(buf, n, self._objects.get)
+            events = _decode_events(buf, n, self._objects.get)
         if self._finite:
             self._udata.release_delivered(buf, n)
         free.append(buf)

@@ -1,9 +1,10 @@
 """The raw layer: the compiled module's ``ffi``/``lib`` and the classic helpers.
 
 ``kev_change``, ``kq_apply`` and ``kq_wait`` are small helpers for code
-that works with ``struct kevent`` arrays directly.  Everything above this layer (the
-Pythonic queue, the stdlib-compatible layer, the selector) is built on the
-same ``lib`` functions through one internal core.
+that works with ``struct kevent`` arrays directly.  The other public
+modules (the Pythonic queue, the stdlib-compatible layer, the selector) sit
+beside this one, not on it: each calls the same ``lib`` functions through
+one internal core.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``KqueueSelector``: a :class:`selectors.BaseSelector` on kqueue_py.
 
-Built on :class:`kqueue_py.KQueue` (not on the compat layer), so it works
-without :func:`kqueue_py.compat.install`::
+A layer of its own over kqueue_py's internal core (the one
+:class:`kqueue_py.KQueue` and the compat layer use; it is built on
+neither), so it works without :func:`kqueue_py.compat.install`::
 
     import asyncio
     from kqueue_py.selectors import KqueueSelector

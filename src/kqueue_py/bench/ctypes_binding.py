@@ -4,8 +4,8 @@ The installed extension (``kqueue_py/_kqueue*.so``) exports ``kqueue``,
 ``kevent`` and ``kqueue_close`` with default visibility, so
 ``ctypes.CDLL(path)`` reaches exactly the code cffi calls (on Linux, the
 package's backend; on BSD/macOS the extension's symbols are the kernel's
-``kqueue``/``kevent`` from libc).  This is the design card's comparison: the
-same C work, a different foreign-function layer.
+``kqueue``/``kevent`` from libc).  The comparison isolates the
+foreign-function layer: the same C work, called two ways.
 """
 from __future__ import annotations
 

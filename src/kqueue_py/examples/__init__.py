@@ -2,5 +2,6 @@
 
 * ``python -m kqueue_py.examples.echo --port N``  — an echo server.
 * ``python -m kqueue_py.examples.http --port N [--workers N]`` — an HTTP/1.1
-  keep-alive server in the shape of the sx language's ``std.http`` server.
+  keep-alive server: a loop and worker processes over a protocol module
+  that never touches a socket.
 """
