@@ -370,7 +370,7 @@ def test_backend_signal_descriptors_do_not_inherit_a_dead_registration():
         evs += kq.poll()
         print(owned, sorted((e.ident, e.filter, e.udata) for e in evs))
     """)
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/
     r = subprocess.run([sys.executable, "-c", script, here], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
@@ -472,7 +472,7 @@ def test_fork_child_holds_no_queue_descriptors(make_kq, fds):
 
 
 def test_the_blind_spot_is_documented_not_claimed_handled():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     readme = open(os.path.join(root, "README.md")).read()
     backend = open(os.path.join(root, "docs", "linux-backend.md")).read()
     for text in (readme, backend):

@@ -643,7 +643,7 @@ def test_a_copy_of_an_example_runs_as_it_is(module, tmp_path):
 
 
 def _own_handler_snippet() -> str:
-    text = (Path(__file__).resolve().parent.parent / "docs" / "servers.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "servers.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     snippet = next(b for b in blocks if "@app.route" in b and "HTTPServer(" in b)
     assert "port=8080" in snippet
