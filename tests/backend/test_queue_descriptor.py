@@ -178,7 +178,7 @@ def test_kqueue_close_wakes_blocked_waiter_with_ebadf():
     kq = lib.kqueue()
     result = []
     t = _blocked_waiter(kq, result)
-    time.sleep(0.05)            # let it block in the wait
+    h.wait_blocked_in_kevent(t)
     assert result == []
     assert lib.kqueue_close(kq) == 0
     t.join(2.0)
@@ -191,7 +191,7 @@ def test_kqueue_close_wakes_every_blocked_waiter():
     kq = lib.kqueue()
     results = [[] for _ in range(4)]
     threads = [_blocked_waiter(kq, r) for r in results]
-    time.sleep(0.05)
+    h.wait_blocked_in_kevent(*threads)
     assert lib.kqueue_close(kq) == 0
     for t in threads:
         t.join(2.0)
@@ -223,19 +223,22 @@ def test_many_threads_waiting_oneshot_user_event_exactly_one_gets_it(kq):
 
     def waiter(i):
         barrier.wait()
-        results[i] = h.kevent_raw(kq, (), 4, 0.5)
+        results[i] = h.kevent_raw(kq, (), 4, 30.0)
 
     threads = [threading.Thread(target=waiter, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
     barrier.wait()
-    time.sleep(0.05)
+    h.wait_blocked_in_kevent(*threads)       # all eight wait for it
     kq.change((1, USER, lib.EV_KEEPUDATA, TRIGGER))
+    assert h.wait_until(lambda: any(r is not None for r in results), timeout=10.0)
+    # The others wake for a second, level-triggered event that every waiter sees.
+    kq.change((2, USER, EV_ADD, TRIGGER, 0, 88))
     for t in threads:
         t.join(3.0)
         assert not t.is_alive()
     assert all(r is not None and r[0] >= 0 for r in results), results
-    got = [e for r in results for e in r[2]]
+    got = [e for r in results for e in r[2] if e.ident == 1]
     assert [(e.ident, e.udata) for e in got] == [(1, 77)], f"{len(got)} threads got the oneshot event"
 
 

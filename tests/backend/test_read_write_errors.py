@@ -26,6 +26,8 @@ import pytest
 
 from kqueue_py import ffi, lib
 
+from helpers import wait_blocked_in_kevent
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the Linux backend's conformance")
 
@@ -236,7 +238,8 @@ def test_read_and_write_reports_stay_consistent_after_a_reset(kq):
         kq.change((s.fileno(), READ, EV_ADD), (s.fileno(), WRITE, EV_ADD))
         kq.poll()
         c.close()
-        time.sleep(0.05)
+        # The reset has arrived once the socket polls readable (then for good).
+        assert select.select([s], [], [], 5.0)[0] == [s]
         reports = []
         for _ in range(4):          # level-triggered: every call reports both
             evs = kq.wait(64, 0.5)
@@ -277,8 +280,7 @@ def test_local_shutdown_wr_makes_write_report_eof(kq, fds, kind, fflags):
     kq.change((a.fileno(), WRITE, EV_ADD, fflags))
     ev = kq.wait_one()
     assert not ev.flags & EV_EOF
-    a.shutdown(socket.SHUT_WR)      # FreeBSD: SBS_CANTSENDMORE -> EV_EOF
-    time.sleep(0.02)
+    a.shutdown(socket.SHUT_WR)      # FreeBSD: SBS_CANTSENDMORE -> EV_EOF (at once: local)
     ev = kq.wait_one()
     assert ev.flags & EV_EOF and ev.fflags == 0
     # The peer is still fine: only our sending side is shut.
@@ -290,7 +292,7 @@ def test_peer_shutdown_alone_is_no_write_eof(kq, fds):
     a.setblocking(False)
     kq.change((a.fileno(), WRITE, EV_ADD))
     b.shutdown(socket.SHUT_WR)      # CLOSE_WAIT on a: sending still works
-    time.sleep(0.02)
+    assert select.select([a], [], [], 5.0)[0] == [a]    # the FIN has arrived
     ev = kq.wait_one()
     assert not ev.flags & EV_EOF
 
@@ -364,7 +366,6 @@ def test_socket_closed_here_but_held_elsewhere_is_not_reported(kq, fds, holder, 
     try:
         a.close()                   # no EV_DELETE: close() must end it
         b.send(b"data")             # the file is alive elsewhere, and readable
-        time.sleep(0.02)
         assert kq.wait(64, 0.2) == []
         assert_quiet(kq)
         # The backend dropped it on its own (an EV_CLEAR registration only
@@ -400,7 +401,6 @@ def test_reused_number_is_never_reported_with_the_old_registration(kq, fds, hold
         b.send(b"old file readable")
         other = d if reused is c else c
         other.send(b"new file readable")    # the unregistered one too
-        time.sleep(0.02)
         evs = kq.wait(64, 0.2)
         assert evs == [], f"reported for a number that names another file: {evs}"
         assert take_dropped(kq) == [0x61]
@@ -620,9 +620,9 @@ def test_threads_blocked_in_the_queue_survive_a_rebuild(kq, fds):
     threads = [threading.Thread(target=waiter) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.1)                         # both blocked in kevent()
+    wait_blocked_in_kevent(*threads)        # both blocked in kevent()
     make_lingering(kq, fds)
-    time.sleep(0.2)                         # found stale, set rebuilt
+    wait_blocked_in_kevent(*threads)        # and again, after the stale item
     r, w = fds.pipe()
     kq.change((r, READ, EV_ADD | EV_ONESHOT, 0, 0, 0xE1))
     os.write(w, b"x")
@@ -1040,17 +1040,18 @@ def test_regular_file_read_woken_by_a_writer_in_another_thread(kq, tmp_path):
     try:
         kq.change((fd, READ, EV_ADD))
 
+        reader = threading.current_thread()
+
         def writer():
-            time.sleep(0.1)
+            wait_blocked_in_kevent(reader)      # the write comes while it waits
             with open(path, "ab") as f:
                 f.write(b"hello")
 
         t = threading.Thread(target=writer)
         t.start()
-        t0 = time.monotonic()
         ev = kq.wait_one(5.0)               # blocked, then woken by the write
         t.join()
-        assert ev.data == 5 and time.monotonic() - t0 < 2.0
+        assert ev.data == 5
     finally:
         os.close(fd)
 

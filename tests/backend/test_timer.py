@@ -70,7 +70,7 @@ def test_timer_units(kq, unit, data, seconds):
     elapsed = time.monotonic() - t0
     assert len(evs) == 1
     assert elapsed >= seconds - EARLY, f"fired after {elapsed:.4f}s, before {seconds}s"
-    assert elapsed < seconds + 0.5
+    # Late (a wrong unit) shows as no event within the wait's timeout.
 
 
 def test_timer_microsecond_period_counts_many_expirations(kq):
@@ -83,18 +83,16 @@ def test_timer_microsecond_period_counts_many_expirations(kq):
 
 def test_timer_abstime_in_the_past_fires_at_once(kq):
     past = int(time.time()) - 10
-    t0 = time.monotonic()
     kq.change((ID, TIMER, EV_ADD | EV_ONESHOT, ABSTIME | SECONDS, past, 4))
-    evs = timers(kq.wait(8, 1.0))
-    assert len(evs) == 1 and evs[0].udata == 4 and evs[0].data == 1
-    assert time.monotonic() - t0 < 0.1
+    kq.change((ID + 1, TIMER, EV_ADD | EV_ONESHOT, 0, 300))     # the yardstick
+    evs = kq.wait(8, 5.0)
+    assert [(e.ident, e.udata, e.data) for e in evs] == [(ID, 4, 1)], "not before a 300 ms timer"
 
 
 def test_timer_abstime_zero_fires_at_once(kq):
-    t0 = time.monotonic()
     kq.change((ID, TIMER, EV_ADD, ABSTIME, 0))
-    assert len(timers(kq.wait(8, 1.0))) == 1
-    assert time.monotonic() - t0 < 0.1
+    kq.change((ID + 1, TIMER, EV_ADD | EV_ONESHOT, 0, 300))     # the yardstick
+    assert [e.ident for e in kq.wait(8, 5.0)] == [ID], "not before a 300 ms timer"
 
 
 @pytest.mark.parametrize("unit,scale", [(0, 1e3), (MSECONDS, 1e3), (USECONDS, 1e6), (NSECONDS, 1e9)],
@@ -107,7 +105,7 @@ def test_timer_abstime_near_future_fires_at_about_that_time(kq, unit, scale):
     elapsed = time.monotonic() - t0
     assert len(evs) == 1 and evs[0].data == 1
     assert time.time() >= target - 0.005
-    assert 0.13 <= elapsed < 0.6
+    assert elapsed >= 0.13          # late shows as no event within the wait
     # An absolute time fires once; without EV_CLEAR (not implied for it:
     # FreeBSD's filt_timerattach) it stays reported, data 1, until deleted.
     assert [e.data for e in timers(kq.wait(8, 0.05))] == [1]
@@ -140,11 +138,10 @@ def test_timer_readd_restarts_resets_count_and_changes_period(kq):
     assert len(evs) == 1
     assert evs[0].data == 1 and evs[0].udata == 2
     assert elapsed >= 0.1 - EARLY, "the restarted timer fired early"
-    assert elapsed < 0.5
     # The new period holds for the following expiration too.
     t1 = time.monotonic()
     assert len(timers(kq.wait(8, 2.0))) == 1
-    assert 0.09 - EARLY <= time.monotonic() - t1 < 0.5
+    assert time.monotonic() - t1 >= 0.09 - EARLY
 
 
 def test_timer_readd_with_longer_period_does_not_fire_at_old_deadline(kq):
@@ -203,11 +200,11 @@ def test_timer_fast_periodic_reported_at_most_once_per_call(kq, unit, data):
 
 
 def test_timer_data_zero_oneshot_fires_at_once(kq):
-    t0 = time.monotonic()
     kq.change((ID, TIMER, EV_ADD | EV_ONESHOT, 0, 0))
-    evs = timers(kq.wait(8, 1.0))
-    assert len(evs) == 1 and evs[0].data == 1
-    assert time.monotonic() - t0 < 0.1
+    kq.change((ID + 1, TIMER, EV_ADD | EV_ONESHOT, 0, 300))     # the yardstick
+    evs = kq.wait(8, 5.0)
+    assert [(e.ident, e.data) for e in evs] == [(ID, 1)], "not before a 300 ms timer"
+    kq.change((ID + 1, TIMER, EV_DELETE))
     assert kq.wait(8, 0.03) == []
 
 
