@@ -258,10 +258,11 @@ def test_a_lingering_item_does_not_spin_when_out_of_descriptors(kq):
             while True:
                 filler.append(os.open(os.devnull, os.O_RDONLY))
         t0 = time.thread_time()
-        rc_events = kevent(kq, (), 8, 0.5)
+        rc_events = kevent(kq, (), 8, 1.0)
         cpu = time.thread_time() - t0
         assert rc_events == []
-        assert cpu < 0.1, f"kevent() spun for {cpu:.3f} s of CPU in a 0.5 s wait"
+        # A spinning wait burns most of the second; an idle one next to none.
+        assert cpu < 0.3, f"kevent() spun for {cpu:.3f} s of CPU in a 1 s wait"
     finally:
         for fd in filler:
             os.close(fd)

@@ -107,18 +107,25 @@ def test_blocked_signal_wakes_a_waiting_kevent():
         signal.signal(U, handler)
         change(U, lib.EV_ADD)
         block(U)
-        # A thread that blocks U too, sending it while we sleep in kevent().
+        # A thread that blocks U too, sending it once we sleep in kevent()
+        # (the main thread's kernel wait channel is the epoll wait).
+        main = threading.main_thread().native_id
         def sender():
             signal.pthread_sigmask(signal.SIG_BLOCK, [U])
-            time.sleep(0.2)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with open(f"/proc/self/task/{main}/wchan") as f:
+                    if "epoll" in f.read():
+                        break
+                time.sleep(0.002)
             os.kill(os.getpid(), U)
         t = threading.Thread(target=sender)
         t.start()
         t0 = time.monotonic()
-        got = counts(5.0)
+        got = counts(20.0)
         t.join()
         assert got == {U: 1}, got
-        assert time.monotonic() - t0 < 4.0
+        assert time.monotonic() - t0 < 15.0     # woken, not timed out
         unblock(U)
         assert counts(0.2) == {}
     """)
