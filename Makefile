@@ -29,7 +29,7 @@ install-pkg: pip
 install: install-pkg
 	$(PIP) install --group test
 
-# zig for tests/test_bsd_build.py (which skips, saying so, without it).
+# zig for tests/packaging/test_bsd_build.py (which skips, saying so, without it).
 zig: pip
 	$(PIP) install --group zig
 
@@ -125,7 +125,7 @@ sdist-check:
 	bash tools/check-sdist.sh $(PYTHON)
 
 # The builder's macOS/FreeBSD branch, cross-compiled and linked with zig
-# against those systems' headers (tests/test_bsd_build.py runs it too).
+# against those systems' headers (tests/packaging/test_bsd_build.py runs it too).
 check-bsd: zig
 	$(PIP) install cffi --group test
 	$(PY) tools/check-bsd-build.py

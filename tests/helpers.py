@@ -12,6 +12,7 @@ example server as a program in a subprocess.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import resource
 import select
@@ -150,6 +151,35 @@ def wait_until(pred, timeout=2.0, interval=0.002):
         if v or time.monotonic() >= deadline:
             return v
         time.sleep(interval)
+
+
+# The system calls a thread of the Linux backend sleeps in while kevent()
+# waits: epoll_wait, epoll_pwait, epoll_pwait2 (numbers per architecture).
+_EPOLL_WAITS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
+
+
+def blocked_in_kevent(thread: threading.Thread) -> bool:
+    """Whether ``thread`` (of this process) sleeps in the kernel's epoll wait,
+    as kevent() does while it waits: its wchan, or its current system call."""
+    tid = thread.native_id
+    base = f"/proc/self/task/{tid}"
+    try:
+        with open(f"{base}/wchan") as f:
+            if "epoll" in f.read():
+                return True
+        with open(f"{base}/syscall") as f:
+            call = f.read().split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False   # gone
+    waits = _EPOLL_WAITS.get(platform.machine(), {441})
+    return call.isdigit() and int(call) in waits
+
+
+def wait_blocked_in_kevent(*threads: threading.Thread, timeout: float = 10.0) -> None:
+    """Return once every thread sleeps inside kevent(); fail the test if one
+    never gets there (it returned, or is stuck elsewhere)."""
+    ok = wait_until(lambda: all(blocked_in_kevent(t) for t in threads), timeout=timeout)
+    assert ok, [(t.name, t.is_alive()) for t in threads if not blocked_in_kevent(t)]
 
 
 # --------------------------------------------------------------------------

@@ -40,10 +40,11 @@ rm -rf build
 if [ $# -eq 0 ]; then
     # The threaded tests: many threads on one queue, close() waking waiters,
     # cross-thread triggers, signals while other threads wait.
-    set -- tests/test_stress.py tests/test_lowlevel_threads_signals.py \
-        tests/test_lowlevel_queue.py tests/test_queue.py tests/test_compat.py \
-        tests/test_lowlevel_user.py tests/test_lowlevel_signal.py tests/test_selectors.py \
-        -k "thread or wake or close or concurren or storm or exactly_once"
+    set -- tests/stress/test_stress.py tests/api/test_raw.py \
+        tests/backend/test_queue_descriptor.py tests/api/test_queue.py tests/api/test_compat.py \
+        tests/backend/test_user.py tests/backend/test_signal.py tests/api/test_selectors.py \
+        tests/backend/test_read_write.py \
+        -k "thread or wake or close or concurren or storm or exactly_once or kq_wait or eintr"
 fi
 
 # Reports go to files (pytest captures the process's stderr, and the first

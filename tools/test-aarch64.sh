@@ -178,7 +178,7 @@ step "wheel $(basename "$wheel")"
 # --- the aarch64 site-packages ----------------------------------------------
 # The host's pip (in a venv: Debian's python is externally managed) fetches
 # aarch64 binary wheels for cp311 into a plain directory; cffi's binary wheel
-# carries _cffi_backend (and its libffi).  No zig: only tests/test_bsd_build.py
+# carries _cffi_backend (and its libffi).  No zig: only tests/packaging/test_bsd_build.py
 # uses it, deselected below.  The directory must be named site-packages:
 # tests/conftest.py checks kqueue_py is an installed copy.
 step "installing the wheel and the test requirements for aarch64"
@@ -282,14 +282,14 @@ for name, f in (("tcp", tcp), ("unix", unix)):
 EOF
 native=$("$PYTHON" "$work/probe.py")
 emulated=$("$pyq" "$work/probe.py")
-deselect=(--deselect tests/test_bsd_build.py)   # it runs zig (x86_64) on the tree
+deselect=(--deselect tests/packaging/test_bsd_build.py)   # it runs zig (x86_64) on the tree
 for kind in tcp unix; do
     n=$(sed -n "s/^$kind //p" <<<"$native")
     q=$(sed -n "s/^$kind //p" <<<"$emulated")
     echo "listen backlog probe, $kind: native: $n; under qemu: $q"
     if [ "$n" = ok ] && [ "$q" != ok ]; then
         echo "   -> qemu-user does not emulate it: deselecting the $kind backlog test"
-        deselect+=(--deselect "tests/test_lowlevel_read_write.py::test_listening_${kind}_socket_data_is_number_of_pending_connections")
+        deselect+=(--deselect "tests/backend/test_read_write.py::test_listening_${kind}_socket_data_is_number_of_pending_connections")
     fi
 done
 

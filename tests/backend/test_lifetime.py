@@ -258,10 +258,11 @@ def test_a_lingering_item_does_not_spin_when_out_of_descriptors(kq):
             while True:
                 filler.append(os.open(os.devnull, os.O_RDONLY))
         t0 = time.thread_time()
-        rc_events = kevent(kq, (), 8, 0.5)
+        rc_events = kevent(kq, (), 8, 1.0)
         cpu = time.thread_time() - t0
         assert rc_events == []
-        assert cpu < 0.1, f"kevent() spun for {cpu:.3f} s of CPU in a 0.5 s wait"
+        # A spinning wait burns most of the second; an idle one next to none.
+        assert cpu < 0.3, f"kevent() spun for {cpu:.3f} s of CPU in a 1 s wait"
     finally:
         for fd in filler:
             os.close(fd)
@@ -370,7 +371,7 @@ def test_backend_signal_descriptors_do_not_inherit_a_dead_registration():
         evs += kq.poll()
         print(owned, sorted((e.ident, e.filter, e.udata) for e in evs))
     """)
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/
     r = subprocess.run([sys.executable, "-c", script, here], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
@@ -472,7 +473,7 @@ def test_fork_child_holds_no_queue_descriptors(make_kq, fds):
 
 
 def test_the_blind_spot_is_documented_not_claimed_handled():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     readme = open(os.path.join(root, "README.md")).read()
     backend = open(os.path.join(root, "docs", "linux-backend.md")).read()
     for text in (readme, backend):

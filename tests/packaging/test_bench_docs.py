@@ -24,7 +24,7 @@ import pytest
 from kqueue_py.bench import docs, report
 from kqueue_py.bench.report import Run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "docs" / "bench"
 
 

@@ -584,12 +584,10 @@ def test_close_from_another_thread_wakes_waiters():
     threads = [threading.Thread(target=waiter) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.1)
-    t0 = time.monotonic()
+    h.wait_blocked_in_kevent(*threads)
     q.close()
     for t in threads:
         t.join(5)
-    assert time.monotonic() - t0 < 2
     assert len(results) == 3 and all(isinstance(r, ValueError) for r in results), results
 
 
@@ -602,7 +600,7 @@ def test_trigger_from_other_threads_wakes_waiter(q):
 
     t = threading.Thread(target=waiter)
     t.start()
-    time.sleep(0.05)
+    h.wait_blocked_in_kevent(t)
     q.trigger(1)
     t.join(5)
     assert [e.udata for e in got] == ["wake"]
@@ -641,24 +639,67 @@ def test_concurrent_apply_and_wait(q):
     assert q._objects == {}     # every oneshot's udata was released
 
 
+# wait() and wait_tuples() are two copies of one loop (kept apart for speed):
+# each test below drives both.
+
+def _waiter(q: KQueue, method: str):
+    fn = getattr(q, method)
+    return lambda *a, **k: [tuple(e) for e in fn(*a, **k)]
+
+
 @pytest.mark.skipif(not MAIN_THREAD, reason="signal handlers need the main thread")
-def test_wait_retries_after_signal_with_remaining_time(q):
-    calls = []
-    old = signal.signal(signal.SIGALRM, lambda *a: calls.append(1))
+@pytest.mark.parametrize("method", ["wait", "wait_tuples"])
+def test_wait_retries_after_signal_with_remaining_time(q, method):
+    wait = _waiter(q, method)
+    calls: list = []
+    old = signal.signal(signal.SIGALRM, lambda *a: calls.append(time.monotonic()))
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
         t0 = time.monotonic()
-        assert q.wait(0.25) == []
-        elapsed = time.monotonic() - t0
+        assert wait(1.0) == []
+        t1 = time.monotonic()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    assert calls == [1]
-    assert 0.24 <= elapsed < 0.45
+    assert len(calls) == 1
+    assert t1 - t0 >= 0.99, f"returned after {t1 - t0:.3f}s, before its 1 s"
+    # The rest of the second, not a fresh second counted from the signal.
+    assert t1 - calls[0] < 0.9, f"waited {t1 - calls[0]:.3f}s after the signal: timeout restarted"
 
 
 @pytest.mark.skipif(not MAIN_THREAD, reason="signal handlers need the main thread")
-def test_wait_signal_handler_exception_propagates(q):
+@pytest.mark.parametrize("method", ["wait", "wait_tuples"])
+def test_wait_after_signal_returns_what_the_handler_made_ready(q, method):
+    """The retried wait returns the event the handler triggered, its udata
+    intact, and a oneshot's udata is released once delivered."""
+    wait = _waiter(q, method)
+
+    class Payload:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    q.add_user(7, udata=payload, flags=EV_ONESHOT)
+    del payload
+    old = signal.signal(signal.SIGALRM, lambda *a: q.trigger(7))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        evs = wait(10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert [(e[0], e[1]) for e in evs] == [(7, USER)] and evs[0][5] is ref()
+    del evs
+    gc.collect()
+    assert ref() is None, "a delivered oneshot's udata is still held"
+    assert q._objects == {}
+
+
+@pytest.mark.skipif(not MAIN_THREAD, reason="signal handlers need the main thread")
+@pytest.mark.parametrize("method", ["wait", "wait_tuples"])
+def test_wait_signal_handler_exception_propagates(q, method):
+    wait = _waiter(q, method)
+
     class Boom(Exception):
         pass
 
@@ -667,20 +708,49 @@ def test_wait_signal_handler_exception_propagates(q):
 
     old = signal.signal(signal.SIGALRM, handler)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        t0 = time.monotonic()
-        with pytest.raises(Boom):
-            q.wait(5)
-        assert time.monotonic() - t0 < 2
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        with pytest.raises(Boom):
-            q.wait(None)
+        for timeout in (5, None):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            t0 = time.monotonic()
+            with pytest.raises(Boom):
+                wait(timeout)
+            assert time.monotonic() - t0 < 4.0      # raised, not after the 5 s
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     q.add_user(1)
     q.trigger(1)
-    assert len(q.wait(1)) == 1      # the queue is still usable
+    assert [e[0] for e in wait(1)] == [1]      # the queue is still usable
+
+
+@pytest.mark.parametrize("method", ["wait", "wait_tuples"])
+def test_wait_errors(method):
+    q = KQueue()
+    wait = _waiter(q, method)
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError):
+            wait(bad)
+    with pytest.raises(ValueError):
+        wait(0, max_events=-1)
+    with pytest.raises(TypeError):
+        wait("1")
+    # A closed queue, and one closed by another thread while waiting.
+    result: list = []
+
+    def waiter():
+        try:
+            wait(30)
+            result.append("returned")
+        except ValueError as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    h.wait_blocked_in_kevent(t)
+    q.close()
+    t.join(10)
+    assert not t.is_alive() and len(result) == 1 and isinstance(result[0], ValueError), result
+    with pytest.raises(ValueError):
+        wait(0)
 
 
 # --------------------------------------------------------------------------

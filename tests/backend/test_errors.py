@@ -14,6 +14,7 @@ import helpers as h
 READ, WRITE, USER, TIMER = lib.EVFILT_READ, lib.EVFILT_WRITE, lib.EVFILT_USER, lib.EVFILT_TIMER
 EV_ADD, EV_DELETE, EV_ENABLE, EV_DISABLE = lib.EV_ADD, lib.EV_DELETE, lib.EV_ENABLE, lib.EV_DISABLE
 EV_ERROR, EV_RECEIPT, EV_CLEAR = lib.EV_ERROR, lib.EV_RECEIPT, lib.EV_CLEAR
+EV_ONESHOT, EV_DISPATCH, TRIGGER = lib.EV_ONESHOT, lib.EV_DISPATCH, lib.NOTE_TRIGGER
 
 
 def raw(kq, *, changes=ffi.NULL, nchanges=0, events=ffi.NULL, nevents=0, timeout=ffi.NULL):
@@ -244,3 +245,71 @@ def test_kev_change_and_kq_apply_helpers(kq):
     bad = kqueue_py.kev_change(6, USER, EV_DELETE)
     assert kqueue_py.kq_apply(kq, bad) is False
     assert ffi.errno == errno.ENOENT
+
+
+# ---------------------------------------------------------------------------
+# The change loop as FreeBSD runs it (kqueue_kevent in sys/kern/kern_event.c)
+
+
+def test_change_with_filter_zero_is_skipped(kq):
+    """``kqueue_kevent``: ``if (!kevp->filter) continue;`` -- no error
+    entry, no receipt; the other changes are applied, and with no entry
+    written the call goes on to collect events (here: none)."""
+    rc, err, evs = h.kevent_raw(kq, [(1, 0, EV_ADD), (2, USER, EV_ADD | EV_CLEAR)], 4)
+    assert (rc, err, evs) == (0, 0, [])
+    kq.change((2, USER, 0, TRIGGER))
+    assert [(e.ident, e.filter) for e in kq.poll()] == [(2, USER)]
+    rc, err, evs = h.kevent_raw(kq, [(3, 0, EV_ADD | EV_RECEIPT, 0, 0, 5)], 4)
+    assert (rc, evs) == (0, []), "a filter-0 change with EV_RECEIPT got a receipt"
+
+
+def test_only_filter_zero_changes_then_collects_events(kq):
+    kq.change((9, USER, EV_ADD, TRIGGER))
+    rc, err, evs = h.kevent_raw(kq, [(1, 0, EV_ADD)], 4)
+    assert rc == 1 and [(e.ident, e.filter) for e in evs] == [(9, USER)]
+
+
+@pytest.mark.parametrize("flags", [EV_ADD | EV_RECEIPT, EV_ADD | EV_ONESHOT | EV_RECEIPT,
+                                   EV_ADD | EV_CLEAR | EV_DISPATCH | EV_RECEIPT,
+                                   EV_ADD | EV_DISABLE | EV_RECEIPT])
+def test_receipt_flags_are_ev_error_exactly(kq, flags):
+    """``kqueue_kevent``: ``kevp->flags = EV_ERROR;`` -- receipts carry
+    nothing of the change's flags (xnu ORs them in; FreeBSD does not)."""
+    evs = kq.changes([(1, USER, flags, 0, 0, 7)])
+    assert [(e.ident, e.flags, e.data, e.udata) for e in evs] == [(1, EV_ERROR, 0, 7)]
+
+
+@pytest.mark.parametrize("change,want", [
+    ((1, USER, EV_DELETE | EV_ONESHOT), errno.ENOENT),
+    ((1, TIMER, EV_ADD | EV_CLEAR, 0x20, 5), errno.EINVAL),
+    ((1, -100, EV_ADD | EV_ONESHOT), errno.EINVAL),
+])
+def test_error_entry_flags_are_ev_error_exactly(kq, change, want):
+    evs = kq.changes([change])
+    assert [(e.flags, e.data) for e in evs] == [(EV_ERROR, want)]
+
+
+def test_compat_receipts_are_ev_error_exactly():
+    """The stdlib-compatible layer hands the entries over as they are."""
+    from kqueue_py import compat
+
+    q = compat.kqueue()
+    try:
+        got = q.control([compat.kevent(1, USER, EV_ADD | EV_RECEIPT | EV_CLEAR),
+                         compat.kevent(2, USER, EV_DELETE | EV_RECEIPT)], 4, 0)
+        assert [(e.flags, e.data) for e in got] == [(EV_ERROR, 0), (EV_ERROR, errno.ENOENT)]
+    finally:
+        q.close()
+
+
+def test_kqueue_apply_skips_filter_zero_changes():
+    """KQueue.apply pairs each change with its receipt: a filter-0 change,
+    skipped by the kernel without one, must not shift the others."""
+    from kqueue_py import KQueue
+
+    with KQueue() as q:
+        assert q.apply([(5, 0, EV_ADD, 0, 0, "skipped"), (6, USER, EV_ADD, 0, 0, "six")],
+                       raise_errors=False) == []
+        q.trigger(6)
+        assert [(e.ident, e.udata) for e in q.wait(0)] == [(6, "six")]
+        q.apply([(5, 0, EV_DELETE)])   # skipped too: no error

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                     "tools", "check-bsd-build.py")
 COMMON = "ident@0:8, filter@8:2, flags@10:2, fflags@12:4, data@16:8, udata@24:8"
 

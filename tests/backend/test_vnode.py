@@ -396,3 +396,96 @@ def test_thousand_files_in_one_queue(kq, tmp_path, opened):
             except OSError:
                 pass
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ---------------------------------------------------------------------------
+# FreeBSD's order of an unlink's and an rmdir's notes (``sys/kern/vfs_subr.c``)
+
+
+def _vnodes(evs):
+    return [(e.ident, e.fflags) for e in evs if e.filter == VNODE]
+
+
+def test_unlink_reports_the_directory_before_the_file(kq, tmp_path):
+    """``vop_remove_post``: ``VFS_KNOTE_LOCKED(a->a_dvp, NOTE_WRITE);
+    VFS_KNOTE_LOCKED(a->a_vp, NOTE_DELETE);`` -- the directory's knote is
+    activated first, so one ``kevent()`` returns its ``NOTE_WRITE`` before
+    the file's ``NOTE_DELETE``, each once (inotify queues the file's link
+    count change before the directory's entry removal)."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "f").write_bytes(b"x")
+    dfd = os.open(d, os.O_RDONLY)
+    ffd = os.open(d / "f", os.O_RDONLY)
+    try:
+        kq.change((dfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE),
+                  (ffd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE))
+        os.unlink(d / "f")
+        evs = kq.wait(8, 1.0)
+        assert _vnodes(evs) == [(dfd, lib.NOTE_WRITE), (ffd, lib.NOTE_DELETE)]
+        assert kq.poll() == []
+    finally:
+        os.close(ffd)
+        os.close(dfd)
+
+
+def test_unlink_order_with_the_file_registered_first_and_a_later_write(kq, tmp_path):
+    """Only the removal's own two hints are reordered: a change made before
+    it keeps its place (FreeBSD queues a knote where it was first
+    activated), and one made after it comes after."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "f").write_bytes(b"x")
+    (d / "g").write_bytes(b"")
+    gfd = os.open(d / "g", os.O_RDWR)
+    ffd = os.open(d / "f", os.O_RDONLY)
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        kq.change((gfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE),
+                  (ffd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE),
+                  (dfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE))
+        os.write(gfd, b"1")
+        os.unlink(d / "f")
+        os.write(gfd, b"2")
+        evs = kq.wait(8, 1.0)
+        assert [i for i, _ in _vnodes(evs)] == [gfd, dfd, ffd]
+        # A file of another (unwatched) directory unlinked just before an
+        # entry of the watched one: two removals, each in its own order.
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "h").write_bytes(b"")
+        (d / "i").write_bytes(b"")
+        hfd = os.open(other / "h", os.O_RDONLY)
+        try:
+            kq.change((hfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE))
+            assert _vnodes(kq.poll()) == [(dfd, lib.NOTE_WRITE)]   # i's creation
+            os.unlink(other / "h")
+            os.unlink(d / "i")
+            assert [i for i, _ in _vnodes(kq.wait(8, 1.0))] == [hfd, dfd]
+        finally:
+            os.close(hfd)
+    finally:
+        for fd in (gfd, ffd, dfd):
+            os.close(fd)
+
+
+def test_rmdir_of_a_watched_directory_in_a_watched_parent(kq, tmp_path):
+    """``vop_rmdir_post``: ``VFS_KNOTE_LOCKED(a->a_dvp, NOTE_WRITE |
+    NOTE_LINK); VFS_KNOTE_LOCKED(a->a_vp, NOTE_DELETE);`` -- inotify says
+    nothing about the removed directory while the watching descriptor keeps
+    it open, so the parent's entry removal is the cue to look at it
+    (``fstat``: ``st_nlink`` 0)."""
+    parent = tmp_path / "p"
+    (parent / "s").mkdir(parents=True)
+    pfd = os.open(parent, os.O_RDONLY)
+    sfd = os.open(parent / "s", os.O_RDONLY)
+    try:
+        kq.change((pfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_WRITE | lib.NOTE_LINK),
+                  (sfd, VNODE, EV_ADD | EV_CLEAR, lib.NOTE_DELETE | lib.NOTE_WRITE))
+        os.rmdir(parent / "s")
+        evs = kq.wait(8, 1.0)
+        assert _vnodes(evs) == [(pfd, lib.NOTE_WRITE | lib.NOTE_LINK), (sfd, lib.NOTE_DELETE)]
+        assert kq.poll() == []
+    finally:
+        os.close(sfd)
+        os.close(pfd)

@@ -22,7 +22,7 @@ import pytest
 
 from kqueue_py import ffi, lib
 
-from helpers import kevent_raw
+from helpers import kevent_raw, wait_blocked_in_kevent
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the Linux backend's descriptors")
@@ -125,7 +125,7 @@ def test_close_wakes_a_waiter_of_a_queue_without_wake_descriptor(fds):
 
     t = threading.Thread(target=waiter)
     t.start()
-    time.sleep(0.2)
+    wait_blocked_in_kevent(t)
     t0 = time.monotonic()
     lib.kqueue_close(kq)
     t.join(10.0)
@@ -139,7 +139,7 @@ def test_close_wakes_a_waiter_of_an_empty_queue():
     result: list = []
     t = threading.Thread(target=lambda: result.append(kevent_raw(kq, [], 4, 30.0)[:2]))
     t.start()
-    time.sleep(0.2)
+    wait_blocked_in_kevent(t)
     lib.kqueue_close(kq)
     t.join(10.0)
     assert not t.is_alive()

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import STATUS_LINE, Server, echo_server, http_server, read_response, request
+from helpers import STATUS_LINE, Server, echo_server, http_server, read_response, request, wait_until
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 # Built with sanitizers (make asan sets it).
@@ -451,19 +451,25 @@ def test_progressing_download_is_not_idle():
 # 6. EMFILE.
 
 
+NOFILE = 48
+
+
 def _cpu_while_out_of_descriptors(srv: Server, clients: list[socket.socket]) -> float:
-    time.sleep(0.2)
+    """The server's CPU seconds over 2 s once every one of its descriptors
+    is taken (so accept() fails with EMFILE from then on)."""
+    full = wait_until(lambda: len(os.listdir(f"/proc/{srv.proc.pid}/fd")) >= NOFILE, timeout=10.0)
+    assert full, "the server never ran out of descriptors"
     t0 = srv.cpu_seconds()
-    time.sleep(1.0)
+    time.sleep(2.0)                 # the measuring window, not a synchronisation
     return srv.cpu_seconds() - t0
 
 
 def test_http_emfile_backs_off_and_recovers():
-    with http_server("--accept-backoff", "0.05", nofile=48) as srv:
+    with http_server("--accept-backoff", "0.05", nofile=NOFILE) as srv:
         clients = [socket.create_connection(srv.addr) for _ in range(60)]
         try:
             cpu = _cpu_while_out_of_descriptors(srv, clients)
-            assert cpu < 0.3, f"{cpu:.2f} s of CPU in 1 s while out of descriptors"
+            assert cpu < 0.6, f"{cpu:.2f} s of CPU in 2 s while out of descriptors (spinning?)"
         finally:
             for c in clients[:30]:
                 c.close()
@@ -477,11 +483,11 @@ def test_http_emfile_backs_off_and_recovers():
 
 
 def test_echo_emfile_backs_off_and_recovers():
-    with echo_server("--accept-backoff", "0.05", nofile=48) as srv:
+    with echo_server("--accept-backoff", "0.05", nofile=NOFILE) as srv:
         clients = [socket.create_connection(srv.addr) for _ in range(60)]
         try:
             cpu = _cpu_while_out_of_descriptors(srv, clients)
-            assert cpu < 0.3, f"{cpu:.2f} s of CPU in 1 s while out of descriptors"
+            assert cpu < 0.6, f"{cpu:.2f} s of CPU in 2 s while out of descriptors (spinning?)"
         finally:
             for c in clients[:30]:
                 c.close()
@@ -643,7 +649,7 @@ def test_a_copy_of_an_example_runs_as_it_is(module, tmp_path):
 
 
 def _own_handler_snippet() -> str:
-    text = (Path(__file__).resolve().parent.parent / "docs" / "servers.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "servers.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     snippet = next(b for b in blocks if "@app.route" in b and "HTTPServer(" in b)
     assert "port=8080" in snippet

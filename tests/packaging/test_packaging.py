@@ -10,7 +10,7 @@ import pytest
 
 import kqueue_py
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _requires(extra: str) -> set[str]:
