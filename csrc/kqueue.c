@@ -336,8 +336,10 @@ static void atfork_child(void)
             continue;
         slot_set(i, NULL);
         close_queue_fds(kq);
-        /* The memory is left (and the lock held): nothing in the child can
-         * reach the queue any more. */
+        /* The memory is left: nothing in the child can reach the queue any
+         * more.  Its lock, taken by this thread in atfork_prepare, is let
+         * go, so the child holds no lock but the registry's below. */
+        pthread_mutex_unlock(&kq->lock);
     }
     pthread_mutex_unlock(&registry_lock);
     FOR_EACH_FILTER(ops)
@@ -426,7 +428,7 @@ int kqueue(void)
             ops->init(kq);
     __atomic_store_n(&kq->refs, 1, __ATOMIC_RELEASE);  /* the registry's reference */
     static uint64_t last_id;
-    kq->id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&kq->id, __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
     pthread_mutex_init(&kq->lock, NULL);
 
     int err;
@@ -489,14 +491,22 @@ static void kq_destroy(struct kq *kq)
     pthread_mutex_unlock(&registry_lock);
 }
 
+/* No lock: filters ask it while holding their queue's lock, and fork's
+ * prepare handler takes registry_lock before every queue's (the lock
+ * order).  Queue memory is reused, never freed, so reading a slot's id is
+ * safe; reading the slot again tells whether the id read is still its. */
 uint64_t kqueue_py_queue_id(int fd)
 {
-    uint64_t id = 0;
-    pthread_mutex_lock(&registry_lock);
-    if (slot_locked(fd) != NULL)
-        id = slot_locked(fd)->id;
-    pthread_mutex_unlock(&registry_lock);
-    return id;
+    if (fd < 0)
+        return 0;
+    for (;;) {
+        struct kq *kq = slot_load(fd);
+        if (kq == NULL)
+            return 0;
+        uint64_t id = __atomic_load_n(&kq->id, __ATOMIC_ACQUIRE);
+        if (slot_load(fd) == kq)
+            return id;
+    }
 }
 
 int kqueue_py_take_dropped(int kqfd, uint64_t *udata, int cap)
