@@ -143,6 +143,20 @@ class Queue(int):
         return bool(r)
 
 
+
+def fork_waiting_child(status: int = 0) -> tuple[int, int]:
+    """Fork a child that exits with ``status`` once a byte arrives on the
+    returned pipe end: ``(pid, w)``; ``os.write(w, b"x")`` lets it go (the
+    caller closes ``w`` and reaps the child)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.read(r, 1)
+        os._exit(status)
+    os.close(r)
+    return pid, w
+
+
 def wait_until(pred, timeout=2.0, interval=0.002):
     """Poll ``pred`` until true or ``timeout``; returns its last value."""
     deadline = time.monotonic() + timeout
@@ -215,6 +229,24 @@ def request(addr, raw: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str
     with socket.create_connection(addr, timeout=timeout) as s, s.makefile("rb") as f:
         s.sendall(raw)
         return read_response(f)
+
+def exchange(addr, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``raw``, shut down the sending side, return all that comes back
+    (until the server closes or resets the connection)."""
+    with socket.create_connection(addr, timeout=timeout) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        out = bytearray()
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import weakref
 import pytest
 
 from kqueue_py import KEEP, Change, KQueue, compat, lib
+
+from helpers import fork_waiting_child
 from kqueue_py.selectors import KqueueSelector
 
 TIMER, USER, READ, PROC = lib.EVFILT_TIMER, lib.EVFILT_USER, lib.EVFILT_READ, lib.EVFILT_PROC
@@ -181,12 +183,7 @@ def test_udata_released_after_a_process_exit_without_oneshot():
     with KQueue() as q:
         refs = []
         for i in range(20):
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - child
-                os.read(r, 1)
-                os._exit(0)
-            os.close(r)
+            pid, w = fork_waiting_child()
             tag = Tag(f"child{i}")
             refs.append(weakref.ref(tag))
             q.apply([Change(pid, PROC, EV_ADD, lib.NOTE_EXIT, 0, tag)])
@@ -205,12 +202,7 @@ def test_udata_released_after_the_exit_of_a_process_watched_without_note_exit():
     # fflags=0 asks for no event: at exit the registration goes without a
     # report (FreeBSD's EV_DROP), and its udata must go with it.
     with KQueue() as q:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            os.read(r, 1)
-            os._exit(0)
-        os.close(r)
+        pid, w = fork_waiting_child()
         tag = Tag("no NOTE_EXIT")
         ref = weakref.ref(tag)
         q.add_process(pid, udata=tag, fflags=0)

@@ -19,6 +19,8 @@ import pytest
 
 from kqueue_py import lib
 
+from helpers import fork_waiting_child
+
 EV_ADD, EV_DELETE = lib.EV_ADD, lib.EV_DELETE
 EV_ENABLE, EV_DISABLE = lib.EV_ENABLE, lib.EV_DISABLE
 EV_RECEIPT, EV_KEEPUDATA = lib.EV_RECEIPT, lib.EV_KEEPUDATA
@@ -121,12 +123,7 @@ def test_receipt_on_a_change_of_an_existing_registration_changes_nothing(kq):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_proc_exit_carries_oneshot_clear_eof(kq):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        os.read(r, 1)
-        os._exit(3)
-    os.close(r)
+    pid, w = fork_waiting_child(3)
     try:
         kq.change((pid, lib.EVFILT_PROC, EV_ADD, lib.NOTE_EXIT, 0, 7))
         os.write(w, b"x")

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import STATUS_LINE, Server, echo_server, http_server, read_response, request, wait_until
+from helpers import (STATUS_LINE, Server, echo_server, exchange, http_server, read_response, request,
+                     wait_until)
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 # Built with sanitizers (make asan sets it).
@@ -32,21 +33,6 @@ SANITIZED = bool(os.environ.get("KQUEUE_PY_SANITIZED"))
 LINGER0 = struct.pack("ii", 1, 0)     # close() sends a reset
 
 
-def exchange(addr, raw: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``raw``, shut down the sending side, return all that comes back."""
-    with socket.create_connection(addr, timeout=timeout) as s:
-        s.sendall(raw)
-        s.shutdown(socket.SHUT_WR)
-        out = bytearray()
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
 
 
 def closed_by_peer(s: socket.socket, timeout: float) -> bool:

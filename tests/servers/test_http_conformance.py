@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import H11Client, Server, http_server
+from helpers import H11Client, Server, exchange, http_server
 
 # An app with the default routes plus handlers that try to break the
 # framing.  It imports only what kqueue_py.examples.http has always exported.
@@ -52,25 +52,10 @@ def srv(request) -> Iterator[Server]:
     assert s.proc.returncode == 0, s.stderr()
 
 
-def raw_exchange(addr, raw: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``raw`` and shut down the sending side; all that comes back."""
-    with socket.create_connection(addr, timeout=timeout) as s:
-        s.sendall(raw)
-        s.shutdown(socket.SHUT_WR)
-        out = bytearray()
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                return bytes(out)
-            out += chunk
-    return bytes(out)
 
 
 def status_of(addr, raw: bytes) -> int:
-    out = raw_exchange(addr, raw)
+    out = exchange(addr, raw)
     assert out.startswith(b"HTTP/1.1 "), out[:200]
     return int(out[9:12])
 
@@ -218,7 +203,7 @@ def test_chunked_body_over_the_limit_is_413_before_it_arrives(srv):
     (b"Transfer-Encoding: chunked\r\n\r\n5;a=\x01\r\nhello\r\n0\r\n\r\n", 400),
 ])
 def test_chunked_smuggling_shapes_are_refused_with_a_close(srv, raw, status):
-    out = raw_exchange(srv.addr, b"POST /echo HTTP/1.1\r\nHost: t\r\n" + raw
+    out = exchange(srv.addr, b"POST /echo HTTP/1.1\r\nHost: t\r\n" + raw
                        + b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 %d " % status), out[:200]
     assert out.count(b"HTTP/1.1 ") == 1, out                 # nothing after: closed
