@@ -1022,23 +1022,15 @@ SCENARIOS: List[Scenario] = [
 FLOOR_SLACK = 1.3
 
 
-#: Scenarios whose raw-C variants are no floor: a batch of 1,000 or 10,000
-#: changes is the backend's allocations, and the C program, a fresh process,
-#: allocates from a cold heap where the Python process's is warm (the C
-#: program is steadily slower there, by up to a third).
-NO_FLOOR = ("regdel1000", "timers10000")
-
-
 def floors(variants: List[str], scenario: str = "") -> Dict[str, List[str]]:
     """For each raw-C variant present, the variants that do its work and
     more, so can never be faster: every kqueue_py and ctypes variant calls
     the very ``kevent`` that ``rawC kevent`` calls (not the selector: it
     registers with ``NOTE_NODATA``, which spares the backend work per
     event); the stdlib's epoll variants make the system calls that
-    ``rawC epoll`` makes.  None for the scenarios in :data:`NO_FLOOR`."""
+    ``rawC epoll`` makes.  (The batch scenarios' C program keeps its heap
+    as a long-lived process does: see rawc_bench.c's ``mallopt``.)"""
     out: Dict[str, List[str]] = {}
-    if scenario in NO_FLOOR:
-        return out
     if RAWC_KEVENT in variants:
         out[RAWC_KEVENT] = [v for v in variants if v.startswith(("kqueue_py", "ctypes"))
                             and "KqueueSelector" not in v]
