@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from kqueue_py.bench.servers import read_response_body
+from kqueue_py.bench.servers import read_response_body, wait_listening
 
 HELLO = b"Hello from kqueue_py\n"
 KINDS = ["kqueue_py", "kqueue_py --workers 2", "uvicorn+httptools", "uvicorn+httptools+uvloop"]
@@ -92,17 +92,8 @@ def _start(kind: str) -> tuple[subprocess.Popen[bytes], int]:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)],
                             stderr=subprocess.DEVNULL, cwd="/")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind}: the server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{kind}: the server did not start")
+    wait_listening(proc, port, f"{kind}: the server", 20.0)
+    return proc, port
 
 
 def measure(kind: str, n: int, requests: int) -> dict[str, float]:

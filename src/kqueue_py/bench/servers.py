@@ -207,17 +207,26 @@ def _start(kind: str) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "kqueue_py.bench.servers", "--serve", kind,
                              "--port", str(port)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
+    wait_listening(proc, port, f"{kind} server", 10.0)
+    return proc, port
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float) -> None:
+    """Wait until the server ``proc`` accepts connections on ``port`` of
+    127.0.0.1; ``RuntimeError`` if it exits first or ``timeout`` passes
+    (then it is killed)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
+            err = proc.stderr.read().decode()[-500:] if proc.stderr is not None else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {err}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
+            return
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"{kind} server did not start")
+    raise RuntimeError(f"{what} did not start")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
