@@ -269,6 +269,10 @@ assert hasattr(s1, "epoll") is hasattr(s1, "EPOLLIN") is (not HIDE)
 sel1 = fresh("selectors")
 assert sel1 is not selectors and sel1.DefaultSelector is sel1.KqueueSelector
 assert hasattr(sel1, "EpollSelector") is (not HIDE)
+# Building the fresh selectors left the live select as installed (on PyPy,
+# select is built in, and a careless copy of it re-initialises the live one).
+assert sys.modules["select"] is select and select.kqueue is compat.kqueue
+assert hasattr(select, "epoll") is hasattr(select, "EPOLLIN") is (not HIDE)
 with sel1.DefaultSelector() as sel:                # a working selector on the fresh modules
     import socket
     a, b = socket.socketpair()
