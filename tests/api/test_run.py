@@ -403,15 +403,38 @@ def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path):
         read_until(b"ready")
         os.write(master, b"\x03")                 # Ctrl-C
         read_until(b"got SIGINT")
-        # A signal sent to the runner by a process is passed on, and after
-        # any copy of SIGINT it might have forwarded (lower numbers first).
+        # SIGINT sent to the runner alone by a process is passed on, once.
+        os.kill(pid, signal.SIGINT)
+        read_until(b"got SIGINT(.|\n)*got SIGINT")
+        # So is another signal, after any copy of SIGINT the runner might
+        # have forwarded (lower numbers first).
         os.kill(pid, signal.SIGUSR1)
         read_until(rb"count \d+\r?\n")
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(master)
-    assert re.search(rb"count 1\r?\n", out), out
+    assert re.search(rb"count 2\r?\n", out), out
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_runner_started_with_sigchld_ignored_still_reports_the_exit_status(tmp_path):
+    """A parent that ignores SIGCHLD passes that on; the runner must still
+    learn the command's exit status, and the command starts with SIGCHLD
+    ignored as it would if started directly (the oracle)."""
+    probe = [sys.executable, "-I", "-c",
+             "import sys; sys.stdout.write(next(line for line in open('/proc/self/status')"
+             " if line.startswith('SigIgn:'))); sys.exit(3)"]
+
+    def ignoring_sigchld(cmd: list) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+
+    direct = ignoring_sigchld(probe)
+    under = ignoring_sigchld([*RUN, "--", *probe])
+    assert direct.returncode == under.returncode == 3, under.stderr
+    assert under.stdout == direct.stdout
+    ignored = int(under.stdout.split()[-1], 16)
+    assert ignored & (1 << (signal.SIGCHLD - 1))
 
 
 def test_the_command_starts_with_the_signal_state_a_shell_gives(tmp_path):
