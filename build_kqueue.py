@@ -130,6 +130,23 @@ LINUX_CDEF = """
  * descriptor was closed or its number reused; returns how many were copied
  * (at most cap), or -1 with errno. */
 int kqueue_py_take_dropped(int kq, uint64_t *udata, int cap);
+
+/* For python -m kqueue_py.run: a close-on-exec signalfd reading the signals
+ * signos[0..n-1] (which the caller keeps blocked), or -errno.  Each read
+ * gives one signal with its sender, on every interpreter (PyPy has no
+ * signal.sigtimedwait). */
+int kqueue_py_signalfd(const int *signos, int n);
+/* Whether signo's disposition is SIG_IGN (1) or not (0), or -errno: what
+ * the kernel holds, also where the interpreter does not say (PyPy reports
+ * a disposition ignored since exec as SIG_DFL). */
+int kqueue_py_signal_ignored(int signo);
+struct signalfd_siginfo {
+    uint32_t ssi_signo;
+    int32_t  ssi_code;
+    uint32_t ssi_pid;
+    ...;
+};
+#define SI_KERNEL ...
 """
 
 # The kernel's kevent() takes a timespec: the BSD shim makes one from the
@@ -198,9 +215,31 @@ static uint64_t kqueue_py_queue_id(int kq) { (void)kq; return 0; }
 """ + SHIM + CALL
 
 LINUX_SOURCE = """
+#include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <time.h>
 #include <sys/event.h>
+#include <sys/signalfd.h>
+
+static int kqueue_py_signalfd(const int *signos, int n)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < n; i++)
+        if (sigaddset(&set, signos[i]) < 0)
+            return -errno;
+    int fd = signalfd(-1, &set, SFD_CLOEXEC);
+    return fd >= 0 ? fd : -errno;
+}
+
+static int kqueue_py_signal_ignored(int signo)
+{
+    struct sigaction old;
+    if (sigaction(signo, NULL, &old) < 0)
+        return -errno;
+    return !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN;
+}
 """ + CALL
 
 

@@ -16,6 +16,11 @@ class _Lib:
     # of registrations the backend dropped because their descriptor was
     # closed or reused into udata (a uint64_t[]); returns the count or -1.
     def kqueue_py_take_dropped(self, kq: int, udata: Any, cap: int) -> int: ...
+    # Linux only: a close-on-exec signalfd over the signals in signos (an
+    # int[] of n), or -errno; its reads are struct signalfd_siginfo.
+    def kqueue_py_signalfd(self, signos: Any, n: int) -> int: ...
+    # Linux only: whether signo's disposition is SIG_IGN (1, else 0), or -errno.
+    def kqueue_py_signal_ignored(self, signo: int) -> int: ...
     # kevent() with the timeout in nanoseconds (< 0: forever, 0: poll);
     # returns the number of events, or -errno on failure.
     def kqueue_py_kevent(self, kq: int, changelist: Any, nchanges: int,

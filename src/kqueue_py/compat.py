@@ -578,14 +578,25 @@ class _PatchingLoader:
         # the module executes: run it against an unpatched ``select`` so that
         # it defines what it would without kqueue_py (and uninstall() can
         # restore exactly that), then point it at the live, patched module.
+        #
+        # The unpatched copy is made with ``select`` out of sys.modules, as a
+        # fresh import makes one.  With it there, PyPy (whose ``select`` is
+        # built into the interpreter) takes the creation for a reload: it
+        # hands back the live, patched module itself and re-initialises it,
+        # putting hidden names back.  Without it, PyPy copies the module's
+        # initial namespace and CPython makes a new module from its
+        # extension's definition: either way a module as the stdlib made it.
         pristine = None
         spec = _original_spec("select", self._finder)
-        if spec is not None and spec.loader is not None:
-            pristine = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(pristine)
-        if pristine is not None:
-            sys.modules["select"] = pristine
+        sys.modules.pop("select", None)
         try:
+            if spec is not None and spec.loader is not None:
+                pristine = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(pristine)
+            if pristine is not None:
+                sys.modules["select"] = pristine
+            elif live is not None:
+                sys.modules["select"] = live
             self._loader.exec_module(module)
         finally:
             if live is not None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["main", "hook_environment", "activate", "ENV_VAR"]
 
@@ -186,37 +186,74 @@ def _run(argv: List[str], env: Dict[str, str]) -> int:
 
     forwarded = {getattr(signal, name) for name in _FORWARDED if hasattr(signal, name)}
     waited = forwarded | {signal.SIGCHLD}
+    # A parent that ignores SIGCHLD passes that on to us; the kernel would
+    # then reap the command itself, leaving no exit status to report.  The
+    # command still starts with it ignored, as a shell would start it.
+    chld_ignored = _ignored(signal.SIGCHLD)
+    if chld_ignored:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # Block the signals before the child exists, so none is lost or acted on
     # by default in this process; the child starts with the mask we had and
     # with the dispositions a shell would give it (Python ignores SIGPIPE).
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    watch: Optional[_SignalWatch] = None
     try:
+        if _SignalWatch.available():
+            try:
+                watch = _SignalWatch(waited)
+            except OSError as exc:
+                sys.stderr.write(f"kqueue_py.run: cannot watch for signals: {exc.strerror}\n")
+                return 126
         try:
-            pid = _spawn(argv, env, old_mask)
+            pid = _spawn(argv, env, old_mask, chld_ignored)
         except OSError as exc:
             sys.stderr.write(f"kqueue_py.run: cannot run {argv[0]!r}: {exc.strerror}\n")
             return 127 if isinstance(exc, FileNotFoundError) else 126
-        if hasattr(signal, "sigtimedwait"):
-            status = _wait_forwarding(pid, waited)
+        if watch is not None:
+            status = _wait_forwarding(pid, watch)
         else:
             status = _wait_with_handlers(pid, forwarded, old_mask)
     finally:
+        if watch is not None:
+            watch.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if chld_ignored:
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
 
 
-def _spawn(argv: List[str], env: Dict[str, str], mask: Any) -> int:
-    """Start ``argv`` with the signal mask ``mask``, as subprocess starts a
-    program otherwise (SIGPIPE and SIGXFSZ back to their default action); its
-    pid.  Not posix_spawn: glibc's leaves its internal signals ignored in the
-    new program."""
+def _ignored(signo: int) -> bool:
+    """Whether ``signo`` is ignored in this process, as the kernel holds it
+    (PyPy's ``signal.getsignal`` reports a signal ignored since exec as
+    ``SIG_DFL``)."""
+    import signal
+
+    from ._kqueue import lib
+
+    if hasattr(lib, "kqueue_py_signal_ignored"):
+        found = lib.kqueue_py_signal_ignored(signo)
+        if found < 0:
+            raise OSError(-found, os.strerror(-found))
+        return found == 1
+    return signal.getsignal(signo) == signal.SIG_IGN
+
+
+def _spawn(argv: List[str], env: Dict[str, str], mask: Any, chld_ignored: bool) -> int:
+    """Start ``argv`` with the signal mask ``mask`` (and SIGCHLD ignored if
+    ``chld_ignored``), as subprocess starts a program otherwise (SIGPIPE and
+    SIGXFSZ back to their default action); its pid.  Not posix_spawn:
+    glibc's leaves its internal signals ignored in the new program."""
     import signal
     import subprocess
 
-    proc = subprocess.Popen(argv, env=env, restore_signals=True,
-                            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask))
+    def child_signals() -> None:
+        if chld_ignored:
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    proc = subprocess.Popen(argv, env=env, restore_signals=True, preexec_fn=child_signals)
     proc.returncode = 0   # reaped here, by waitpid: Popen must not track it
     return proc.pid
 
@@ -228,29 +265,65 @@ def _forward(pid: int, signo: int) -> None:
         pass
 
 
-def _wait_forwarding(pid: int, waited: Any) -> int:
+class _SignalWatch:
+    """The blocked signals taken one at a time with their sender, from a
+    signalfd (Linux): the same on every interpreter, PyPy included, which
+    has no ``signal.sigtimedwait``."""
+
+    def __init__(self, signals: Any) -> None:
+        from ._kqueue import ffi, lib
+
+        signos = sorted(int(s) for s in signals)
+        fd = lib.kqueue_py_signalfd(ffi.new("int[]", signos), len(signos))
+        if fd < 0:
+            raise OSError(-fd, os.strerror(-fd))
+        self.fd = fd
+        self._ffi = ffi
+        self._size = ffi.sizeof("struct signalfd_siginfo")
+        #: si_code of a signal the kernel itself sent (a terminal's).
+        self.si_kernel: int = lib.SI_KERNEL
+
+    @staticmethod
+    def available() -> bool:
+        from ._kqueue import lib
+
+        return hasattr(lib, "kqueue_py_signalfd")
+
+    def take(self) -> Tuple[int, int, int]:
+        """The next signal (waiting for one): its number, si_code, sender's pid."""
+        data = os.read(self.fd, self._size)   # PEP 475: retried if interrupted
+        info = self._ffi.from_buffer("struct signalfd_siginfo *", data)
+        return int(info.ssi_signo), int(info.ssi_code), int(info.ssi_pid)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _wait_forwarding(pid: int, watch: _SignalWatch) -> int:
     """Wait for ``pid`` with the signals blocked, taking each one with its
-    sender (sigtimedwait), and pass it on."""
+    sender, and pass it on."""
     import signal
 
-    si_kernel = getattr(signal, "SI_KERNEL", 0x80)
     while True:
         wpid, status = os.waitpid(pid, os.WNOHANG)
         if wpid == pid:
             return status
-        info = signal.sigtimedwait(waited, 1.0)
-        if info is None or info.si_signo == signal.SIGCHLD:
+        # The command's exit is a SIGCHLD, which ends the wait: blocked since
+        # before the command started, it cannot be missed.
+        signo, code, sender = watch.take()
+        if signo == signal.SIGCHLD:
             continue
         # A signal the terminal sent (from the kernel, no sending process)
         # went to the whole foreground process group, the command included:
         # passing it on would deliver it twice.
-        if info.si_pid == 0 and info.si_code == si_kernel:
+        if sender == 0 and code == watch.si_kernel:
             continue
-        _forward(pid, info.si_signo)
+        _forward(pid, signo)
 
 
 def _wait_with_handlers(pid: int, forwarded: Any, old_mask: Any) -> int:
-    """Where sigtimedwait is missing (macOS): handlers pass the signals on."""
+    """Where there is no signalfd (BSD, macOS): handlers pass the signals
+    on, without knowing who sent them."""
     import signal
 
     previous = {signo: signal.signal(signo, lambda signo, frame: _forward(pid, signo))

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or hasattr(select, "kqueue"),
@@ -269,6 +270,10 @@ assert hasattr(s1, "epoll") is hasattr(s1, "EPOLLIN") is (not HIDE)
 sel1 = fresh("selectors")
 assert sel1 is not selectors and sel1.DefaultSelector is sel1.KqueueSelector
 assert hasattr(sel1, "EpollSelector") is (not HIDE)
+# Building the fresh selectors left the live select as installed (on PyPy,
+# select is built in, and a careless copy of it re-initialises the live one).
+assert sys.modules["select"] is select and select.kqueue is compat.kqueue
+assert hasattr(select, "epoll") is hasattr(select, "EPOLLIN") is (not HIDE)
 with sel1.DefaultSelector() as sel:                # a working selector on the fresh modules
     import socket
     a, b = socket.socketpair()
@@ -356,27 +361,52 @@ def test_pytest_plugin(tmp_path):
     assert not off["kqueue"] and off["epoll"] and off["conftest_epoll"], off
 
 
+# Counts each delivery of SIGINT (the interpreter runs a Python handler once
+# for deliveries that come close together, but writes one byte per delivery
+# to its wakeup descriptor); prints the count at each SIGUSR1.
 COUNTS_SIGINT = r"""
-import signal, sys
+import os, signal, sys
+r, w = os.pipe()
+os.set_blocking(r, False)
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)
 count = 0
 def on_int(signo, frame):
-    global count
-    count += 1
     print("got SIGINT", flush=True)
 def on_usr1(signo, frame):
+    global count
+    try:
+        count += os.read(r, 4096).count(bytes([signal.SIGINT]))
+    except BlockingIOError:
+        pass
     print("count", count, flush=True)
-    sys.exit(0)
 signal.signal(signal.SIGINT, on_int)
 signal.signal(signal.SIGUSR1, on_usr1)
+signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(0))
 print("ready", flush=True)
 while True:
     signal.pause()
 """
 
 
+def _proc_status(pid: int, field: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name == field:
+                return value.strip()
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _sigint_pending(pid: int) -> bool:
+    """Whether SIGINT is pending for the process ``pid``."""
+    return bool(int(_proc_status(pid, "ShdPnd"), 16) & (1 << (signal.SIGINT - 1)))
+
+
 def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path):
     """The terminal sends SIGINT to the whole foreground process group, the
-    command included; the runner must not pass its own copy on as well."""
+    command included; the runner must not pass its own copy on as well.  A
+    SIGINT sent to the runner alone is passed on, once."""
     import pty
 
     pid, master = pty.fork()
@@ -388,6 +418,7 @@ def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path):
     def read_until(pattern: bytes) -> None:
         nonlocal out
         while not re.search(pattern, out):
+            assert select.select([master], [], [], 60)[0], out   # fail, never hang
             try:
                 chunk = os.read(master, 4096)
             except OSError:   # EIO: the terminal's other side is gone
@@ -396,18 +427,60 @@ def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path):
             out += chunk
 
     try:
-        read_until(b"ready")
+        read_until(b"ready\r?\n")
+        # The kernel keeps one pending instance of a standard signal: a copy
+        # the runner passed on while the command had not yet taken the
+        # terminal's would merge with it, unseen.  So the runner is stopped
+        # while the command takes the terminal's SIGINT, and acts on its own
+        # only afterwards: any copy it passes on then is a second delivery.
+        os.kill(pid, signal.SIGSTOP)
+        assert wait_until(lambda: _proc_status(pid, "State").startswith("T"), timeout=60)
         os.write(master, b"\x03")                 # Ctrl-C
         read_until(b"got SIGINT")
-        # A signal sent to the runner by a process is passed on, and after
-        # any copy of SIGINT it might have forwarded (lower numbers first).
+        assert _sigint_pending(pid)              # the runner's own copy, not yet taken
+        os.kill(pid, signal.SIGCONT)
+        assert wait_until(lambda: not _sigint_pending(pid), timeout=60)
+        # Signals from a process are passed on, in order (lower numbers
+        # first): SIGUSR1 reaches the command after any SIGINT the runner
+        # forwarded.
         os.kill(pid, signal.SIGUSR1)
         read_until(rb"count \d+\r?\n")
-    finally:
+        assert re.search(rb"count 1\r?\n", out), out
+        # SIGINT sent to the runner alone by a process: passed on, once.
+        os.kill(pid, signal.SIGINT)
+        read_until(b"got SIGINT(.|\n)*got SIGINT")
+        os.kill(pid, signal.SIGUSR1)
+        read_until(rb"count \d+\r?\n(.|\n)*count \d+\r?\n")
+        assert re.search(rb"count 1\r?\n(.|\n)*count 2\r?\n", out), out
+        os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.killpg(pid, signal.SIGKILL)   # the runner leads the session and group
+        os.waitpid(pid, 0)
+        raise
+    finally:
         os.close(master)
-    assert re.search(rb"count 1\r?\n", out), out
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_runner_started_with_sigchld_ignored_still_reports_the_exit_status(tmp_path):
+    """A parent that ignores SIGCHLD passes that on; the runner must still
+    learn the command's exit status, and the command starts with SIGCHLD
+    ignored as it would if started directly (the oracle)."""
+    probe = [sys.executable, "-I", "-c",
+             "import sys; sys.stdout.write(next(line for line in open('/proc/self/status')"
+             " if line.startswith('SigIgn:'))); sys.exit(3)"]
+
+    def ignoring_sigchld(cmd: list) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+
+    direct = ignoring_sigchld(probe)
+    under = ignoring_sigchld([*RUN, "--", *probe])
+    assert direct.returncode == under.returncode == 3, under.stderr
+    assert under.stdout == direct.stdout
+    ignored = int(under.stdout.split()[-1], 16)
+    assert ignored & (1 << (signal.SIGCHLD - 1))
 
 
 def test_the_command_starts_with_the_signal_state_a_shell_gives(tmp_path):
