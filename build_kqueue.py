@@ -121,6 +121,10 @@ struct kqueue_py_call {
     ...;
 };
 int kqueue_py_call(const struct kqueue_py_call *call);
+
+/* CPython only (FAST below): make raw.kq_wait and raw.kq_apply C functions;
+ * 0 on success, -1 where there are none (PyPy, free-threaded CPython). */
+int kqueue_py_fast_install(void);
 """
 
 # The Linux backend only: the kernel's kqueue never drops a registration
@@ -182,6 +186,291 @@ static int kqueue_py_call(const struct kqueue_py_call *call)
 }
 """
 
+# raw.kq_wait and raw.kq_apply as C functions of the interpreter (CPython
+# with the GIL only; PyPy's JIT makes the Python functions as fast).  Called
+# again with the arguments of an earlier call -- what an event loop does --
+# they find the prepared request in raw.py's caches (the same dicts and
+# entries the Python functions use), release the GIL around
+# kqueue_py_call() and return; everything else (the first call with new
+# arguments, keywords, anything unusual, a wait with a timeout > 0, a
+# failure, EINTR) is handed to the Python function, which does all the
+# checking and owns the behaviour.  So a call costs one C call, like
+# select.epoll.poll, instead of a Python frame plus a cffi call.  Limited
+# API only (the wheel is abi3).  The cache entry is held across the call:
+# another thread emptying the cache cannot free the request meanwhile.
+FAST = """
+#if !defined(PYPY_VERSION) && !defined(Py_GIL_DISABLED)
+static PyObject *kqpy_waits, *kqpy_applies;         /* raw._waits, raw._applies */
+static PyObject *kqpy_wait_py, *kqpy_wait_failed;   /* raw._kq_wait_py, ._wait_failed */
+static PyObject *kqpy_apply_py, *kqpy_apply_failed; /* raw._kq_apply_py, ._apply_failed */
+
+/* The prepared request of a cache entry (entry[at] is its address), or
+ * NULL: hand the call to Python. */
+static const struct kqueue_py_call *kqpy_request(PyObject *entry, Py_ssize_t at)
+{
+    PyObject *addr = PyTuple_GetItem(entry, at);
+    if (addr == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return (const struct kqueue_py_call *)PyLong_AsVoidPtr(addr);
+}
+
+/* a == b for two ints (the same object, or two ints of one value).
+ * Nothing here may name one of the interpreter's data symbols (Py_None,
+ * Py_True, PyLong_Type...): the benchmark's C program dlopen()s this
+ * module outside any Python, where only functions can stay unresolved. */
+static int kqpy_same(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    if (!PyLong_Check(a) || !PyLong_Check(b))
+        return 0;
+    int r = PyObject_RichCompareBool(a, b, Py_EQ);
+    if (r < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return r;
+}
+
+static PyObject *kqpy_lookup(PyObject *dict, PyObject *key)
+{
+    PyObject *v = PyDict_GetItemWithError(dict, key);   /* borrowed */
+    if (v == NULL)
+        PyErr_Clear();          /* a key that is not hashable: Python says so */
+    return v;
+}
+
+/* The last request each function ran, with the arguments it was cached
+ * for (references held: the objects cannot go away, so the same address
+ * is the same object): an event loop calls with the same arguments again
+ * and again, and is served without a dict lookup.  A prepared request is
+ * never written again, so what is remembered stays right even after the
+ * caches let it go.  Under the GIL. */
+struct kqpy_memo {
+    PyObject *key;              /* events / change */
+    PyObject *kq, *cap, *timeout;
+    PyObject *entry;            /* owns the request */
+    const struct kqueue_py_call *req;
+};
+static struct kqpy_memo kqpy_wait_memo, kqpy_apply_memo;
+
+static void kqpy_remember(struct kqpy_memo *m, PyObject *key, PyObject *kq, PyObject *cap,
+                          PyObject *timeout, PyObject *entry,
+                          const struct kqueue_py_call *req)
+{
+    struct kqpy_memo old = *m;
+    Py_INCREF(key);
+    Py_INCREF(kq);
+    Py_XINCREF(cap);
+    Py_XINCREF(timeout);
+    Py_INCREF(entry);
+    *m = (struct kqpy_memo){key, kq, cap, timeout, entry, req};
+    Py_XDECREF(old.key);        /* may run arbitrary code: m is set first */
+    Py_XDECREF(old.kq);
+    Py_XDECREF(old.cap);
+    Py_XDECREF(old.timeout);
+    Py_XDECREF(old.entry);
+}
+
+static int kqpy_run(PyObject *entry, const struct kqueue_py_call *req)
+{
+    Py_INCREF(entry);           /* keeps the request alive across the call */
+    PyThreadState *ts = PyEval_SaveThread();
+    int r = kqueue_py_call(req);
+    PyEval_RestoreThread(ts);
+    Py_DECREF(entry);
+    return r;
+}
+
+/* The Python function fn called with what the C function got (vectorcall
+ * convention: kwnames names the last arguments). */
+static PyObject *kqpy_delegate(PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *tuple = PyTuple_New(nargs), *kw = NULL, *r = NULL;
+    if (tuple == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(tuple, i, args[i]);
+    }
+    if (kwnames != NULL && PyTuple_Size(kwnames) > 0) {
+        kw = PyDict_New();
+        if (kw == NULL)
+            goto out;
+        for (Py_ssize_t i = 0; i < PyTuple_Size(kwnames); i++)
+            if (PyDict_SetItem(kw, PyTuple_GetItem(kwnames, i), args[nargs + i]) < 0)
+                goto out;
+    }
+    r = PyObject_Call(fn, tuple, kw);
+out:
+    Py_DECREF(tuple);
+    Py_XDECREF(kw);
+    return r;
+}
+
+static PyObject *kqpy_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    (void)self;
+    if (kwnames != NULL || nargs != 4)
+        return kqpy_delegate(kqpy_wait_py, args, nargs, kwnames);
+    PyObject *kq = args[0], *events = args[1], *cap = args[2], *timeout = args[3];
+    struct kqpy_memo *m = &kqpy_wait_memo;
+    PyObject *entry;
+    const struct kqueue_py_call *req = NULL;
+    if (m->key == events && kqpy_same(m->kq, kq) && kqpy_same(m->cap, cap)
+            && kqpy_same(m->timeout, timeout)) {
+        entry = m->entry;
+        req = m->req;
+        goto run;
+    }
+    /* raw._waits[events] = (events, kq, cap, timeout_ms, request, address) */
+    entry = kqpy_lookup(kqpy_waits, events);
+    if (entry != NULL && PyTuple_Check(entry) && PyTuple_Size(entry) == 6
+            && PyTuple_GetItem(entry, 0) == events && PyLong_Check(timeout)
+            && kqpy_same(PyTuple_GetItem(entry, 1), kq)
+            && kqpy_same(PyTuple_GetItem(entry, 2), cap)
+            && kqpy_same(PyTuple_GetItem(entry, 3), timeout)) {
+        /* A poll or a wait for ever: a wait with a timeout needs a
+         * deadline for EINTR, which the Python function keeps. */
+        long ms = PyLong_AsLong(timeout);
+        if (ms == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        else if (ms <= 0)
+            req = kqpy_request(entry, 5);
+    }
+    if (req == NULL)
+        return kqpy_delegate(kqpy_wait_py, args, nargs, NULL);
+    kqpy_remember(m, events, kq, cap, timeout, entry, req);
+run:;
+    int n = kqpy_run(entry, req);
+    if (n >= 0)
+        return PyLong_FromLong(n);
+    return PyObject_CallFunction(kqpy_wait_failed, "OOOOi", kq, events, cap, timeout, n);
+}
+
+static PyObject *kqpy_apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    (void)self;
+    if (kwnames != NULL || nargs != 2)
+        return kqpy_delegate(kqpy_apply_py, args, nargs, kwnames);
+    PyObject *kq = args[0], *change = args[1];
+    struct kqpy_memo *m = &kqpy_apply_memo;
+    PyObject *entry;
+    const struct kqueue_py_call *req = NULL;
+    if (m->key == change && kqpy_same(m->kq, kq)) {
+        entry = m->entry;
+        req = m->req;
+        goto run;
+    }
+    /* raw._applies[kq][change] = (change, request, address) */
+    PyObject *per = kqpy_lookup(kqpy_applies, kq);
+    entry = per != NULL && PyDict_Check(per) ? kqpy_lookup(per, change) : NULL;
+    if (entry != NULL && PyTuple_Check(entry) && PyTuple_Size(entry) == 3
+            && PyTuple_GetItem(entry, 0) == change)
+        req = kqpy_request(entry, 2);
+    if (req == NULL)
+        return kqpy_delegate(kqpy_apply_py, args, nargs, NULL);
+    kqpy_remember(m, change, kq, NULL, NULL, entry, req);
+run:;
+    int r = kqpy_run(entry, req);
+    if (r >= 0)
+        return PyBool_FromLong(1);
+    return PyObject_CallFunction(kqpy_apply_failed, "i", r);
+}
+
+/* METH_FASTCALL: the limited API names it from 3.10 on, but the flag and
+ * its calling convention are those of every CPython since 3.7 (the wheel
+ * is cp39-abi3): no argument tuple per call. */
+#define KQPY_METH_FASTCALL 0x0080
+static PyMethodDef kqpy_wait_def = {
+    "kq_wait", (PyCFunction)(void (*)(void))kqpy_wait, KQPY_METH_FASTCALL | METH_KEYWORDS, NULL};
+static PyMethodDef kqpy_apply_def = {
+    "kq_apply", (PyCFunction)(void (*)(void))kqpy_apply, KQPY_METH_FASTCALL | METH_KEYWORDS,
+    NULL};
+
+/* def's docstring: the Python function's (a copy that lives for ever). */
+static int kqpy_doc(PyMethodDef *def, PyObject *fn)
+{
+    PyObject *doc = PyObject_GetAttrString(fn, "__doc__");
+    if (doc == NULL)
+        return -1;
+    PyObject *utf8 = PyUnicode_Check(doc) ? PyUnicode_AsUTF8String(doc) : NULL;
+    Py_DECREF(doc);
+    if (utf8 == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    const char *text = PyBytes_AsString(utf8);
+    char *copy = text != NULL ? strdup(text) : NULL;
+    Py_DECREF(utf8);
+    if (copy == NULL)
+        return -1;
+    def->ml_doc = copy;
+    return 0;
+}
+
+static int kqpy_install_locked(void)
+{
+    if (kqpy_waits != NULL)
+        return 0;
+    PyObject *modules = PyImport_GetModuleDict();
+    PyObject *raw = modules != NULL ? PyDict_GetItemString(modules, "kqueue_py.raw") : NULL;
+    if (raw == NULL)
+        return -1;
+    PyObject *got[6];
+    static const char *const names[6] = {"_waits", "_applies", "_kq_wait_py", "_wait_failed",
+                                         "_kq_apply_py", "_apply_failed"};
+    for (int i = 0; i < 6; i++) {
+        got[i] = PyObject_GetAttrString(raw, names[i]);
+        if (got[i] == NULL) {
+            while (i-- > 0)
+                Py_DECREF(got[i]);
+            return -1;
+        }
+    }
+    PyObject *name = PyUnicode_FromString("kqueue_py.raw");
+    PyObject *wait = NULL, *apply = NULL;
+    int ok = name != NULL && PyDict_Check(got[0]) && PyDict_Check(got[1])
+             && kqpy_doc(&kqpy_wait_def, got[2]) == 0 && kqpy_doc(&kqpy_apply_def, got[4]) == 0
+             && (wait = PyCFunction_NewEx(&kqpy_wait_def, NULL, name)) != NULL
+             && (apply = PyCFunction_NewEx(&kqpy_apply_def, NULL, name)) != NULL
+             && PyObject_SetAttrString(raw, "_fast_wait", wait) == 0
+             && PyObject_SetAttrString(raw, "_fast_apply", apply) == 0;
+    Py_XDECREF(name);
+    Py_XDECREF(wait);
+    Py_XDECREF(apply);
+    if (!ok) {
+        for (int i = 0; i < 6; i++)
+            Py_DECREF(got[i]);
+        return -1;
+    }
+    kqpy_waits = got[0];        /* references kept for ever */
+    kqpy_applies = got[1];
+    kqpy_wait_py = got[2];
+    kqpy_wait_failed = got[3];
+    kqpy_apply_py = got[4];
+    kqpy_apply_failed = got[5];
+    return 0;
+}
+
+/* Called from Python through cffi, which released the GIL: take it back. */
+static int kqueue_py_fast_install(void)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    int r = kqpy_install_locked();
+    if (r != 0)
+        PyErr_Clear();
+    PyGILState_Release(g);
+    return r;
+}
+#else
+static int kqueue_py_fast_install(void) { return -1; }
+#endif
+"""
+
 # The BSD shim: the kernel's kqueue needs no backend, only a close.
 BSD_SOURCE = """
 #include <stdint.h>
@@ -195,13 +484,13 @@ BSD_SOURCE = """
 #endif
 static int kqueue_close(int kq) { return close(kq); }
 static uint64_t kqueue_py_queue_id(int kq) { (void)kq; return 0; }
-""" + SHIM + CALL
+""" + SHIM + CALL + FAST
 
 LINUX_SOURCE = """
 #include <stdint.h>
 #include <time.h>
 #include <sys/event.h>
-""" + CALL
+""" + CALL + FAST
 
 
 def _compile_args() -> tuple[list[str], list[str]]:
