@@ -606,14 +606,15 @@ def decode_tuples(buf: Buffer, n: int, get: Callable[[int], Any]
 
 
 def decode_pairs(buf: Buffer, n: int) -> Iterable[tuple[int, int]]:
-    """(ident, filter) of the first ``n`` events."""
+    """(ident, filter) of the first ``n`` events: one ``iter_unpack`` over
+    the array, faster on CPython than an ``unpack_from`` per event (at any
+    n > 1) and than the strided views (at any n up to 64 at least)."""
     if n == 1:
         return (_pair_from(buf.view),)
-    if n <= 8 or not STRIDED:
-        view = buf.view
-        return [_pair_from(view, SIZE * i) for i in range(n)]
-    c = buf.fields
-    return zip(c["ident"][:n].tolist(), c["filter"][:n].tolist())
+    return _pairs_iter(buf.view[: n * SIZE])
+
+
+_pairs_iter = IDENT_FILTER.iter_unpack
 
 
 # ---------------------------------------------------------------------------
