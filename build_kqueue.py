@@ -393,6 +393,159 @@ static PyMethodDef kqpy_apply_def = {
     "kq_apply", (PyCFunction)(void (*)(void))kqpy_apply, KQPY_METH_FASTCALL | METH_KEYWORDS,
     NULL};
 
+/* KQueue.wait's C form, one per queue (queue.py binds it): the bound state
+ * is (pool, memo, slow, finish, None).  pool is the queue's list of free
+ * buffers; memo (a capsule) the buffer whose request was last prepared
+ * for the (timeout, max_events) objects it names, as queue.py reported it
+ * (_qwait_remember).  A call with those very objects, the buffer on top of
+ * the pool and its request still asking for those values, polls or waits
+ * for ever: the buffer is taken from the pool, the request runs with the
+ * GIL released, and an empty result is a new empty list (the buffer goes
+ * back); events and failures go to finish(buf, n), which decodes or
+ * raises and puts the buffer back.  Anything else is slow(*args, **kw):
+ * KQueue.wait itself. */
+static int kqpy_doc(PyMethodDef *def, PyObject *fn);
+
+struct kqpy_qmemo {
+    PyObject *buf, *t, *m;      /* held */
+    const struct kqueue_py_call *req;
+    int64_t ns;
+    int nevents;
+};
+
+static void kqpy_qmemo_clear(struct kqpy_qmemo *q)
+{
+    PyObject *buf = q->buf, *t = q->t, *m = q->m;
+    q->buf = q->t = q->m = NULL;
+    q->req = NULL;
+    Py_XDECREF(buf);
+    Py_XDECREF(t);
+    Py_XDECREF(m);
+}
+
+/* The memo lives in a capsule with no name: a private one, and a name
+ * would cost a strcmp() per call. */
+static void kqpy_qmemo_free(PyObject *capsule)
+{
+    struct kqpy_qmemo *q = PyCapsule_GetPointer(capsule, NULL);
+    if (q != NULL) {
+        kqpy_qmemo_clear(q);
+        PyMem_Free(q);
+    }
+}
+
+static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    PyObject *pool = PyTuple_GetItem(state, 0), *slow = PyTuple_GetItem(state, 2);
+    if (pool == NULL || slow == NULL)
+        return NULL;
+    if (kwnames != NULL || nargs > 2)
+        return kqpy_delegate(slow, args, nargs, kwnames);
+    PyObject *none = PyTuple_GetItem(state, 4);
+    PyObject *t = nargs > 0 ? args[0] : none, *m = nargs > 1 ? args[1] : none;
+    struct kqpy_qmemo *q = PyCapsule_GetPointer(PyTuple_GetItem(state, 1), NULL);
+    Py_ssize_t k = PyList_Size(pool);
+    if (q == NULL || k <= 0) {
+        PyErr_Clear();
+        return kqpy_delegate(slow, args, nargs, NULL);
+    }
+    PyObject *buf = PyList_GetItem(pool, k - 1);
+    const struct kqueue_py_call *req = q->req;
+    if (buf != q->buf || t != q->t || m != q->m || req == NULL || q->ns > 0
+            || req->timeout_ns != q->ns || req->nevents != q->nevents)
+        return kqpy_delegate(slow, args, nargs, NULL);
+    Py_INCREF(buf);             /* taken from the pool: this call's own */
+    if (PyList_SetSlice(pool, k - 1, k, NULL) < 0) {
+        Py_DECREF(buf);
+        return NULL;
+    }
+    PyThreadState *ts = PyEval_SaveThread();
+    int n = kqueue_py_call(req);
+    PyEval_RestoreThread(ts);
+    PyObject *r;
+    if (n == 0) {
+        r = PyList_Append(pool, buf) == 0 ? PyList_New(0) : NULL;
+    } else {
+        PyObject *finish = PyTuple_GetItem(state, 3);
+        r = finish != NULL ? PyObject_CallFunction(finish, "Oi", buf, n) : NULL;
+    }
+    Py_DECREF(buf);
+    return r;
+}
+
+static PyMethodDef kqpy_qwait_def = {
+    "wait", (PyCFunction)(void (*)(void))kqpy_qwait, KQPY_METH_FASTCALL | METH_KEYWORDS, NULL};
+
+/* _qwait_bind(pool, slow, finish, function) -> (the C wait, its memo);
+ * function (KQueue.wait) lends its docstring. */
+static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "_qwait_bind(pool, slow, finish, function)");
+        return NULL;
+    }
+    if (kqpy_qwait_def.ml_doc == NULL && kqpy_doc(&kqpy_qwait_def, args[3]) < 0)
+        return NULL;
+    struct kqpy_qmemo *q = PyMem_Calloc(1, sizeof *q);
+    if (q == NULL)
+        return PyErr_NoMemory();
+    PyObject *capsule = PyCapsule_New(q, NULL, kqpy_qmemo_free);
+    if (capsule == NULL) {
+        PyMem_Free(q);
+        return NULL;
+    }
+    PyObject *none = Py_BuildValue("");     /* None, without naming Py_None */
+    PyObject *state = none != NULL
+        ? PyTuple_Pack(5, args[0], capsule, args[1], args[2], none) : NULL;
+    Py_XDECREF(none);
+    PyObject *name = state != NULL ? PyUnicode_FromString("kqueue_py.queue") : NULL;
+    PyObject *fn = name != NULL ? PyCFunction_NewEx(&kqpy_qwait_def, state, name) : NULL;
+    PyObject *r = fn != NULL ? PyTuple_Pack(2, fn, capsule) : NULL;
+    Py_XDECREF(fn);
+    Py_XDECREF(name);
+    Py_XDECREF(state);
+    Py_DECREF(capsule);
+    return r;
+}
+
+/* _qwait_remember(memo, buf, timeout, max_events, address): buf's request
+ * (at address) is prepared for these objects now; memo None-like forgets. */
+static PyObject *kqpy_qwait_remember(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5 && nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "_qwait_remember(memo[, buf, timeout, max_events, address])");
+        return NULL;
+    }
+    struct kqpy_qmemo *q = PyCapsule_GetPointer(args[0], NULL);
+    if (q == NULL)
+        return NULL;
+    kqpy_qmemo_clear(q);
+    if (nargs == 5) {
+        const struct kqueue_py_call *req = PyLong_AsVoidPtr(args[4]);
+        if (req == NULL)
+            return NULL;
+        Py_INCREF(args[1]);
+        Py_INCREF(args[2]);
+        Py_INCREF(args[3]);
+        q->buf = args[1];
+        q->t = args[2];
+        q->m = args[3];
+        q->req = req;
+        q->ns = req->timeout_ns;
+        q->nevents = req->nevents;
+    }
+    return PyBool_FromLong(1);
+}
+
+static PyMethodDef kqpy_qwait_bind_def = {
+    "_qwait_bind", (PyCFunction)(void (*)(void))kqpy_qwait_bind, KQPY_METH_FASTCALL, NULL};
+static PyMethodDef kqpy_qwait_remember_def = {
+    "_qwait_remember", (PyCFunction)(void (*)(void))kqpy_qwait_remember, KQPY_METH_FASTCALL,
+    NULL};
+
 /* def's docstring: the Python function's (a copy that lives for ever). */
 static int kqpy_doc(PyMethodDef *def, PyObject *fn)
 {
@@ -410,6 +563,19 @@ static int kqpy_doc(PyMethodDef *def, PyObject *fn)
         return -1;
     def->ml_doc = copy;
     return 0;
+}
+
+/* Module modname (imported already) gets def's function as an attribute. */
+static int kqpy_install_into(const char *modname, PyMethodDef *def)
+{
+    PyObject *modules = PyImport_GetModuleDict();
+    PyObject *mod = modules != NULL ? PyDict_GetItemString(modules, modname) : NULL;
+    PyObject *name = mod != NULL ? PyUnicode_FromString(modname) : NULL;
+    PyObject *fn = name != NULL ? PyCFunction_NewEx(def, NULL, name) : NULL;
+    int ok = fn != NULL && PyObject_SetAttrString(mod, def->ml_name, fn) == 0;
+    Py_XDECREF(fn);
+    Py_XDECREF(name);
+    return ok;
 }
 
 static int kqpy_install_locked(void)
@@ -438,7 +604,9 @@ static int kqpy_install_locked(void)
              && (wait = PyCFunction_NewEx(&kqpy_wait_def, NULL, name)) != NULL
              && (apply = PyCFunction_NewEx(&kqpy_apply_def, NULL, name)) != NULL
              && PyObject_SetAttrString(raw, "_fast_wait", wait) == 0
-             && PyObject_SetAttrString(raw, "_fast_apply", apply) == 0;
+             && PyObject_SetAttrString(raw, "_fast_apply", apply) == 0
+             && kqpy_install_into("kqueue_py._core", &kqpy_qwait_bind_def)
+             && kqpy_install_into("kqueue_py._core", &kqpy_qwait_remember_def);
     Py_XDECREF(name);
     Py_XDECREF(wait);
     Py_XDECREF(apply);

@@ -24,10 +24,12 @@ Design notes
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 from . import _core
 from ._core import (
+    CLOSED_MESSAGE,
     KEEP,
     MAX_EVENTS,
     MINUS_EINTR,
@@ -169,7 +171,9 @@ class KQueue(QueueObject):
     [(1, 'wake')]
     """
 
-    __slots__ = ("_cap", "_free", "_udata", "_objects", "_finite", "_triggers")
+    # __dict__: where the C form of wait() goes (_fast_wait below).
+    __slots__ = ("_cap", "_free", "_udata", "_objects", "_finite", "_triggers", "_memo",
+                 "__dict__")
 
     def __init__(self, max_events: int = 64) -> None:
         self._fd = -1
@@ -189,6 +193,70 @@ class KQueue(QueueObject):
         except BaseException:
             self._close_fd()
             raise
+        self._memo: Any = None
+        self._fast_wait()
+
+    # CPython: wait() in C.  A Python method costs a frame and a few
+    # attribute reads around the C call, ~1.5x an empty select.epoll.poll;
+    # the C form (build_kqueue.py's FAST) is a builtin bound to this
+    # queue's buffer pool, put in the instance's __dict__, where attribute
+    # lookup finds it before the class's method: ``q.wait(0)`` is then one
+    # C call.  It serves a poll or a wait for ever with the (timeout,
+    # max_events) objects the buffer on top of the pool was last prepared
+    # for (_prepare reports them through self._memo); everything else it
+    # hands to the method below (KQueue.wait), events and failures to
+    # _finish.  It holds this queue weakly, so dropping the queue closes
+    # it as before.  Not for subclasses that override wait().
+    def _fast_wait(self) -> None:
+        bind = _core._qwait_bind
+        if bind is None or type(self).wait is not KQueue.wait:
+            return
+        ref = weakref.ref(self)
+
+        def slow(*args: Any, **kw: Any) -> list[Event]:
+            q = ref()
+            if q is None:
+                raise ValueError(CLOSED_MESSAGE)
+            return KQueue.wait(q, *args, **kw)
+
+        def finish(buf: Buffer, n: int) -> list[Event]:
+            q = ref()
+            if q is None:
+                raise ValueError(CLOSED_MESSAGE)
+            return q._finish(buf, n)
+
+        fast, self._memo = bind(self._free, slow, finish, KQueue.wait)
+        self.__dict__["wait"] = fast
+
+    def _unbind_fast(self) -> None:
+        """close() and fork: the C form goes (later waits check)."""
+        self.__dict__.pop("wait", None)
+        memo = getattr(self, "_memo", None)
+        if memo is not None and _core._qwait_remember is not None:
+            _core._qwait_remember(memo)
+        self._memo = None
+
+    def _finish(self, buf: Buffer, n: int) -> list[Event]:
+        """The end of a wait the C form made (``n`` != 0: events or -errno;
+        a poll or a wait for ever, so no deadline): as :meth:`wait`'s."""
+        free = self._free
+        if n < 0:
+            if n == MINUS_EINTR:
+                n = wait_more(buf.req.kq, buf.events, buf.ask, buf.ns, 0, n)
+            if n <= 0:
+                free.append(buf)
+                if n == 0:
+                    return []
+                raise failure(self._fd, n)
+        if n == 1:
+            i, f, fl, ff, d, u = _unpack_from(buf.view)
+            events = [_new_tuple(Event, (i, f, fl, ff, d, self._objects.get(u)))]
+        else:
+            events = _decode_events(buf, n, self._objects.get)
+        if self._finite:
+            self._udata.release_delivered(buf, n)
+        free.append(buf)
+        return events
 
     # -- lifecycle (fileno, closed, with, __del__: QueueObject) ----------
     def close(self) -> None:
@@ -196,12 +264,14 @@ class KQueue(QueueObject):
         ``ValueError``.  Every udata object is released.  Idempotent."""
         self._close_fd()
         self._free = []     # every later wait goes through _prepare, which checks
+        self._unbind_fast()
         self._udata.clear()
         self._triggers = {}
 
     def _after_fork(self) -> None:
         self._fd = -1
         self._free = []
+        self._unbind_fast()
         self._udata.clear()
         self._triggers = {}
 
@@ -483,6 +553,8 @@ class KQueue(QueueObject):
         # __float__ might answer differently).
         buf.t = timeout if timeout is None or type(timeout) in (int, float) else _UNSEEN
         buf.m = max_events if max_events is None or type(max_events) is int else _UNSEEN
+        if self._memo is not None and buf.t is timeout and buf.m is max_events:
+            _core._qwait_remember(self._memo, buf, timeout, max_events, buf.addr)
         return buf
 
 
