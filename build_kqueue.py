@@ -397,13 +397,12 @@ static PyMethodDef kqpy_apply_def = {
  * is (pool, memo, slow, finish, None).  pool is the queue's list of free
  * buffers; memo (a capsule) the buffer whose request was last prepared
  * for the (timeout, max_events) objects it names, as queue.py reported it
- * (_qwait_remember).  A call with those very objects, the buffer on top of
- * the pool and its request still asking for those values, polls or waits
- * for ever: the buffer is taken from the pool, the request runs with the
- * GIL released, and an empty result is a new empty list (the buffer goes
- * back); events and failures go to finish(buf, n), which decodes or
- * raises and puts the buffer back.  Anything else is slow(*args, **kw):
- * KQueue.wait itself. */
+ * (_qwait_remember).  A call with those very objects, that buffer in the
+ * pool and its request still asking for those values, polls or waits for
+ * ever: the buffer is taken from the pool, the request runs with the GIL
+ * released, an empty result is a new empty list; events and failures go
+ * to finish(buf, n), which decodes or raises; then the buffer goes back.
+ * Anything else is slow(*args, **kw): KQueue.wait itself. */
 static int kqpy_doc(PyMethodDef *def, PyObject *fn);
 
 struct kqpy_qmemo {
@@ -450,13 +449,20 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
         PyErr_Clear();
         return kqpy_delegate(slow, args, nargs, NULL);
     }
-    PyObject *buf = PyList_GetItem(pool, k - 1);
     const struct kqueue_py_call *req = q->req;
-    if (buf != q->buf || t != q->t || m != q->m || req == NULL || q->ns > 0
+    if (t != q->t || m != q->m || req == NULL || q->ns > 0
             || req->timeout_ns != q->ns || req->nevents != q->nevents)
         return kqpy_delegate(slow, args, nargs, NULL);
+    /* The remembered buffer, if free: on top of the pool, unless another
+     * thread's wait (given a buffer of its own) put one above it. */
+    Py_ssize_t at = k - 1;
+    while (at >= 0 && PyList_GetItem(pool, at) != q->buf)
+        at--;
+    if (at < 0)
+        return kqpy_delegate(slow, args, nargs, NULL);
+    PyObject *buf = q->buf;
     Py_INCREF(buf);             /* taken from the pool: this call's own */
-    if (PyList_SetSlice(pool, k - 1, k, NULL) < 0) {
+    if (PyList_SetSlice(pool, at, at + 1, NULL) < 0) {
         Py_DECREF(buf);
         return NULL;
     }
@@ -465,11 +471,17 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
     PyEval_RestoreThread(ts);
     PyObject *r;
     if (n == 0) {
-        r = PyList_Append(pool, buf) == 0 ? PyList_New(0) : NULL;
+        r = PyList_New(0);
     } else {
+        /* Decoded (or raised) before the buffer is free again. */
         PyObject *finish = PyTuple_GetItem(state, 3);
         r = finish != NULL ? PyObject_CallFunction(finish, "Oi", buf, n) : NULL;
     }
+    /* Back into this pool, whatever happened: after a close() it is no
+     * longer the queue's, and nothing takes it from there but this form,
+     * which then finds its memo forgotten. */
+    if (PyList_Append(pool, buf) < 0)
+        Py_CLEAR(r);
     Py_DECREF(buf);
     return r;
 }

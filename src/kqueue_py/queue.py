@@ -238,13 +238,12 @@ class KQueue(QueueObject):
 
     def _finish(self, buf: Buffer, n: int) -> list[Event]:
         """The end of a wait the C form made (``n`` != 0: events or -errno;
-        a poll or a wait for ever, so no deadline): as :meth:`wait`'s."""
-        free = self._free
+        a poll or a wait for ever, so no deadline): as :meth:`wait`'s, but
+        the C form puts the buffer back into its pool."""
         if n < 0:
             if n == MINUS_EINTR:
                 n = wait_more(buf.req.kq, buf.events, buf.ask, buf.ns, 0, n)
             if n <= 0:
-                free.append(buf)
                 if n == 0:
                     return []
                 raise failure(self._fd, n)
@@ -255,7 +254,6 @@ class KQueue(QueueObject):
             events = _decode_events(buf, n, self._objects.get)
         if self._finite:
             self._udata.release_delivered(buf, n)
-        free.append(buf)
         return events
 
     # -- lifecycle (fileno, closed, with, __del__: QueueObject) ----------
