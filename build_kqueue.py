@@ -495,7 +495,7 @@ static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize
 {
     (void)self;
     if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "_qwait_bind(pool, slow, finish, function)");
+        PyErr_BadArgument();    /* (no PyExc_TypeError: a data symbol, see kqpy_same) */
         return NULL;
     }
     if (kqpy_qwait_def.ml_doc == NULL && kqpy_doc(&kqpy_qwait_def, args[3]) < 0)
@@ -528,7 +528,7 @@ static PyObject *kqpy_qwait_remember(PyObject *self, PyObject *const *args, Py_s
 {
     (void)self;
     if (nargs != 5 && nargs != 1) {
-        PyErr_SetString(PyExc_TypeError, "_qwait_remember(memo[, buf, timeout, max_events, address])");
+        PyErr_BadArgument();
         return NULL;
     }
     struct kqpy_qmemo *q = PyCapsule_GetPointer(args[0], NULL);
