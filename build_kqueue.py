@@ -393,16 +393,18 @@ static PyMethodDef kqpy_apply_def = {
     "kq_apply", (PyCFunction)(void (*)(void))kqpy_apply, KQPY_METH_FASTCALL | METH_KEYWORDS,
     NULL};
 
-/* KQueue.wait's C form, one per queue (queue.py binds it): the bound state
- * is (pool, memo, slow, finish, None).  pool is the queue's list of free
- * buffers; memo (a capsule) the buffer whose request was last prepared
- * for the (timeout, max_events) objects it names, as queue.py reported it
- * (_qwait_remember).  A call with those very objects, that buffer in the
- * pool and its request still asking for those values, polls or waits for
- * ever: the buffer is taken from the pool, the request runs with the GIL
- * released, an empty result is a new empty list; events and failures go
- * to finish(buf, n), which decodes or raises; then the buffer goes back.
- * Anything else is slow(*args, **kw): KQueue.wait itself. */
+/* KQueue.wait's C form, one per queue (queue.py binds it).  The bound
+ * state is (pool, memo, slow, finish, None, objects, finite, make_event):
+ * pool is the queue's list of free buffers; memo (a capsule) the buffer
+ * whose request was last prepared for the (timeout, max_events) objects
+ * it names, as queue.py reported it (_qwait_remember).  A call with those
+ * very objects, that buffer in the pool and its request still asking for
+ * those values, polls or waits for ever: the buffer is taken from the
+ * pool, the request runs with the GIL released; no event is a new empty
+ * list, one event with no udata to release is decoded here, more events
+ * and failures go to finish(buf, n), which decodes or raises; then the
+ * buffer goes back.  Anything else is slow(*args, **kw): KQueue.wait
+ * itself. */
 static int kqpy_doc(PyMethodDef *def, PyObject *fn);
 
 struct kqpy_qmemo {
@@ -431,6 +433,42 @@ static void kqpy_qmemo_free(PyObject *capsule)
         kqpy_qmemo_clear(q);
         PyMem_Free(q);
     }
+}
+
+/* [Event(...)] for one struct kevent: state[5] is the udata objects by
+ * token, state[7] makes an Event of a 6-tuple, state[4] is None. */
+static PyObject *kqpy_one_event(PyObject *state, const struct kevent *e)
+{
+    PyObject *objects = PyTuple_GetItem(state, 5), *make = PyTuple_GetItem(state, 7);
+    PyObject *none = PyTuple_GetItem(state, 4);
+    if (objects == NULL || make == NULL || none == NULL)
+        return NULL;
+    PyObject *token = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)e->udata);
+    if (token == NULL)
+        return NULL;
+    PyObject *obj = PyDict_GetItemWithError(objects, token);   /* borrowed */
+    Py_DECREF(token);
+    if (obj == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        obj = none;
+    }
+    PyObject *fields = Py_BuildValue("(KhHIL O)", (unsigned long long)e->ident, (short)e->filter,
+                                     (unsigned short)e->flags, (unsigned int)e->fflags,
+                                     (long long)e->data, obj);
+    if (fields == NULL)
+        return NULL;
+    PyObject *ev = PyObject_CallFunctionObjArgs(make, fields, NULL);
+    Py_DECREF(fields);
+    if (ev == NULL)
+        return NULL;
+    PyObject *list = PyList_New(1);
+    if (list == NULL) {
+        Py_DECREF(ev);
+        return NULL;
+    }
+    PyList_SetItem(list, 0, ev);    /* steals ev */
+    return list;
 }
 
 static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t nargs,
@@ -472,6 +510,11 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
     PyObject *r;
     if (n == 0) {
         r = PyList_New(0);
+    } else if (n == 1 && PySet_Size(PyTuple_GetItem(state, 6)) == 0) {
+        /* One event and no udata to release (the common case): decoded
+         * here as finish would, [Event(ident, filter, flags, fflags, data,
+         * objects.get(udata))], the event array read in place. */
+        r = kqpy_one_event(state, &req->eventlist[0]);
     } else {
         /* Decoded (or raised) before the buffer is free again. */
         PyObject *finish = PyTuple_GetItem(state, 3);
@@ -489,12 +532,13 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
 static PyMethodDef kqpy_qwait_def = {
     "wait", (PyCFunction)(void (*)(void))kqpy_qwait, KQPY_METH_FASTCALL | METH_KEYWORDS, NULL};
 
-/* _qwait_bind(pool, slow, finish, function) -> (the C wait, its memo);
- * function (KQueue.wait) lends its docstring. */
+/* _qwait_bind(pool, slow, finish, function, objects, finite, make_event)
+ * -> (the C wait, its memo); function (KQueue.wait) lends its docstring;
+ * the rest is what one event is decoded with (see kqpy_one_event). */
 static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
+    if (nargs != 7) {
         PyErr_BadArgument();    /* (no PyExc_TypeError: a data symbol, see kqpy_same) */
         return NULL;
     }
@@ -510,7 +554,8 @@ static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize
     }
     PyObject *none = Py_BuildValue("");     /* None, without naming Py_None */
     PyObject *state = none != NULL
-        ? PyTuple_Pack(5, args[0], capsule, args[1], args[2], none) : NULL;
+        ? PyTuple_Pack(8, args[0], capsule, args[1], args[2], none, args[4], args[5], args[6])
+        : NULL;
     Py_XDECREF(none);
     PyObject *name = state != NULL ? PyUnicode_FromString("kqueue_py.queue") : NULL;
     PyObject *fn = name != NULL ? PyCFunction_NewEx(&kqpy_qwait_def, state, name) : NULL;

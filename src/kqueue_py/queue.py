@@ -237,7 +237,8 @@ class KQueue(QueueObject):
                 udata.release_delivered(buf, n)
             return events
 
-        fast, self._memo = bind(self._free, slow, finish, KQueue.wait)
+        fast, self._memo = bind(self._free, slow, finish, KQueue.wait, objects, finite,
+                                _make_event)
         self.__dict__["wait"] = fast
 
     def _unbind_fast(self) -> None:

@@ -206,3 +206,23 @@ def test_dropping_the_queue_closes_it_even_with_its_wait_kept():
     gc.collect()
     with pytest.raises(ValueError, match="closed"):
         w(0)
+
+
+def test_one_event_decoded_in_c_has_every_field_as_the_method_gives_it():
+    big = 2**64 - 3                         # uintptr_t: unsigned, all 64 bits
+    with KQueue() as q:
+        q.add_user(big, "big")
+        q.apply([(7, lib.EVFILT_USER, lib.EV_ADD | lib.EV_CLEAR, 0, 0, None)])
+        for _ in range(3):
+            assert q.wait(0) == []
+        seen = []
+        for ident in (big, 7):
+            q.trigger(ident, lib.NOTE_FFOR | 0xABCDE)
+            [ev] = q.wait(0)                 # the C form's one-event decode
+            q.trigger(ident, lib.NOTE_FFOR | 0xABCDE)
+            [ref] = KQueue.wait(q, 0)        # the Python method's
+            assert tuple(ev) == tuple(ref) and type(ev) is type(ref)
+            seen.append(ev)
+        assert (seen[0].ident, seen[0].udata, seen[0].fflags & 0xFFFFF) == (big, "big", 0xABCDE)
+        assert (seen[1].ident, seen[1].udata) == (7, None)
+        assert seen[0].filter == lib.EVFILT_USER < 0
