@@ -603,6 +603,68 @@ static PyMethodDef kqpy_qwait_remember_def = {
     "_qwait_remember", (PyCFunction)(void (*)(void))kqpy_qwait_remember, KQPY_METH_FASTCALL,
     NULL};
 
+/* KQueue.trigger's C form, one per queue (queue.py binds it): the bound
+ * state is (triggers, slow, int).  triggers is the queue's dict of
+ * prepared triggers, ident -> (request, address); a trigger of a plain int
+ * ident (fflags absent or 0) found there runs its request with the GIL
+ * released and returns None; anything else, and a failure, is
+ * slow(*args, **kw): KQueue.trigger itself. */
+static PyObject *kqpy_qtrigger(PyObject *state, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *triggers = PyTuple_GetItem(state, 0), *slow = PyTuple_GetItem(state, 1);
+    PyObject *inttype = PyTuple_GetItem(state, 2);
+    if (triggers == NULL || slow == NULL || inttype == NULL)
+        return NULL;
+    if (kwnames != NULL || nargs < 1 || nargs > 2 || Py_TYPE(args[0]) != (PyTypeObject *)inttype)
+        return kqpy_delegate(slow, args, nargs, kwnames);
+    if (nargs == 2) {
+        long ff = Py_TYPE(args[1]) == (PyTypeObject *)inttype ? PyLong_AsLong(args[1]) : -1;
+        if (ff != 0) {
+            PyErr_Clear();
+            return kqpy_delegate(slow, args, nargs, NULL);
+        }
+    }
+    PyObject *entry = kqpy_lookup(triggers, args[0]);
+    const struct kqueue_py_call *req = NULL;
+    if (entry != NULL && PyTuple_Check(entry) && PyTuple_Size(entry) == 2)
+        req = kqpy_request(entry, 1);
+    if (req == NULL || kqpy_run(entry, req) < 0)
+        return kqpy_delegate(slow, args, nargs, NULL);
+    return Py_BuildValue("");   /* None */
+}
+
+static PyMethodDef kqpy_qtrigger_def = {
+    "trigger", (PyCFunction)(void (*)(void))kqpy_qtrigger, KQPY_METH_FASTCALL | METH_KEYWORDS,
+    NULL};
+
+/* _qtrigger_bind(triggers, slow, function) -> the C trigger; function
+ * (KQueue.trigger) lends its docstring. */
+static PyObject *kqpy_qtrigger_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_BadArgument();
+        return NULL;
+    }
+    if (kqpy_qtrigger_def.ml_doc == NULL && kqpy_doc(&kqpy_qtrigger_def, args[2]) < 0)
+        return NULL;
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *inttype = zero != NULL ? PyObject_Type(zero) : NULL;
+    PyObject *state = inttype != NULL ? PyTuple_Pack(3, args[0], args[1], inttype) : NULL;
+    PyObject *name = state != NULL ? PyUnicode_FromString("kqueue_py.queue") : NULL;
+    PyObject *fn = name != NULL ? PyCFunction_NewEx(&kqpy_qtrigger_def, state, name) : NULL;
+    Py_XDECREF(name);
+    Py_XDECREF(state);
+    Py_XDECREF(inttype);
+    Py_XDECREF(zero);
+    return fn;
+}
+
+static PyMethodDef kqpy_qtrigger_bind_def = {
+    "_qtrigger_bind", (PyCFunction)(void (*)(void))kqpy_qtrigger_bind, KQPY_METH_FASTCALL,
+    NULL};
+
 /* def's docstring: the Python function's (a copy that lives for ever). */
 static int kqpy_doc(PyMethodDef *def, PyObject *fn)
 {
@@ -663,7 +725,8 @@ static int kqpy_install_locked(void)
              && PyObject_SetAttrString(raw, "_fast_wait", wait) == 0
              && PyObject_SetAttrString(raw, "_fast_apply", apply) == 0
              && kqpy_install_into("kqueue_py._core", &kqpy_qwait_bind_def)
-             && kqpy_install_into("kqueue_py._core", &kqpy_qwait_remember_def);
+             && kqpy_install_into("kqueue_py._core", &kqpy_qwait_remember_def)
+             && kqpy_install_into("kqueue_py._core", &kqpy_qtrigger_bind_def);
     Py_XDECREF(name);
     Py_XDECREF(wait);
     Py_XDECREF(apply);

@@ -118,6 +118,8 @@ STRIDED = (all(ok for _c, _at, _step, ok in _STRIDED_CODES.values())
 #: module when :mod:`kqueue_py.raw` is imported (build_kqueue.py's FAST).
 _qwait_bind: Optional[Callable[..., tuple[Any, Any]]] = None
 _qwait_remember: Optional[Callable[..., bool]] = None
+#: CPython: KQueue.trigger's C form, made per queue (queue.py).
+_qtrigger_bind: Optional[Callable[..., Any]] = None
 
 NULL = ffi.NULL
 kevent = lib.kqueue_py_kevent      # kevent(); timeout in ns (< 0: forever); -errno on failure

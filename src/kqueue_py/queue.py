@@ -183,7 +183,8 @@ class KQueue(QueueObject):
         self._udata = UdataMap()
         self._objects = self._udata.objects     # token -> udata, read by wait()
         self._finite = self._udata.finite       # non-empty: wait() releases udata
-        # trigger()'s prepared changes: ident or (ident, fflags) -> request.
+        # trigger()'s prepared changes: ident or (ident, fflags) -> (request,
+        # its address for the C form of trigger()).
         self._triggers: dict[Any, Any] = {}
         self._open()
         # One buffer now (its request names this queue): a wait never
@@ -196,17 +197,19 @@ class KQueue(QueueObject):
         self._memo: Any = None
         self._fast_wait()
 
-    # CPython: wait() in C.  A Python method costs a frame and a few
-    # attribute reads around the C call, ~1.5x an empty select.epoll.poll;
-    # the C form (build_kqueue.py's FAST) is a builtin bound to this
-    # queue's buffer pool, put in the instance's __dict__, where attribute
-    # lookup finds it before the class's method: ``q.wait(0)`` is then one
-    # C call.  It serves a poll or a wait for ever with the (timeout,
-    # max_events) objects the buffer on top of the pool was last prepared
-    # for (_prepare reports them through self._memo); everything else it
-    # hands to the method below (KQueue.wait), events and failures to
-    # _finish.  It holds this queue weakly, so dropping the queue closes
-    # it as before.  Not for subclasses that override wait().
+    # CPython: wait() and trigger() in C.  A Python method costs a frame
+    # and a few attribute reads around the C call, ~1.5x an empty
+    # select.epoll.poll; each C form (build_kqueue.py's FAST) is a builtin
+    # bound to this queue's state, put in the instance's __dict__, where
+    # attribute lookup finds it before the class's method: ``q.wait(0)``
+    # is then one C call.  The C wait serves a poll or a wait for ever with
+    # the (timeout, max_events) objects a free buffer was last prepared for
+    # (_prepare reports them through self._memo), and decodes one event;
+    # the C trigger applies a prepared trigger (self._triggers); everything
+    # else goes to the class's methods (KQueue.wait, KQueue.trigger), more
+    # events and failures to finish/_finish.  They hold this queue weakly,
+    # so dropping the queue closes it as before.  Not for subclasses that
+    # override the method.
     def _fast_wait(self) -> None:
         bind = _core._qwait_bind
         if bind is None or type(self).wait is not KQueue.wait:
@@ -241,9 +244,20 @@ class KQueue(QueueObject):
                                 _make_event)
         self.__dict__["wait"] = fast
 
+        def slow_trigger(*args: Any, **kw: Any) -> None:
+            q = ref()
+            if q is None:
+                raise ValueError(CLOSED_MESSAGE)
+            KQueue.trigger(q, *args, **kw)
+
+        if _core._qtrigger_bind is not None and type(self).trigger is KQueue.trigger:
+            self.__dict__["trigger"] = _core._qtrigger_bind(self._triggers, slow_trigger,
+                                                            KQueue.trigger)
+
     def _unbind_fast(self) -> None:
         """close() and fork: the C form goes (later waits check)."""
         self.__dict__.pop("wait", None)
+        self.__dict__.pop("trigger", None)
         memo = getattr(self, "_memo", None)
         if memo is not None and _core._qwait_remember is not None:
             _core._qwait_remember(memo)
@@ -276,14 +290,14 @@ class KQueue(QueueObject):
         self._free = []     # every later wait goes through _prepare, which checks
         self._unbind_fast()
         self._udata.clear()
-        self._triggers = {}
+        self._triggers.clear()      # in place: the C form of trigger() reads it
 
     def _after_fork(self) -> None:
         self._fd = -1
         self._free = []
         self._unbind_fast()
         self._udata.clear()
-        self._triggers = {}
+        self._triggers.clear()
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
@@ -388,7 +402,7 @@ class KQueue(QueueObject):
         # meanwhile makes the call fail).
         if type(ident) is int and type(fflags) is int:
             try:
-                req = self._triggers[ident if fflags == 0 else (ident, fflags)]
+                req = self._triggers[ident if fflags == 0 else (ident, fflags)][0]
             except KeyError:
                 req = self._prepare_trigger(ident, fflags)
         else:
@@ -420,8 +434,9 @@ class KQueue(QueueObject):
         req.nchanges = 1
         triggers = self._triggers
         if len(triggers) >= 64:
-            triggers = self._triggers = {}
-        triggers[ident if fflags == 0 else (ident, fflags)] = req
+            triggers.clear()
+        triggers[ident if fflags == 0 else (ident, fflags)] = (
+            req, int(_core.ffi.cast("uintptr_t", req)))
         return req
 
     def add_signal(self, signum: int, udata: Any = None) -> None:

@@ -226,3 +226,53 @@ def test_one_event_decoded_in_c_has_every_field_as_the_method_gives_it():
         assert (seen[0].ident, seen[0].udata, seen[0].fflags & 0xFFFFF) == (big, "big", 0xABCDE)
         assert (seen[1].ident, seen[1].udata) == (7, None)
         assert seen[0].filter == lib.EVFILT_USER < 0
+
+
+@pytest.mark.skipif(not FAST, reason="the C form exists on CPython with the GIL only")
+def test_a_queue_triggers_in_c_and_the_class_keeps_the_method():
+    with KQueue() as q:
+        assert type(q.trigger).__name__ == "builtin_function_or_method"
+        assert q.trigger.__doc__ == KQueue.trigger.__doc__
+        q.close()
+        assert type(q.trigger).__name__ == "method"
+
+
+def test_repeated_triggers_behave_as_the_first():
+    with KQueue() as q:
+        q.add_user(1, "one")
+        for _ in range(3):
+            q.trigger(1)
+            q.trigger(1, 0)
+            assert [e.udata for e in q.wait(0)] == ["one"]
+        q.trigger(1, lib.NOTE_FFOR | 5)
+        [ev] = q.wait(0)
+        assert ev.fflags & 0xFFFFFF == 5
+        with pytest.raises(TypeError):
+            q.trigger(True)                  # a bool is no ident
+        with pytest.raises(TypeError):
+            q.trigger(1, 2, 3)
+        with pytest.raises(FileNotFoundError):
+            q.trigger(2)                     # no such user event
+        q.trigger(ident=1)
+        assert len(q.wait(0)) == 1
+        t = q.trigger
+        q.close()
+        with pytest.raises(ValueError, match="closed"):
+            t(1)
+        with pytest.raises(ValueError, match="closed"):
+            q.trigger(1)
+
+
+def test_a_subclass_overriding_trigger_keeps_its_own():
+    class Counting(KQueue):
+        calls = 0
+
+        def trigger(self, ident, fflags=0):
+            Counting.calls += 1
+            super().trigger(ident, fflags)
+
+    with Counting() as q:
+        q.add_user(1)
+        for _ in range(3):
+            q.trigger(1)
+        assert Counting.calls == 3 and len(q.wait(0)) == 1
