@@ -1014,6 +1014,26 @@ def build_asyncio_echo(ctx: Context) -> Built:
         kq_loop, kq_clients)
     built.roles["kqueue_py"] = "kqueue_py asyncio SelectorEventLoop(KqueueSelector())"
     built.roles["stdlib"] = std_name
+
+    # The default loop again, its sockets also registered (EVFILT_READ) in
+    # a kqueue_py queue nobody waits on: what the backend's registrations
+    # cost the socket calls themselves, in the kernel (each registered
+    # descriptor has epoll items of the backend's, which every wake-up of
+    # the socket visits), apart from what the selector does.
+    shadow_loop = asyncio.new_event_loop()
+    shadow_clients = _echo_setup(built, shadow_loop, n)
+    idle = KQueue()
+    built.cleanup.append(idle.close)
+    shadow_sel = getattr(shadow_loop, "_selector", None)
+    if shadow_sel is not None:
+        for key in list(shadow_sel.get_map().values()):
+            idle.add_reader(key.fd)
+        built.runners[f"{std_name}, sockets also in an idle kqueue_py queue"] = _echo_runner(
+            shadow_loop, shadow_clients)
+        built.notes.append("the default loop is also timed with its sockets registered in an "
+                           "idle kqueue_py queue: the difference is what the backend's "
+                           "registrations cost the socket calls in the kernel, apart from the "
+                           "selector")
     if n != ECHO_CLIENTS:
         built.notes.append(f"scaled down: {n} clients, not {ECHO_CLIENTS} "
                            "(RLIMIT_NOFILE too low)")
