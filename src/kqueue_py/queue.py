@@ -578,8 +578,10 @@ class KQueue(QueueObject):
         # __float__ might answer differently).
         buf.t = timeout if timeout is None or type(timeout) in (int, float) else _UNSEEN
         buf.m = max_events if max_events is None or type(max_events) is int else _UNSEEN
-        if self._memo is not None and buf.t is timeout and buf.m is max_events:
-            _core._qwait_remember(self._memo, buf, timeout, max_events, buf.addr)
+        remember = _core._qwait_remember
+        if self._memo is not None and remember is not None and buf.t is timeout \
+                and buf.m is max_events:
+            remember(self._memo, buf, timeout, max_events, buf.addr)
         return buf
 
 

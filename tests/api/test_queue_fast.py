@@ -138,10 +138,11 @@ def test_threads_waiting_at_once_each_get_their_own_events():
         n = 200
         for j in range(n):
             q.trigger(1 + j % 4)
-            assert wait_until(lambda: sum(map(len, got)) == j + 1, timeout=10), j
+            assert wait_until(lambda j=j: sum(map(len, got)) == j + 1, timeout=10), j
         for k in range(4):
             q.trigger(99)
-            assert wait_until(lambda: sum(not t.is_alive() for t in ts) == k + 1, timeout=10)
+            assert wait_until(lambda k=k: sum(not t.is_alive() for t in ts) == k + 1,
+                              timeout=10)
         for t in ts:
             t.join(10)
         flat = [u for r in got for u in r]

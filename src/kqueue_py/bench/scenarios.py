@@ -590,7 +590,7 @@ def _pin_to_one_cpu(built: Built) -> Optional[int]:
     if getaff is None or setaff is None:  # pragma: no cover - not Linux
         return None
     saved = getaff(0)
-    cpu = min(saved)
+    cpu: int = min(saved)
     setaff(0, {cpu})
     built.cleanup.insert(0, lambda: setaff(0, saved))
     return cpu
