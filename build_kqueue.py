@@ -453,11 +453,31 @@ static PyObject *kqpy_one_event(PyObject *state, const struct kevent *e)
             return NULL;
         obj = none;
     }
-    PyObject *fields = Py_BuildValue("(KhHIL O)", (unsigned long long)e->ident, (short)e->filter,
-                                     (unsigned short)e->flags, (unsigned int)e->fflags,
-                                     (long long)e->data, obj);
+    /* The 6-tuple built field by field (Py_BuildValue would parse its
+     * format on every call). */
+    PyObject *fields = PyTuple_New(6);
     if (fields == NULL)
         return NULL;
+    PyObject *v[5] = {
+        PyLong_FromUnsignedLongLong((unsigned long long)e->ident),
+        PyLong_FromLong((long)e->filter),
+        PyLong_FromLong((long)e->flags),
+        PyLong_FromUnsignedLong((unsigned long)e->fflags),
+        PyLong_FromLongLong((long long)e->data),
+    };
+    int bad = 0;
+    for (int i = 0; i < 5; i++) {
+        if (v[i] == NULL)
+            bad = 1;
+        else
+            PyTuple_SetItem(fields, i, v[i]);   /* steals */
+    }
+    Py_INCREF(obj);
+    PyTuple_SetItem(fields, 5, obj);
+    if (bad) {
+        Py_DECREF(fields);      /* a NULL item is fine to dealloc */
+        return NULL;
+    }
     PyObject *ev = PyObject_CallFunctionObjArgs(make, fields, NULL);
     Py_DECREF(fields);
     if (ev == NULL)
