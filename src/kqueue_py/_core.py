@@ -113,6 +113,14 @@ for _name in KEVENT_FIELDS:
 STRIDED = (all(ok for _c, _at, _step, ok in _STRIDED_CODES.values())
            and sys.implementation.name == "cpython")
 
+#: CPython: KQueue.wait's C form, made per queue (queue.py), and the
+#: report of what a buffer's request is prepared for; set by the compiled
+#: module when :mod:`kqueue_py.raw` is imported (build_kqueue.py's FAST).
+_qwait_bind: Optional[Callable[..., tuple[Any, Any]]] = None
+_qwait_remember: Optional[Callable[..., bool]] = None
+#: CPython: KQueue.trigger's C form, made per queue (queue.py).
+_qtrigger_bind: Optional[Callable[..., Any]] = None
+
 NULL = ffi.NULL
 kevent = lib.kqueue_py_kevent      # kevent(); timeout in ns (< 0: forever); -errno on failure
 #: The fast entry point: ``call(request)`` runs the ``kevent`` a
@@ -513,7 +521,7 @@ class Buffer:
     for; :data:`UNSEEN` at first).  Whoever changes ``req`` must own the
     buffer for the call (a buffer pool gives each wait its own)."""
 
-    __slots__ = ("events", "view", "cap", "fields", "req", "ask", "ns", "t", "m")
+    __slots__ = ("events", "view", "cap", "fields", "req", "addr", "ask", "ns", "t", "m")
 
     def __init__(self, cap: int, kq: int = -1) -> None:
         try:
@@ -525,6 +533,7 @@ class Buffer:
         self.view = view
         self.cap = cap
         self.req = new_call(kq, events=self.events, nevents=cap)
+        self.addr = int(ffi.cast("uintptr_t", self.req))   # for the C wait (queue.py)
         self.ask = cap
         self.ns = 0
         self.t: Any = UNSEEN
@@ -606,14 +615,15 @@ def decode_tuples(buf: Buffer, n: int, get: Callable[[int], Any]
 
 
 def decode_pairs(buf: Buffer, n: int) -> Iterable[tuple[int, int]]:
-    """(ident, filter) of the first ``n`` events."""
+    """(ident, filter) of the first ``n`` events: one ``iter_unpack`` over
+    the array, faster on CPython than an ``unpack_from`` per event (at any
+    n > 1) and than the strided views (at any n up to 64 at least)."""
     if n == 1:
         return (_pair_from(buf.view),)
-    if n <= 8 or not STRIDED:
-        view = buf.view
-        return [_pair_from(view, SIZE * i) for i in range(n)]
-    c = buf.fields
-    return zip(c["ident"][:n].tolist(), c["filter"][:n].tolist())
+    return _pairs_iter(buf.view[: n * SIZE])
+
+
+_pairs_iter = IDENT_FILTER.iter_unpack
 
 
 # ---------------------------------------------------------------------------

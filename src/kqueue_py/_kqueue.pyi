@@ -28,6 +28,9 @@ class _Lib:
     # The same call described by one struct kqueue_py_call * (kq, nchanges,
     # nevents, timeout_ns, changelist, eventlist): the fast entry point.
     def kqueue_py_call(self, call: Any) -> int: ...
+    # CPython: installs the C forms of raw.kq_wait/kq_apply and of
+    # KQueue.wait/trigger (0), -1 where there are none (PyPy).
+    def kqueue_py_fast_install(self) -> int: ...
     def __getattr__(self, name: str) -> int: ...  # EVFILT_*, EV_*, NOTE_*
 
 lib: _Lib

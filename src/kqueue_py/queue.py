@@ -24,10 +24,12 @@ Design notes
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 from . import _core
 from ._core import (
+    CLOSED_MESSAGE,
     KEEP,
     MAX_EVENTS,
     MINUS_EINTR,
@@ -169,7 +171,9 @@ class KQueue(QueueObject):
     [(1, 'wake')]
     """
 
-    __slots__ = ("_cap", "_free", "_udata", "_objects", "_finite", "_triggers")
+    # __dict__: where the C form of wait() goes (_fast_wait below).
+    __slots__ = ("_cap", "_free", "_udata", "_objects", "_finite", "_triggers", "_memo",
+                 "__dict__")
 
     def __init__(self, max_events: int = 64) -> None:
         self._fd = -1
@@ -179,7 +183,8 @@ class KQueue(QueueObject):
         self._udata = UdataMap()
         self._objects = self._udata.objects     # token -> udata, read by wait()
         self._finite = self._udata.finite       # non-empty: wait() releases udata
-        # trigger()'s prepared changes: ident or (ident, fflags) -> request.
+        # trigger()'s prepared changes: ident or (ident, fflags) -> (request,
+        # its address for the C form of trigger()).
         self._triggers: dict[Any, Any] = {}
         self._open()
         # One buffer now (its request names this queue): a wait never
@@ -189,6 +194,93 @@ class KQueue(QueueObject):
         except BaseException:
             self._close_fd()
             raise
+        self._memo: Any = None
+        self._fast_wait()
+
+    # CPython: wait() and trigger() in C.  A Python method costs a frame
+    # and a few attribute reads around the C call, ~1.5x an empty
+    # select.epoll.poll; each C form (build_kqueue.py's FAST) is a builtin
+    # bound to this queue's state, put in the instance's __dict__, where
+    # attribute lookup finds it before the class's method: ``q.wait(0)``
+    # is then one C call.  The C wait serves a poll or a wait for ever with
+    # the (timeout, max_events) objects a free buffer was last prepared for
+    # (_prepare reports them through self._memo), and decodes one event;
+    # the C trigger applies a prepared trigger (self._triggers); everything
+    # else goes to the class's methods (KQueue.wait, KQueue.trigger), more
+    # events and failures to finish/_finish.  They hold this queue weakly,
+    # so dropping the queue closes it as before.  Not for subclasses that
+    # override the method.
+    def _fast_wait(self) -> None:
+        bind = _core._qwait_bind
+        if bind is None or type(self).wait is not KQueue.wait:
+            return
+        ref = weakref.ref(self)
+
+        def slow(*args: Any, **kw: Any) -> list[Event]:
+            q = ref()
+            if q is None:
+                raise ValueError(CLOSED_MESSAGE)
+            return KQueue.wait(q, *args, **kw)
+
+        objects, udata, finite = self._objects, self._udata, self._finite
+
+        def finish(buf: Buffer, n: int) -> list[Event]:
+            # Events decoded here, as wait() does (a method call less).
+            if n == 1:
+                i, f, fl, ff, d, u = _unpack_from(buf.view)
+                events = [_new_tuple(Event, (i, f, fl, ff, d, objects.get(u)))]
+            elif n > 0:
+                events = _decode_events(buf, n, objects.get)
+            else:
+                q = ref()
+                if q is None:
+                    raise ValueError(CLOSED_MESSAGE)
+                return q._finish(buf, n)
+            if finite:
+                udata.release_delivered(buf, n)
+            return events
+
+        fast, self._memo = bind(self._free, slow, finish, KQueue.wait, objects, finite,
+                                _make_event)
+        self.__dict__["wait"] = fast
+
+        def slow_trigger(*args: Any, **kw: Any) -> None:
+            q = ref()
+            if q is None:
+                raise ValueError(CLOSED_MESSAGE)
+            KQueue.trigger(q, *args, **kw)
+
+        if _core._qtrigger_bind is not None and type(self).trigger is KQueue.trigger:
+            self.__dict__["trigger"] = _core._qtrigger_bind(self._triggers, slow_trigger,
+                                                            KQueue.trigger)
+
+    def _unbind_fast(self) -> None:
+        """close() and fork: the C form goes (later waits check)."""
+        self.__dict__.pop("wait", None)
+        self.__dict__.pop("trigger", None)
+        memo = getattr(self, "_memo", None)
+        if memo is not None and _core._qwait_remember is not None:
+            _core._qwait_remember(memo)
+        self._memo = None
+
+    def _finish(self, buf: Buffer, n: int) -> list[Event]:
+        """The end of a wait the C form made that failed (``n`` < 0: -errno;
+        a poll or a wait for ever, so no deadline): as :meth:`wait`'s, but
+        the C form puts the buffer back into its pool."""
+        if n == MINUS_EINTR:
+            n = wait_more(buf.req.kq, buf.events, buf.ask, buf.ns, 0, n)
+        if n <= 0:
+            if n == 0:
+                return []
+            raise failure(self._fd, n)
+        if n == 1:
+            i, f, fl, ff, d, u = _unpack_from(buf.view)
+            events = [_new_tuple(Event, (i, f, fl, ff, d, self._objects.get(u)))]
+        else:
+            events = _decode_events(buf, n, self._objects.get)
+        if self._finite:
+            self._udata.release_delivered(buf, n)
+        return events
 
     # -- lifecycle (fileno, closed, with, __del__: QueueObject) ----------
     def close(self) -> None:
@@ -196,14 +288,16 @@ class KQueue(QueueObject):
         ``ValueError``.  Every udata object is released.  Idempotent."""
         self._close_fd()
         self._free = []     # every later wait goes through _prepare, which checks
+        self._unbind_fast()
         self._udata.clear()
-        self._triggers = {}
+        self._triggers.clear()      # in place: the C form of trigger() reads it
 
     def _after_fork(self) -> None:
         self._fd = -1
         self._free = []
+        self._unbind_fast()
         self._udata.clear()
-        self._triggers = {}
+        self._triggers.clear()
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
@@ -308,7 +402,7 @@ class KQueue(QueueObject):
         # meanwhile makes the call fail).
         if type(ident) is int and type(fflags) is int:
             try:
-                req = self._triggers[ident if fflags == 0 else (ident, fflags)]
+                req = self._triggers[ident if fflags == 0 else (ident, fflags)][0]
             except KeyError:
                 req = self._prepare_trigger(ident, fflags)
         else:
@@ -340,8 +434,9 @@ class KQueue(QueueObject):
         req.nchanges = 1
         triggers = self._triggers
         if len(triggers) >= 64:
-            triggers = self._triggers = {}
-        triggers[ident if fflags == 0 else (ident, fflags)] = req
+            triggers.clear()
+        triggers[ident if fflags == 0 else (ident, fflags)] = (
+            req, int(_core.ffi.cast("uintptr_t", req)))
         return req
 
     def add_signal(self, signum: int, udata: Any = None) -> None:
@@ -483,6 +578,10 @@ class KQueue(QueueObject):
         # __float__ might answer differently).
         buf.t = timeout if timeout is None or type(timeout) in (int, float) else _UNSEEN
         buf.m = max_events if max_events is None or type(max_events) is int else _UNSEEN
+        remember = _core._qwait_remember
+        if self._memo is not None and remember is not None and buf.t is timeout \
+                and buf.m is max_events:
+            remember(self._memo, buf, timeout, max_events, buf.addr)
         return buf
 
 

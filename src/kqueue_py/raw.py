@@ -9,6 +9,7 @@ one internal core.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -56,9 +57,12 @@ _capacity = _core.events_capacity
 # request when one array is used with several queues in turn.  At most
 # _CACHED entries of each kind are kept (then the cache starts over).
 _CACHED = 64
-_applies: dict[int, dict[Any, tuple[Any, Any]]] = {}
-_waits: dict[Any, tuple[Any, int, int, int, Any]] = {}
-_waits_all: dict[tuple[int, Any, int, int], tuple[Any, int, int, int, Any]] = {}
+# Each entry also holds the request's address (an int): on CPython,
+# kq_wait and kq_apply are C functions that read these very caches (see
+# the end of this module).
+_applies: dict[int, dict[Any, tuple[Any, Any, int]]] = {}
+_waits: dict[Any, tuple[Any, int, int, int, Any, int]] = {}
+_waits_all: dict[tuple[int, Any, int, int], tuple[Any, int, int, int, Any, int]] = {}
 
 
 def _remember(cache: dict[Any, Any], key: Any, entry: Any) -> None:
@@ -98,7 +102,7 @@ def kq_apply(kq: int, change: Any) -> bool:
     On failure ``ffi.errno`` holds the error.
     """
     try:
-        obj, req = _applies[kq][change]
+        obj, req, _addr = _applies[kq][change]
     except (KeyError, TypeError):     # TypeError: kq or change is not hashable
         req = _prepare_apply(kq, change)
     else:
@@ -119,8 +123,18 @@ def _prepare_apply(kq: int, change: Any) -> Any:
     if per_queue is None:
         per_queue = {}
         _remember(_applies, kq, per_queue)
-    _remember(per_queue, change, (change, req))
+    _remember(per_queue, change, (change, req, _address(req)))
     return req
+
+
+def _address(req: Any) -> int:
+    return int(ffi.cast("uintptr_t", req))
+
+
+def _apply_failed(r: int) -> bool:
+    """kq_apply's failure (``r``: -errno), after the C function's call."""
+    ffi.errno = -r
+    return False
 
 
 def timespec(seconds: float) -> Any:
@@ -151,7 +165,7 @@ def kq_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> int:
     that makes kqueue calls of its own cannot disturb it.
     """
     try:
-        obj, k, c, t, req = _waits[events]
+        obj, k, c, t, req, _addr = _waits[events]
     except (KeyError, TypeError):     # TypeError: events is not hashable
         req = _prepare_wait(kq, events, cap, timeout_ms)
     else:
@@ -188,8 +202,8 @@ def _prepare_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> Any:
             ns = -1 if timeout_ms < 0 else 0
         else:
             ns = timeout_ms * 1_000_000
-        entry = (events, kq, cap, timeout_ms,
-                 _new_call(kq, events=events, nevents=cap, timeout_ns=ns))
+        req = _new_call(kq, events=events, nevents=cap, timeout_ns=ns)
+        entry = (events, kq, cap, timeout_ms, req, _address(req))
         _remember(_waits_all, key, entry)
     _remember(_waits, events, entry)
     return entry[4]
@@ -197,3 +211,28 @@ def _prepare_wait(kq: int, events: Any, cap: int, timeout_ms: int) -> Any:
 
 def _too_many(cap: int, room: int) -> None:
     raise ValueError(f"cap must be at most the {room} events the buffer holds, got {cap}")
+
+
+def _wait_failed(kq: int, events: Any, cap: int, timeout_ms: int, n: int) -> int:
+    """What kq_wait does after its first call returned ``n`` < 0, for the C
+    function's calls (a poll or a wait for ever: no deadline)."""
+    if n == _MINUS_EINTR:
+        n = _wait_more(kq, events, cap, -1 if timeout_ms < 0 else 0, 0, n)
+        if n >= 0:
+            return n
+    ffi.errno = -n
+    return -1
+
+
+_kq_wait_py = kq_wait
+_kq_apply_py = kq_apply
+_fast_wait: Any = None
+_fast_apply: Any = None
+
+# CPython: kq_wait and kq_apply become the C functions the compiled module
+# makes of them (build_kqueue.py's FAST), which take the same arguments,
+# serve a call whose request is cached here at C speed and hand every other
+# call to the Python functions above.  PyPy's JIT runs those as fast.
+if sys.implementation.name == "cpython" and lib.kqueue_py_fast_install() == 0:
+    kq_wait = _fast_wait  # noqa: F811
+    kq_apply = _fast_apply  # noqa: F811

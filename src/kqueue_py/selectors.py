@@ -44,6 +44,17 @@ _pair_from = IDENT_FILTER.unpack_from
 _monotonic_ns = time.monotonic_ns
 _PYPY = sys.implementation.name == "pypy"
 
+# PyPy: select() reads ident and filter straight from the event array
+# through typed pointers, ident as a *signed* word: PyPy's JIT turns an
+# unsigned 64-bit read (struct kevent's uintptr_t ident) into a check for a
+# value beyond a machine int, which made decoding 64 events 2.3x slower
+# than the same loop with signed reads (a descriptor fits either way).
+_ID_SIZE = _core.ffi.sizeof(dict(_core.ffi.typeof("struct kevent").fields)["ident"].type)
+_ID_TYPE = {4: "int32_t *", 8: "int64_t *"}.get(_ID_SIZE)
+_ID_CODE, _ID_AT, _ID_STEP, _ID_OK = _core._STRIDED_CODES["ident"]
+_FI_CODE, _FI_AT, _FI_STEP, _FI_OK = _core._STRIDED_CODES["filter"]
+_TYPED = _PYPY and _ID_TYPE is not None and _ID_OK and _FI_OK and _FI_CODE == "h"
+
 
 class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
     """Kqueue-based selector (one READ and/or WRITE registration per fd)."""
@@ -65,12 +76,21 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         # differs from the last one or a registration changed _ask.
         self._kqfd = self._kq.fd
         self._buf = Buffer(64, self._kqfd)
+        self._ptrs = self._typed(self._buf)
         self._ask = 1      # how many events select() asks for
         _core.on_fork(self)
 
     def _after_fork(self) -> None:
         self._kqfd = -1
         self._buf.t = _core.UNSEEN
+
+    @staticmethod
+    def _typed(buf: Buffer) -> Any:
+        """(ident, filter) pointers into ``buf``'s array (PyPy; see _TYPED)."""
+        if not _TYPED:
+            return None
+        ffi = _core.ffi
+        return ffi.cast(_ID_TYPE, buf.events), ffi.cast("int16_t *", buf.events)
 
     def _resize(self) -> None:
         # Only select() writes to its request (see _prepare); a registration
@@ -79,6 +99,7 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         ask = self._filters if self._filters > 0 else 1
         if ask > self._buf.cap:
             self._buf = Buffer(max(ask, 2 * self._buf.cap), self._kqfd)
+            self._ptrs = self._typed(self._buf)
         if ask != self._ask:
             self._ask = ask
             self._buf.t = _core.UNSEEN
@@ -194,6 +215,16 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
                 raise failure(self._kqfd, n)
         fd_to_key = self._fd_to_key
         ready = []
+        if _TYPED:
+            idents, filters = self._ptrs
+            for i in range(n):
+                key = fd_to_key.get(idents[_ID_AT + _ID_STEP * i])
+                if key is not None:
+                    mask = (EVENT_READ if filters[_FI_AT + _FI_STEP * i] == _READ
+                            else EVENT_WRITE)
+                    if key.events & mask:
+                        ready.append((key, mask))
+            return ready
         if _PYPY:
             # PyPy's JIT reads the cdata fields in place faster than any
             # decoder copies them out.

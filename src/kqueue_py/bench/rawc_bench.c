@@ -24,6 +24,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -469,9 +470,31 @@ static void op_ep_rt(void *p, long n)
 }
 #endif
 
+/* Both threads on one CPU, as the Python side of this scenario does (see
+ * build_user_rt in scenarios.py): a wake is then a switch between two
+ * threads, not a CPU's exit from idle.  The threads inherit it. */
+static void pin_to_one_cpu(void)
+{
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0)
+        die("sched_getaffinity");
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (CPU_ISSET(cpu, &set)) {
+            CPU_ZERO(&set);
+            CPU_SET(cpu, &set);
+            if (sched_setaffinity(0, sizeof set, &set) != 0)
+                die("sched_setaffinity");
+            return;
+        }
+    }
+#endif
+}
+
 static void scenario_user_rt(int64_t target, int repeats)
 {
     struct rtctx c = {0};
+    pin_to_one_cpu();
     c.a = new_kq();
     c.b = new_kq();
     kq_change(c.a, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);

@@ -580,13 +580,43 @@ def _echo_thread(name: str, body: Callable[[], None], built: Built,
     built.cleanup.append(finish)
 
 
+def _pin_to_one_cpu(built: Built) -> Optional[int]:
+    """Pin the calling thread, and so every thread it starts from now on, to
+    one CPU until ``built`` is closed (then the old affinity comes back,
+    after the threads are joined: cleanup runs last to first).  Returns the
+    CPU, or None where threads cannot be pinned (BSD, macOS)."""
+    getaff = getattr(os, "sched_getaffinity", None)
+    setaff = getattr(os, "sched_setaffinity", None)
+    if getaff is None or setaff is None:  # pragma: no cover - not Linux
+        return None
+    saved = getaff(0)
+    cpu: int = min(saved)
+    setaff(0, {cpu})
+    built.cleanup.insert(0, lambda: setaff(0, saved))
+    return cpu
+
+
 def build_user_rt(ctx: Context) -> Built:
     """Thread A triggers B's user event; B, blocked in kevent(), wakes and
-    triggers A's; A wakes.  One op = one round trip."""
+    triggers A's; A wakes.  One op = one round trip.
+
+    Every thread of the scenario (and of the raw-C program's) runs on one
+    CPU: a wake-up is then a switch between two threads of that CPU, whose
+    cost is the work of the calls measured.  Across two CPUs it would be
+    dominated by the sleeping CPU's exit from idle -- on a VM, ~5 us or ~50
+    us depending on whether the vCPU halted, which no comparator controls
+    and which made the numbers bimodal.  Pinned, every comparator does the
+    same thing (each side wakes the other with one call and blocks in one),
+    on the same CPU, interleaved."""
     built = Built(runners={}, roles={}, unit="round trip", rawc=("user_rt", 0))
-    built.notes.append("a round trip is two cross-CPU wakeups: on a VM, waking an idle vCPU "
-                       "can cost ~100 us, so results are bimodal (~10 us vs ~100 us) and "
-                       "depend on what else runs; read them with the median/min columns")
+    if _pin_to_one_cpu(built) is None:  # pragma: no cover - not Linux
+        built.notes.append("a round trip is two cross-CPU wakeups: waking an idle CPU "
+                           "(on a VM: an idle vCPU) dominates, so results can be bimodal "
+                           "and depend on what else runs")
+    else:
+        built.notes.append("both threads of every comparator run on one CPU (the raw-C "
+                           "program's too): a wake is a switch between two threads, not a "
+                           "CPU's exit from idle, which made cross-CPU numbers bimodal")
     stop_flag = {"stop": False}
 
     # -- kqueue_py: kq_apply / kq_wait ----------------------------------
@@ -984,6 +1014,26 @@ def build_asyncio_echo(ctx: Context) -> Built:
         kq_loop, kq_clients)
     built.roles["kqueue_py"] = "kqueue_py asyncio SelectorEventLoop(KqueueSelector())"
     built.roles["stdlib"] = std_name
+
+    # The default loop again, its sockets also registered (EVFILT_READ) in
+    # a kqueue_py queue nobody waits on: what the backend's registrations
+    # cost the socket calls themselves, in the kernel (each registered
+    # descriptor has epoll items of the backend's, which every wake-up of
+    # the socket visits), apart from what the selector does.
+    shadow_loop = asyncio.new_event_loop()
+    shadow_clients = _echo_setup(built, shadow_loop, n)
+    idle = KQueue()
+    built.cleanup.append(idle.close)
+    shadow_sel = getattr(shadow_loop, "_selector", None)
+    if shadow_sel is not None:
+        for key in list(shadow_sel.get_map().values()):
+            idle.add_reader(key.fd)
+        built.runners[f"{std_name}, sockets also in an idle kqueue_py queue"] = _echo_runner(
+            shadow_loop, shadow_clients)
+        built.notes.append("the default loop is also timed with its sockets registered in an "
+                           "idle kqueue_py queue: the difference is what the backend's "
+                           "registrations cost the socket calls in the kernel, apart from the "
+                           "selector")
     if n != ECHO_CLIENTS:
         built.notes.append(f"scaled down: {n} clients, not {ECHO_CLIENTS} "
                            "(RLIMIT_NOFILE too low)")
