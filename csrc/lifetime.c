@@ -353,6 +353,8 @@ int kq_set_add(struct kq *kq, int kind, int fd, struct epoll_event *ev, int *set
 
 int kq_set_mod(struct kq *kq, int kind, int set, int fd, struct epoll_event *ev)
 {
+    if (set == KQ_SET_HOT)
+        return kq_rewatch_item(kq, fd, ev);
     return epoll_ctl(subset_of(kq, kind, set)->fd, EPOLL_CTL_MOD, fd, ev) == 0 ? 0 : -errno;
 }
 
@@ -372,6 +374,13 @@ static void linger_note(struct kq_subset *s, uint64_t data)
  * file (EBADF, ENOENT): the item may then linger, and is remembered. */
 int kq_set_del(struct kq *kq, int kind, int set, int fd, uint64_t data)
 {
+    if (set == KQ_SET_HOT) {
+        /* An item that stays (EPOLLONESHOT) fires at most once more: an
+         * orphan, ignored.  Nothing to rebuild. */
+        assert(kq->nhot > 0);
+        kq->nhot--;
+        return kq_unwatch_item(kq, fd);
+    }
     struct kq_subset *s = subset_of(kq, kind, set);
     assert(s->count > 0);
     s->count--;
@@ -380,6 +389,33 @@ int kq_set_del(struct kq *kq, int kind, int set, int fd, uint64_t data)
     int err = -errno;
     linger_note(s, data);
     return err;
+}
+
+/* Move fd's item from sub-set set into the wait set itself (ev: its
+ * EPOLLONESHOT form there).  The EPOLL_CTL_DEL from the sub-set is the
+ * identity check: it finds the item only while the number names the
+ * registered file.  0; -ENOENT when it does not (the registration is
+ * dead: the item a failed DEL leaves is remembered as lingering); another
+ * -errno when the move could not be made (nothing changed). */
+int kq_set_promote(struct kq *kq, int kind, int set, int fd, struct epoll_event *ev,
+                   uint64_t data)
+{
+    struct kq_subset *s = subset_of(kq, kind, set);
+    if (kq->nhot >= KQ_HOT_MAX || kq->nsubs[kind] < 2)
+        return -ENOSPC;
+    int err = kq_watch_item(kq, fd, ev);
+    if (err != 0)
+        return err == -EBADF ? -ENOENT : err;
+    if (epoll_ctl(s->fd, EPOLL_CTL_DEL, fd, NULL) < 0) {
+        /* The number names another file: its item just added goes. */
+        (void)kq_unwatch_item(kq, fd);
+        linger_note(s, data);
+        return -ENOENT;
+    }
+    assert(s->count > 0);
+    s->count--;
+    kq->nhot++;
+    return 0;
 }
 
 /* A sub-set has ready items (data: its item in the wait set): fetch up to
@@ -407,6 +443,8 @@ static void rebuild_due(struct kq *kq, struct kq_subset *s)
  * while in flight and is ignored. */
 void kq_set_orphan(struct kq *kq, int kind, int set, uint64_t data)
 {
+    if (set == KQ_SET_HOT)
+        return;     /* EPOLLONESHOT: it has fired, and is disarmed for good */
     struct kq_subset *s = subset_of(kq, kind, set);
     int lingers = s->overflow;
     for (int i = 0; i < s->nlinger && !lingers; i++)
@@ -420,6 +458,8 @@ void kq_set_orphan(struct kq *kq, int kind, int set, uint64_t data)
  * comes back. */
 void kq_set_lingers(struct kq *kq, int kind, int set, uint64_t data)
 {
+    if (set == KQ_SET_HOT)
+        return;     /* EPOLLONESHOT: it has fired, and is disarmed for good */
     struct kq_subset *s = subset_of(kq, kind, set);
     linger_note(s, data);
     rebuild_due(kq, s);
