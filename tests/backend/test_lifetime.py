@@ -592,6 +592,40 @@ def test_kqueue_releases_the_object_of_a_closed_registration():
     assert released, "KQueue kept the object of a registration closed without EV_DELETE"
 
 
+@pytest.mark.parametrize("method", ["wait", "wait_tuples"])
+def test_kqueue_wait_alone_releases_the_object_of_a_closed_registration(method):
+    # No change batch at all: wait() itself hands the object back, within
+    # a bounded number of calls (the backend's sweep every 128 kevent()
+    # calls finds the dead registration, wait() collects every 128 calls).
+    from kqueue_py import KQueue
+
+    class Conn:
+        pass
+
+    q = KQueue()
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    conn = Conn()
+    ref = weakref.ref(conn)
+    q.add_reader(a, conn)
+    q.add_writer(c, "kept")                    # live, and ready on every call
+    del conn
+    a.close()
+    wait = getattr(q, method)
+    calls = 0
+    try:
+        while ref() is not None and calls < 3 * 128:
+            assert len(wait(0)) == 1
+            calls += 1
+        assert ref() is None, f"object still held after {calls} wait() calls"
+        assert [e[5] for e in wait(0)] == ["kept"]
+    finally:
+        b.close()
+        c.close()
+        d.close()
+        q.close()
+
+
 # --------------------------------------------------------------------------
 # fork: the child holds no descriptor of the parent's queues.
 
