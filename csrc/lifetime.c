@@ -465,6 +465,26 @@ void kq_set_lingers(struct kq *kq, int kind, int set, uint64_t data)
     rebuild_due(kq, s);
 }
 
+#ifndef NDEBUG
+/* Fault injection, in debug and sanitizer builds only (tests/backend/
+ * test_lifetime.py sets it through the exported symbol): while non-zero,
+ * every epoll_ctl() that puts a live item into a rebuild's fresh set fails
+ * with this errno, as ENOMEM or ENOSPC (fs.epoll.max_user_watches) would. */
+__attribute__((visibility("default"))) int kqueue_py_debug_rebuild_errno;
+
+static int rebuild_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    int e = __atomic_load_n(&kqueue_py_debug_rebuild_errno, __ATOMIC_RELAXED);
+    if (e != 0) {
+        errno = e;
+        return -1;
+    }
+    return epoll_ctl(epfd, op, fd, ev);
+}
+#else
+#define rebuild_ctl epoll_ctl
+#endif
+
 /* A fresh set with the live items of sub-set (kind, idx) replaces it. */
 static int rebuild(struct kq *kq, int kind, int idx)
 {
@@ -481,7 +501,7 @@ static int rebuild(struct kq *kq, int kind, int idx)
             continue;       /* dead too: forgotten (and out of the count) */
         struct epoll_event ev = { .events = kn->u.fd.armed,
                                   .data.u64 = EP_DATA(tag, kn->u.fd.gen, fd) };
-        if (epoll_ctl(fresh, EPOLL_CTL_ADD, fd, &ev) < 0)
+        if (rebuild_ctl(fresh, EPOLL_CTL_ADD, fd, &ev) < 0)
             err = -errno;
     }
     struct kq_subset *s = &kq->subs[kind][idx];

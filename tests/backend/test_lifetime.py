@@ -405,6 +405,52 @@ def test_readiness_matches_epoll_across_many_nested_sets(kq):
             b.close()
 
 
+def _rebuild_fault_switch() -> ctypes.c_int:
+    """The backend's fault injection for a rebuild's epoll_ctl() calls
+    (debug and sanitizer builds only: ``make asan``)."""
+    import kqueue_py._kqueue as ext
+    try:
+        return ctypes.c_int.in_dll(ctypes.CDLL(ext.__file__), "kqueue_py_debug_rebuild_errno")
+    except ValueError:
+        pytest.skip("fault injection is compiled into debug and sanitizer builds only")
+
+
+@pytest.mark.parametrize("err", [errno.ENOMEM, errno.ENOSPC])
+def test_a_failed_rebuild_is_reported_and_keeps_the_old_set(kq, err):
+    switch = _rebuild_fault_switch()
+    pairs = [socket.socketpair() for _ in range(4)]
+    kq.change(*[(a.fileno(), READ, EV_ADD, 0, 0, i) for i, (a, _) in enumerate(pairs)])
+    victim, peer = pairs[0]
+    keep = os.dup(victim.fileno())
+    snap = EpollSnapshot()
+    try:
+        victim.close()
+        peer.send(b"level-triggered: the lingering item comes back")
+        switch.value = err
+        try:
+            for _ in range(3):                 # reported, every time it is tried
+                with pytest.raises(OSError) as e:
+                    kevent(kq, (), 8, 0)
+                assert e.value.errno == err
+            # (The spare set, which held nothing, may be a new one.)
+            assert [fd for fd in snap.replaced() if snap.items[fd]] == [], \
+                "the set was replaced although its rebuild failed"
+            pairs[1][1].send(b"y")             # the old set still serves its live items
+            assert [ev.udata for ev in kq.poll()] == [1]
+        finally:
+            switch.value = 0
+        assert [ev.udata for ev in kq.poll()] == [1]
+        assert [snap.items[fd] for fd in snap.replaced() if snap.items[fd]] == [4]
+        pairs[2][1].send(b"z")
+        assert sorted(ev.udata for ev in kq.poll()) == [1, 2]
+    finally:
+        snap.close()
+        os.close(keep)
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 # --------------------------------------------------------------------------
 # Item 3: no busy loop at EMFILE.
 
