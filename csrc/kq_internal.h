@@ -11,6 +11,10 @@
  *     with independent EPOLLET / EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/
  *     EV_DISPATCH hold per filter; an item epoll can no longer remove
  *     costs a rebuild of its sub-set only;
+ *   - up to KQ_HOT_MAX "hot" READ or WRITE items (lifetime.c): level-
+ *     triggered registrations found ready alone in their sub-set, moved
+ *     here (EPOLLONESHOT, re-armed at each report) so that their events
+ *     cost one epoll_wait, not two;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
  *     (timers live in a heap, not one descriptor each), made by the first
  *     timer; timers fire without it (kevent() bounds its wait by the

@@ -55,11 +55,23 @@
  * every epoll_ctl() of a rebuild is checked, and a failure leaves the old
  * set in place and fails the kevent() call.
  *
+ * Hot items.  A nested set costs a second epoll_wait: the wait set says
+ * which sub-set is ready, the sub-set which items.  A level-triggered
+ * registration found ready alone in its sub-set (one event for two waits),
+ * in a queue with more than one sub-set of its kind, moves into the wait
+ * set itself (KQ_SET_HOT, at most KQ_HOT_MAX): its item is EPOLLONESHOT
+ * there, re-armed by EPOLL_CTL_MOD at each report -- which fails once the
+ * number no longer names the file, so it is also the identity check -- and
+ * an item a closed number leaves there fires at most once: nothing to
+ * rebuild.  The move's EPOLL_CTL_DEL from the sub-set checks identity for
+ * the report that moves it.
+ *
  * Cost (CPU time of kevent() in a C loop, 2-vCPU VM): the probe is about
  * 0.2 us per reported event, where the EPOLL_CTL_MOD it replaces cost
  * about 0.33 us; one more epoll_wait per sub-set with ready items (none
  * for a poll of a queue whose only sub-set is its one READ set: the core
- * asks that set directly); one probe per new registration.
+ * asks that set directly, and none for a hot item, whose re-arm costs
+ * about 0.13 us more than a probe); one probe per new registration.
  */
 #define _GNU_SOURCE
 #include <errno.h>
