@@ -292,12 +292,12 @@ int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint6
 
 /* An item of a user's descriptor in the wait set itself (lifetime.c's
  * KQ_SET_HOT: EPOLLONESHOT, so that one left behind by a closed number
- * fires at most once).  EEXIST: an item this very file left on this
- * number (disarmed) is taken over.  0 or -errno. */
+ * fires at most once).  0 or -errno: -EEXIST when the file is in the set
+ * already under this number (one of the queue's own descriptors, or such
+ * a left-behind item): never taken over. */
 int kq_watch_item(struct kq *kq, int fd, struct epoll_event *ev)
 {
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, ev) < 0 &&
-        (errno != EEXIST || epoll_ctl(kq->waitfd, EPOLL_CTL_MOD, fd, ev) < 0))
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, ev) < 0)
         return -errno;
     kq->nwatched++;
     direct_update(kq);

@@ -372,6 +372,50 @@ def test_lowat_on_a_moved_registration(big_queue, fds):
     assert [(e.udata, e.data) for e in kq.poll()] == [(71, 4)]
 
 
+def test_a_registration_on_the_queues_own_descriptor_never_takes_its_item(big_queue):
+    # READ on the queue's own wake eventfd, ready alone in its nested set:
+    # the queue's set holds that file under that number already, and the
+    # registration must not take the item over (deleting it would then
+    # take the queue's wake-up away from blocked threads).
+    kq = big_queue
+    USER = lib.EVFILT_USER
+
+    def eventfds() -> set[int]:
+        out = set()
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventfd]":
+                    out.add(int(name))
+            except OSError:
+                pass
+        return out
+
+    before = eventfds()
+    kq.change((1, USER, EV_ADD, 0, 0, 5))     # level: stays triggered, wake fd readable
+    made = eventfds() - before
+    assert len(made) == 1
+    wake = made.pop()
+    kq.change((wake, READ, EV_ADD, 0, 0, 9), (1, USER, 0, lib.NOTE_TRIGGER, 0, 5))
+    for _ in range(3):
+        assert sorted((e.filter, e.udata) for e in kq.poll()) == sorted([(USER, 5), (READ, 9)])
+    kq.change((wake, READ, EV_DELETE), (1, USER, EV_DELETE))
+    assert kq.poll() == []
+    kq.change((2, USER, EV_ADD | EV_CLEAR, 0, 0, 6))
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(kevent(kq, (), 8, None)), daemon=True)
+    t.start()
+    assert wait_until(lambda: t.native_id is not None and _blocked_in_epoll(t.native_id),
+                      timeout=10)
+    kq.change((2, USER, 0, lib.NOTE_TRIGGER, 0, 6))
+    t.join(10)
+    woke = not t.is_alive()
+    if not woke:
+        lib.kqueue_close(kq)                   # (wakes it, with EBADF)
+        t.join(10)
+    assert woke, "a blocked thread was not woken: the queue lost its wake-up item"
+    assert [(e.filter, e.udata) for e in got[0]] == [(USER, 6)]
+
+
 def test_readiness_matches_epoll_across_many_nested_sets(kq):
     # An outside oracle: the same sockets in a select.epoll set; random
     # sends and reads, and after each step both report the same ready set.
