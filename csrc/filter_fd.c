@@ -122,10 +122,17 @@ int fd_kind_of(const struct knote *kn)
     return kn->kev.filter == EVFILT_READ ? 0 : 1;
 }
 
+/* The tag of a knote's item: in a sub-set, or in the wait set itself. */
+static uint32_t tag_of(const struct knote *kn)
+{
+    if (kn->u.fd.set == KQ_SET_HOT)
+        return kn->kev.filter == EVFILT_READ ? TAG_RHOT : TAG_WHOT;
+    return kn->kev.filter == EVFILT_READ ? TAG_READ : TAG_WRITE;
+}
+
 static uint64_t data_of(const struct knote *kn)
 {
-    return EP_DATA(kn->kev.filter == EVFILT_READ ? TAG_READ : TAG_WRITE, kn->u.fd.gen,
-                   (int)kn->kev.ident);
+    return EP_DATA(tag_of(kn), kn->u.fd.gen, (int)kn->kev.ident);
 }
 
 /* The epoll registration for a knote's current state.  A disabled (or
@@ -135,14 +142,8 @@ static uint64_t data_of(const struct knote *kn)
 struct epoll_event fd_wanted(const struct knote *kn)
 {
     struct epoll_event ev;
-    int fd = (int)kn->kev.ident;
-    if (kn->kev.filter == EVFILT_READ) {
-        ev.events = EPOLLIN | EPOLLRDHUP;
-        ev.data.u64 = EP_DATA(TAG_READ, kn->u.fd.gen, fd);
-    } else {
-        ev.events = EPOLLOUT;
-        ev.data.u64 = EP_DATA(TAG_WRITE, kn->u.fd.gen, fd);
-    }
+    ev.events = kn->kev.filter == EVFILT_READ ? EPOLLIN | EPOLLRDHUP : EPOLLOUT;
+    ev.data.u64 = data_of(kn);
     if (kn->kev.fflags & NOTE_LOWAT) {
         /* Judged at delivery.  Edge-triggered, so that a reading below the
          * mark neither spins nor (with EPOLLONESHOT) disarms: the next
@@ -157,6 +158,8 @@ struct epoll_event fd_wanted(const struct knote *kn)
     } else if (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)) {
         ev.events |= EPOLLONESHOT;
     }
+    if (kn->u.fd.set == KQ_SET_HOT)
+        ev.events |= EPOLLONESHOT;  /* re-armed at each report (confirm) */
     if (kn->status & KN_DISABLED)
         ev.events = EPOLLONESHOT;
     return ev;
@@ -193,8 +196,16 @@ static int fd_sync(struct kq *kq, struct knote *kn)
         return 0;
     }
     fd_lowat_unwait(kq, kn);
-    struct epoll_event ev = fd_wanted(kn);
     int err;
+    if ((kn->status & KN_INEPOLL) && kn->u.fd.set == KQ_SET_HOT &&
+        (kn->kev.fflags & NOTE_LOWAT)) {
+        /* NOTE_LOWAT needs an edge-triggered item: back to a sub-set. */
+        kn->status &= ~KN_INEPOLL;
+        if ((err = kq_set_del(kq, fd_kind_of(kn), KQ_SET_HOT, fd, data_of(kn))) != 0)
+            return err;
+        kn->u.fd.set = 0;
+    }
+    struct epoll_event ev = fd_wanted(kn);
     if (kn->status & KN_INEPOLL) {
         /* MOD re-arms a dispatched registration and re-checks readiness. */
         if ((err = kq_set_mod(kq, fd_kind_of(kn), kn->u.fd.set, fd, &ev)) == 0)
@@ -203,6 +214,7 @@ static int fd_sync(struct kq *kq, struct knote *kn)
     }
     if (!kq_life_epollable(kq, fd))
         return fd_file_attach(kq, kn);     /* a regular file or directory */
+    assert(kn->u.fd.set != KQ_SET_HOT);
     if ((err = kq_set_add(kq, fd_kind_of(kn), fd, &ev, &kn->u.fd.set)) == 0) {
         kn->status |= KN_INEPOLL;
         kn->u.fd.armed = ev.events;
@@ -287,7 +299,12 @@ static int fd_remove(struct kq *kq, struct knote *kn)
 static int confirm(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident, saved = errno, ok;
-    if (!(kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)) &&
+    if (kn->u.fd.set == KQ_SET_HOT) {
+        /* In the wait set itself (level, no NOTE_LOWAT): the re-arm of
+         * its EPOLLONESHOT item. */
+        struct epoll_event ev = fd_wanted(kn);
+        ok = kq_set_mod(kq, fd_kind_of(kn), KQ_SET_HOT, fd, &ev) == 0;
+    } else if (!(kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)) &&
         (!(kn->kev.fflags & NOTE_LOWAT) || (kn->kev.flags & EV_CLEAR))) {
         ok = kq_life_check(kq, fd) == 0;     /* the common case: the probe */
     } else if (kn->kev.flags & EV_ONESHOT) {
@@ -309,10 +326,52 @@ static int confirm(struct kq *kq, struct knote *kn)
     return ok;
 }
 
-/* Fill *out for a registration epoll reported ready with revents.
- * Returns 1 for an event, 0 when there is none to report (below its
- * NOTE_LOWAT mark, or KN_STALE: the registration turned out to be stale). */
-static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out)
+/*
+ * A level-triggered registration found ready alone in its sub-set cost
+ * two epoll_wait()s for one event (the wait set's, then the sub-set's):
+ * its item moves into the wait set itself, EPOLLONESHOT there, so that
+ * its next events cost one, whatever the number of sub-sets.  A closed
+ * number can leave such an item behind too (no sub-set to rebuild then),
+ * but it fires at most once, and the re-arm after each report -- an
+ * EPOLL_CTL_MOD, which fails once the number no longer names the file --
+ * is its identity check.  The move's EPOLL_CTL_DEL from the sub-set is
+ * this report's.  At most KQ_HOT_MAX items, for queues with more than
+ * one sub-set of the kind (one sub-set: the poll asks it directly, or
+ * the items of a burst share its epoll_wait).  Returns 1 moved (live), 0
+ * dead, -1 not moved (the caller checks as usual).
+ */
+static int promote(struct kq *kq, struct knote *kn)
+{
+    int fd = (int)kn->kev.ident, kind = fd_kind_of(kn), set = kn->u.fd.set;
+    if (set == KQ_SET_HOT || (kn->kev.flags & (EV_CLEAR | EV_ONESHOT | EV_DISPATCH)) ||
+        (kn->kev.fflags & NOTE_LOWAT) || (kn->status & KN_DISABLED))
+        return -1;
+    /* One item per (file, number) in a set: READ's and WRITE's cannot
+     * both be there. */
+    struct knote *other = (kind == 0 ? kq->wr : kq->rd)[fd];
+    if (other != NULL && other->u.fd.set == KQ_SET_HOT)
+        return -1;
+    uint64_t old_data = data_of(kn);
+    kn->u.fd.set = KQ_SET_HOT;
+    struct epoll_event ev = fd_wanted(kn);
+    kn->u.fd.set = set;
+    int saved = errno;
+    int err = kq_set_promote(kq, kind, set, fd, &ev, old_data);
+    errno = saved;
+    if (err == 0) {
+        kn->u.fd.set = KQ_SET_HOT;
+        kn->u.fd.armed = ev.events;
+        return 1;
+    }
+    return err == -ENOENT ? 0 : -1;
+}
+
+/* Fill *out for a registration epoll reported ready with revents (alone:
+ * the only item its sub-set's epoll_wait returned).  Returns 1 for an
+ * event, 0 when there is none to report (below its NOTE_LOWAT mark, or
+ * KN_STALE: the registration turned out to be stale). */
+static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct kevent *out,
+                    int alone)
 {
     int fd = (int)kn->kev.ident;
     /* NOTE_NODATA (a kqueue_py extension): readiness only, data = 0 --
@@ -354,8 +413,15 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
      * check (its owner deletes it before closing the descriptor, as with
      * epoll).  ONESHOT/DISPATCH need their epoll_ctl() anyway, and
      * NOTE_LOWAT its re-arm, so they keep it. */
+    int moved = alone ? promote(kq, kn) : -1;
+    if (moved >= 0) {
+        if (moved)
+            return 1;
+        kn->status |= KN_STALE;
+        return 0;
+    }
     if ((kn->kev.fflags & (NOTE_NODATA | NOTE_LOWAT)) == NOTE_NODATA &&
-        !(kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)))
+        !(kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)) && kn->u.fd.set != KQ_SET_HOT)
         return 1;
     if (confirm(kq, kn))
         return 1;
@@ -369,7 +435,7 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
 /* A ready fd registration from its sub-set.  Returns events written (0
  * or 1). */
 static int deliver_fd(struct kq *kq, int kind, int set, uint64_t data, uint32_t revents,
-                      struct kevent *out)
+                      struct kevent *out, int alone)
 {
     int fd = EP_FD_OF(data);
     struct knote **slots = kind == 0 ? kq->rd : kq->wr;
@@ -382,7 +448,7 @@ static int deliver_fd(struct kq *kq, int kind, int set, uint64_t data, uint32_t 
     }
     if ((kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
         return 0;   /* disabled or dispatched */
-    int r = fd_event(kq, kn, revents, out);
+    int r = fd_event(kq, kn, revents, out, alone);
     if (kn->status & KN_STALE) {
         /* The number no longer names the registered file (closed, the file
          * kept alive by a dup() or a fork() child, or reused): every
@@ -409,9 +475,29 @@ static int set_ready(struct kq *kq, int kind, uint64_t data, struct kevent *out,
     int n = 0;
     int r = kq_set_ready(kq, kind, data, ebuf, want);
     for (int i = 0; i < r; i++)
-        n += deliver_fd(kq, kind, EP_FD_OF(data), ebuf[i].data.u64, ebuf[i].events, &out[n]);
+        n += deliver_fd(kq, kind, EP_FD_OF(data), ebuf[i].data.u64, ebuf[i].events, &out[n],
+                        r == 1);
     kq_ebuf_put(stack, ebuf);
     return n;
+}
+
+/* An item in the wait set itself (promote()) is ready.  Without room for
+ * it (the sub-sets' events of the batch took it), its EPOLLONESHOT item
+ * is re-armed unreported: the next call reports it. */
+static int hot_ready(struct kq *kq, int kind, uint64_t data, uint32_t revents,
+                     struct kevent *out, int room)
+{
+    if (room > 0)
+        return deliver_fd(kq, kind, KQ_SET_HOT, data, revents, out, 0);
+    int fd = EP_FD_OF(data);
+    struct knote *kn = fd < kq->fd_cap ? (kind == 0 ? kq->rd : kq->wr)[fd] : NULL;
+    if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data) ||
+        kn->u.fd.set != KQ_SET_HOT || (kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
+        return 0;
+    struct epoll_event ev = fd_wanted(kn);
+    if (kq_set_mod(kq, kind, KQ_SET_HOT, fd, &ev) != 0)
+        kq_knote_stale(kq, kn);     /* the number no longer names its file */
+    return 0;
 }
 
 /* READ: a READ sub-set has ready items, or (TAG_FILES) a registered
@@ -424,7 +510,9 @@ static int read_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kev
         return 0;
     }
     if (EP_TAG_OF(data) == TAG_READ)   /* a poll of the one READ sub-set (0) */
-        return room > 0 ? deliver_fd(kq, 0, 0, data, revents, out) : 0;
+        return room > 0 ? deliver_fd(kq, 0, 0, data, revents, out, 0) : 0;
+    if (EP_TAG_OF(data) == TAG_RHOT)
+        return hot_ready(kq, 0, data, revents, out, room);
     return set_ready(kq, 0, data, out, room);
 }
 
@@ -432,7 +520,8 @@ static int read_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kev
 static int write_ready(struct kq *kq, uint64_t data, uint32_t revents, struct kevent *out,
                        int room)
 {
-    (void)revents;
+    if (EP_TAG_OF(data) == TAG_WHOT)
+        return hot_ready(kq, 1, data, revents, out, room);
     return set_ready(kq, 1, data, out, room);
 }
 

@@ -11,6 +11,10 @@
  *     with independent EPOLLET / EPOLLONESHOT, so EV_CLEAR/EV_ONESHOT/
  *     EV_DISPATCH hold per filter; an item epoll can no longer remove
  *     costs a rebuild of its sub-set only;
+ *   - up to KQ_HOT_MAX "hot" READ or WRITE items (lifetime.c): level-
+ *     triggered registrations found ready alone in their sub-set, moved
+ *     here (EPOLLONESHOT, re-armed at each report) so that their events
+ *     cost one epoll_wait, not two;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
  *     (timers live in a heap, not one descriptor each), made by the first
  *     timer; timers fire without it (kevent() bounds its wait by the
@@ -54,6 +58,8 @@
 #define KQ_SUB_SPAN 128  /* items per sub-set (lifetime.c) */
 #define KQ_LINGER 16     /* items remembered per sub-set as maybe lingering */
 #define KQ_SWEEP 4       /* registered numbers one sweep probes */
+#define KQ_HOT_MAX 64    /* fd items waiting in the wait set itself (lifetime.c) */
+#define KQ_SET_HOT (-1)  /* u.fd.set of such an item: not in a sub-set */
 
 /* knote status bits */
 #define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
@@ -196,7 +202,8 @@ struct knote {
             int wd;             /* FDK_REGULAR: inotify watch (files_watch), else -1 */
             uint32_t mode;      /* FDK_REGULAR: its type (S_IFREG, S_IFDIR, S_IFCHR) */
             uint32_t armed;     /* the events its epoll item was last given */
-            int set;            /* which sub-set holds the item (lifetime.c) */
+            int set;            /* which sub-set holds the item, or KQ_SET_HOT:
+                                   the wait set itself (lifetime.c) */
             struct knote *next; /* kq->files or kq->lowat_wait chain */
         } fd;
         struct {
@@ -312,6 +319,7 @@ struct kq {
     struct kq_subset *subs[2];
     int nsubs[2];
     int sets_due;               /* sub-sets marked for a rebuild */
+    int nhot;                   /* fd items in the wait set itself (KQ_SET_HOT) */
     uint32_t batch_rot;         /* where process_batch starts (fairness) */
     int nwatched;               /* descriptors in the wait set (kq_watch_*) */
     int direct_fd;              /* atomic: the set a poll asks directly, or -1 */
@@ -349,7 +357,9 @@ struct kq {
 #define TAG_USER    9u   /* EVFILT_USER (no epoll item) */
 #define TAG_WAKE    10u  /* wake_fd, or closed_fd: the core's own */
 #define TAG_READS   11u  /* a READ sub-set has ready items (bits 0-31: its index) */
-#define TAG_COUNT   12u
+#define TAG_RHOT    12u  /* an EVFILT_READ knote waiting in the wait set itself */
+#define TAG_WHOT    13u  /* an EVFILT_WRITE knote waiting in the wait set itself */
+#define TAG_COUNT   14u
 #define EP_DATA(tag, gen, fd) (((uint64_t)(tag) << 56) | ((uint64_t)((gen) & 0xffffff) << 32) | \
                                (uint32_t)(fd))
 #define EP_TAG_OF(u64)  ((uint32_t)((u64) >> 56))
@@ -362,6 +372,9 @@ int kq_watch_internal(struct kq *kq, int fd, uint32_t events, uint64_t data);  /
 int kq_watch_shared(struct kq *kq, int fd, uint32_t events, uint64_t data);    /* fd not closed */
 int kq_unwatch(struct kq *kq, int fd);                  /* out of the wait set: 0 or -errno */
 int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint64_t data);
+int kq_watch_item(struct kq *kq, int fd, struct epoll_event *ev);     /* a user fd: 0 or -errno */
+int kq_rewatch_item(struct kq *kq, int fd, struct epoll_event *ev);   /* EPOLL_CTL_MOD */
+int kq_unwatch_item(struct kq *kq, int fd);     /* gone from the count whatever DEL says */
 uint32_t kq_next_gen(struct kq *kq);                    /* a registration's generation */
 int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget its number */
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
@@ -414,6 +427,8 @@ int kq_set_add(struct kq *kq, int kind, int fd, struct epoll_event *ev, int *set
 int kq_set_mod(struct kq *kq, int kind, int set, int fd, struct epoll_event *ev);
 int kq_set_del(struct kq *kq, int kind, int set, int fd, uint64_t data);
 int kq_set_ready(struct kq *kq, int kind, uint64_t data, struct epoll_event *ebuf, int max);
+int kq_set_promote(struct kq *kq, int kind, int set, int fd, struct epoll_event *ev,
+                   uint64_t data);                      /* to KQ_SET_HOT: 0 or -errno */
 void kq_set_orphan(struct kq *kq, int kind, int set, uint64_t data);
 void kq_set_lingers(struct kq *kq, int kind, int set, uint64_t data);
 int kq_sets_rearm(struct kq *kq);                       /* rebuilds due: 0 or -errno */

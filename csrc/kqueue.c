@@ -25,7 +25,8 @@
  * filter with more than one tag appears under each; its own is ops->tag. */
 static const struct filter_ops *const kq_filters[TAG_COUNT] = {
     [TAG_READ] = &kq_read_ops,     [TAG_FILES] = &kq_read_ops,   [TAG_READS] = &kq_read_ops,
-    [TAG_WRITE] = &kq_write_ops,   [TAG_WRITES] = &kq_write_ops,
+    [TAG_RHOT] = &kq_read_ops,
+    [TAG_WRITE] = &kq_write_ops,   [TAG_WRITES] = &kq_write_ops, [TAG_WHOT] = &kq_write_ops,
     [TAG_SIGNAL] = &kq_signal_ops,
     [TAG_PROC] = &kq_proc_ops,
     [TAG_VNODE] = &kq_vnode_ops,
@@ -287,6 +288,36 @@ int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint6
     }
     close(fresh);
     return 0;
+}
+
+/* An item of a user's descriptor in the wait set itself (lifetime.c's
+ * KQ_SET_HOT: EPOLLONESHOT, so that one left behind by a closed number
+ * fires at most once).  0 or -errno: -EEXIST when the file is in the set
+ * already under this number (one of the queue's own descriptors, or such
+ * a left-behind item): never taken over. */
+int kq_watch_item(struct kq *kq, int fd, struct epoll_event *ev)
+{
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, ev) < 0)
+        return -errno;
+    kq->nwatched++;
+    direct_update(kq);
+    return 0;
+}
+
+int kq_rewatch_item(struct kq *kq, int fd, struct epoll_event *ev)
+{
+    return epoll_ctl(kq->waitfd, EPOLL_CTL_MOD, fd, ev) == 0 ? 0 : -errno;
+}
+
+/* The item leaves the count whatever EPOLL_CTL_DEL says (-errno when the
+ * number no longer names its file: the item may stay, disarmed or firing
+ * once more). */
+int kq_unwatch_item(struct kq *kq, int fd)
+{
+    int err = epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
+    kq->nwatched--;
+    direct_update(kq);
+    return err;
 }
 
 /* A new generation for a registration's epoll_data (24 bits used): an

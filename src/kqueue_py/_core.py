@@ -761,7 +761,8 @@ class UdataMap:
 
     def drain(self, fd: int) -> None:
         """Release the udata of registrations the backend dropped on its own
-        (descriptor closed).  Called with change batches, not from wait()."""
+        (descriptor closed).  Called with change batches, and by KQueue.wait()
+        once every 128 calls."""
         if take_dropped is None or fd < 0:
             return
         buf = self._dropped

@@ -63,6 +63,9 @@ _unpack_from = _core.KEVENT.unpack_from
 _iter_unpack = _core.KEVENT.iter_unpack
 _new_tuple = tuple.__new__
 _UNSEEN = _core.UNSEEN
+#: wait() releases the udata of registrations the backend dropped on its own
+#: once every this many calls (the backend sweeps every 128 kevent() calls).
+_COLLECT_EVERY = 128
 
 
 class _EventFields(NamedTuple):
@@ -173,7 +176,7 @@ class KQueue(QueueObject):
 
     # __dict__: where the C form of wait() goes (_fast_wait below).
     __slots__ = ("_cap", "_free", "_udata", "_objects", "_finite", "_triggers", "_memo",
-                 "__dict__")
+                 "_tick", "__dict__")
 
     def __init__(self, max_events: int = 64) -> None:
         self._fd = -1
@@ -186,6 +189,9 @@ class KQueue(QueueObject):
         # trigger()'s prepared changes: ident or (ident, fflags) -> (request,
         # its address for the C form of trigger()).
         self._triggers: dict[Any, Any] = {}
+        # Waits left before wait() releases the udata of registrations the
+        # backend dropped on its own (_collect_dropped).
+        self._tick = _COLLECT_EVERY
         self._open()
         # One buffer now (its request names this queue): a wait never
         # allocates unless threads wait at once.
@@ -479,6 +485,9 @@ class KQueue(QueueObject):
         Interrupted waits are retried with the remaining time (PEP 475); a
         signal handler's exception propagates.
         """
+        self._tick = tick = self._tick - 1
+        if tick <= 0:
+            self._collect_dropped()
         free = self._free   # the buffer pool, inline (see above)
         try:
             buf = free.pop()
@@ -516,6 +525,9 @@ class KQueue(QueueObject):
                     ) -> list[tuple[int, int, int, int, int, Any]]:
         """Like :meth:`wait`, but the events are plain tuples in
         :class:`Event`'s field order -- the fastest way to get them."""
+        self._tick = tick = self._tick - 1
+        if tick <= 0:
+            self._collect_dropped()
         free = self._free   # the buffer pool, inline (see above)
         try:
             buf = free.pop()
@@ -547,6 +559,16 @@ class KQueue(QueueObject):
             self._udata.release_delivered(buf, n)
         free.append(buf)
         return events
+
+    def _collect_dropped(self) -> None:
+        """Every _COLLECT_EVERY waits: release the udata objects of
+        registrations the backend dropped on its own (descriptor closed
+        without EV_DELETE) -- the backend finds those within a bounded
+        number of calls, and this hands their objects back without a
+        change batch.  One call into the backend when there are objects."""
+        self._tick = _COLLECT_EVERY
+        if self._objects and self._fd >= 0:
+            self._udata.drain(self._fd)
 
     def _prepare(self, buf: Optional[Buffer], timeout: Any, max_events: Any) -> Buffer:
         """A buffer (``buf``, or a new one if None or too small) whose
