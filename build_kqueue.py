@@ -429,6 +429,10 @@ struct kqpy_qmemo {
     const struct kqueue_py_call *req;
     int64_t ns;
     int nevents;
+    /* Calls left before the next collect() (state[8]): the queue's
+     * periodic release of dropped udata, every state[9] calls, which
+     * the Python method counts for itself. */
+    long tick, every;
 };
 
 static void kqpy_qmemo_clear(struct kqpy_qmemo *q)
@@ -528,6 +532,16 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
     if (t != q->t || m != q->m || req == NULL || q->ns > 0
             || req->timeout_ns != q->ns || req->nevents != q->nevents)
         return kqpy_delegate(slow, args, nargs, NULL);
+    if (--q->tick <= 0) {
+        q->tick = q->every;
+        PyObject *collect = PyTuple_GetItem(state, 8);
+        PyObject *done = collect != NULL ? PyObject_CallObject(collect, NULL) : NULL;
+        if (done == NULL)
+            return NULL;
+        Py_DECREF(done);
+        if (q->req != req || PyList_Size(pool) != k)
+            return kqpy_delegate(slow, args, nargs, NULL);  /* collect() changed things */
+    }
     /* The remembered buffer, if free: on top of the pool, unless another
      * thread's wait (given a buffer of its own) put one above it. */
     Py_ssize_t at = k - 1;
@@ -569,14 +583,23 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
 static PyMethodDef kqpy_qwait_def = {
     "wait", (PyCFunction)(void (*)(void))kqpy_qwait, KQPY_METH_FASTCALL | METH_KEYWORDS, NULL};
 
-/* _qwait_bind(pool, slow, finish, function, objects, finite, make_event)
- * -> (the C wait, its memo); function (KQueue.wait) lends its docstring;
- * the rest is what one event is decoded with (see kqpy_one_event). */
+/* _qwait_bind(pool, slow, finish, function, objects, finite, make_event,
+ * collect, every) -> (the C wait, its memo); function (KQueue.wait) lends
+ * its docstring; objects, finite and make_event are what one event is
+ * decoded with (see kqpy_one_event); collect() is called every `every`
+ * calls. */
 static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 7) {
+    if (nargs != 9) {
         PyErr_BadArgument();    /* (no PyExc_TypeError: a data symbol, see kqpy_same) */
+        return NULL;
+    }
+    long every = PyLong_AsLong(args[8]);
+    if (every == -1 && PyErr_Occurred())
+        return NULL;
+    if (every < 1) {
+        PyErr_BadArgument();
         return NULL;
     }
     if (kqpy_qwait_def.ml_doc == NULL && kqpy_doc(&kqpy_qwait_def, args[3]) < 0)
@@ -584,6 +607,7 @@ static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize
     struct kqpy_qmemo *q = PyMem_Calloc(1, sizeof *q);
     if (q == NULL)
         return PyErr_NoMemory();
+    q->tick = q->every = every;
     PyObject *capsule = PyCapsule_New(q, NULL, kqpy_qmemo_free);
     if (capsule == NULL) {
         PyMem_Free(q);
@@ -591,7 +615,8 @@ static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize
     }
     PyObject *none = Py_BuildValue("");     /* None, without naming Py_None */
     PyObject *state = none != NULL
-        ? PyTuple_Pack(8, args[0], capsule, args[1], args[2], none, args[4], args[5], args[6])
+        ? PyTuple_Pack(9, args[0], capsule, args[1], args[2], none, args[4], args[5], args[6],
+                       args[7])
         : NULL;
     Py_XDECREF(none);
     PyObject *name = state != NULL ? PyUnicode_FromString("kqueue_py.queue") : NULL;

@@ -246,8 +246,14 @@ class KQueue(QueueObject):
                 udata.release_delivered(buf, n)
             return events
 
+        def collect() -> None:
+            # The C form's turn of wait()'s periodic _collect_dropped().
+            q = ref()
+            if q is not None:
+                q._collect_dropped()
+
         fast, self._memo = bind(self._free, slow, finish, KQueue.wait, objects, finite,
-                                _make_event)
+                                _make_event, collect, _COLLECT_EVERY)
         self.__dict__["wait"] = fast
 
         def slow_trigger(*args: Any, **kw: Any) -> None:
