@@ -115,7 +115,7 @@ STRIDED = (all(ok for _c, _at, _step, ok in _STRIDED_CODES.values())
 
 #: CPython: KQueue.wait's C form, made per queue (queue.py), and the
 #: report of what a buffer's request is prepared for; set by the compiled
-#: module when :mod:`kqueue_py.raw` is imported (build_kqueue.py's FAST).
+#: module when :mod:`kqueue_py.raw` is imported (csrc/binding/fast_cpython.c).
 _qwait_bind: Optional[Callable[..., tuple[Any, Any]]] = None
 _qwait_remember: Optional[Callable[..., bool]] = None
 #: CPython: KQueue.trigger's C form, made per queue (queue.py).

@@ -205,7 +205,7 @@ class KQueue(QueueObject):
 
     # CPython: wait() and trigger() in C.  A Python method costs a frame
     # and a few attribute reads around the C call, ~1.5x an empty
-    # select.epoll.poll; each C form (build_kqueue.py's FAST) is a builtin
+    # select.epoll.poll; each C form (csrc/binding/fast_cpython.c) is a builtin
     # bound to this queue's state, put in the instance's __dict__, where
     # attribute lookup finds it before the class's method: ``q.wait(0)``
     # is then one C call.  The C wait serves a poll or a wait for ever with

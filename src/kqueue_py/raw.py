@@ -230,7 +230,7 @@ _fast_wait: Any = None
 _fast_apply: Any = None
 
 # CPython: kq_wait and kq_apply become the C functions the compiled module
-# makes of them (build_kqueue.py's FAST), which take the same arguments,
+# makes of them (csrc/binding/fast_cpython.c), which take the same arguments,
 # serve a call whose request is cached here at C speed and hand every other
 # call to the Python functions above.  PyPy's JIT runs those as fast.
 if sys.implementation.name == "cpython" and lib.kqueue_py_fast_install() == 0:
