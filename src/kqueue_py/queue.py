@@ -228,23 +228,14 @@ class KQueue(QueueObject):
                 raise ValueError(CLOSED_MESSAGE)
             return KQueue.wait(q, *args, **kw)
 
-        objects, udata, finite = self._objects, self._udata, self._finite
+        objects, finite = self._objects, self._finite
 
         def finish(buf: Buffer, n: int) -> list[Event]:
-            # Events decoded here, as wait() does (a method call less).
-            if n == 1:
-                i, f, fl, ff, d, u = _unpack_from(buf.view)
-                events = [_new_tuple(Event, (i, f, fl, ff, d, objects.get(u)))]
-            elif n > 0:
-                events = _decode_events(buf, n, objects.get)
-            else:
-                q = ref()
-                if q is None:
-                    raise ValueError(CLOSED_MESSAGE)
-                return q._finish(buf, n)
-            if finite:
-                udata.release_delivered(buf, n)
-            return events
+            # More than one event, udata to release, or a failure.
+            q = ref()
+            if q is None:
+                raise ValueError(CLOSED_MESSAGE)
+            return q._finish(buf, n)
 
         def collect() -> None:
             # The C form's turn of wait()'s periodic _collect_dropped().
@@ -276,9 +267,10 @@ class KQueue(QueueObject):
         self._memo = None
 
     def _finish(self, buf: Buffer, n: int) -> list[Event]:
-        """The end of a wait the C form made that failed (``n`` < 0: -errno;
-        a poll or a wait for ever, so no deadline): as :meth:`wait`'s, but
-        the C form puts the buffer back into its pool."""
+        """The end of a wait the C form made, when it does not decode the
+        result itself (more than one event, udata to release, or ``n`` < 0:
+        -errno; a poll or a wait for ever, so no deadline): as
+        :meth:`wait`'s, but the C form puts the buffer back into its pool."""
         if n == MINUS_EINTR:
             n = wait_more(buf.req.kq, buf.events, buf.ask, buf.ns, 0, n)
         if n <= 0:
