@@ -214,7 +214,11 @@ static int kqueue_py_signal_ignored(int signo)
 
 
 def _compile_args() -> tuple[list[str], list[str]]:
-    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
+    # An undeclared function is an error, not an int-returning guess: a
+    # Python API outside the oldest limited API the wheel targets (3.9's
+    # headers hide it) must fail the build, not crash at run time.
+    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden",
+              "-Werror=implicit-function-declaration"]
     ldflags: list[str] = []
     debug = bool(os.environ.get("KQUEUE_PY_DEBUG"))
     if debug:

@@ -405,9 +405,11 @@ static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize
     }
     if (kqpy_qwait_def.ml_doc == NULL && kqpy_doc(&kqpy_qwait_def, args[3]) < 0)
         return NULL;
-    struct kqpy_qmemo *q = PyMem_Calloc(1, sizeof *q);
+    /* (PyMem_Malloc: PyMem_Calloc is outside 3.9's limited API.) */
+    struct kqpy_qmemo *q = PyMem_Malloc(sizeof *q);
     if (q == NULL)
         return PyErr_NoMemory();
+    memset(q, 0, sizeof *q);
     q->tick = q->every = every;
     PyObject *capsule = PyCapsule_New(q, NULL, kqpy_qmemo_free);
     if (capsule == NULL) {
