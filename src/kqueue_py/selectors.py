@@ -49,7 +49,7 @@ _PYPY = sys.implementation.name == "pypy"
 # unsigned 64-bit read (struct kevent's uintptr_t ident) into a check for a
 # value beyond a machine int, which made decoding 64 events 2.3x slower
 # than the same loop with signed reads (a descriptor fits either way).
-_ID_SIZE = _core.ffi.sizeof(dict(_core.ffi.typeof("struct kevent").fields)["ident"].type)
+_ID_SIZE = _core.ffi.sizeof(_core._FIELDS["ident"].type)
 _ID_TYPE = {4: "int32_t *", 8: "int64_t *"}.get(_ID_SIZE)
 _ID_CODE, _ID_AT, _ID_STEP, _ID_OK = _core._STRIDED_CODES["ident"]
 _FI_CODE, _FI_AT, _FI_STEP, _FI_OK = _core._STRIDED_CODES["filter"]
