@@ -3,7 +3,9 @@
  *
  * READ and WRITE registrations sit in the sub-sets of lifetime.c (per
  * filter, 128 items each), so EPOLLET (EV_CLEAR) and
- * EPOLLONESHOT (EV_ONESHOT, EV_DISPATCH) are per filter even on one fd.
+ * EPOLLONESHOT (EV_ONESHOT, EV_DISPATCH) are per filter even on one fd;
+ * level-triggered NOTE_NODATA ones, which take epoll's contract, in the
+ * wait set itself (lifetime.c's plain items).
  * A disabled registration is disarmed (EPOLLONESHOT with no events), which
  * also drops any event epoll had ready for it.
  *
@@ -125,7 +127,7 @@ int fd_kind_of(const struct knote *kn)
 /* The tag of a knote's item: in a sub-set, or in the wait set itself. */
 static uint32_t tag_of(const struct knote *kn)
 {
-    if (kn->u.fd.set == KQ_SET_HOT)
+    if (kn->u.fd.set < 0)      /* hot or plain: in the wait set itself */
         return kn->kev.filter == EVFILT_READ ? TAG_RHOT : TAG_WHOT;
     return kn->kev.filter == EVFILT_READ ? TAG_READ : TAG_WRITE;
 }
@@ -183,6 +185,14 @@ void fd_list_remove(struct knote **head, struct knote *kn)
     kn->u.fd.next = NULL;
 }
 
+/* Does kn take epoll's contract (lifetime.c's plain items): level-
+ * triggered, NOTE_NODATA, no NOTE_LOWAT? */
+static int plain(const struct knote *kn)
+{
+    return (kn->kev.fflags & (NOTE_NODATA | NOTE_LOWAT)) == NOTE_NODATA &&
+           !(kn->kev.flags & (EV_CLEAR | EV_ONESHOT | EV_DISPATCH));
+}
+
 /*
  * Bring the epoll registration in line with the knote's state.
  * Returns 0 or -errno; KN_STALE set when the registration turned out to be
@@ -197,11 +207,16 @@ static int fd_sync(struct kq *kq, struct knote *kn)
     }
     fd_lowat_unwait(kq, kn);
     int err;
-    if ((kn->status & KN_INEPOLL) && kn->u.fd.set == KQ_SET_HOT &&
-        (kn->kev.fflags & NOTE_LOWAT)) {
-        /* NOTE_LOWAT needs an edge-triggered item: back to a sub-set. */
+    if ((kn->status & KN_INEPOLL) &&
+        ((kn->u.fd.set == KQ_SET_HOT && (kn->kev.fflags & NOTE_LOWAT)) ||
+         (kn->u.fd.set == KQ_SET_PLAIN && !plain(kn)))) {
+        /* NOTE_LOWAT needs an edge-triggered item, and a registration that
+         * counts data (or has a mark) keeps the identity rule, whose
+         * lingering items only a sub-set can shed: back to a sub-set. */
+        if ((err = kq_life_unplain(kq, fd)) != 0)
+            return err;
         kn->status &= ~KN_INEPOLL;
-        if ((err = kq_set_del(kq, fd_kind_of(kn), KQ_SET_HOT, fd, data_of(kn))) != 0)
+        if ((err = kq_set_del(kq, fd_kind_of(kn), kn->u.fd.set, fd, data_of(kn))) != 0)
             return err;
         kn->u.fd.set = 0;
     }
@@ -212,9 +227,28 @@ static int fd_sync(struct kq *kq, struct knote *kn)
             kn->u.fd.armed = ev.events;
         return err;
     }
+    assert(kn->u.fd.set >= 0);
+    if (plain(kn) && kq_life_epollable(kq, fd)) {
+        /* In the wait set itself, unless the file is there under this
+         * number already (its other filter's item, ...) or epoll refuses
+         * it (a regular file): then a sub-set, or the files' emulation,
+         * and an identity of its own for the number. */
+        kn->u.fd.set = KQ_SET_PLAIN;
+        ev = fd_wanted(kn);
+        if ((err = kq_set_plain(kq, fd, &ev)) == 0) {
+            kn->status |= KN_INEPOLL;
+            kn->u.fd.armed = ev.events;
+            return 0;
+        }
+        kn->u.fd.set = 0;
+        if (err != -EEXIST && err != -EPERM)
+            return err;
+        if ((err = kq_life_unplain(kq, fd)) != 0)
+            return err;
+        ev = fd_wanted(kn);
+    }
     if (!kq_life_epollable(kq, fd))
         return fd_file_attach(kq, kn);     /* a regular file or directory */
-    assert(kn->u.fd.set != KQ_SET_HOT);
     if ((err = kq_set_add(kq, fd_kind_of(kn), fd, &ev, &kn->u.fd.set)) == 0) {
         kn->status |= KN_INEPOLL;
         kn->u.fd.armed = ev.events;
@@ -237,14 +271,15 @@ static void fd_detach(struct kq *kq, struct knote *kn);
 static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
     (void)kev;
-    int err = kq_life_claim(kq, (int)kn->kev.ident);
+    int err = kq_life_claim(kq, (int)kn->kev.ident, plain(kn));
     if (err != 0)
         return err;
     kn->u.fd.kind = FDK_UNKNOWN;
     kn->u.fd.wd = -1;
     kn->u.fd.gen = kq_next_gen(kq);
-    err = fd_sync(kq, kn);
-    if (err == 0 && (err = pending_check(kq, kn)) != 0)
+    if ((err = fd_sync(kq, kn)) != 0)
+        kq_life_unclaim(kq, (int)kn->kev.ident);    /* nothing was attached */
+    else if ((err = pending_check(kq, kn)) != 0)
         fd_detach(kq, kn);
     return err;
 }
@@ -343,13 +378,13 @@ static int confirm(struct kq *kq, struct knote *kn)
 static int promote(struct kq *kq, struct knote *kn)
 {
     int fd = (int)kn->kev.ident, kind = fd_kind_of(kn), set = kn->u.fd.set;
-    if (set == KQ_SET_HOT || (kn->kev.flags & (EV_CLEAR | EV_ONESHOT | EV_DISPATCH)) ||
+    if (set < 0 || (kn->kev.flags & (EV_CLEAR | EV_ONESHOT | EV_DISPATCH)) ||
         (kn->kev.fflags & NOTE_LOWAT) || (kn->status & KN_DISABLED))
         return -1;
     /* One item per (file, number) in a set: READ's and WRITE's cannot
      * both be there. */
     struct knote *other = (kind == 0 ? kq->wr : kq->rd)[fd];
-    if (other != NULL && other->u.fd.set == KQ_SET_HOT)
+    if (other != NULL && other->u.fd.set < 0)
         return -1;
     uint64_t old_data = data_of(kn);
     kn->u.fd.set = KQ_SET_HOT;
@@ -481,9 +516,10 @@ static int set_ready(struct kq *kq, int kind, uint64_t data, struct kevent *out,
     return n;
 }
 
-/* An item in the wait set itself (promote()) is ready.  Without room for
- * it (the sub-sets' events of the batch took it), its EPOLLONESHOT item
- * is re-armed unreported: the next call reports it. */
+/* An item in the wait set itself (hot, or plain) is ready.  Without room
+ * for it (the sub-sets' events of the batch took it), a hot item's
+ * EPOLLONESHOT is re-armed unreported, and a plain (level-triggered) one
+ * stays ready in epoll: the next call reports it. */
 static int hot_ready(struct kq *kq, int kind, uint64_t data, uint32_t revents,
                      struct kevent *out, int room)
 {

@@ -199,7 +199,7 @@ static int vnode_attach(struct kq *kq, struct knote *kn, const struct kevent *ke
     if (err)
         return err;
     /* The registration lives as long as its descriptor (lifetime.c). */
-    if ((err = kq_life_claim(kq, (int)kev->ident)) != 0)
+    if ((err = kq_life_claim(kq, (int)kev->ident, 0)) != 0)
         return err;
     kn->kev.fflags = kev->fflags;
     kn->u.vnode.fired = 0;

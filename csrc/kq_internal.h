@@ -15,6 +15,9 @@
  *     triggered registrations found ready alone in their sub-set, moved
  *     here (EPOLLONESHOT, re-armed at each report) so that their events
  *     cost one epoll_wait, not two;
+ *   - "plain" READ or WRITE items (lifetime.c): level-triggered
+ *     NOTE_NODATA registrations (the selector's), which take epoll's
+ *     contract and so wait here as plain level-triggered items;
  *   - timer_fd, one timerfd armed at the earliest EVFILT_TIMER deadline
  *     (timers live in a heap, not one descriptor each), made by the first
  *     timer; timers fire without it (kevent() bounds its wait by the
@@ -60,6 +63,8 @@
 #define KQ_SWEEP 4       /* registered numbers one sweep probes */
 #define KQ_HOT_MAX 64    /* fd items waiting in the wait set itself (lifetime.c) */
 #define KQ_SET_HOT (-1)  /* u.fd.set of such an item: not in a sub-set */
+#define KQ_SET_PLAIN (-2) /* u.fd.set of a level NOTE_NODATA item, which waits
+                              in the wait set itself from the start (lifetime.c) */
 
 /* knote status bits */
 #define KN_DISABLED  0x01u /* EV_DISABLE or dispatched: not reported */
@@ -239,10 +244,11 @@ struct knote {
 };
 
 /* What a registered descriptor number names (lifetime.c). */
-enum { KQ_ID_NONE = 0, KQ_ID_EPOLL, KQ_ID_STAT };
+enum { KQ_ID_NONE = 0, KQ_ID_EPOLL, KQ_ID_STAT, KQ_ID_WAITSET };
 struct kq_fdid {
     uint32_t users;         /* registrations on the number (READ, WRITE, VNODE) */
-    uint32_t kind;          /* KQ_ID_*: an item in shadow_fd, or (dev, ino, mode) */
+    uint32_t kind;          /* KQ_ID_*: an item in shadow_fd, (dev, ino, mode), or
+                               (WAITSET) its one registration's plain item */
     uint32_t mode;
     uint64_t dev, ino;
 };
@@ -375,6 +381,7 @@ int kq_replace_watched(struct kq *kq, int old, int fresh, uint32_t events, uint6
 int kq_watch_item(struct kq *kq, int fd, struct epoll_event *ev);     /* a user fd: 0 or -errno */
 int kq_rewatch_item(struct kq *kq, int fd, struct epoll_event *ev);   /* EPOLL_CTL_MOD */
 int kq_unwatch_item(struct kq *kq, int fd);     /* gone from the count whatever DEL says */
+int kq_probe_item(struct kq *kq, int fd);       /* EPOLL_CTL_ADD probe: -EEXIST if there */
 uint32_t kq_next_gen(struct kq *kq);                    /* a registration's generation */
 int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget its number */
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */
@@ -418,12 +425,14 @@ extern const struct filter_ops kq_user_ops;     /* filter_user.c */
 
 /* lifetime.c: a registration lives exactly as long as its descriptor.
  * Lock held.  kind: 0 READ, 1 WRITE. */
-int kq_life_claim(struct kq *kq, int fd);                 /* 0 or -errno */
+int kq_life_claim(struct kq *kq, int fd, int plain);      /* 0 or -errno */
+int kq_life_unplain(struct kq *kq, int fd);               /* an identity of its own: 0 or -errno */
 void kq_life_unclaim(struct kq *kq, int fd);
 int kq_life_check(struct kq *kq, int fd);                 /* 0 live, -EBADF, -ENOENT */
 int kq_life_verify(struct kq *kq, int fd);                /* check; dead: forget the number */
 int kq_life_epollable(const struct kq *kq, int fd);       /* else known by fstat */
 int kq_set_add(struct kq *kq, int kind, int fd, struct epoll_event *ev, int *set);
+int kq_set_plain(struct kq *kq, int fd, struct epoll_event *ev);
 int kq_set_mod(struct kq *kq, int kind, int set, int fd, struct epoll_event *ev);
 int kq_set_del(struct kq *kq, int kind, int set, int fd, uint64_t data);
 int kq_set_ready(struct kq *kq, int kind, uint64_t data, struct epoll_event *ebuf, int max);

@@ -304,6 +304,20 @@ int kq_watch_item(struct kq *kq, int fd, struct epoll_event *ev)
     return 0;
 }
 
+/* Is fd's file in the wait set under this number?  An EPOLL_CTL_ADD of it
+ * with no events answers: -EEXIST if so; 0 if not (the item it added is
+ * taken out again: a thread waiting meanwhile may see its EPOLLHUP, with
+ * data 0, which names no filter and is ignored); another -errno (-EBADF: a
+ * closed number) otherwise. */
+int kq_probe_item(struct kq *kq, int fd)
+{
+    struct epoll_event ev = { .events = 0, .data.u64 = 0 };
+    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    (void)epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fd, NULL);
+    return 0;
+}
+
 int kq_rewatch_item(struct kq *kq, int fd, struct epoll_event *ev)
 {
     return epoll_ctl(kq->waitfd, EPOLL_CTL_MOD, fd, ev) == 0 ? 0 : -errno;

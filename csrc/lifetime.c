@@ -21,6 +21,12 @@
  * Every registration on a number (READ, WRITE, VNODE) shares the entry;
  * the item is added by the first and left when the last goes (it leaves
  * with its file; the same file registered on the number again finds it).
+ * A number whose one registration is a plain item (below) has no shadow
+ * item: that item, in the wait set, is the entry, and the same probe into
+ * the wait set asks it (KQ_ID_WAITSET) -- one epoll item per socket, as
+ * with epoll itself, where each item costs every wake-up of the socket.
+ * A second registration on the number, or the plain one leaving the wait
+ * set, gives the number its shadow item.
  *
  * The one case Linux cannot see: the same open file put back on the
  * number (dup2() from a kept duplicate, the file received back through
@@ -65,6 +71,20 @@
  * an item a closed number leaves there fires at most once: nothing to
  * rebuild.  The move's EPOLL_CTL_DEL from the sub-set checks identity for
  * the report that moves it.
+ *
+ * Plain items.  A level-triggered NOTE_NODATA registration (what
+ * KqueueSelector makes) has asked for epoll's contract: its owner deletes
+ * it before closing the descriptor, and until then it is reported as epoll
+ * reports it.  Its item waits in the wait set itself from the start
+ * (KQ_SET_PLAIN), level-triggered, as EpollSelector's would: a socket
+ * wake-up then reaches one epoll item, not a sub-set's and then the wait
+ * set's (in an asyncio echo server, about 2% of each request).  The price,
+ * the contract's: an item a closed number leaves there (its file kept open
+ * elsewhere by a dup() or a fork() child) cannot be removed, and wakes the
+ * queue while that file is ready -- as the item epoll keeps for
+ * EpollSelector does -- until the file is closed everywhere.  Its events
+ * find no registration and are not reported.  Other registrations never
+ * wait there level-triggered.
  *
  * Cost (CPU time of kevent() in a C loop, 2-vCPU VM): the probe is about
  * 0.2 us per reported event, where the EPOLL_CTL_MOD it replaces cost
@@ -155,6 +175,17 @@ int kq_life_check(struct kq *kq, int fd)
 {
     assert(fd >= 0 && fd < kq->ids_cap && kq->ids[fd].users > 0);
     const struct kq_fdid *id = &kq->ids[fd];
+    if (id->kind == KQ_ID_WAITSET) {
+        switch (kq_probe_item(kq, fd)) {
+        case -EEXIST: return 0;
+        case -EBADF:  return -EBADF;
+        case 0:                          /* another file (taken out again) */
+        case -EPERM:                     /* a file epoll refuses */
+        case -ELOOP:                     /* an epoll set holding the queue's */
+        case -EINVAL: return -ENOENT;    /* the queue's own set */
+        default:      return 0;          /* ENOMEM...: says nothing */
+        }
+    }
     if (id->kind == KQ_ID_EPOLL) {
         struct epoll_event ev = { .events = 0, .data.u64 = (uint64_t)fd };
         if (epoll_ctl(kq->shadow_fd, EPOLL_CTL_ADD, fd, &ev) == 0) {
@@ -190,22 +221,59 @@ int kq_life_verify(struct kq *kq, int fd)
     return err;
 }
 
+static int identify(struct kq *kq, int fd);
+
 /* A new registration on fd: record what the number names, or (other
  * registrations on it) check that it is still their file -- if not, they
- * die first.  0, or -errno (EBADF: not open). */
-int kq_life_claim(struct kq *kq, int fd)
+ * die first.  plain: the registration's item is to wait in the wait set
+ * (a plain item), where it is the number's identity if it is the only
+ * registration (the caller calls kq_life_unplain() if the item goes
+ * elsewhere).  0, or -errno (EBADF: not open). */
+int kq_life_claim(struct kq *kq, int fd, int plain)
 {
     if (fd < kq->ids_cap && kq->ids[fd].users > 0) {
         int err = kq_life_check(kq, fd);
+        if (err == 0 && kq->ids[fd].kind == KQ_ID_WAITSET)
+            err = identify(kq, fd);     /* two registrations: a shadow item */
         if (err == 0) {
             kq->ids[fd].users++;
             return 0;
         }
+        if (err != -EBADF && err != -ENOENT)
+            return err;
         kq_forget_number(kq, fd);
         if (err == -EBADF)
             return err;
         assert(kq->ids[fd].users == 0);
     }
+    if (plain) {
+        if (fcntl(fd, F_GETFD) < 0)
+            return -EBADF;
+        int err = ids_reserve(kq, fd);
+        if (err != 0)
+            return err;
+        kq->ids[fd].kind = KQ_ID_WAITSET;
+        kq->ids[fd].users = 1;
+        return 0;
+    }
+    int err = identify(kq, fd);
+    if (err == 0)
+        kq->ids[fd].users = 1;
+    return err;
+}
+
+/* fd's registration was claimed plain, but its item is not (or no longer)
+ * in the wait set: the number gets an identity of its own.  0 or -errno. */
+int kq_life_unplain(struct kq *kq, int fd)
+{
+    assert(fd >= 0 && fd < kq->ids_cap && kq->ids[fd].users > 0);
+    return kq->ids[fd].kind == KQ_ID_WAITSET ? identify(kq, fd) : 0;
+}
+
+/* Record what fd names: its shadow item, or (a file epoll refuses) its
+ * device, inode and type.  users is left as it is.  0 or -errno. */
+static int identify(struct kq *kq, int fd)
+{
     /* Only with the number known open may a descriptor be made: it cannot
      * take this number then.  (Afterwards the probe says EBADF itself.) */
     if (kq->shadow_fd < 0 && fcntl(fd, F_GETFD) < 0)
@@ -234,15 +302,15 @@ int kq_life_claim(struct kq *kq, int fd)
     } else {
         return -errno;
     }
-    id->users = 1;
     return 0;
 }
 
-/* Can the file fd names be put in epoll (else: known by fstat)? */
+/* Can the file fd names be put in epoll (else: known by fstat)?  A plain
+ * claim does not know yet: the wait set tells the caller (EPERM). */
 int kq_life_epollable(const struct kq *kq, int fd)
 {
     assert(fd >= 0 && fd < kq->ids_cap && kq->ids[fd].users > 0);
-    return kq->ids[fd].kind == KQ_ID_EPOLL;
+    return kq->ids[fd].kind != KQ_ID_STAT;
 }
 
 /* One registration on fd went (deleted, dead, or its attach failed). */
@@ -363,9 +431,19 @@ int kq_set_add(struct kq *kq, int kind, int fd, struct epoll_event *ev, int *set
     return 0;
 }
 
+/* Put a level NOTE_NODATA registration's item in the wait set itself
+ * (ev: its form there).  0 or -errno; -EEXIST when the file is there
+ * already under this number (the same file's other filter, one of the
+ * queue's own descriptors, or an item a closed number left): the caller
+ * then uses a sub-set. */
+int kq_set_plain(struct kq *kq, int fd, struct epoll_event *ev)
+{
+    return kq_watch_item(kq, fd, ev);
+}
+
 int kq_set_mod(struct kq *kq, int kind, int set, int fd, struct epoll_event *ev)
 {
-    if (set == KQ_SET_HOT)
+    if (set < 0)
         return kq_rewatch_item(kq, fd, ev);
     return epoll_ctl(subset_of(kq, kind, set)->fd, EPOLL_CTL_MOD, fd, ev) == 0 ? 0 : -errno;
 }
@@ -386,6 +464,8 @@ static void linger_note(struct kq_subset *s, uint64_t data)
  * file (EBADF, ENOENT): the item may then linger, and is remembered. */
 int kq_set_del(struct kq *kq, int kind, int set, int fd, uint64_t data)
 {
+    if (set == KQ_SET_PLAIN)
+        return kq_unwatch_item(kq, fd);     /* one that stays: see Plain items */
     if (set == KQ_SET_HOT) {
         /* An item that stays (EPOLLONESHOT) fires at most once more: an
          * orphan, ignored.  Nothing to rebuild. */
@@ -455,8 +535,8 @@ static void rebuild_due(struct kq *kq, struct kq_subset *s)
  * while in flight and is ignored. */
 void kq_set_orphan(struct kq *kq, int kind, int set, uint64_t data)
 {
-    if (set == KQ_SET_HOT)
-        return;     /* EPOLLONESHOT: it has fired, and is disarmed for good */
+    if (set < 0)
+        return;     /* in the wait set: nothing to rebuild (see Hot, Plain items) */
     struct kq_subset *s = subset_of(kq, kind, set);
     int lingers = s->overflow;
     for (int i = 0; i < s->nlinger && !lingers; i++)
@@ -470,8 +550,8 @@ void kq_set_orphan(struct kq *kq, int kind, int set, uint64_t data)
  * comes back. */
 void kq_set_lingers(struct kq *kq, int kind, int set, uint64_t data)
 {
-    if (set == KQ_SET_HOT)
-        return;     /* EPOLLONESHOT: it has fired, and is disarmed for good */
+    if (set < 0)
+        return;     /* in the wait set: nothing to rebuild (see Hot, Plain items) */
     struct kq_subset *s = subset_of(kq, kind, set);
     linger_note(s, data);
     rebuild_due(kq, s);

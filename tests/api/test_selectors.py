@@ -187,6 +187,38 @@ def test_fd_closed_while_registered_does_not_report(sel, fds):
     sel.unregister(r)
 
 
+def _closed_before_unregister(selector_cls):
+    """selectors' contract is "unregister before close".  Broken while a
+    dup() keeps the socket's file open: what select() reports before the
+    unregister, after it once the file is closed everywhere, and whether
+    that second select() slept."""
+    sel = selector_cls()
+    a, b = socket.socketpair()
+    keep = os.dup(a.fileno())
+    try:
+        sel.register(a, EVENT_READ, "k")
+        b.send(b"x")
+        a.close()
+        before = [(key.data, ev) for key, ev in sel.select(0.5)]
+        sel.unregister(a)
+        os.close(keep)
+        keep = -1
+        t0 = time.monotonic()
+        after = sel.select(0.2)
+        return before, after, time.monotonic() - t0 >= 0.15
+    finally:
+        sel.close()
+        b.close()
+        if keep >= 0:
+            os.close(keep)
+
+
+def test_closed_before_unregister_reports_as_epoll_selector():
+    want = _closed_before_unregister(selectors.EpollSelector)
+    assert want == ([("k", EVENT_READ)], [], True)
+    assert _closed_before_unregister(KqueueSelector) == want
+
+
 def test_close(fds):
     sel = KqueueSelector()
     a, _ = fds.socketpair()

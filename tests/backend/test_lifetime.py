@@ -372,9 +372,11 @@ def test_lowat_on_a_moved_registration(big_queue, fds):
     assert [(e.udata, e.data) for e in kq.poll()] == [(71, 4)]
 
 
-def test_a_registration_on_the_queues_own_descriptor_never_takes_its_item(big_queue):
-    # READ on the queue's own wake eventfd, ready alone in its nested set:
-    # the queue's set holds that file under that number already, and the
+@pytest.mark.parametrize("fflags", [0, getattr(lib, "NOTE_NODATA", 0)], ids=["counted", "nodata"])
+def test_a_registration_on_the_queues_own_descriptor_never_takes_its_item(big_queue, fflags):
+    # READ on the queue's own wake eventfd, ready alone in its nested set
+    # (or, with NOTE_NODATA, meant for the queue's set from the start): the
+    # queue's set holds that file under that number already, and the
     # registration must not take the item over (deleting it would then
     # take the queue's wake-up away from blocked threads).
     kq = big_queue
@@ -395,7 +397,7 @@ def test_a_registration_on_the_queues_own_descriptor_never_takes_its_item(big_qu
     made = eventfds() - before
     assert len(made) == 1
     wake = made.pop()
-    kq.change((wake, READ, EV_ADD, 0, 0, 9), (1, USER, 0, lib.NOTE_TRIGGER, 0, 5))
+    kq.change((wake, READ, EV_ADD, fflags, 0, 9), (1, USER, 0, lib.NOTE_TRIGGER, 0, 5))
     for _ in range(3):
         assert sorted((e.filter, e.udata) for e in kq.poll()) == sorted([(USER, 5), (READ, 9)])
     kq.change((wake, READ, EV_DELETE), (1, USER, EV_DELETE))
@@ -759,6 +761,87 @@ def test_fork_child_holds_no_queue_descriptors(make_kq, fds):
     finally:
         child.kill()
         child.wait()
+
+
+# --------------------------------------------------------------------------
+# Level-triggered NOTE_NODATA registrations (KqueueSelector's) take epoll's
+# contract -- delete before close -- and so wait in the queue's own set, as
+# EpollSelector's items do; every other registration keeps the rule.
+
+NODATA = getattr(lib, "NOTE_NODATA", 0)
+
+
+@pytest.mark.skipif(not NODATA, reason="a Linux backend extension")
+def test_a_level_nodata_registration_waits_in_the_queue_set(kq, fds):
+    a, b = fds.socketpair()
+    num = a.fileno()
+    kq.change((num, READ, EV_ADD, NODATA, 0, 5), (num, WRITE, EV_ADD, NODATA, 0, 6))
+    assert num in _watched_numbers(kq)
+    b.send(b"x")
+    for _ in range(3):                         # level-triggered, both filters
+        assert sorted((e.filter, e.udata, e.data) for e in kq.poll()) == \
+            sorted([(READ, 5, 0), (WRITE, 6, 0)])
+    kq.change((num, READ, EV_DELETE))
+    assert num not in _watched_numbers(kq)
+    assert [(e.filter, e.udata) for e in kq.poll()] == [(WRITE, 6)]
+    kq.change((num, WRITE, EV_DELETE))
+    assert kq.poll() == []
+
+
+@pytest.mark.skipif(not NODATA, reason="a Linux backend extension")
+@pytest.mark.parametrize("change", [(0, 0), (NODATA | lib.NOTE_LOWAT, 1)],
+                         ids=["counted", "lowat"])
+def test_a_nodata_registration_changed_to_count_keeps_the_rule_without_spinning(kq, change):
+    # Changed to count data (or given a mark), a registration follows the
+    # rule again: dead with its descriptor, never reported, no busy loop
+    # while its file, kept open by a dup(), stays readable.
+    a, b = socket.socketpair()
+    num = a.fileno()
+    kq.change((num, READ, EV_ADD, NODATA, 0, 51))
+    kq.change((num, READ, EV_ADD, change[0], change[1], 51))
+    b.send(b"xyz")
+    assert [(e.udata, e.data) for e in kq.poll()] == [(51, 3)]
+    keep = os.dup(num)
+    try:
+        a.close()
+        b.send(b"more level-triggered data")
+        t0 = time.thread_time()
+        assert kevent(kq, (), 8, 0.5) == []
+        cpu = time.thread_time() - t0
+        assert cpu < 0.3, f"kevent() spun for {cpu:.3f} s of CPU in a 0.5 s wait"
+        dropped = take_dropped(kq)
+        for _ in range(20000):                 # found by its event, or by the sweep
+            if 51 in dropped:
+                break
+            kq.poll()
+            dropped += take_dropped(kq)
+        assert 51 in dropped
+    finally:
+        os.close(keep)
+        b.close()
+
+
+@pytest.mark.parametrize("fflags", [0, NODATA], ids=["counted", "nodata"])
+def test_a_failed_registration_leaves_nothing_on_its_number(kq, fds, lowest_free, fflags):
+    # READ on an epoll set that holds the queue: epoll refuses the loop
+    # (ELOOP).  The number, closed and then taken by a socket, is a fresh
+    # one for the queue: the new registration works and reports.
+    import select
+    ep = select.epoll()
+    ep.register(kq, select.EPOLLIN)
+    num = ep.fileno()
+    with pytest.raises(OSError) as info:
+        kq.change((num, READ, EV_ADD, fflags, 0, 3))
+    assert info.value.errno == errno.ELOOP
+    ep.close()
+    lowest_free.next_is(num)
+    a, b = fds.socketpair()
+    assert a.fileno() == num
+    kq.change((num, READ, EV_ADD, fflags, 0, 4))
+    b.send(b"x")
+    assert [e.udata for e in kq.poll()] == [4]
+    kq.change((num, READ, EV_DELETE))
+    assert kq.poll() == []
 
 
 # --------------------------------------------------------------------------
