@@ -120,6 +120,9 @@ _qwait_bind: Optional[Callable[..., tuple[Any, Any]]] = None
 _qwait_remember: Optional[Callable[..., bool]] = None
 #: CPython: KQueue.trigger's C form, made per queue (queue.py).
 _qtrigger_bind: Optional[Callable[..., Any]] = None
+#: CPython: KqueueSelector.select's decode in C, (request address, n,
+#: fd_to_key) -> [(key, event), ...] (selectors.py).
+_select_ready: Optional[Callable[[int, int, Any], list[tuple[Any, int]]]] = None
 
 NULL = ffi.NULL
 kevent = lib.kqueue_py_kevent      # kevent(); timeout in ns (< 0: forever); -errno on failure

@@ -78,6 +78,9 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
         self._buf = Buffer(64, self._kqfd)
         self._ptrs = self._typed(self._buf)
         self._ask = 1      # how many events select() asks for
+        # CPython: the decode below in C (set when kqueue_py.raw is
+        # imported, which kqueue_py's own import does).
+        self._ready_c = _core._select_ready
         _core.on_fork(self)
 
     def _after_fork(self) -> None:
@@ -214,6 +217,8 @@ class KqueueSelector(_stdlib_selectors._BaseSelectorImpl):
                     return []
                 raise failure(self._kqfd, n)
         fd_to_key = self._fd_to_key
+        if self._ready_c is not None:
+            return self._ready_c(buf.addr, n, fd_to_key)     # the loop below, in C
         ready = []
         if _TYPED:
             idents, filters = self._ptrs

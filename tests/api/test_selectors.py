@@ -219,6 +219,57 @@ def test_closed_before_unregister_reports_as_epoll_selector():
     assert _closed_before_unregister(KqueueSelector) == want
 
 
+def _ready_sets(selector_cls, pairs, decode_in_c=True):
+    """Sockets registered for READ, WRITE or both, some with data waiting
+    (a socketpair delivers at once): what select() reports, each key's
+    events merged (kqueue reports READ and WRITE of one descriptor as two
+    entries, epoll as one)."""
+    def merged(ready):
+        out: dict = {}
+        for key, ev in ready:
+            out[str(key.data)] = out.get(str(key.data), 0) | ev
+        return sorted(out.items())
+
+    sel = selector_cls()
+    try:
+        if not decode_in_c:
+            sel._ready_c = None          # the Python loop (PyPy's, and the fallback)
+        for i, (a, b) in enumerate(pairs):
+            sel.register(a, (EVENT_READ, EVENT_WRITE, EVENT_READ | EVENT_WRITE)[i % 3], i)
+            if i % 2 == 0:
+                b.send(b"x")
+        got = merged(sel.select(1))
+        sel.modify(pairs[0][0], EVENT_WRITE, "changed")
+        sel.unregister(pairs[1][0])
+        return got, merged(sel.select(1))
+    finally:
+        sel.close()
+
+
+def test_select_decodes_as_epoll_selector_in_c_and_in_python(fds):
+    pairs = [fds.socketpair() for _ in range(40)]
+    want = _ready_sets(selectors.EpollSelector, pairs)
+    assert {ev for _, ev in want[0]} == {EVENT_READ, EVENT_WRITE, EVENT_READ | EVENT_WRITE}
+    assert _ready_sets(KqueueSelector, pairs) == want
+    assert _ready_sets(KqueueSelector, pairs, decode_in_c=False) == want
+
+
+def test_c_decode_rejects_what_it_cannot_read():
+    from kqueue_py import _core
+    if _core._select_ready is None:
+        pytest.skip("CPython's C decode only")
+    sel = KqueueSelector()
+    try:
+        buf = sel._buf
+        for args in [(buf.addr, buf.cap + 1, {}), (buf.addr, -1, {}), (buf.addr, 0, []),
+                     (0, 1, {}), (buf.addr, 0)]:
+            with pytest.raises(TypeError):
+                _core._select_ready(*args)
+        assert _core._select_ready(buf.addr, 0, {}) == []
+    finally:
+        sel.close()
+
+
 def test_close(fds):
     sel = KqueueSelector()
     a, _ = fds.socketpair()
