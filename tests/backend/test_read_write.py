@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 import select
 import socket
 import struct
@@ -1014,15 +1015,31 @@ def test_stale_number_taken_by_a_pidfd_of_the_queue_breaks_nothing(kq, fds):
         os.waitpid(pid, 0)
 
 
-def make_lingering(kq, fds, udata=0xC1):
+def make_lingering(kq, fds, udata=0xC1, out_of_reach=False):
     """A level-triggered READ registration whose descriptor is closed while
     a dup() keeps its (readable) file: its epoll item lingers, and the
-    queue rebuilds its set when the item comes back.  Returns the dup."""
+    queue rebuilds its set when the item comes back.  Returns the dup.
+
+    out_of_reach: the registered descriptor is a copy of the socket at a
+    number no descriptor the process makes later takes (the highest the
+    limit allows, at most 1023), so that the closed number stays closed
+    while other threads wait on the queue: see
+    test_threads_blocked_in_the_queue_survive_a_rebuild."""
     a, b = fds.socketpair()
-    kq.change((a.fileno(), READ, EV_ADD, 0, 0, udata))
-    keep = os.dup(a.fileno())
+    fd = a.fileno()
+    if out_of_reach:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        top = 1023 if soft == resource.RLIM_INFINITY else min(soft, 1024) - 1
+        fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top)
+        assert fd >= top, fd
+        a.close()
+    kq.change((fd, READ, EV_ADD, 0, 0, udata))
+    keep = os.dup(fd)
     fds.track(keep)
-    a.close()
+    if out_of_reach:
+        os.close(fd)
+    else:
+        a.close()
     b.send(b"readable forever")
     fds.sock(b)
     return keep
@@ -1182,6 +1199,17 @@ def test_queue_descriptor_stays_pollable_across_a_rebuild(kq, fds):
 
 @linux_only
 def test_threads_blocked_in_the_queue_survive_a_rebuild(kq, fds):
+    # The closed number stays closed (out_of_reach): this thread makes
+    # descriptors while the waiters run (the /proc files
+    # wait_blocked_in_kevent reads, the pipe below), and with the lowest
+    # free number one of them would take the registered number while a
+    # waiter's kevent() probes it (fstat, epoll_ctl: is it still the
+    # registered file?).  The kernel answers that probe for one file or
+    # the other, and the registration dies either way; but ThreadSanitizer
+    # models each number as a memory word that opening writes and every
+    # call on it reads, so make tsan reported the reuse as a data race on
+    # "file descriptor N", with no memory shared.  The stale item, the
+    # rebuild and the threads blocked across it are the same.
     got: list = []
 
     def waiter():
@@ -1193,7 +1221,7 @@ def test_threads_blocked_in_the_queue_survive_a_rebuild(kq, fds):
     for t in threads:
         t.start()
     wait_blocked_in_kevent(*threads)        # both blocked in kevent()
-    make_lingering(kq, fds)
+    make_lingering(kq, fds, out_of_reach=True)
     wait_blocked_in_kevent(*threads)        # and again, after the stale item
     r, w = fds.pipe()
     kq.change((r, READ, EV_ADD | EV_ONESHOT, 0, 0, 0xE1))
