@@ -122,7 +122,7 @@ def _blocked_in_epoll(tid: int) -> bool:
 
 
 # --------------------------------------------------------------------------
-# Item 1: a cleanup never strands a thread blocked in the queue.
+# A cleanup never strands a thread blocked in the queue.
 
 
 def _one_strand_trial(make_kq) -> list[str]:
@@ -171,7 +171,7 @@ def test_no_blocked_thread_is_stranded_by_a_cleanup(make_kq):
 
 
 # --------------------------------------------------------------------------
-# Item 2: events of registrations deleted properly never rebuild anything.
+# Events of registrations deleted properly never rebuild anything.
 
 
 def test_in_flight_events_of_deleted_registrations_rebuild_nothing(kq):
@@ -498,7 +498,7 @@ def test_a_failed_rebuild_is_reported_and_keeps_the_old_set(kq, err):
 
 
 # --------------------------------------------------------------------------
-# Item 3: no busy loop at EMFILE.
+# No busy loop at EMFILE.
 
 
 def test_a_lingering_item_does_not_spin_when_out_of_descriptors(kq):
@@ -529,7 +529,7 @@ def test_a_lingering_item_does_not_spin_when_out_of_descriptors(kq):
 
 
 # --------------------------------------------------------------------------
-# Item 4: every descriptor filter and every number.
+# Every descriptor filter and every number.
 
 
 @pytest.mark.parametrize("what", ["file-rename", "dir-write"])
@@ -639,7 +639,7 @@ def test_backend_signal_descriptors_do_not_inherit_a_dead_registration():
 
 
 # --------------------------------------------------------------------------
-# Item 5: the udata of a dead registration comes back with no event at all.
+# The udata of a dead registration comes back with no event at all.
 
 
 def test_udata_of_a_closed_registration_comes_back_without_any_event(kq):
