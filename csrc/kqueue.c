@@ -207,6 +207,7 @@ static void close_queue_fds(struct kq *kq)
         if (ops->close_fds != NULL)
             ops->close_fds(kq);
     kq_life_close_fds(kq);
+    kq_uring_close_fds(kq);
 }
 
 static struct knote *knote_find(struct kq *kq, const struct filter_ops *ops, uintptr_t ident);
@@ -454,6 +455,7 @@ int kqueue(void)
     }
     kq->fd = kq->waitfd = kq->wake_fd = kq->direct_fd = -1;
     kq_life_init(kq);
+    kq_uring_init(kq);
     FOR_EACH_FILTER(ops)
         if (ops->init != NULL)
             ops->init(kq);
@@ -512,6 +514,7 @@ static void kq_destroy(struct kq *kq)
         if (ops->destroy != NULL)
             ops->destroy(kq);
     kq_life_destroy(kq);
+    kq_uring_destroy(kq);
     pthread_mutex_destroy(&kq->lock);
     /* Kept for the next kqueue(): kq_get() may still read its refs (0 by
      * now, unless kqueue() failed before publishing it). */
@@ -1081,6 +1084,9 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
      * room must not starve the items behind it (epoll re-queues them all
      * in the same order). */
     int start = r > 1 ? (int)(kq->batch_rot++ % (uint32_t)r) : 0;
+    FOR_EACH_FILTER(ops)
+        if (ops->prefetch != NULL)
+            ops->prefetch(kq, ebuf, r);
     for (int k = 0; k < r; k++) {
         int i = start + k < r ? start + k : start + k - r;
         uint32_t tag = EP_TAG_OF(ebuf[i].data.u64);

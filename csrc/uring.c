@@ -1,0 +1,363 @@
+/*
+ * io_uring batching of the event path's per-event system calls.
+ *
+ * A wait that reports n fd events makes n identity probes (lifetime.c: an
+ * EPOLL_CTL_ADD into the shadow set, EEXIST = the same file) and, for READ
+ * on a socket, n SIOCINQ ioctls (fd_data.c).  Through io_uring they go in
+ * one io_uring_enter: IORING_OP_EPOLL_CTL for the probes and
+ * IORING_OP_URING_CMD with SOCKET_URING_OP_SIOCINQ (Linux >= 6.7; TCP and
+ * UDP -- AF_UNIX and pipes refuse it, EOPNOTSUPP) for the counts.  Each
+ * operation is the very kernel function the system call runs (do_epoll_ctl,
+ * the protocol's ioctl), so results are the same; one that fails in a way
+ * the system call would not (the operation unknown, refused, not
+ * submitted) is redone as the plain system call by its caller.
+ *
+ * Decided once per process, at the first wait with two operations or more
+ * to batch: KQUEUE_PY_IO_URING=0 in the environment forces the plain
+ * system calls; so does any failure to set up a ring or a kernel that
+ * lacks IORING_OP_EPOLL_CTL (seccomp profiles of Docker >= 25 and
+ * containerd 2, gVisor, kernel.io_uring_disabled, kernels before 5.6).
+ *
+ * One ring per queue, made on first use and used with the queue's lock
+ * held only: threads waiting on one queue take turns, queues never share
+ * one (no lock of its own, no contention between queues).  Its descriptor
+ * is one of the queue's own (close-on-exec, closed with the queue and in a
+ * fork() child, which inherits no queue); its mappings are MADV_DONTFORK,
+ * so a child does not even map them.  A queue whose ring cannot be made
+ * (EMFILE, ENOMEM) uses the plain system calls.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "kq_internal.h"
+
+#ifndef SOCKET_URING_OP_SIOCINQ
+#define SOCKET_URING_OP_SIOCINQ 0      /* <linux/io_uring.h> of Linux >= 6.7 */
+#endif
+#ifndef IORING_SETUP_NO_SQARRAY
+#define IORING_SETUP_NO_SQARRAY (1U << 16)
+#endif
+
+#define RING_ENTRIES 256    /* operations per io_uring_enter */
+
+struct kq_ring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *ring_map, *sqe_map;
+    size_t ring_len, sqe_len;
+    unsigned entries;
+};
+
+/* Process-wide: 0 not decided yet, 1 on, -1 off.  inq: SIOCINQ through the
+ * ring (0 unknown, 1 yes, -1 no: the kernel lacks IORING_OP_URING_CMD). */
+static int uring_mode;
+static int uring_inq;
+
+static int sys_setup(unsigned entries, struct io_uring_params *p)
+{
+    return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+static int sys_enter(int fd, unsigned submit, unsigned wait, unsigned flags)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, submit, wait, flags, NULL, (size_t)0);
+}
+
+static void ring_unmap(struct kq_ring *r)
+{
+    if (r->sqe_map != NULL && r->sqe_map != MAP_FAILED)
+        munmap(r->sqe_map, r->sqe_len);
+    if (r->ring_map != NULL && r->ring_map != MAP_FAILED)
+        munmap(r->ring_map, r->ring_len);
+    r->sqe_map = r->ring_map = NULL;
+}
+
+/* A ring of the backend's own: 0, or -errno with nothing left open. */
+static int ring_open(struct kq_ring *r)
+{
+    static const unsigned tries[] = {
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_NO_SQARRAY,
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    struct io_uring_params p;
+    int fd = -1;
+    for (size_t i = 0; i < sizeof tries / sizeof tries[0] && fd < 0; i++) {
+        memset(&p, 0, sizeof p);
+        p.flags = tries[i];
+        fd = sys_setup(RING_ENTRIES, &p);
+        if (fd < 0 && errno != EINVAL)
+            return -errno;
+    }
+    if (fd < 0)
+        return -errno;
+    if (!(p.features & IORING_FEAT_SINGLE_MMAP)) {
+        close(fd);
+        return -ENOSYS;     /* before Linux 5.4: not worth a second map */
+    }
+    memset(r, 0, sizeof *r);
+    r->fd = fd;
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (p.flags & IORING_SETUP_NO_SQARRAY)
+        sq_len = p.sq_off.ring_entries + sizeof(unsigned);
+    r->ring_len = sq_len > cq_len ? sq_len : cq_len;
+    r->sqe_len = p.sq_entries * sizeof(struct io_uring_sqe);
+    r->ring_map = mmap(NULL, r->ring_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                       fd, IORING_OFF_SQ_RING);
+    r->sqe_map = mmap(NULL, r->sqe_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                      fd, IORING_OFF_SQES);
+    if (r->ring_map == MAP_FAILED || r->sqe_map == MAP_FAILED ||
+        madvise(r->ring_map, r->ring_len, MADV_DONTFORK) < 0 ||
+        madvise(r->sqe_map, r->sqe_len, MADV_DONTFORK) < 0) {
+        int err = -errno;
+        ring_unmap(r);
+        close(fd);
+        r->fd = -1;
+        return err;
+    }
+    char *base = r->ring_map;
+    r->sq_tail = (unsigned *)(base + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(base + p.sq_off.ring_mask);
+    r->sq_array = (p.flags & IORING_SETUP_NO_SQARRAY) ? NULL
+                                                     : (unsigned *)(base + p.sq_off.array);
+    r->cq_head = (unsigned *)(base + p.cq_off.head);
+    r->cq_tail = (unsigned *)(base + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(base + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(base + p.cq_off.cqes);
+    r->sqes = r->sqe_map;
+    r->entries = p.sq_entries;
+    return 0;
+}
+
+static void ring_close(struct kq_ring *r)
+{
+    ring_unmap(r);
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+}
+
+/* Does the kernel have the operations (IORING_REGISTER_PROBE)?  EPOLL_CTL
+ * is required; URING_CMD only for SIOCINQ. */
+static int ring_probe_ops(const struct kq_ring *r)
+{
+    size_t len = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *probe = calloc(1, len);
+    if (probe == NULL)
+        return -ENOMEM;
+    int err = 0;
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PROBE, probe, 256) < 0) {
+        err = -errno;
+    } else {
+        int have_epoll = IORING_OP_EPOLL_CTL <= probe->last_op &&
+                         (probe->ops[IORING_OP_EPOLL_CTL].flags & IO_URING_OP_SUPPORTED);
+        int have_cmd = IORING_OP_URING_CMD <= probe->last_op &&
+                       (probe->ops[IORING_OP_URING_CMD].flags & IO_URING_OP_SUPPORTED);
+        if (!have_epoll)
+            err = -ENOSYS;
+        __atomic_store_n(&uring_inq, have_cmd ? 1 : -1, __ATOMIC_RELAXED);
+    }
+    free(probe);
+    return err;
+}
+
+/* The process-wide decision, made once (the first caller to get here
+ * decides; a concurrent one may decide too, the same way). */
+static int uring_decide(void)
+{
+    int mode = __atomic_load_n(&uring_mode, __ATOMIC_ACQUIRE);
+    if (mode != 0)
+        return mode;
+    const char *env = getenv("KQUEUE_PY_IO_URING");
+    mode = -1;
+    if (env == NULL || strcmp(env, "0") != 0) {
+        struct kq_ring r;
+        if (ring_open(&r) == 0) {
+            if (ring_probe_ops(&r) == 0)
+                mode = 1;
+            ring_close(&r);
+        }
+    }
+    __atomic_store_n(&uring_mode, mode, __ATOMIC_RELEASE);
+    return mode;
+}
+
+/* Is the ring path in use in this process?  1 or 0 (decides if need be). */
+int kq_uring_enabled(void)
+{
+    return uring_decide() > 0;
+}
+
+/* SIOCINQ through the ring in this process? */
+int kq_uring_inq_enabled(void)
+{
+    return uring_decide() > 0 && __atomic_load_n(&uring_inq, __ATOMIC_RELAXED) > 0;
+}
+
+/* 0 not decided, 1 on, -1 off: for kqueue_py_io_uring(). */
+int kq_uring_state(void)
+{
+    return __atomic_load_n(&uring_mode, __ATOMIC_ACQUIRE);
+}
+
+/* kqueue_py extension (sys/event.h): does this process batch the event
+ * path's system calls through io_uring?  Decides now if not yet done. */
+int kqueue_py_io_uring(void)
+{
+    return kq_uring_enabled();
+}
+
+void kq_uring_init(struct kq *kq)
+{
+    kq->ring = NULL;
+    kq->ring_failed = 0;
+}
+
+/* Close the ring's descriptor (the queue's close, or a fork() child: there
+ * the mappings are absent already, MADV_DONTFORK, and nothing is freed). */
+void kq_uring_close_fds(struct kq *kq)
+{
+    if (kq->ring != NULL && kq->ring->fd >= 0) {
+        close(kq->ring->fd);
+        kq->ring->fd = -1;
+    }
+}
+
+void kq_uring_destroy(struct kq *kq)
+{
+    if (kq->ring != NULL) {
+        ring_unmap(kq->ring);
+        if (kq->ring->fd >= 0)
+            close(kq->ring->fd);
+        free(kq->ring);
+        kq->ring = NULL;
+    }
+}
+
+/* The queue's ring, made on first use; NULL: use the system calls. */
+static struct kq_ring *ring_of(struct kq *kq)
+{
+    if (kq->ring != NULL)
+        return kq->ring->fd >= 0 ? kq->ring : NULL;
+    if (kq->ring_failed || uring_decide() <= 0)
+        return NULL;
+    struct kq_ring *r = malloc(sizeof *r);
+    if (r == NULL || ring_open(r) != 0) {
+        free(r);
+        kq->ring_failed = 1;
+        return NULL;
+    }
+    /* A descriptor of the backend's own: a registration still recorded
+     * under its number was made on a file since closed. */
+    kq_new_descriptor(kq, r->fd);
+    kq->ring = r;
+    return r;
+}
+
+/* Make the ring now if it will be wanted (before the caller looks at its
+ * registrations: making a descriptor may end some).  1 if there is one. */
+int kq_uring_ready(struct kq *kq)
+{
+    return ring_of(kq) != NULL;
+}
+
+/* Take every completion there is: those of this run (its sequence number
+ * in user_data's high half) go to res; one a failed earlier run left
+ * behind is dropped.  Returns how many of this run. */
+static unsigned ring_reap(struct kq_ring *r, uint32_t seq, int32_t *res, int n)
+{
+    unsigned mine = 0;
+    unsigned head = *r->cq_head, tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    for (; head != tail; head++) {
+        const struct io_uring_cqe *cqe = &r->cqes[head & *r->cq_mask];
+        uint64_t at = cqe->user_data & 0xffffffffu;
+        if ((uint32_t)(cqe->user_data >> 32) == seq && at < (uint64_t)n) {
+            res[at] = cqe->res;
+            mine++;
+        }
+    }
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    return mine;
+}
+
+/*
+ * Run ops[0..n) through the queue's ring, one io_uring_enter for up to
+ * RING_ENTRIES of them; each result goes to res[i]: what the system call
+ * would return (its value, or -errno).  An operation that did not run
+ * (the ring failed) gets KQ_UOP_NOT_RUN, and the caller makes the system
+ * call.  The operations point to nothing but a constant, so one still in
+ * flight when this returns (an error while waiting) cannot write where it
+ * should not; its completion is dropped later.  Returns 0, or -ENOSYS when
+ * there is no ring (nothing ran).
+ */
+int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
+{
+    static const struct epoll_event probe_ev = { .events = 0 };
+    struct kq_ring *r = ring_of(kq);
+    if (r == NULL)
+        return -ENOSYS;
+    for (int i = 0; i < n; i++)
+        res[i] = KQ_UOP_NOT_RUN;
+    for (int base = 0; base < n; base += (int)r->entries) {
+        uint32_t seq = ++kq->ring_seq;
+        unsigned batch = (unsigned)(n - base) < r->entries ? (unsigned)(n - base) : r->entries;
+        unsigned tail = *r->sq_tail;
+        for (unsigned i = 0; i < batch; i++) {
+            const struct kq_uop *op = &ops[base + (int)i];
+            unsigned idx = (tail + i) & *r->sq_mask;
+            struct io_uring_sqe *sqe = &r->sqes[idx];
+            memset(sqe, 0, sizeof *sqe);
+            if (op->kind == KQ_UOP_PROBE) {
+                sqe->opcode = IORING_OP_EPOLL_CTL;
+                sqe->fd = op->epfd;
+                sqe->off = (uint64_t)(uint32_t)op->fd;
+                sqe->len = EPOLL_CTL_ADD;
+                sqe->addr = (uint64_t)(uintptr_t)&probe_ev;
+            } else {
+                sqe->opcode = IORING_OP_URING_CMD;
+                sqe->fd = op->fd;
+                sqe->cmd_op = SOCKET_URING_OP_SIOCINQ;
+            }
+            sqe->user_data = ((uint64_t)seq << 32) | (uint32_t)i;
+            if (r->sq_array != NULL)
+                r->sq_array[idx] = idx;
+        }
+        __atomic_store_n(r->sq_tail, tail + batch, __ATOMIC_RELEASE);
+        unsigned submitted = 0, done = 0, limit = batch;
+        int32_t *out = res + base;
+        while (done < limit) {
+            unsigned to_submit = limit - submitted;
+            int got = sys_enter(r->fd, to_submit, limit - done, IORING_ENTER_GETEVENTS);
+            int hard = got < 0 && errno != EINTR;
+            if (got > 0)
+                submitted += (unsigned)got;
+            if (hard || (got == 0 && to_submit > 0))
+                limit = submitted;      /* submit no more */
+            done += ring_reap(r, seq, out, (int)batch);
+            if (hard)
+                break;                  /* and wait no more */
+        }
+        if (submitted < batch) {
+            /* Entries the kernel did not take are taken back; a ring that
+             * takes none is given up (plain system calls from now on). */
+            __atomic_store_n(r->sq_tail, tail + submitted, __ATOMIC_RELEASE);
+            if (submitted == 0) {
+                kq->ring_failed = 1;
+                kq_uring_close_fds(kq);
+            }
+            return 0;
+        }
+    }
+    return 0;
+}
