@@ -457,10 +457,11 @@ static int checks_by_probe(const struct knote *kn)
 static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int r)
 {
     kq_life_batch_end(kq);
-    if (r < 1 || !kq_uring_enabled() || !kq_uring_ready(kq))
+    if (r < 2 && !kq_uring_enabled())
         return;
+    int ring = kq_uring_enabled() && kq_uring_ready(kq);
     kq_life_batch_begin(kq);
-    int shadow = kq_life_shadow(kq), inq_ok = kq_uring_inq_enabled();
+    int shadow = kq_life_shadow(kq), inq_ok = ring && kq_uring_inq_enabled();
     struct kq_uop ops[2 * PREFETCH_MAX];
     int32_t res[2 * PREFETCH_MAX];
     struct knote *owner[2 * PREFETCH_MAX];
@@ -489,6 +490,11 @@ static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int
                     }
                 }
             }
+        }
+        if (!ring) {
+            for (int k = 0; k < n; k++)
+                kq_life_batch_probe(kq, ops[k].fd, kq_life_probe_now(kq, ops[k].fd));
+            continue;
         }
         if (n < 2 || kq_uring_run(kq, ops, n, res) != 0)
             continue;   /* one system call either way: made when needed */

@@ -461,6 +461,7 @@ void kq_life_batch_probe(struct kq *kq, int fd, int32_t res);
 void kq_life_batch_inq(struct kq *kq, int fd, int32_t res);
 int kq_life_batch_take_inq(struct kq *kq, int fd, intptr_t *v);   /* 1 if there is one */
 int kq_life_shadow(const struct kq *kq);
+int32_t kq_life_probe_now(struct kq *kq, int fd);          /* the probe's 0 or -errno */
 void kq_life_init(struct kq *kq);
 void kq_life_close_fds(struct kq *kq);
 void kq_life_destroy(struct kq *kq);

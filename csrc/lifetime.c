@@ -328,6 +328,13 @@ int kq_life_batch_take_inq(struct kq *kq, int fd, intptr_t *v)
     return 1;
 }
 
+/* The shadow probe as a system call: its result (0 or -errno). */
+int32_t kq_life_probe_now(struct kq *kq, int fd)
+{
+    struct epoll_event ev = { .events = 0, .data.u64 = (uint64_t)fd };
+    return epoll_ctl(kq->shadow_fd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
+}
+
 int kq_life_shadow(const struct kq *kq)
 {
     return kq->shadow_fd;
