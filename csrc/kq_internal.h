@@ -29,10 +29,9 @@
  *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
  *     created on the first one (filter_vnode.c).
  * Beside it, never waited on: shadow_fd, the identity set of lifetime.c,
- * spare_fd, an epoll descriptor reserved for the next sub-set rebuild,
- * and ring, the queue's io_uring (uring.c: the event path's identity
- * probes and READ counts of one batch in one io_uring_enter), made on
- * first use where the process has io_uring.
+ * spare_fd, an epoll descriptor reserved for the next sub-set rebuild.
+ * (The event path's identity probes and READ counts of one batch may go
+ * through one io_uring_enter of the calling thread's ring: uring.c.)
  * No lock is held across epoll_wait.
  *
  * Code: kqueue.c is the core (queues, changes, the pending list, the wait
@@ -45,7 +44,8 @@
  * Locks, in the order they are taken: registry_lock (kqueue.c: the
  * descriptor -> queue table, the fork handlers) before a queue's lock
  * (kq->lock: everything in struct kq, every hook) before sig_lock
- * (filter_signal.c: the process-wide signal state).  No lock is held
+ * (filter_signal.c: the process-wide signal state) and rings_lock
+ * (uring.c: the list of the threads' rings).  No lock is held
  * across epoll_wait, and none is taken inside the signal hook.
  */
 #ifndef KQ_INTERNAL_H
@@ -337,9 +337,6 @@ struct kq {
     int sweep_next;             /* the number the sweep looks at next */
     uint32_t life_batch;        /* the batch whose probes ran together, or 0 */
     uint32_t life_batch_seq;    /* the last such batch's number */
-    struct kq_ring *ring;       /* uring.c: NULL until first used */
-    int ring_failed;            /* the ring could not be made, or failed */
-    uint32_t ring_seq;          /* io_uring_enter runs (their completions) */
     uint32_t sweep_tick;        /* atomic: kevent() calls, for the sweep */
 
     /* udata of registrations the backend removed on its own: their
@@ -466,8 +463,9 @@ void kq_life_init(struct kq *kq);
 void kq_life_close_fds(struct kq *kq);
 void kq_life_destroy(struct kq *kq);
 
-/* uring.c: the event path's system calls batched through io_uring.
- * Lock held (but kq_uring_enabled/kq_uring_state, process-wide). */
+/* uring.c: the event path's system calls batched through io_uring (the
+ * calling thread's ring).  Queue lock held (but kq_uring_enabled/_state,
+ * process-wide, and the fork handlers). */
 struct kq_ring;
 enum { KQ_UOP_PROBE = 1, KQ_UOP_INQ };
 #define KQ_UOP_NOT_RUN INT32_MIN    /* a result: the operation did not run */
@@ -481,8 +479,8 @@ int kq_uring_inq_enabled(void);             /* ... and SIOCINQ through it */
 int kq_uring_state(void);                   /* 0 undecided, 1 on, -1 off */
 int kq_uring_ready(struct kq *kq);          /* the queue's ring made: 1, or 0 */
 int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res);
-void kq_uring_init(struct kq *kq);
-void kq_uring_close_fds(struct kq *kq);
-void kq_uring_destroy(struct kq *kq);
+void kq_uring_atfork_prepare(void);         /* no lock: fork handlers */
+void kq_uring_atfork_parent(void);
+void kq_uring_atfork_child(void);
 
 #endif /* KQ_INTERNAL_H */

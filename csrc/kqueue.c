@@ -207,7 +207,6 @@ static void close_queue_fds(struct kq *kq)
         if (ops->close_fds != NULL)
             ops->close_fds(kq);
     kq_life_close_fds(kq);
-    kq_uring_close_fds(kq);
 }
 
 static struct knote *knote_find(struct kq *kq, const struct filter_ops *ops, uintptr_t ident);
@@ -352,9 +351,11 @@ static void atfork_prepare(void)
     for (int i = 0; registry != NULL && i < registry->cap; i++)
         if (registry->slot[i] != NULL)
             pthread_mutex_lock(&registry->slot[i]->lock);
+    kq_uring_atfork_prepare();
 }
 static void atfork_parent(void)
 {
+    kq_uring_atfork_parent();
     for (int i = registry != NULL ? registry->cap - 1 : -1; i >= 0; i--)
         if (registry->slot[i] != NULL)
             pthread_mutex_unlock(&registry->slot[i]->lock);
@@ -362,6 +363,7 @@ static void atfork_parent(void)
 }
 static void atfork_child(void)
 {
+    kq_uring_atfork_child();    /* the threads' rings: their descriptors */
     for (int i = 0; registry != NULL && i < registry->cap; i++) {
         struct kq *kq = registry->slot[i];
         if (kq == NULL)
@@ -455,7 +457,6 @@ int kqueue(void)
     }
     kq->fd = kq->waitfd = kq->wake_fd = kq->direct_fd = -1;
     kq_life_init(kq);
-    kq_uring_init(kq);
     FOR_EACH_FILTER(ops)
         if (ops->init != NULL)
             ops->init(kq);
@@ -514,7 +515,6 @@ static void kq_destroy(struct kq *kq)
         if (ops->destroy != NULL)
             ops->destroy(kq);
     kq_life_destroy(kq);
-    kq_uring_destroy(kq);
     pthread_mutex_destroy(&kq->lock);
     /* Kept for the next kqueue(): kq_get() may still read its refs (0 by
      * now, unless kqueue() failed before publishing it). */

@@ -18,17 +18,25 @@
  * lacks IORING_OP_EPOLL_CTL (seccomp profiles of Docker >= 25 and
  * containerd 2, gVisor, kernel.io_uring_disabled, kernels before 5.6).
  *
- * One ring per queue, made on first use and used with the queue's lock
- * held only: threads waiting on one queue take turns, queues never share
- * one (no lock of its own, no contention between queues).  Its descriptor
- * is one of the queue's own (close-on-exec, closed with the queue and in a
- * fork() child, which inherits no queue); its mappings are MADV_DONTFORK,
- * so a child does not even map them.  A queue whose ring cannot be made
- * (EMFILE, ENOMEM) uses the plain system calls.
+ * One ring per thread, made by the thread's first batch and used by that
+ * thread only (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+ * where the kernel has them): no lock, any queue.  Not one per queue: a
+ * ring that is closed makes the kernel notify, as a signal would
+ * (TWA_SIGNAL), every thread that ever submitted to it, and a thread then
+ * blocked in another queue's epoll_wait() would return EINTR with no
+ * signal; a thread's ring is closed only when the thread exits.  Its
+ * descriptor is close-on-exec; every ring's descriptor is closed in a
+ * fork() child (which has no queue, hence no use for one) and its
+ * mappings are MADV_DONTFORK, so a child does not even map them.  A ring
+ * takes a free number: the queue that makes it forgets registrations
+ * recorded under that number (others find them dead at their next
+ * check, as for any descriptor the user opens).  A thread whose ring
+ * cannot be made (EMFILE, ENOMEM) uses the plain system calls.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/io_uring.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -40,6 +48,12 @@
 
 #ifndef SOCKET_URING_OP_SIOCINQ
 #define SOCKET_URING_OP_SIOCINQ 0      /* <linux/io_uring.h> of Linux >= 6.7 */
+#endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
 #endif
 #ifndef IORING_SETUP_NO_SQARRAY
 #define IORING_SETUP_NO_SQARRAY (1U << 16)
@@ -56,6 +70,8 @@ struct kq_ring {
     void *ring_map, *sqe_map;
     size_t ring_len, sqe_len;
     unsigned entries;
+    uint32_t seq;           /* io_uring_enter runs (their completions) */
+    struct kq_ring *next;   /* every thread's ring (fork) */
 };
 
 /* Process-wide: 0 not decided yet, 1 on, -1 off.  inq: SIOCINQ through the
@@ -86,7 +102,9 @@ static void ring_unmap(struct kq_ring *r)
 static int ring_open(struct kq_ring *r)
 {
     static const unsigned tries[] = {
-        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_NO_SQARRAY,
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+            IORING_SETUP_NO_SQARRAY,
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
         IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
         0,
     };
@@ -174,6 +192,8 @@ static int ring_probe_ops(const struct kq_ring *r)
 
 /* The process-wide decision, made once (the first caller to get here
  * decides; a concurrent one may decide too, the same way). */
+static struct kq_ring *ring_make(void);
+
 static int uring_decide(void)
 {
     int mode = __atomic_load_n(&uring_mode, __ATOMIC_ACQUIRE);
@@ -182,12 +202,12 @@ static int uring_decide(void)
     const char *env = getenv("KQUEUE_PY_IO_URING");
     mode = -1;
     if (env == NULL || strcmp(env, "0") != 0) {
-        struct kq_ring r;
-        if (ring_open(&r) == 0) {
-            if (ring_probe_ops(&r) == 0)
-                mode = 1;
-            ring_close(&r);
-        }
+        /* The ring asked becomes the calling thread's: closing it would
+         * interrupt the thread's next wait (see the top).  One whose
+         * kernel lacks the operations stays idle with it. */
+        struct kq_ring *r = ring_make();
+        if (r != NULL && ring_probe_ops(r) == 0)
+            mode = 1;
     }
     __atomic_store_n(&uring_mode, mode, __ATOMIC_RELEASE);
     return mode;
@@ -218,50 +238,102 @@ int kqueue_py_io_uring(void)
     return kq_uring_enabled();
 }
 
-void kq_uring_init(struct kq *kq)
-{
-    kq->ring = NULL;
-    kq->ring_failed = 0;
-}
+/* Every thread's ring, so that a fork() child can close them all. */
+static pthread_mutex_t rings_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kq_ring *rings;           /* chained by next */
+static pthread_key_t ring_key;
+static pthread_once_t ring_key_once = PTHREAD_ONCE_INIT;
+static __thread struct kq_ring *my_ring;
+static __thread int my_ring_failed;
 
-/* Close the ring's descriptor (the queue's close, or a fork() child: there
- * the mappings are absent already, MADV_DONTFORK, and nothing is freed). */
-void kq_uring_close_fds(struct kq *kq)
+/* Thread exit: its ring goes (only this thread ever submitted to it). */
+static void ring_thread_exit(void *arg)
 {
-    if (kq->ring != NULL && kq->ring->fd >= 0) {
-        close(kq->ring->fd);
-        kq->ring->fd = -1;
+    struct kq_ring *r = arg;
+    pthread_mutex_lock(&rings_lock);
+    for (struct kq_ring **pp = &rings; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
     }
+    pthread_mutex_unlock(&rings_lock);
+    ring_close(r);
+    free(r);
+    my_ring = NULL;
 }
 
-void kq_uring_destroy(struct kq *kq)
+static void ring_key_make(void)
 {
-    if (kq->ring != NULL) {
-        ring_unmap(kq->ring);
-        if (kq->ring->fd >= 0)
-            close(kq->ring->fd);
-        free(kq->ring);
-        kq->ring = NULL;
-    }
+    if (pthread_key_create(&ring_key, ring_thread_exit) != 0)
+        ring_key = (pthread_key_t)-1;
 }
 
-/* The queue's ring, made on first use; NULL: use the system calls. */
+/* fork(): the list stays consistent across it. */
+void kq_uring_atfork_prepare(void)
+{
+    pthread_mutex_lock(&rings_lock);
+}
+
+void kq_uring_atfork_parent(void)
+{
+    pthread_mutex_unlock(&rings_lock);
+}
+
+/* The child closes every ring's descriptor and forgets them (their
+ * mappings are not in the child: MADV_DONTFORK).  The memory is left. */
+void kq_uring_atfork_child(void)
+{
+    for (struct kq_ring *r = rings; r != NULL; r = r->next) {
+        if (r->fd >= 0)
+            close(r->fd);
+        r->fd = -1;
+    }
+    rings = NULL;
+    my_ring = NULL;
+    my_ring_failed = 0;
+    pthread_mutex_unlock(&rings_lock);
+}
+
+/* A ring for the calling thread, kept by it until it exits (and in the
+ * list a fork() child closes).  NULL if none can be made. */
+static struct kq_ring *ring_make(void)
+{
+    if (my_ring != NULL || my_ring_failed)
+        return my_ring;
+    pthread_once(&ring_key_once, ring_key_make);
+    struct kq_ring *r = malloc(sizeof *r);
+    if (r == NULL || ring_key == (pthread_key_t)-1 || ring_open(r) != 0) {
+        free(r);
+        my_ring_failed = 1;
+        return NULL;
+    }
+    if (pthread_setspecific(ring_key, r) != 0) {
+        ring_close(r);
+        free(r);
+        my_ring_failed = 1;
+        return NULL;
+    }
+    pthread_mutex_lock(&rings_lock);
+    r->next = rings;
+    rings = r;
+    pthread_mutex_unlock(&rings_lock);
+    my_ring = r;
+    return r;
+}
+
+/* The calling thread's ring, made on first use; NULL: use the system
+ * calls.  kq: the queue whose lock is held (it forgets registrations
+ * recorded under a new ring's number). */
 static struct kq_ring *ring_of(struct kq *kq)
 {
-    if (kq->ring != NULL)
-        return kq->ring->fd >= 0 ? kq->ring : NULL;
-    if (kq->ring_failed || uring_decide() <= 0)
+    if (uring_decide() <= 0)
         return NULL;
-    struct kq_ring *r = malloc(sizeof *r);
-    if (r == NULL || ring_open(r) != 0) {
-        free(r);
-        kq->ring_failed = 1;
-        return NULL;
-    }
-    /* A descriptor of the backend's own: a registration still recorded
-     * under its number was made on a file since closed. */
-    kq_new_descriptor(kq, r->fd);
-    kq->ring = r;
+    if (my_ring != NULL)
+        return my_ring->fd >= 0 && !my_ring_failed ? my_ring : NULL;
+    struct kq_ring *r = ring_make();
+    if (r != NULL)
+        kq_new_descriptor(kq, r->fd);
     return r;
 }
 
@@ -310,7 +382,7 @@ int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
     for (int i = 0; i < n; i++)
         res[i] = KQ_UOP_NOT_RUN;
     for (int base = 0; base < n; base += (int)r->entries) {
-        uint32_t seq = ++kq->ring_seq;
+        uint32_t seq = ++r->seq;
         unsigned batch = (unsigned)(n - base) < r->entries ? (unsigned)(n - base) : r->entries;
         unsigned tail = *r->sq_tail;
         for (unsigned i = 0; i < batch; i++) {
@@ -350,12 +422,11 @@ int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
         }
         if (submitted < batch) {
             /* Entries the kernel did not take are taken back; a ring that
-             * takes none is given up (plain system calls from now on). */
+             * takes none is given up (plain system calls from now on, for
+             * this thread). */
             __atomic_store_n(r->sq_tail, tail + submitted, __ATOMIC_RELEASE);
-            if (submitted == 0) {
-                kq->ring_failed = 1;
-                kq_uring_close_fds(kq);
-            }
+            if (submitted == 0)
+                my_ring_failed = 1;     /* the ring stays, unused */
             return 0;
         }
     }
