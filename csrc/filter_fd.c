@@ -448,18 +448,19 @@ static int checks_by_probe(const struct knote *kn)
 /*
  * Before a batch of fd events is reported one by one: the identity probes
  * (lifetime.c) and the READ counts of sockets (SIOCINQ) they will need go
- * through one io_uring_enter (uring.c), where the process uses io_uring;
- * fd_event() then takes their answers.  Nothing changes but how the
- * system calls are made: an answer the ring does not give is a system call
- * again.  Items of the batch that are not fd events are skipped.
+ * through one io_uring_enter (uring.c), where the process uses io_uring
+ * (else the probes are made together as system calls); fd_event() then
+ * takes their answers.  Nothing changes but how the system calls are
+ * made: an answer the ring does not give is a system call again.  Items
+ * of the batch that are not fd events are skipped.
  */
 #define PREFETCH_MAX 128    /* items looked at per io_uring_enter */
 static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int r)
 {
     kq_life_batch_end(kq);
-    if (r < 2 && !kq_uring_enabled())
+    int ring = kq_uring_enabled();
+    if (r < 2 && !ring)
         return;
-    int ring = kq_uring_enabled() && kq_uring_ready(kq);
     kq_life_batch_begin(kq);
     int shadow = kq_life_shadow(kq), inq_ok = ring && kq_uring_inq_enabled();
     struct kq_uop ops[2 * PREFETCH_MAX];
@@ -491,22 +492,22 @@ static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int
                 }
             }
         }
-        if (!ring) {
-            for (int k = 0; k < n; k++)
-                kq_life_batch_probe(kq, ops[k].fd, kq_life_probe_now(kq, ops[k].fd));
+        if (ring && n >= 2 && kq_uring_run(kq, ops, n, res) == 0) {
+            for (int k = 0; k < n; k++) {
+                if (ops[k].kind == KQ_UOP_PROBE)
+                    kq_life_batch_probe(kq, ops[k].fd, res[k]);
+                else if (res[k] == -EOPNOTSUPP)
+                    owner[k]->u.fd.inq_ring = -1;   /* AF_UNIX, ...: the ioctl */
+                else
+                    kq_life_batch_inq(kq, ops[k].fd, res[k]);
+            }
             continue;
         }
-        if (n < 2 || kq_uring_run(kq, ops, n, res) != 0)
-            continue;   /* one system call either way: made when needed */
-        for (int k = 0; k < n; k++) {
-            if (ops[k].kind == KQ_UOP_PROBE) {
-                kq_life_batch_probe(kq, ops[k].fd, res[k]);
-            } else if (res[k] == -EOPNOTSUPP) {
-                owner[k]->u.fd.inq_ring = -1;   /* AF_UNIX, ...: the ioctl */
-            } else {
-                kq_life_batch_inq(kq, ops[k].fd, res[k]);
-            }
-        }
+        /* The plain system calls: the probes together, before the events
+         * (the counts come with each event, fd_read_data()). */
+        for (int k = 0; k < n; k++)
+            if (ops[k].kind == KQ_UOP_PROBE)
+                kq_life_batch_probe(kq, ops[k].fd, kq_life_probe_now(kq, ops[k].fd));
     }
 }
 

@@ -31,7 +31,7 @@
  * Beside it, never waited on: shadow_fd, the identity set of lifetime.c,
  * spare_fd, an epoll descriptor reserved for the next sub-set rebuild.
  * (The event path's identity probes and READ counts of one batch may go
- * through one io_uring_enter of the calling thread's ring: uring.c.)
+ * through one io_uring_enter of the process's ring: uring.c.)
  * No lock is held across epoll_wait.
  *
  * Code: kqueue.c is the core (queues, changes, the pending list, the wait
@@ -45,7 +45,7 @@
  * descriptor -> queue table, the fork handlers) before a queue's lock
  * (kq->lock: everything in struct kq, every hook) before sig_lock
  * (filter_signal.c: the process-wide signal state) and rings_lock
- * (uring.c: the list of the threads' rings).  No lock is held
+ * (uring.c: the process's ring).  No lock is held
  * across epoll_wait, and none is taken inside the signal hook.
  */
 #ifndef KQ_INTERNAL_H
@@ -463,9 +463,9 @@ void kq_life_init(struct kq *kq);
 void kq_life_close_fds(struct kq *kq);
 void kq_life_destroy(struct kq *kq);
 
-/* uring.c: the event path's system calls batched through io_uring (the
- * calling thread's ring).  Queue lock held (but kq_uring_enabled/_state,
- * process-wide, and the fork handlers). */
+/* uring.c: the event path's system calls batched through the process's
+ * io_uring.  Queue lock held, or none (kq_uring_enabled, process_init, the
+ * fork handlers); the ring has its own lock, taken last. */
 struct kq_ring;
 enum { KQ_UOP_PROBE = 1, KQ_UOP_INQ };
 #define KQ_UOP_NOT_RUN INT32_MIN    /* a result: the operation did not run */
@@ -476,8 +476,7 @@ struct kq_uop {
 };
 int kq_uring_enabled(void);                 /* the process uses io_uring (decides) */
 int kq_uring_inq_enabled(void);             /* ... and SIOCINQ through it */
-int kq_uring_state(void);                   /* 0 undecided, 1 on, -1 off */
-int kq_uring_ready(struct kq *kq);          /* the queue's ring made: 1, or 0 */
+void kq_uring_process_init(void);           /* with each kqueue(): decide, make the ring */
 int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res);
 void kq_uring_atfork_prepare(void);         /* no lock: fork handlers */
 void kq_uring_atfork_parent(void);

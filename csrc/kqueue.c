@@ -470,6 +470,7 @@ int kqueue(void)
         errno = -err;
         goto fail;
     }
+    kq_uring_process_init();    /* the first queue decides, and makes the ring */
     /* Two descriptors: the user's and the backend's duplicate of it, which
      * kevent() waits in (threads may still wait in it after the user's
      * number was closed, and it is never replaced).  wake_fd and the

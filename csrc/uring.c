@@ -12,26 +12,26 @@
  * the system call would not (the operation unknown, refused, not
  * submitted) is redone as the plain system call by its caller.
  *
- * Decided once per process, at the first wait with two operations or more
- * to batch: KQUEUE_PY_IO_URING=0 in the environment forces the plain
- * system calls; so does any failure to set up a ring or a kernel that
- * lacks IORING_OP_EPOLL_CTL (seccomp profiles of Docker >= 25 and
- * containerd 2, gVisor, kernel.io_uring_disabled, kernels before 5.6).
+ * Decided once per process, with its first queue (kqueue()):
+ * KQUEUE_PY_IO_URING=0 in the environment forces the plain system calls;
+ * so does any failure to set up the ring or a kernel that lacks
+ * IORING_OP_EPOLL_CTL (seccomp profiles of Docker >= 25 and containerd 2,
+ * gVisor, kernel.io_uring_disabled, kernels before 5.6), and a ring that
+ * fails later falls back for good.
  *
- * One ring per thread, made by the thread's first batch and used by that
- * thread only (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
- * where the kernel has them): no lock, any queue.  Not one per queue: a
- * ring that is closed makes the kernel notify, as a signal would
- * (TWA_SIGNAL), every thread that ever submitted to it, and a thread then
- * blocked in another queue's epoll_wait() would return EINTR with no
- * signal; a thread's ring is closed only when the thread exits.  Its
- * descriptor is close-on-exec; every ring's descriptor is closed in a
- * fork() child (which has no queue, hence no use for one) and its
- * mappings are MADV_DONTFORK, so a child does not even map them.  A ring
- * takes a free number: the queue that makes it forgets registrations
- * recorded under that number (others find them dead at their next
- * check, as for any descriptor the user opens).  A thread whose ring
- * cannot be made (EMFILE, ENOMEM) uses the plain system calls.
+ * One ring for the process, made with its first queue and kept for the
+ * life of the process, like the backend's other process-wide descriptors.
+ * Threads take turns (a mutex, tried: a thread that finds it taken makes
+ * the plain system calls for that batch rather than wait).  Not one per
+ * queue nor per thread: closing a ring makes the kernel notify, as a
+ * signal would (TWA_SIGNAL), every thread that made or submitted to it,
+ * and a thread then blocked in another queue's epoll_wait() would return
+ * EINTR with no signal; and a thread's ring would outlive the thread's
+ * last Python code (closed by its exit).  The descriptor is close-on-exec;
+ * a fork() child closes its copy (it has no queue) and does not even map
+ * the ring (MADV_DONTFORK), and its own first queue makes its own.  The
+ * descriptor of a kernel without the operations is kept too, idle (closing
+ * it would interrupt the thread that made it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,12 +49,6 @@
 #ifndef SOCKET_URING_OP_SIOCINQ
 #define SOCKET_URING_OP_SIOCINQ 0      /* <linux/io_uring.h> of Linux >= 6.7 */
 #endif
-#ifndef IORING_SETUP_SINGLE_ISSUER
-#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
-#endif
-#ifndef IORING_SETUP_DEFER_TASKRUN
-#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
-#endif
 #ifndef IORING_SETUP_NO_SQARRAY
 #define IORING_SETUP_NO_SQARRAY (1U << 16)
 #endif
@@ -71,7 +65,6 @@ struct kq_ring {
     size_t ring_len, sqe_len;
     unsigned entries;
     uint32_t seq;           /* io_uring_enter runs (their completions) */
-    struct kq_ring *next;   /* every thread's ring (fork) */
 };
 
 /* Process-wide: 0 not decided yet, 1 on, -1 off.  inq: SIOCINQ through the
@@ -102,9 +95,7 @@ static void ring_unmap(struct kq_ring *r)
 static int ring_open(struct kq_ring *r)
 {
     static const unsigned tries[] = {
-        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-            IORING_SETUP_NO_SQARRAY,
-        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_NO_SQARRAY,
         IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
         0,
     };
@@ -158,14 +149,6 @@ static int ring_open(struct kq_ring *r)
     return 0;
 }
 
-static void ring_close(struct kq_ring *r)
-{
-    ring_unmap(r);
-    if (r->fd >= 0)
-        close(r->fd);
-    r->fd = -1;
-}
-
 /* Does the kernel have the operations (IORING_REGISTER_PROBE)?  EPOLL_CTL
  * is required; URING_CMD only for SIOCINQ. */
 static int ring_probe_ops(const struct kq_ring *r)
@@ -190,158 +173,85 @@ static int ring_probe_ops(const struct kq_ring *r)
     return err;
 }
 
-/* The process-wide decision, made once (the first caller to get here
- * decides; a concurrent one may decide too, the same way). */
-static struct kq_ring *ring_make(void);
+/* The process's ring (NULL: none), and the mutex threads take turns at
+ * it with (tried, never waited for). */
+static pthread_mutex_t ring_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kq_ring *the_ring;        /* written under ring_lock */
+static int ring_broken;                 /* atomic: it failed; plain calls */
 
-static int uring_decide(void)
+/* With the first queue (kqueue(), no lock held; concurrent first queues
+ * serialise here): the decision, and the ring.  In a fork() child, whose
+ * copy was closed, its own first queue makes a ring of its own. */
+void kq_uring_process_init(void)
 {
-    int mode = __atomic_load_n(&uring_mode, __ATOMIC_ACQUIRE);
-    if (mode != 0)
-        return mode;
-    const char *env = getenv("KQUEUE_PY_IO_URING");
-    mode = -1;
-    if (env == NULL || strcmp(env, "0") != 0) {
-        /* The ring asked becomes the calling thread's: closing it would
-         * interrupt the thread's next wait (see the top).  One whose
-         * kernel lacks the operations stays idle with it. */
-        struct kq_ring *r = ring_make();
-        if (r != NULL && ring_probe_ops(r) == 0)
-            mode = 1;
+    if (__atomic_load_n(&uring_mode, __ATOMIC_ACQUIRE) < 0 ||
+        __atomic_load_n(&the_ring, __ATOMIC_ACQUIRE) != NULL)
+        return;
+    pthread_mutex_lock(&ring_lock);
+    int mode = uring_mode;
+    if (mode == 0) {
+        const char *env = getenv("KQUEUE_PY_IO_URING");
+        if (env != NULL && strcmp(env, "0") == 0)
+            mode = -1;
+    }
+    if (mode >= 0 && the_ring == NULL) {
+        struct kq_ring *r = malloc(sizeof *r);
+        if (r == NULL || ring_open(r) != 0) {
+            free(r);
+            mode = -1;
+        } else {
+            mode = ring_probe_ops(r) == 0 ? 1 : -1;
+            /* Published even if idle: the fork child closes its copy. */
+            __atomic_store_n(&the_ring, r, __ATOMIC_RELEASE);
+        }
     }
     __atomic_store_n(&uring_mode, mode, __ATOMIC_RELEASE);
-    return mode;
+    pthread_mutex_unlock(&ring_lock);
 }
 
-/* Is the ring path in use in this process?  1 or 0 (decides if need be). */
+/* Is the ring path in use in this process?  1 or 0. */
 int kq_uring_enabled(void)
 {
-    return uring_decide() > 0;
+    return __atomic_load_n(&uring_mode, __ATOMIC_ACQUIRE) > 0 &&
+           !__atomic_load_n(&ring_broken, __ATOMIC_RELAXED);
 }
 
 /* SIOCINQ through the ring in this process? */
 int kq_uring_inq_enabled(void)
 {
-    return uring_decide() > 0 && __atomic_load_n(&uring_inq, __ATOMIC_RELAXED) > 0;
-}
-
-/* 0 not decided, 1 on, -1 off: for kqueue_py_io_uring(). */
-int kq_uring_state(void)
-{
-    return __atomic_load_n(&uring_mode, __ATOMIC_ACQUIRE);
+    return kq_uring_enabled() && __atomic_load_n(&uring_inq, __ATOMIC_RELAXED) > 0;
 }
 
 /* kqueue_py extension (sys/event.h): does this process batch the event
- * path's system calls through io_uring?  Decides now if not yet done. */
+ * path's system calls through io_uring?  (Decided with the first queue;
+ * asked before, it decides.) */
 int kqueue_py_io_uring(void)
 {
+    kq_uring_process_init();
     return kq_uring_enabled();
 }
 
-/* Every thread's ring, so that a fork() child can close them all. */
-static pthread_mutex_t rings_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct kq_ring *rings;           /* chained by next */
-static pthread_key_t ring_key;
-static pthread_once_t ring_key_once = PTHREAD_ONCE_INIT;
-static __thread struct kq_ring *my_ring;
-static __thread int my_ring_failed;
-
-/* Thread exit: its ring goes (only this thread ever submitted to it). */
-static void ring_thread_exit(void *arg)
-{
-    struct kq_ring *r = arg;
-    pthread_mutex_lock(&rings_lock);
-    for (struct kq_ring **pp = &rings; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == r) {
-            *pp = r->next;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&rings_lock);
-    ring_close(r);
-    free(r);
-    my_ring = NULL;
-}
-
-static void ring_key_make(void)
-{
-    if (pthread_key_create(&ring_key, ring_thread_exit) != 0)
-        ring_key = (pthread_key_t)-1;
-}
-
-/* fork(): the list stays consistent across it. */
+/* fork(): the ring's state stays consistent across it. */
 void kq_uring_atfork_prepare(void)
 {
-    pthread_mutex_lock(&rings_lock);
+    pthread_mutex_lock(&ring_lock);
 }
 
 void kq_uring_atfork_parent(void)
 {
-    pthread_mutex_unlock(&rings_lock);
+    pthread_mutex_unlock(&ring_lock);
 }
 
-/* The child closes every ring's descriptor and forgets them (their
- * mappings are not in the child: MADV_DONTFORK).  The memory is left. */
+/* The child closes its copy of the ring's descriptor and forgets the ring
+ * (whose mappings it does not have: MADV_DONTFORK; the memory is left). */
 void kq_uring_atfork_child(void)
 {
-    for (struct kq_ring *r = rings; r != NULL; r = r->next) {
-        if (r->fd >= 0)
-            close(r->fd);
-        r->fd = -1;
-    }
-    rings = NULL;
-    my_ring = NULL;
-    my_ring_failed = 0;
-    pthread_mutex_unlock(&rings_lock);
-}
-
-/* A ring for the calling thread, kept by it until it exits (and in the
- * list a fork() child closes).  NULL if none can be made. */
-static struct kq_ring *ring_make(void)
-{
-    if (my_ring != NULL || my_ring_failed)
-        return my_ring;
-    pthread_once(&ring_key_once, ring_key_make);
-    struct kq_ring *r = malloc(sizeof *r);
-    if (r == NULL || ring_key == (pthread_key_t)-1 || ring_open(r) != 0) {
-        free(r);
-        my_ring_failed = 1;
-        return NULL;
-    }
-    if (pthread_setspecific(ring_key, r) != 0) {
-        ring_close(r);
-        free(r);
-        my_ring_failed = 1;
-        return NULL;
-    }
-    pthread_mutex_lock(&rings_lock);
-    r->next = rings;
-    rings = r;
-    pthread_mutex_unlock(&rings_lock);
-    my_ring = r;
-    return r;
-}
-
-/* The calling thread's ring, made on first use; NULL: use the system
- * calls.  kq: the queue whose lock is held (it forgets registrations
- * recorded under a new ring's number). */
-static struct kq_ring *ring_of(struct kq *kq)
-{
-    if (uring_decide() <= 0)
-        return NULL;
-    if (my_ring != NULL)
-        return my_ring->fd >= 0 && !my_ring_failed ? my_ring : NULL;
-    struct kq_ring *r = ring_make();
-    if (r != NULL)
-        kq_new_descriptor(kq, r->fd);
-    return r;
-}
-
-/* Make the ring now if it will be wanted (before the caller looks at its
- * registrations: making a descriptor may end some).  1 if there is one. */
-int kq_uring_ready(struct kq *kq)
-{
-    return ring_of(kq) != NULL;
+    if (the_ring != NULL && the_ring->fd >= 0)
+        close(the_ring->fd);
+    the_ring = NULL;
+    if (uring_mode > 0 && !ring_broken)
+        uring_mode = 0;     /* its own first queue makes its own */
+    pthread_mutex_unlock(&ring_lock);
 }
 
 /* Take every completion there is: those of this run (its sequence number
@@ -376,9 +286,14 @@ static unsigned ring_reap(struct kq_ring *r, uint32_t seq, int32_t *res, int n)
 int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
 {
     static const struct epoll_event probe_ev = { .events = 0 };
-    struct kq_ring *r = ring_of(kq);
-    if (r == NULL)
+    (void)kq;
+    if (!kq_uring_enabled() || pthread_mutex_trylock(&ring_lock) != 0)
+        return -ENOSYS;     /* no ring, or another thread's turn */
+    struct kq_ring *r = the_ring;
+    if (r == NULL || r->fd < 0) {
+        pthread_mutex_unlock(&ring_lock);
         return -ENOSYS;
+    }
     for (int i = 0; i < n; i++)
         res[i] = KQ_UOP_NOT_RUN;
     for (int base = 0; base < n; base += (int)r->entries) {
@@ -422,13 +337,14 @@ int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
         }
         if (submitted < batch) {
             /* Entries the kernel did not take are taken back; a ring that
-             * takes none is given up (plain system calls from now on, for
-             * this thread). */
+             * takes none is given up (plain system calls from now on; the
+             * ring stays, idle). */
             __atomic_store_n(r->sq_tail, tail + submitted, __ATOMIC_RELEASE);
             if (submitted == 0)
-                my_ring_failed = 1;     /* the ring stays, unused */
-            return 0;
+                __atomic_store_n(&ring_broken, 1, __ATOMIC_RELAXED);
+            break;
         }
     }
+    pthread_mutex_unlock(&ring_lock);
     return 0;
 }

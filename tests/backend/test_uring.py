@@ -8,8 +8,8 @@ runs both ways in CI (.ci/run); these tests check that the switch switches
 (the descriptors the process holds, and ``kqueue_py_io_uring()``), that
 both paths report the same events, data and dropped registrations as an
 outside oracle (``select.epoll`` and ``FIONREAD``), and the ring's
-descriptor rules: one per thread, gone with its thread, none in a fork()
-child, and no thread woken by another's ring.
+descriptor rules: one for the process, shared by its threads, none
+inherited by a fork() child, and no thread woken by a ring's end.
 """
 from __future__ import annotations
 
@@ -196,47 +196,47 @@ def test_the_switch_switches_and_both_paths_report_the_same():
             else:
                 assert data == res["fionread"][str(ident)], (kind, ident)
         assert res["dropped"] == res["dead"]
-    assert on["events"] == off["events"] and on["dropped"] == off["dropped"]
+    # The same, but for the numbers (the ring takes one in the first run).
+    assert [e[1:3] for e in on["events"]] == [e[1:3] for e in off["events"]]
+    assert len(on["dropped"]) == len(off["dropped"]) == len(on["dead"])
 
 
-def test_threads_have_a_ring_each_gone_with_the_thread(kq):
+def test_threads_share_the_process_ring(kq):
+    """Threads waiting on one queue at once take turns at the process's one
+    ring (a thread that finds it busy makes the system calls): every wait
+    reports every ready socket with its count, and no thread leaves a
+    descriptor behind."""
     have, why = uring_available()
     if not have or not lib.kqueue_py_io_uring():
         pytest.skip(f"no io_uring here ({why}, or KQUEUE_PY_IO_URING=0)")
     pairs = ready_pairs(8)
     kq.change(*[(a.fileno(), READ, EV_ADD, 0, 0, 0) for a, _ in pairs])
-    before = set(ring_fds())
+    before = ring_fds()
+    assert len(before) == 1
     seen: list[list[tuple[int, int]]] = []
-    go = threading.Event()
-    done = threading.Event()
 
     def waiter():
-        for _ in range(50):
+        for _ in range(200):
             seen.append(sorted((e.ident, e.data) for e in kq.wait(64, 2.0)))
-        go.set()
-        done.wait(10)
 
-    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    threads = [threading.Thread(target=waiter) for _ in range(4)]
     for t in threads:
         t.start()
-    assert go.wait(10)
-    expect = sorted((a.fileno(), i + 1) for i, (a, _) in enumerate(pairs))
-    assert all(s == expect for s in seen)
-    # The threads that waited have a ring each (or share none with this one).
-    assert 1 <= len(set(ring_fds()) - before) <= 3
-    done.set()
     for t in threads:
         t.join()
-    assert set(ring_fds()) - before == set()
+    expect = sorted((a.fileno(), i + 1) for i, (a, _) in enumerate(pairs))
+    assert len(seen) == 800 and all(s == expect for s in seen)
+    assert ring_fds() == before
     for a, b in pairs:
         a.close()
         b.close()
 
 
 def test_a_ring_closed_does_not_interrupt_another_wait(make_kq):
-    """A thread that made its ring on one queue, then blocks in another,
-    is woken by that queue's event, not by an interruption: rings are the
-    threads', never closed under a thread that submitted to them."""
+    """A thread that used the ring for one queue, then blocks in another,
+    is woken by that queue's event, not by an interruption: closing a ring
+    would notify every thread that submitted to it, as a signal does, and
+    the process's ring is never closed."""
     have, why = uring_available()
     if not have or not lib.kqueue_py_io_uring():
         pytest.skip(f"no io_uring here ({why}, or KQUEUE_PY_IO_URING=0)")
@@ -275,7 +275,7 @@ def test_a_fork_child_holds_no_ring(kq):
     pairs = ready_pairs(4)
     kq.change(*[(a.fileno(), READ, EV_ADD, 0, 0, 0) for a, _ in pairs])
     assert len(kq.wait()) == 4
-    assert ring_fds(), "the parent's waiting thread has a ring"
+    assert len(ring_fds()) == 1, "the process has its ring"
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
