@@ -247,7 +247,7 @@ def test_a_ring_closed_does_not_interrupt_another_wait(make_kq):
         idle.change((7, EVFILT_USER, EV_ADD | lib.EV_CLEAR, 0, 0, 0))
         out: list[object] = []
 
-        def waiter(busy: Queue = busy, idle: Queue = idle) -> None:
+        def waiter(busy: Queue = busy, idle: Queue = idle, out: list[object] = out) -> None:
             out.append(len(busy.wait(64, 2.0)))
             try:
                 out.append([(e.ident, e.filter) for e in idle.wait(4, None)])
