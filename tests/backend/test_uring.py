@@ -308,6 +308,9 @@ def test_tcp_counts_through_the_ring_match_fionread(kq):
     import struct
     import termios
 
+    have, _ = uring_available()
+    forced_off = os.environ.get("KQUEUE_PY_IO_URING") == "0"
+    assert lib.kqueue_py_io_uring() == (1 if have and not forced_off else 0)
     pairs = ready_pairs(16, "tcp")
     for a, _ in pairs:
         while struct.unpack("i", fcntl.ioctl(a.fileno(), termios.FIONREAD, b"\0" * 4))[0] == 0:
