@@ -455,12 +455,25 @@ static int checks_by_probe(const struct knote *kn)
  * of the batch that are not fd events are skipped.
  */
 #define PREFETCH_MAX 128    /* items looked at per io_uring_enter */
+
+/* A batch of one event: worth the ring only if it brings a count too (a
+ * READ socket registration whose count the ring may give). */
+static int one_counts_by_ring(const struct kq *kq, const struct epoll_event *ebuf)
+{
+    uint64_t data = ebuf[0].data.u64;
+    int fd = EP_FD_OF(data);
+    if (EP_TAG_OF(data) != TAG_READ || fd >= kq->fd_cap || kq->rd[fd] == NULL)
+        return 0;
+    const struct knote *kn = kq->rd[fd];
+    return kn->u.fd.inq_ring >= 0 && !(kn->kev.fflags & NOTE_NODATA) &&
+           (kn->u.fd.kind == FDK_SOCKET || kn->u.fd.kind == FDK_UNKNOWN);
+}
 static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int r)
 {
     kq_life_batch_end(kq);
     int ring = kq_uring_enabled();
-    if (r < 2 && !ring)
-        return;
+    if (r < 2 && (!ring || !one_counts_by_ring(kq, ebuf)))
+        return;     /* one system call either way: made when needed */
     kq_life_batch_begin(kq);
     int shadow = kq_life_shadow(kq), inq_ok = ring && kq_uring_inq_enabled();
     struct kq_uop ops[2 * PREFETCH_MAX];
