@@ -53,6 +53,12 @@ def uring_available() -> tuple[bool, str]:
     return out == "yes", out
 
 
+def skip_reason(why: str) -> str:
+    if os.environ.get("KQUEUE_PY_IO_URING") == "0":
+        return "io_uring forced off (KQUEUE_PY_IO_URING=0)"
+    return f"no io_uring here: {why}"
+
+
 def ring_fds() -> list[int]:
     """This process's io_uring descriptors."""
     out = []
@@ -208,7 +214,7 @@ def test_threads_share_the_process_ring(kq):
     descriptor behind."""
     have, why = uring_available()
     if not have or not lib.kqueue_py_io_uring():
-        pytest.skip(f"no io_uring here ({why}, or KQUEUE_PY_IO_URING=0)")
+        pytest.skip(skip_reason(why))
     pairs = ready_pairs(8)
     kq.change(*[(a.fileno(), READ, EV_ADD, 0, 0, 0) for a, _ in pairs])
     before = ring_fds()
@@ -239,7 +245,7 @@ def test_a_ring_closed_does_not_interrupt_another_wait(make_kq):
     the process's ring is never closed."""
     have, why = uring_available()
     if not have or not lib.kqueue_py_io_uring():
-        pytest.skip(f"no io_uring here ({why}, or KQUEUE_PY_IO_URING=0)")
+        pytest.skip(skip_reason(why))
     for _ in range(5):
         busy, idle = make_kq(), make_kq()
         pairs = ready_pairs(4)
@@ -271,7 +277,7 @@ def test_a_ring_closed_does_not_interrupt_another_wait(make_kq):
 def test_a_fork_child_holds_no_ring(kq):
     have, why = uring_available()
     if not have or not lib.kqueue_py_io_uring():
-        pytest.skip(f"no io_uring here ({why}, or KQUEUE_PY_IO_URING=0)")
+        pytest.skip(skip_reason(why))
     pairs = ready_pairs(4)
     kq.change(*[(a.fileno(), READ, EV_ADD, 0, 0, 0) for a, _ in pairs])
     assert len(kq.wait()) == 4
