@@ -91,7 +91,9 @@ static void ring_unmap(struct kq_ring *r)
     r->sqe_map = r->ring_map = NULL;
 }
 
-/* A ring of the backend's own: 0, or -errno with nothing left open. */
+/* A ring of the backend's own: 0, or -errno.  A ring that was made but
+ * cannot be used stays open in r->fd (else -1): closing it would make the
+ * kernel interrupt this thread's next wait (see the top). */
 static int ring_open(struct kq_ring *r)
 {
     static const unsigned tries[] = {
@@ -110,12 +112,10 @@ static int ring_open(struct kq_ring *r)
     }
     if (fd < 0)
         return -errno;
-    if (!(p.features & IORING_FEAT_SINGLE_MMAP)) {
-        close(fd);
-        return -ENOSYS;     /* before Linux 5.4: not worth a second map */
-    }
     memset(r, 0, sizeof *r);
     r->fd = fd;
+    if (!(p.features & IORING_FEAT_SINGLE_MMAP))
+        return -ENOSYS;     /* before Linux 5.4: not worth a second map */
     size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
     if (p.flags & IORING_SETUP_NO_SQARRAY)
@@ -131,8 +131,6 @@ static int ring_open(struct kq_ring *r)
         madvise(r->sqe_map, r->sqe_len, MADV_DONTFORK) < 0) {
         int err = -errno;
         ring_unmap(r);
-        close(fd);
-        r->fd = -1;
         return err;
     }
     char *base = r->ring_map;
@@ -195,14 +193,16 @@ void kq_uring_process_init(void)
             mode = -1;
     }
     if (mode >= 0 && the_ring == NULL) {
-        struct kq_ring *r = malloc(sizeof *r);
-        if (r == NULL || ring_open(r) != 0) {
-            free(r);
+        struct kq_ring *r = calloc(1, sizeof *r);
+        if (r == NULL) {
             mode = -1;
         } else {
-            mode = ring_probe_ops(r) == 0 ? 1 : -1;
-            /* Published even if idle: the fork child closes its copy. */
-            __atomic_store_n(&the_ring, r, __ATOMIC_RELEASE);
+            r->fd = -1;
+            mode = ring_open(r) == 0 && ring_probe_ops(r) == 0 ? 1 : -1;
+            if (r->fd >= 0)     /* published even if idle: a fork child closes its copy */
+                __atomic_store_n(&the_ring, r, __ATOMIC_RELEASE);
+            else
+                free(r);
         }
     }
     __atomic_store_n(&uring_mode, mode, __ATOMIC_RELEASE);
