@@ -96,8 +96,21 @@ def ready_pairs(n: int, kind: str = "unix") -> list[tuple[socket.socket, socket.
 # The same program, run with the switch on and off: every kind of fd event
 # the ring can batch, and the lifetime rule's cases, with their data.
 _SCENARIO = textwrap.dedent(r"""
-    import fcntl, json, os, select, socket, struct, sys, termios, time
+    import ctypes, fcntl, json, os, select, socket, struct, sys, termios, time
     sys.path.insert(0, sys.argv[1])
+    if sys.argv[2] == "seccomp":
+        # As Docker's default profile does: io_uring_setup fails with EPERM
+        # (a seccomp filter: number 425 -> EPERM, anything else allowed).
+        class Filter(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                        ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+        code = (Filter * 4)(Filter(0x20, 0, 0, 0), Filter(0x15, 0, 1, 425),
+                            Filter(0x06, 0, 0, 0x00050000 | 1), Filter(0x06, 0, 0, 0x7FFF0000))
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.prctl(38, 1, 0, 0, 0) == 0                                  # NO_NEW_PRIVS
+        assert libc.prctl(22, 2, ctypes.byref(Prog(4, code)), 0, 0) == 0         # SECCOMP filter
     from helpers import Queue, kevent
     from kqueue_py import ffi, lib
 
@@ -170,9 +183,9 @@ _SCENARIO = textwrap.dedent(r"""
 """)
 
 
-def run_scenario(switch: str | None) -> dict:
+def run_scenario(switch: str | None, how: str = "plain") -> dict:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", _SCENARIO, here], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", _SCENARIO, here, how], capture_output=True,
                        text=True, timeout=120, env=env_with(switch))
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
@@ -205,6 +218,16 @@ def test_the_switch_switches_and_both_paths_report_the_same():
     # The same, but for the numbers (the ring takes one in the first run).
     assert [e[1:3] for e in on["events"]] == [e[1:3] for e in off["events"]]
     assert len(on["dropped"]) == len(off["dropped"]) == len(on["dead"])
+
+
+def test_io_uring_refused_falls_back():
+    """io_uring refused by a seccomp filter (io_uring_setup: EPERM, as under
+    Docker's default profile): the plain system calls, the same report."""
+    refused = run_scenario(None, "seccomp")
+    off = run_scenario("0")
+    assert refused["uring"] == 0 and refused["rings"] == 0
+    assert [e[0] for e in refused["events"]] == refused["oracle"]
+    assert refused["events"] == off["events"] and refused["dropped"] == off["dropped"]
 
 
 def test_threads_share_the_process_ring(kq):
