@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -65,6 +66,7 @@ struct kq_ring {
     size_t ring_len, sqe_len;
     unsigned entries;
     uint32_t seq;           /* io_uring_enter runs (their completions) */
+    uint64_t dev, ino;      /* the ring's file: a fork() child closes only it */
 };
 
 /* Process-wide: 0 not decided yet, 1 on, -1 off.  inq: SIOCINQ through the
@@ -114,6 +116,11 @@ static int ring_open(struct kq_ring *r)
         return -errno;
     memset(r, 0, sizeof *r);
     r->fd = fd;
+    struct stat st;
+    if (fstat(fd, &st) == 0) {
+        r->dev = (uint64_t)st.st_dev;
+        r->ino = (uint64_t)st.st_ino;
+    }
     if (!(p.features & IORING_FEAT_SINGLE_MMAP))
         return -ENOSYS;     /* before Linux 5.4: not worth a second map */
     size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
@@ -246,7 +253,11 @@ void kq_uring_atfork_parent(void)
  * (whose mappings it does not have: MADV_DONTFORK; the memory is left). */
 void kq_uring_atfork_child(void)
 {
-    if (the_ring != NULL && the_ring->fd >= 0)
+    /* Only if the number still names the ring (the program may have
+     * closed it behind the backend's back and reused the number). */
+    struct stat st;
+    if (the_ring != NULL && the_ring->fd >= 0 && fstat(the_ring->fd, &st) == 0 &&
+        (uint64_t)st.st_dev == the_ring->dev && (uint64_t)st.st_ino == the_ring->ino)
         close(the_ring->fd);
     the_ring = NULL;
     if (uring_mode > 0 && !ring_broken)

@@ -359,3 +359,50 @@ def test_tcp_counts_through_the_ring_match_fionread(kq):
     for a, b in pairs:
         a.close()
         b.close()
+
+
+_RING_NUMBER_TAKEN = textwrap.dedent(r"""
+    import json, os, socket, sys
+    sys.path.insert(0, sys.argv[1])
+    from helpers import Queue
+    from kqueue_py import lib
+    kq = Queue(lib.kqueue())
+    rings = [int(n) for n in os.listdir("/proc/self/fd")
+             if os.path.exists(f"/proc/self/fd/{n}")
+             and os.readlink(f"/proc/self/fd/{n}") == "anon_inode:[io_uring]"]
+    assert len(rings) == 1, rings
+    # The program closes the ring's number behind the backend's back and
+    # puts a pipe there.
+    r, w = os.pipe()
+    os.dup2(r, rings[0])
+    os.write(w, b"abc")
+    pairs = [socket.socketpair() for _ in range(8)]
+    for i, (a, b) in enumerate(pairs):
+        b.sendall(b"x" * (i + 1))
+    kq.change(*[(a.fileno(), lib.EVFILT_READ, lib.EV_ADD, 0, 0, 0) for a, _ in pairs])
+    got = [sorted(e.data for e in kq.wait()) for _ in range(3)]
+    pid = os.fork()
+    if pid == 0:
+        # The child closes its copy of the ring, not the program's pipe.
+        os._exit(0 if os.read(rings[0], 3) == b"abc" else 1)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"got": got, "child": status, "uring": lib.kqueue_py_io_uring()}))
+""")
+
+
+def test_the_ring_number_taken_by_the_program():
+    """A program that closes the ring's descriptor and reuses the number
+    (as a program that closes every descriptor it does not know might):
+    the waits go on with the plain system calls, and a fork() child
+    leaves the program's descriptor on that number alone."""
+    have, why = uring_available()
+    if not have or os.environ.get("KQUEUE_PY_IO_URING") == "0":
+        pytest.skip(skip_reason(why))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _RING_NUMBER_TAKEN, here], capture_output=True,
+                       text=True, timeout=60, env=env_with(None))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["got"] == [list(range(1, 9))] * 3
+    assert res["child"] == 0
+    assert res["uring"] == 0        # the ring failed: the plain system calls from then on
