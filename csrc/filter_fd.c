@@ -475,7 +475,7 @@ static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int
     if (r < 2 && (!ring || !one_counts_by_ring(kq, ebuf)))
         return;     /* one system call either way: made when needed */
     kq_life_batch_begin(kq);
-    int shadow = kq_life_shadow(kq), inq_ok = ring && kq_uring_inq_enabled();
+    int shadow = kq_life_shadow(kq), inq_ok = ring && kq_uring_inq_enabled(), saved = errno;
     struct kq_uop ops[2 * PREFETCH_MAX];
     int32_t res[2 * PREFETCH_MAX];
     struct knote *owner[2 * PREFETCH_MAX];
@@ -522,6 +522,7 @@ static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int
             if (ops[k].kind == KQ_UOP_PROBE)
                 kq_life_batch_probe(kq, ops[k].fd, kq_life_probe_now(kq, ops[k].fd));
     }
+    errno = saved;
 }
 
 /* The core's batch (a poll of the one READ sub-set brings fd items). */

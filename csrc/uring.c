@@ -290,9 +290,9 @@ static unsigned ring_reap(struct kq_ring *r, uint32_t seq, int32_t *res, int n)
  * would return (its value, or -errno).  An operation that did not run
  * (the ring failed) gets KQ_UOP_NOT_RUN, and the caller makes the system
  * call.  The operations point to nothing but a constant, so one still in
- * flight when this returns (an error while waiting) cannot write where it
- * should not; its completion is dropped later.  Returns 0, or -ENOSYS when
- * there is no ring (nothing ran).
+ * flight when this returns (io_uring_enter failed while waiting: the ring
+ * is then given up) cannot write where it should not; its completion is
+ * dropped.  Returns 0, or -ENOSYS when there is no ring (nothing ran).
  */
 int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
 {
@@ -305,6 +305,7 @@ int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
         pthread_mutex_unlock(&ring_lock);
         return -ENOSYS;
     }
+    int saved = errno;
     for (int i = 0; i < n; i++)
         res[i] = KQ_UOP_NOT_RUN;
     for (int base = 0; base < n; base += (int)r->entries) {
@@ -343,8 +344,12 @@ int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
             if (hard || (got == 0 && to_submit > 0))
                 limit = submitted;      /* submit no more */
             done += ring_reap(r, seq, out, (int)batch);
-            if (hard)
-                break;                  /* and wait no more */
+            if (hard) {
+                /* Wait no more, and use the ring no more: what is in
+                 * flight is not waited for twice. */
+                __atomic_store_n(&ring_broken, 1, __ATOMIC_RELAXED);
+                break;
+            }
         }
         if (submitted < batch) {
             /* Entries the kernel did not take are taken back; a ring that
@@ -357,5 +362,6 @@ int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res)
         }
     }
     pthread_mutex_unlock(&ring_lock);
+    errno = saved;
     return 0;
 }
