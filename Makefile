@@ -10,7 +10,7 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 # Extra pytest arguments:  make test ARGS="-k timer"
 ARGS   ?=
 
-.PHONY: install install-pkg pip zig docs test test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint peers clean
+.PHONY: install install-pkg pip zig docs test test-no-uring test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ zig: pip
 # The whole test suite, against the freshly built and installed wheel.
 test: install
 	$(VENV)/bin/pytest $(ARGS)
+
+# The behaviour tests with io_uring forced off (KQUEUE_PY_IO_URING=0): the
+# backend's plain system calls, as where seccomp, gVisor or
+# kernel.io_uring_disabled refuse io_uring.  .ci/run runs both.
+test-no-uring: install
+	KQUEUE_PY_IO_URING=0 $(VENV)/bin/pytest tests/backend tests/api tests/servers $(ARGS)
 
 # The inner loop: everything but the tests marked slow (stress, soak,
 # fuzzing, the BSD cross-build).

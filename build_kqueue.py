@@ -146,6 +146,11 @@ LINUX_CDEF = """
  * (at most cap), or -1 with errno. */
 int kqueue_py_take_dropped(int kq, uint64_t *udata, int cap);
 
+/* 1 if the backend batches kevent()'s per-event system calls through
+ * io_uring in this process, 0 if not (KQUEUE_PY_IO_URING=0, or no
+ * io_uring). */
+int kqueue_py_io_uring(void);
+
 /* For python -m kqueue_py.run: a close-on-exec signalfd reading the signals
  * signos[0..n-1] (which the caller keeps blocked), or -errno.  Each read
  * gives one signal with its sender, on every interpreter (PyPy has no

@@ -420,8 +420,10 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
     out->fflags = 0;
     out->data = 0;
     if (kn->kev.filter == EVFILT_READ) {
+        intptr_t inq;
         if (counted)
-            out->data = fd_read_data(kn, fd);
+            out->data = kn->u.fd.kind == FDK_SOCKET && kq_life_batch_take_inq(kq, fd, &inq)
+                            ? inq : fd_read_data(kn, fd);
         /* EPOLLERR alone (an ICMP error on a connected UDP socket) is
          * FreeBSD's "temporary udp error": an event, no EV_EOF, whatever
          * the mark. */
@@ -467,6 +469,103 @@ static int fd_event(struct kq *kq, struct knote *kn, uint32_t revents, struct ke
 /* ------------------------------------------------------------------ */
 /* Ready items.                                                        */
 
+/* Will fd_event() check kn's identity with the shadow probe (confirm()'s
+ * common case, not skipped by NOTE_NODATA)? */
+static int checks_by_probe(const struct knote *kn)
+{
+    if (kn->u.fd.set == KQ_SET_HOT || (kn->kev.flags & (EV_ONESHOT | EV_DISPATCH)))
+        return 0;
+    if (kn->kev.fflags & NOTE_LOWAT)
+        return (kn->kev.flags & EV_CLEAR) != 0;
+    return !(kn->kev.fflags & NOTE_NODATA);
+}
+
+/*
+ * Before a batch of fd events is reported one by one: the identity probes
+ * (lifetime.c) and the READ counts of sockets (SIOCINQ) they will need go
+ * through one io_uring_enter (uring.c), where the process uses io_uring
+ * (else the probes are made together as system calls); fd_event() then
+ * takes their answers.  Nothing changes but how the system calls are
+ * made: an answer the ring does not give is a system call again.  Items
+ * of the batch that are not fd events are skipped.
+ */
+#define PREFETCH_MAX 128    /* items looked at per io_uring_enter */
+
+/* A batch of one event: worth the ring only if it brings a count too (a
+ * READ socket registration whose count the ring may give). */
+static int one_counts_by_ring(const struct kq *kq, const struct epoll_event *ebuf)
+{
+    uint64_t data = ebuf[0].data.u64;
+    int fd = EP_FD_OF(data);
+    if (EP_TAG_OF(data) != TAG_READ || fd >= kq->fd_cap || kq->rd[fd] == NULL)
+        return 0;
+    const struct knote *kn = kq->rd[fd];
+    return kn->u.fd.inq_ring >= 0 && !(kn->kev.fflags & NOTE_NODATA) &&
+           (kn->u.fd.kind == FDK_SOCKET || kn->u.fd.kind == FDK_UNKNOWN);
+}
+static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int r)
+{
+    kq_life_batch_end(kq);
+    int ring = kq_uring_enabled();
+    if (r < 2 && (!ring || !one_counts_by_ring(kq, ebuf)))
+        return;     /* one system call either way: made when needed */
+    kq_life_batch_begin(kq);
+    int shadow = kq_life_shadow(kq), inq_ok = ring && kq_uring_inq_enabled(), saved = errno;
+    struct kq_uop ops[2 * PREFETCH_MAX];
+    int32_t res[2 * PREFETCH_MAX];
+    struct knote *owner[2 * PREFETCH_MAX];
+    for (int base = 0; base < r; base += PREFETCH_MAX) {
+        int end = r - base < PREFETCH_MAX ? r : base + PREFETCH_MAX, n = 0;
+        for (int i = base; i < end; i++) {
+            uint64_t data = ebuf[i].data.u64;
+            uint32_t tag = EP_TAG_OF(data);
+            if (tag != TAG_READ && tag != TAG_WRITE)
+                continue;
+            int fd = EP_FD_OF(data);
+            struct knote *kn = fd < kq->fd_cap ? (tag == TAG_READ ? kq->rd : kq->wr)[fd] : NULL;
+            if (kn == NULL || (kn->u.fd.gen & 0xffffff) != EP_GEN_OF(data) ||
+                (kn->status & (KN_DISABLED | KN_INEPOLL)) != KN_INEPOLL)
+                continue;
+            if (checks_by_probe(kn) && kq_life_batch_slot(kq, fd)) {
+                ops[n] = (struct kq_uop){ KQ_UOP_PROBE, shadow, fd };
+                owner[n++] = NULL;
+                if (tag == TAG_READ && inq_ok && kn->u.fd.inq_ring >= 0 &&
+                    !(kn->kev.fflags & NOTE_NODATA)) {
+                    if (kn->u.fd.kind == FDK_UNKNOWN)
+                        kn->u.fd.kind = fd_learn_kind(fd);
+                    if (kn->u.fd.kind == FDK_SOCKET) {
+                        ops[n] = (struct kq_uop){ KQ_UOP_INQ, -1, fd };
+                        owner[n++] = kn;
+                    }
+                }
+            }
+        }
+        if (ring && n >= 2 && kq_uring_run(kq, ops, n, res) == 0) {
+            for (int k = 0; k < n; k++) {
+                if (ops[k].kind == KQ_UOP_PROBE)
+                    kq_life_batch_probe(kq, ops[k].fd, res[k]);
+                else if (res[k] == -EOPNOTSUPP)
+                    owner[k]->u.fd.inq_ring = -1;   /* AF_UNIX, ...: the ioctl */
+                else
+                    kq_life_batch_inq(kq, ops[k].fd, res[k]);
+            }
+            continue;
+        }
+        /* The plain system calls: the probes together, before the events
+         * (the counts come with each event, fd_read_data()). */
+        for (int k = 0; k < n; k++)
+            if (ops[k].kind == KQ_UOP_PROBE)
+                kq_life_batch_probe(kq, ops[k].fd, kq_life_probe_now(kq, ops[k].fd));
+    }
+    errno = saved;
+}
+
+/* The core's batch (a poll of the one READ sub-set brings fd items). */
+static void fd_prefetch(struct kq *kq, const struct epoll_event *ebuf, int r)
+{
+    fd_prefetch_items(kq, ebuf, r);
+}
+
 /* A ready fd registration from its sub-set.  Returns events written (0
  * or 1). */
 static int deliver_fd(struct kq *kq, int kind, int set, uint64_t data, uint32_t revents,
@@ -509,6 +608,8 @@ static int set_ready(struct kq *kq, int kind, uint64_t data, struct kevent *out,
     struct epoll_event *ebuf = kq_ebuf_get(stack, &want);
     int n = 0;
     int r = kq_set_ready(kq, kind, data, ebuf, want);
+    if (r > 1)
+        fd_prefetch_items(kq, ebuf, r);     /* (one alone may be promoted) */
     for (int i = 0; i < r; i++)
         n += deliver_fd(kq, kind, EP_FD_OF(data), ebuf[i].data.u64, ebuf[i].events, &out[n],
                         r == 1);
@@ -564,6 +665,7 @@ static int write_ready(struct kq *kq, uint64_t data, uint32_t revents, struct ke
 /* After changes and each batch: the sub-sets due for a rebuild. */
 static int fd_rearm(struct kq *kq)
 {
+    kq_life_batch_end(kq);      /* the batch's probe answers are old now */
     return kq_sets_rearm(kq);
 }
 
@@ -584,6 +686,7 @@ const struct filter_ops kq_read_ops = {
     .detach = fd_detach,
     .deliver = fd_deliver,
     .ready = read_ready,
+    .prefetch = fd_prefetch,
     .rearm = fd_rearm,
 };
 

@@ -32,7 +32,9 @@
  *   - inotify_fd, one inotify instance for all EVFILT_VNODE registrations,
  *     created on the first one (filter_vnode.c).
  * Beside it, never waited on: shadow_fd, the identity set of lifetime.c,
- * and spare_fd, an epoll descriptor reserved for the next sub-set rebuild.
+ * spare_fd, an epoll descriptor reserved for the next sub-set rebuild.
+ * (The event path's identity probes and READ counts of one batch may go
+ * through one io_uring_enter of the process's ring: uring.c.)
  * No lock is held across epoll_wait.
  *
  * Code: kqueue.c is the core (queues, changes, the pending list, the wait
@@ -45,7 +47,8 @@
  * Locks, in the order they are taken: registry_lock (kqueue.c: the
  * descriptor -> queue table, the fork handlers) before a queue's lock
  * (kq->lock: everything in struct kq, every hook) before sig_lock
- * (filter_signal.c: the process-wide signal state).  No lock is held
+ * (filter_signal.c: the process-wide signal state) and rings_lock
+ * (uring.c: the process's ring).  No lock is held
  * across epoll_wait, and none is taken inside the signal hook.
  */
 #ifndef KQ_INTERNAL_H
@@ -181,6 +184,10 @@ struct filter_ops {
      * puts them on the pending list. */
     int (*busy)(const struct kq *kq);
     void (*collect)(struct kq *kq, int64_t now);
+    /* Before the items of an epoll batch go to ready() one by one: work
+     * for all of them at once (the fd filters' batched probes). */
+    void (*prefetch)(struct kq *kq, const struct epoll_event *ebuf, int r);
+
     /* Looks driven by time.  polled(), unlocked and a hint only: must the
      * wait end early to look again?  Then, locked, next_look() does what is
      * due and returns when (CLOCK_MONOTONIC ns) to look next, or -1; after
@@ -209,6 +216,7 @@ struct knote {
             uint32_t armed;     /* the events its epoll item was last given */
             int set;            /* which sub-set holds the item, or KQ_SET_HOT:
                                    the wait set itself (lifetime.c) */
+            int inq_ring;       /* -1: the ring refuses its SIOCINQ (uring.c) */
             struct knote *next; /* kq->files or kq->lowat_wait chain */
         } fd;
         struct {
@@ -250,6 +258,9 @@ struct kq_fdid {
     uint32_t kind;          /* KQ_ID_*: an item in shadow_fd, (dev, ino, mode), or
                                (WAITSET) its one registration's plain item */
     uint32_t mode;
+    uint32_t batch;         /* kq->life_batch when the results below are its */
+    int32_t probe;          /* that batch's shadow probe result (KQ_UOP_NOT_RUN: none) */
+    int32_t inq;            /* that batch's READ count, or -1 */
     uint64_t dev, ino;
 };
 
@@ -330,6 +341,8 @@ struct kq {
     int nwatched;               /* descriptors in the wait set (kq_watch_*) */
     int direct_fd;              /* atomic: the set a poll asks directly, or -1 */
     int sweep_next;             /* the number the sweep looks at next */
+    uint32_t life_batch;        /* the batch whose probes ran together, or 0 */
+    uint32_t life_batch_seq;    /* the last such batch's number */
     uint32_t sweep_tick;        /* atomic: kevent() calls, for the sweep */
 
     /* udata of registrations the backend removed on its own: their
@@ -444,8 +457,38 @@ int kq_sets_rearm(struct kq *kq);                       /* rebuilds due: 0 or -e
 int kq_sets_sole(const struct kq *kq);                  /* the one READ sub-set, or -1 */
 void kq_sweep(struct kq *kq);                           /* a few numbers probed */
 #define KQ_SWEEP_EVERY 128      /* kevent() calls between two sweeps (a power of 2) */
+/* The identity probes of one batch of events, run together (uring.c)
+ * before the events are looked at one by one; kq_life_check() then uses
+ * their results.  The fd's READ count may come with them. */
+void kq_life_batch_begin(struct kq *kq);
+void kq_life_batch_end(struct kq *kq);
+int kq_life_batch_slot(struct kq *kq, int fd);            /* 1: probe it in this batch */
+void kq_life_batch_probe(struct kq *kq, int fd, int32_t res);
+void kq_life_batch_inq(struct kq *kq, int fd, int32_t res);
+int kq_life_batch_take_inq(struct kq *kq, int fd, intptr_t *v);   /* 1 if there is one */
+int kq_life_shadow(const struct kq *kq);
+int32_t kq_life_probe_now(struct kq *kq, int fd);          /* the probe's 0 or -errno */
 void kq_life_init(struct kq *kq);
 void kq_life_close_fds(struct kq *kq);
 void kq_life_destroy(struct kq *kq);
+
+/* uring.c: the event path's system calls batched through the process's
+ * io_uring.  Queue lock held, or none (kq_uring_enabled, process_init, the
+ * fork handlers); the ring has its own lock, taken last. */
+struct kq_ring;
+enum { KQ_UOP_PROBE = 1, KQ_UOP_INQ };
+#define KQ_UOP_NOT_RUN INT32_MIN    /* a result: the operation did not run */
+struct kq_uop {
+    int kind;               /* KQ_UOP_*: an EPOLL_CTL_ADD probe into epfd, SIOCINQ */
+    int epfd;
+    int fd;
+};
+int kq_uring_enabled(void);                 /* the process uses io_uring (decides) */
+int kq_uring_inq_enabled(void);             /* ... and SIOCINQ through it */
+void kq_uring_process_init(void);           /* with each kqueue(): decide, make the ring */
+int kq_uring_run(struct kq *kq, const struct kq_uop *ops, int n, int32_t *res);
+void kq_uring_atfork_prepare(void);         /* no lock: fork handlers */
+void kq_uring_atfork_parent(void);
+void kq_uring_atfork_child(void);
 
 #endif /* KQ_INTERNAL_H */

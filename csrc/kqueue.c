@@ -365,9 +365,11 @@ static void atfork_prepare(void)
     for (int i = 0; registry != NULL && i < registry->cap; i++)
         if (registry->slot[i] != NULL)
             pthread_mutex_lock(&registry->slot[i]->lock);
+    kq_uring_atfork_prepare();
 }
 static void atfork_parent(void)
 {
+    kq_uring_atfork_parent();
     for (int i = registry != NULL ? registry->cap - 1 : -1; i >= 0; i--)
         if (registry->slot[i] != NULL)
             pthread_mutex_unlock(&registry->slot[i]->lock);
@@ -375,6 +377,7 @@ static void atfork_parent(void)
 }
 static void atfork_child(void)
 {
+    kq_uring_atfork_child();    /* the threads' rings: their descriptors */
     for (int i = 0; registry != NULL && i < registry->cap; i++) {
         struct kq *kq = registry->slot[i];
         if (kq == NULL)
@@ -481,6 +484,7 @@ int kqueue(void)
         errno = -err;
         goto fail;
     }
+    kq_uring_process_init();    /* the first queue decides, and makes the ring */
     /* Two descriptors: the user's and the backend's duplicate of it, which
      * kevent() waits in (threads may still wait in it after the user's
      * number was closed, and it is never replaced).  wake_fd and the
@@ -1095,6 +1099,9 @@ static int process_batch(struct kq *kq, const struct epoll_event *ebuf, int r,
      * room must not starve the items behind it (epoll re-queues them all
      * in the same order). */
     int start = r > 1 ? (int)(kq->batch_rot++ % (uint32_t)r) : 0;
+    FOR_EACH_FILTER(ops)
+        if (ops->prefetch != NULL)
+            ops->prefetch(kq, ebuf, r);
     for (int k = 0; k < r; k++) {
         int i = start + k < r ? start + k : start + k - r;
         uint32_t tag = EP_TAG_OF(ebuf[i].data.u64);

@@ -44,6 +44,7 @@ if [ $# -eq 0 ]; then
         tests/backend/test_queue_descriptor.py tests/api/test_queue.py tests/api/test_compat.py \
         tests/backend/test_user.py tests/backend/test_signal.py tests/api/test_selectors.py \
         tests/backend/test_read_write.py tests/api/test_queue_fast.py tests/api/test_raw_fast.py \
+        tests/backend/test_uring.py \
         -k "thread or wake or close or concurren or storm or exactly_once or kq_wait or eintr"
 fi
 

@@ -16,6 +16,9 @@ class _Lib:
     # of registrations the backend dropped because their descriptor was
     # closed or reused into udata (a uint64_t[]); returns the count or -1.
     def kqueue_py_take_dropped(self, kq: int, udata: Any, cap: int) -> int: ...
+    # Linux only: 1 if kevent()'s per-event system calls go through io_uring
+    # in this process, 0 if not (KQUEUE_PY_IO_URING=0, or no io_uring).
+    def kqueue_py_io_uring(self) -> int: ...
     # Linux only: a close-on-exec signalfd over the signals in signos (an
     # int[] of n), or -errno; its reads are struct signalfd_siginfo.
     def kqueue_py_signalfd(self, signos: Any, n: int) -> int: ...

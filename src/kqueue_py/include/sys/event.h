@@ -128,6 +128,11 @@ KQ_API uint64_t kqueue_py_queue_id(int kq);
  * delivering an EV_ONESHOT event).  Returns how many, or -1 with errno
  * (EBADF: not a queue).  At most 65536 are kept between calls. */
 KQ_API int kqueue_py_take_dropped(int kq, uint64_t *udata, int cap);
+/* kqueue_py extension: 1 if this process batches the per-event system
+ * calls of kevent() (identity probes, READ counts) through io_uring, 0 if
+ * it makes them one by one (no io_uring, or KQUEUE_PY_IO_URING=0 in the
+ * environment when it was first asked). */
+KQ_API int kqueue_py_io_uring(void);
 /* kqueue_py extension: kevent() with the timeout in nanoseconds (< 0:
  * forever, 0: poll), turned into a deadline once, and the error returned
  * as -errno instead of -1 and errno. */
