@@ -213,8 +213,6 @@ static int fd_sync(struct kq *kq, struct knote *kn)
         /* NOTE_LOWAT needs an edge-triggered item, and a registration that
          * counts data (or has a mark) keeps the identity rule, whose
          * lingering items only a sub-set can shed: back to a sub-set. */
-        if ((err = kq_life_unplain(kq, fd)) != 0)
-            return err;
         kn->status &= ~KN_INEPOLL;
         if ((err = kq_set_del(kq, fd_kind_of(kn), kn->u.fd.set, fd, data_of(kn))) != 0)
             return err;
@@ -228,11 +226,11 @@ static int fd_sync(struct kq *kq, struct knote *kn)
         return err;
     }
     assert(kn->u.fd.set >= 0);
-    if (plain(kn) && kq_life_epollable(kq, fd)) {
+    int refused = !kq_life_epollable(kq, fd);
+    if (plain(kn) && !refused) {
         /* In the wait set itself, unless the file is there under this
-         * number already (its other filter's item, ...) or epoll refuses
-         * it (a regular file): then a sub-set, or the files' emulation,
-         * and an identity of its own for the number. */
+         * number already (its other filter's item, ...): then a nested
+         * set. */
         kn->u.fd.set = KQ_SET_PLAIN;
         ev = fd_wanted(kn);
         if ((err = kq_set_plain(kq, fd, &ev)) == 0) {
@@ -243,18 +241,25 @@ static int fd_sync(struct kq *kq, struct knote *kn)
         kn->u.fd.set = 0;
         if (err != -EEXIST && err != -EPERM)
             return err;
-        if ((err = kq_life_unplain(kq, fd)) != 0)
-            return err;
+        refused = err == -EPERM;
         ev = fd_wanted(kn);
     }
-    if (!kq_life_epollable(kq, fd))
-        return fd_file_attach(kq, kn);     /* a regular file or directory */
-    if ((err = kq_set_add(kq, fd_kind_of(kn), fd, &ev, &kn->u.fd.set)) == 0) {
-        kn->status |= KN_INEPOLL;
-        kn->u.fd.armed = ev.events;
-        return 0;
+    if (!refused) {
+        if ((err = kq_set_add(kq, fd_kind_of(kn), fd, &ev, &kn->u.fd.set)) == 0) {
+            kn->status |= KN_INEPOLL;
+            kn->u.fd.armed = ev.events;
+            return 0;
+        }
+        if (err != -EPERM)
+            return err;
+        /* A file epoll refuses (a regular file): known by fstat from now
+         * on, and watched by the files' emulation. */
+        if ((err = kq_life_identify(kq, fd)) != 0)
+            return err;
+        if (kq_life_epollable(kq, fd))
+            return -EPERM;
     }
-    return err;
+    return fd_file_attach(kq, kn);      /* a regular file or directory */
 }
 
 /* A registration on a file epoll refuses (a regular file) reports from the
@@ -271,7 +276,7 @@ static void fd_detach(struct kq *kq, struct knote *kn);
 static int fd_attach(struct kq *kq, struct knote *kn, const struct kevent *kev)
 {
     (void)kev;
-    int err = kq_life_claim(kq, (int)kn->kev.ident, plain(kn));
+    int err = kq_life_claim(kq, (int)kn->kev.ident, 1);
     if (err != 0)
         return err;
     kn->u.fd.kind = FDK_UNKNOWN;

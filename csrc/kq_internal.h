@@ -252,11 +252,11 @@ struct knote {
 };
 
 /* What a registered descriptor number names (lifetime.c). */
-enum { KQ_ID_NONE = 0, KQ_ID_EPOLL, KQ_ID_STAT, KQ_ID_WAITSET };
+enum { KQ_ID_NONE = 0, KQ_ID_EPOLL, KQ_ID_STAT, KQ_ID_ITEM };
 struct kq_fdid {
     uint32_t users;         /* registrations on the number (READ, WRITE, VNODE) */
     uint32_t kind;          /* KQ_ID_*: an item in shadow_fd, (dev, ino, mode), or
-                               (WAITSET) its one registration's plain item */
+                               (ITEM) its one registration's own epoll item */
     uint32_t mode;
     uint32_t batch;         /* kq->life_batch when the results below are its */
     int32_t probe;          /* that batch's shadow probe result (KQ_UOP_NOT_RUN: none) */
@@ -438,8 +438,8 @@ extern const struct filter_ops kq_user_ops;     /* filter_user.c */
 
 /* lifetime.c: a registration lives exactly as long as its descriptor.
  * Lock held.  kind: 0 READ, 1 WRITE. */
-int kq_life_claim(struct kq *kq, int fd, int plain);      /* 0 or -errno */
-int kq_life_unplain(struct kq *kq, int fd);               /* an identity of its own: 0 or -errno */
+int kq_life_claim(struct kq *kq, int fd, int item);       /* 0 or -errno */
+int kq_life_identify(struct kq *kq, int fd);              /* epoll refused the item: 0 or -errno */
 void kq_life_unclaim(struct kq *kq, int fd);
 int kq_life_check(struct kq *kq, int fd);                 /* 0 live, -EBADF, -ENOENT */
 int kq_life_verify(struct kq *kq, int fd);                /* check; dead: forget the number */

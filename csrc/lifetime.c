@@ -21,12 +21,16 @@
  * Every registration on a number (READ, WRITE, VNODE) shares the entry;
  * the item is added by the first and left when the last goes (it leaves
  * with its file; the same file registered on the number again finds it).
- * A number whose one registration is a plain item (below) has no shadow
- * item: that item, in the wait set, is the entry, and the same probe into
- * the wait set asks it (KQ_ID_WAITSET) -- one epoll item per socket, as
- * with epoll itself, where each item costs every wake-up of the socket.
- * A second registration on the number, or the plain one leaving the wait
- * set, gives the number its shadow item.
+ * The shadow item is made lazily: a number with one READ or WRITE
+ * registration has none at first, and its registration's own epoll item
+ * answers the same probe, made into the set that holds it (KQ_ID_ITEM) --
+ * so a registration costs one epoll_ctl(), as before the rule.  A probe
+ * into a nested set is slower (epoll takes a process-wide mutex for sets
+ * inside sets), so the first one that finds the file gives the number its
+ * shadow item; a plain item (below) waits in the wait set, where the probe
+ * is as cheap, and its number never needs one: one epoll item per socket,
+ * as with epoll itself, where each item costs every wake-up of the socket.
+ * A second registration on the number gives it its shadow item too.
  *
  * The one case Linux cannot see: the same open file put back on the
  * number (dup2() from a kept duplicate, the file received back through
@@ -170,6 +174,34 @@ static int ids_reserve(struct kq *kq, int fd)
     return 0;
 }
 
+static int identify(struct kq *kq, int fd);
+
+/* The probe of a KQ_ID_ITEM number: an EPOLL_CTL_ADD, with no events, of
+ * fd into the set that holds its one registration's item (*set: the
+ * nested set's index, or -1 for the wait set).  -EEXIST: the number names
+ * that item's file; 0: another file (the item added is taken out again);
+ * another -errno otherwise. */
+static int probe_own_item(struct kq *kq, int fd, int *set)
+{
+    struct knote *kn = fd < kq->fd_cap ? kq->rd[fd] : NULL;
+    if (kn == NULL || !(kn->status & KN_INEPOLL))
+        kn = fd < kq->fd_cap ? kq->wr[fd] : NULL;
+    assert(kn != NULL && (kn->status & KN_INEPOLL));
+    if (kn == NULL || !(kn->status & KN_INEPOLL)) {
+        *set = -1;
+        return -ENOMEM;                 /* cannot happen: says nothing */
+    }
+    *set = kn->u.fd.set;
+    if (*set < 0)
+        return kq_probe_item(kq, fd);
+    int epfd = kq->subs[kn->kev.filter == EVFILT_READ ? 0 : 1][*set].fd;
+    struct epoll_event ev = { .events = 0, .data.u64 = 0 };
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    (void)epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+    return 0;
+}
+
 /* Does fd still name the file its registrations were made on?  0 if so,
  * -EBADF if the number is closed, -ENOENT if it names another file.  A
  * probe that fails otherwise (ENOMEM) says nothing: live. */
@@ -177,14 +209,20 @@ int kq_life_check(struct kq *kq, int fd)
 {
     assert(fd >= 0 && fd < kq->ids_cap && kq->ids[fd].users > 0);
     struct kq_fdid *id = &kq->ids[fd];
-    if (id->kind == KQ_ID_WAITSET) {
-        switch (kq_probe_item(kq, fd)) {
-        case -EEXIST: return 0;
+    if (id->kind == KQ_ID_ITEM) {
+        int set, err = probe_own_item(kq, fd, &set);
+        switch (err) {
+        case -EEXIST:
+            /* The file, found in a nested set: the shadow item for the
+             * next probes (a failure to make it says nothing). */
+            if (set >= 0)
+                (void)identify(kq, fd);
+            return 0;
         case -EBADF:  return -EBADF;
         case 0:                          /* another file (taken out again) */
         case -EPERM:                     /* a file epoll refuses */
         case -ELOOP:                     /* an epoll set holding the queue's */
-        case -EINVAL: return -ENOENT;    /* the queue's own set */
+        case -EINVAL: return -ENOENT;    /* one of the queue's own sets */
         default:      return 0;          /* ENOMEM...: says nothing */
         }
     }
@@ -233,19 +271,17 @@ int kq_life_verify(struct kq *kq, int fd)
     return err;
 }
 
-static int identify(struct kq *kq, int fd);
-
 /* A new registration on fd: record what the number names, or (other
  * registrations on it) check that it is still their file -- if not, they
- * die first.  plain: the registration's item is to wait in the wait set
- * (a plain item), where it is the number's identity if it is the only
- * registration (the caller calls kq_life_unplain() if the item goes
- * elsewhere).  0, or -errno (EBADF: not open). */
-int kq_life_claim(struct kq *kq, int fd, int plain)
+ * die first.  item: the registration is to have an epoll item of its own
+ * (READ, WRITE), which is then, alone on the number, its identity (the
+ * caller calls kq_life_identify() if epoll refuses the file).  0, or
+ * -errno (EBADF: not open). */
+int kq_life_claim(struct kq *kq, int fd, int item)
 {
     if (fd < kq->ids_cap && kq->ids[fd].users > 0) {
         int err = kq_life_check(kq, fd);
-        if (err == 0 && kq->ids[fd].kind == KQ_ID_WAITSET)
+        if (err == 0 && kq->ids[fd].kind == KQ_ID_ITEM)
             err = identify(kq, fd);     /* two registrations: a shadow item */
         if (err == 0) {
             kq->ids[fd].users++;
@@ -258,13 +294,13 @@ int kq_life_claim(struct kq *kq, int fd, int plain)
             return err;
         assert(kq->ids[fd].users == 0);
     }
-    if (plain) {
-        if (fcntl(fd, F_GETFD) < 0)
-            return -EBADF;
+    if (item) {
+        /* No system call: the item's epoll_ctl() says EBADF for a closed
+         * number (and a nested set is made only for a number known open). */
         int err = ids_reserve(kq, fd);
         if (err != 0)
             return err;
-        kq->ids[fd].kind = KQ_ID_WAITSET;
+        kq->ids[fd].kind = KQ_ID_ITEM;
         kq->ids[fd].users = 1;
         return 0;
     }
@@ -274,12 +310,12 @@ int kq_life_claim(struct kq *kq, int fd, int plain)
     return err;
 }
 
-/* fd's registration was claimed plain, but its item is not (or no longer)
- * in the wait set: the number gets an identity of its own.  0 or -errno. */
-int kq_life_unplain(struct kq *kq, int fd)
+/* fd's registration was claimed with an item, but epoll refuses the file
+ * (a regular file): the number is known by fstat.  0 or -errno. */
+int kq_life_identify(struct kq *kq, int fd)
 {
     assert(fd >= 0 && fd < kq->ids_cap && kq->ids[fd].users > 0);
-    return kq->ids[fd].kind == KQ_ID_WAITSET ? identify(kq, fd) : 0;
+    return kq->ids[fd].kind == KQ_ID_ITEM ? identify(kq, fd) : 0;
 }
 
 /* Record what fd names: its shadow item, or (a file epoll refuses) its
@@ -317,8 +353,8 @@ static int identify(struct kq *kq, int fd)
     return 0;
 }
 
-/* Can the file fd names be put in epoll (else: known by fstat)?  A plain
- * claim does not know yet: the wait set tells the caller (EPERM). */
+/* Can the file fd names be put in epoll (else: known by fstat)?  A claim
+ * with an item does not know yet: epoll tells the caller (EPERM). */
 int kq_life_epollable(const struct kq *kq, int fd)
 {
     assert(fd >= 0 && fd < kq->ids_cap && kq->ids[fd].users > 0);
@@ -458,7 +494,7 @@ static struct kq_subset *subset_of(struct kq *kq, int kind, int set)
 /* The sub-set for a new item: the first with room, made on first use.
  * Filled in order, so that a queue's ready items sit in few sets (one
  * epoll_wait each).  NULL with *err set. */
-static struct kq_subset *subset_pick(struct kq *kq, int kind, int *idx, int *err)
+static struct kq_subset *subset_pick(struct kq *kq, int kind, int fd, int *idx, int *err)
 {
     int i = 0;
     while (i < kq->nsubs[kind] && kq->subs[kind][i].count >= KQ_SUB_SPAN)
@@ -478,8 +514,16 @@ static struct kq_subset *subset_pick(struct kq *kq, int kind, int *idx, int *err
     *idx = i;
     if (s->fd >= 0)
         return s;
-    /* The first sub-set brings the spare its rebuilds will need.  (The
-     * caller's number is known open: a new descriptor cannot take it.) */
+    /* The first sub-set brings the spare its rebuilds will need.  Only
+     * with the caller's number known open may they be made (a new
+     * descriptor cannot take it then), and not for a file epoll refuses:
+     * the number gets its identity first (-EBADF, or a regular file). */
+    if ((*err = kq_life_identify(kq, fd)) != 0)
+        return NULL;
+    if (kq->ids[fd].kind == KQ_ID_STAT) {
+        *err = -EPERM;
+        return NULL;
+    }
     if (kq->spare_fd < 0 && (*err = new_set(kq, &kq->spare_fd)) != 0)
         return NULL;
     int set = -1;
@@ -498,7 +542,7 @@ static struct kq_subset *subset_pick(struct kq *kq, int kind, int *idx, int *err
 int kq_set_add(struct kq *kq, int kind, int fd, struct epoll_event *ev, int *set)
 {
     int err = 0;
-    struct kq_subset *s = subset_pick(kq, kind, set, &err);
+    struct kq_subset *s = subset_pick(kq, kind, fd, set, &err);
     if (s == NULL)
         return err;
     if (epoll_ctl(s->fd, EPOLL_CTL_ADD, fd, ev) < 0) {
