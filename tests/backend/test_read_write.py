@@ -1030,7 +1030,8 @@ def make_lingering(kq, fds, udata=0xC1, out_of_reach=False):
     if out_of_reach:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         top = 1023 if soft == resource.RLIM_INFINITY else min(soft, 1024) - 1
-        fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top)
+        fd = fcntl.fcntl(fd, fcntl.F_DUPFD, top)   # (PyPy 3.9 has no F_DUPFD_CLOEXEC)
+        os.set_inheritable(fd, False)
         assert fd >= top, fd
         a.close()
     kq.change((fd, READ, EV_ADD, 0, 0, udata))
