@@ -207,6 +207,29 @@ def test_unstable_comparator_is_flagged(tmp_path: Path) -> None:
     assert wake.trusted("kqueue_py") is None
 
 
+def test_comparator_reported_from_its_slow_mode_is_flagged(tmp_path: Path) -> None:
+    doc = _run("PyPy 3.9.16", 150, 5000)
+    # A committed-run shape: groups of five batches, most of each group in
+    # the slow mode (55 us), a fast mode (11 us) in the rest: the min of the
+    # group medians is the slow one, and so is the median.
+    fast, slow = [11_000.0] * 2, [55_000.0] * 3
+    samples = [x for _ in range(7) for x in fast + slow]
+    variant = _variant(55_000, median=55_000)
+    variant["samples_ns"] = samples
+    doc["scenarios"]["user_wake_rt"]["variants"]["stdlib eventfd + epoll.poll"] = variant
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(doc))
+    wake = Run.read(str(path)).get("user_wake_rt")
+    assert wake is not None
+    assert any(s.startswith("bimodal: stdlib eventfd + epoll.poll") for s in wake.suspect)
+    assert wake.trusted("stdlib") is None
+    # One mode, however noisy, is not flagged.
+    variant["samples_ns"] = [50_000.0 + 1_000 * (i % 7) for i in range(35)]
+    path.write_text(json.dumps(doc))
+    wake = Run.read(str(path)).get("user_wake_rt")
+    assert wake is not None and not any(s.startswith("bimodal") for s in wake.suspect)
+
+
 def test_chart_leaves_out_flagged_variants(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "d.json"
