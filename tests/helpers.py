@@ -157,6 +157,19 @@ def fork_waiting_child(status: int = 0) -> tuple[int, int]:
     return pid, w
 
 
+def descriptors_named(link: str) -> list[int]:
+    """This process's descriptors whose ``/proc/self/fd`` link reads
+    ``link`` (``anon_inode:[eventpoll]``, ``anon_inode:[io_uring]``, ...)."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == link:
+                out.append(int(name))
+        except OSError:
+            pass            # closed meanwhile (the listing's own descriptor)
+    return out
+
+
 def wait_until(pred, timeout=2.0, interval=0.002):
     """Poll ``pred`` until true or ``timeout``; returns its last value."""
     deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ import pytest
 
 from kqueue_py import lib
 
-from helpers import Queue, wait_blocked_in_kevent
+from helpers import Queue, descriptors_named, wait_blocked_in_kevent
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the Linux backend's io_uring path")
@@ -61,14 +61,7 @@ def skip_reason(why: str) -> str:
 
 def ring_fds() -> list[int]:
     """This process's io_uring descriptors."""
-    out = []
-    for n in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{n}") == "anon_inode:[io_uring]":
-                out.append(int(n))
-        except OSError:
-            pass
-    return out
+    return descriptors_named("anon_inode:[io_uring]")
 
 
 def env_with(value: str | None) -> dict[str, str]:

@@ -12,6 +12,8 @@ import pytest
 
 from kqueue_py import lib
 
+from helpers import descriptors_named
+
 VNODE = lib.EVFILT_VNODE
 EV_ADD, EV_DELETE, EV_CLEAR = lib.EV_ADD, lib.EV_DELETE, lib.EV_CLEAR
 DELETE, WRITE, EXTEND, ATTRIB = lib.NOTE_DELETE, lib.NOTE_WRITE, lib.NOTE_EXTEND, lib.NOTE_ATTRIB
@@ -58,14 +60,7 @@ def notes(kq):
 
 
 def inotify_instances():
-    n = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify":
-                n += 1
-        except OSError:
-            pass
-    return n
+    return len(descriptors_named("anon_inode:inotify"))
 
 
 # --------------------------------------------------------------------------
