@@ -11,7 +11,8 @@
  * tells nobody, and epoll keeps an item for as long as the open file
  * lives (a dup(), a fork() child, a descriptor in flight).
  *
- * Identity.  Every registered number has one entry in shadow_fd, an epoll
+ * Identity.  A registered number has one entry in shadow_fd (made at its
+ * first check: see below), an epoll
  * set that is never waited on: an item (file, number) with no events.
  * epoll finds items by (file, number), so one EPOLL_CTL_ADD probe tells:
  * EEXIST, the number names the registered file still; EBADF, it is
