@@ -395,6 +395,7 @@ int kq_watch_item(struct kq *kq, int fd, struct epoll_event *ev);     /* a user 
 int kq_rewatch_item(struct kq *kq, int fd, struct epoll_event *ev);   /* EPOLL_CTL_MOD */
 int kq_unwatch_item(struct kq *kq, int fd);     /* gone from the count whatever DEL says */
 int kq_probe_item(struct kq *kq, int fd);       /* EPOLL_CTL_ADD probe: -EEXIST if there */
+int kq_epoll_probe(int epfd, int fd);           /* the same probe into any epoll set */
 uint32_t kq_next_gen(struct kq *kq);                    /* a registration's generation */
 int kq_new_descriptor(struct kq *kq, int fd);           /* fd just made: forget its number */
 int kq_wake_fd_ensure(struct kq *kq);                   /* 0 or -errno */

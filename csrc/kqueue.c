@@ -311,10 +311,18 @@ int kq_watch_item(struct kq *kq, int fd, struct epoll_event *ev)
  * closed number) otherwise. */
 int kq_probe_item(struct kq *kq, int fd)
 {
+    return kq_epoll_probe(kq->waitfd, fd);
+}
+
+/* Is fd's file in epoll set epfd under this number?  An EPOLL_CTL_ADD
+ * with no events (data 0: no filter's) answers: -EEXIST if so, 0 if not
+ * (the item it added is taken out again), another -errno otherwise. */
+int kq_epoll_probe(int epfd, int fd)
+{
     struct epoll_event ev = { .events = 0, .data.u64 = 0 };
-    if (epoll_ctl(kq->waitfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return -errno;
-    (void)epoll_ctl(kq->waitfd, EPOLL_CTL_DEL, fd, NULL);
+    (void)epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
     return 0;
 }
 

@@ -195,12 +195,7 @@ static int probe_own_item(struct kq *kq, int fd, int *set)
     *set = kn->u.fd.set;
     if (*set < 0)
         return kq_probe_item(kq, fd);
-    int epfd = kq->subs[kn->kev.filter == EVFILT_READ ? 0 : 1][*set].fd;
-    struct epoll_event ev = { .events = 0, .data.u64 = 0 };
-    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-        return -errno;
-    (void)epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
-    return 0;
+    return kq_epoll_probe(kq->subs[kn->kev.filter == EVFILT_READ ? 0 : 1][*set].fd, fd);
 }
 
 /* Does fd still name the file its registrations were made on?  0 if so,

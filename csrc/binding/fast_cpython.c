@@ -530,7 +530,7 @@ static PyMethodDef kqpy_qtrigger_bind_def = {
     "_qtrigger_bind", (PyCFunction)(void (*)(void))kqpy_qtrigger_bind, KQPY_METH_FASTCALL,
     NULL};
 
-/* _select_ready(address, n) -> list: KqueueSelector.select's decode of
+/* _select_ready(address, n, fd_to_key) -> list: KqueueSelector.select's decode of
  * the n events its request (at address) received, as the Python loop in
  * selectors.py does it: (key, EVENT_READ or EVENT_WRITE) for each event
  * whose ident has a key in fd_to_key asking for that event (EVENT_READ 1,
