@@ -151,4 +151,7 @@ def test_trigger_and_asyncio_scenarios_run(tmp_path):
         assert sc["error"] is None, sc["error"]
         assert sc["variants"][sc["roles"]["kqueue_py"]]["value_ns"] > 0
         assert sc["variants"][sc["roles"]["stdlib"]]["value_ns"] > 0
+    echo = doc["scenarios"]["asyncio_echo"]
+    assert echo["variants"][echo["roles"]["stdlib again"]]["value_ns"] > 0
+    assert re.search(r"asyncio echo: .*\(A/A \d+\.\d\dx\)", out)
     assert "KQueue.trigger, per call" in out

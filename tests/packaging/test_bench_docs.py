@@ -193,6 +193,39 @@ def test_flagged_target_is_suspect_not_met(tmp_path: Path) -> None:
     assert t["status"] == "suspect" and t["met"] is None
 
 
+def test_a_target_shows_its_a_a_ratio_beside_an_unchanged_verdict(tmp_path: Path) -> None:
+    # The stdlib's wake round trip timed a second time, apart: 8.0 against
+    # 8.4 us is what noise alone made of two equal programs.
+    from kqueue_py.bench.scenarios import Target
+
+    doc = _run("PyPy 3.9.16", 150, 5000)
+    wake = doc["scenarios"]["user_wake_rt"]
+    wake["variants"]["stdlib again"] = _variant(8_400)
+    wake["roles"]["stdlib again"] = "stdlib again"
+    path = tmp_path / "aa.json"
+    path.write_text(json.dumps(doc))
+    run = Run.read(str(path))
+    target = Target("user_wake_rt", "wake: the stdlib's / kq_apply/kq_wait", "stdlib",
+                    "kqueue_py", ">=", 1.0, aa="stdlib again")
+    [t] = report.evaluate_targets(run.results, [target])
+    # 8.0 / 9.0 us: missed, whatever the A/A says.
+    assert round(t["value"], 4) == 0.8889 and t["status"] == "missed"
+    assert round(t["aa"], 4) == 0.9524
+    assert report.fmt_target_value(t) == "0.89x (A/A 0.95x)"
+    out = io.StringIO()
+    report.render_targets([t], out)
+    assert "[MISSED ] wake: the stdlib's / kq_apply/kq_wait: 0.89x (A/A 0.95x)" in out.getvalue()
+    # A flagged second timing gives no A/A ratio.
+    wake["variants"]["stdlib again"] = _variant(8_400, median=8_400 * 7.6)
+    path.write_text(json.dumps(doc))
+    [t] = report.evaluate_targets(Run.read(str(path)).results, [target])
+    assert t["aa"] is None and t["status"] == "missed"
+    # Without an A/A role a target's value prints alone.
+    [t] = report.evaluate_targets(run.results, [Target(
+        "user_wake_rt", "wake", "kqueue_py", "stdlib", "<=", 1.2)])
+    assert t["aa"] is None and report.fmt_target_value(t) == "1.12x"
+
+
 def test_unstable_comparator_is_flagged(tmp_path: Path) -> None:
     doc = _run("PyPy 3.9.16", 150, 5000)
     # Most batches 7.6 times slower than the reported value (a run the old

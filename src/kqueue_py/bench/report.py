@@ -284,6 +284,10 @@ def evaluate_targets(results: List[ScenarioResult],
         else:
             den, den_name, den_bad = _target_side(by, t.den_scenario or t.scenario, t.den)
             value = ratio(num, den)
+        aa = None
+        if t.aa is not None:
+            again, _, again_bad = _target_side(by, t.scenario, t.aa)
+            aa = None if again_bad else ratio(num, again)
         if value is None:
             status = "n/a"
         elif num_bad or den_bad:
@@ -295,14 +299,18 @@ def evaluate_targets(results: List[ScenarioResult],
         out.append({"target": t.label, "scenario": t.scenario, "value": value,
                     "unit": unit, "op": t.op, "bound": t.bound, "status": status,
                     "met": {"met": True, "missed": False}.get(status),
-                    "num": num_name, "den": den_name})
+                    "num": num_name, "den": den_name, "aa": aa})
     return out
 
 
 def fmt_target_value(t: Dict[str, Any]) -> str:
+    """The value; with the A/A ratio beside it where the target has one."""
     if t["value"] is None:
         return "-"
-    return fmt_ns(t["value"]) if t["unit"] == "ns" else fmt_x(t["value"])
+    text = fmt_ns(t["value"]) if t["unit"] == "ns" else fmt_x(t["value"])
+    if t.get("aa") is not None:
+        text += f" (A/A {fmt_x(t['aa'])})"
+    return text
 
 
 def fmt_target_bound(t: Dict[str, Any]) -> str:
