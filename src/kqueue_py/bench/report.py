@@ -35,6 +35,12 @@ __all__ = ["ScenarioResult", "Run", "fmt_ns", "fmt_x", "ratio", "check_result",
 #: most of its batches ran in a much slower mode than the one reported.
 UNSTABLE = 3.0
 
+#: A program timed twice, apart (a role and its "<role> again", the same
+#: program on objects of its own), whose two times differ by more than
+#: this factor: the run measured the machine's phases, not the programs,
+#: and no ratio of that scenario says anything.
+AA_SPREAD = 1.05
+
 #: Scenarios where one op is one kevent() call, so "time - raw C" is the
 #: binding's own cost (call + decode).
 OVERHEAD_SCENARIOS = ("empty_poll", "ready64", "active1of10", "active1of10000",
@@ -216,7 +222,10 @@ def check_result(r: ScenarioResult) -> tuple[List[str], List[str]]:
     tenth of batches is more than UNSTABLE times faster than its reported
     value ran in two modes and is reported from the slow one (a wake-up
     round trip on a VM: the comparator of a PyPy run took 55 us, its
-    fast batches 11 us)."""
+    fast batches 11 us); a program timed twice, apart, whose two times
+    differ by more than :data:`AA_SPREAD` ran on a machine too noisy for
+    its scenario's ratios (an asyncio echo's default loop against itself:
+    0.88x in a full PyPy run)."""
     reasons: List[str] = []
     names: List[str] = []
     for floor, above in r.floors.items():
@@ -245,6 +254,18 @@ def check_result(r: ScenarioResult) -> tuple[List[str], List[str]]:
                            f"{m.value_ns / fast:.1f}x its fastest tenth of batches "
                            f"({fmt_ns(fast)}): most of its groups ran in the slow mode")
             names.append(name)
+    for role, name in sorted(r.roles.items()):
+        twin = r.roles.get(f"{role} again")
+        a = r.variants.get(name)
+        b = r.variants.get(twin) if twin is not None else None
+        if a is None or b is None or twin is None or b.value_ns <= 0:
+            continue
+        aa = a.value_ns / b.value_ns
+        if not 1 / AA_SPREAD <= aa <= AA_SPREAD:
+            reasons.append(f"noisy: {name}, timed twice apart, came out {aa:.2f}x of itself "
+                           f"(A/A, beyond {AA_SPREAD:g}x): the run measured the machine's "
+                           f"phases, not the programs")
+            names += [name, twin]
     return reasons, sorted(set(names))
 
 
@@ -286,8 +307,8 @@ def evaluate_targets(results: List[ScenarioResult],
             value = ratio(num, den)
         aa = None
         if t.aa is not None:
-            again, _, again_bad = _target_side(by, t.scenario, t.aa)
-            aa = None if again_bad else ratio(num, again)
+            # Shown even when flagged: an A/A far from 1 is why it is.
+            aa = ratio(num, _target_side(by, t.scenario, t.aa)[0])
         if value is None:
             status = "n/a"
         elif num_bad or den_bad:
