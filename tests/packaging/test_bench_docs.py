@@ -220,6 +220,10 @@ def test_a_target_shows_its_a_a_ratio_beside_an_unchanged_verdict(tmp_path: Path
     out = io.StringIO()
     report.render_targets([t], out)
     assert "[MISSED ] wake: the stdlib's / kq_apply/kq_wait: 0.89x (A/A 0.98x)" in out.getvalue()
+    # A value that would round to its bound shows the digit that decides.
+    near = dict(t, value=0.9984, bound=1.0, status="missed", aa=None)
+    assert report.fmt_target_value(near) == "0.998x"
+    assert report.fmt_target_value(dict(near, value=1.0)) == "1.00x"
     # Without an A/A role a target's value prints alone.
     [t] = report.evaluate_targets(run.results, [Target(
         "user_wake_rt", "wake", "kqueue_py", "stdlib", "<=", 1.2)])

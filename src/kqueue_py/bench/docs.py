@@ -251,16 +251,21 @@ def sec_headline(cp: Run, pp: Optional[Run]) -> str:
     ):
         if candidate:
             lines.append(candidate + ".")
-    e = cp.get("asyncio_echo")
-    if e is not None:
+    def echo(run: Run) -> Optional[str]:
+        """The echo's ratio, and the default loop's against itself."""
+        e = run.get("asyncio_echo")
         x = _speedup(e, "stdlib")
-        if x is not None:
-            again = _speedup(e, "stdlib", "stdlib again")
-            spread = (f" (the default loop timed twice, apart: {fmt_x(again)})"
-                      if again is not None else "")
-            lines.append(f"- asyncio echo server, {e.unit.split('(')[-1].rstrip(')')}: "
-                         f"`SelectorEventLoop(KqueueSelector())` serves **{fmt_x(x)}** "
-                         f"the requests per second of the default loop{spread}.")
+        if e is None or x is None:
+            return None
+        again = _speedup(e, "stdlib", "stdlib again")
+        spread = (f" (the default loop timed twice, apart: {fmt_x(again)})"
+                  if again is not None else "")
+        return f"**{fmt_x(x)}** the requests per second of the default loop{spread}"
+
+    e = cp.get("asyncio_echo")
+    if e is not None and echo(cp) is not None:
+        lines.append(f"- asyncio echo server, {e.unit.split('(')[-1].rstrip(')')}: "
+                     f"`SelectorEventLoop(KqueueSelector())` serves {echo(cp)}.")
     r = cp.get("empty_poll")
     if r is not None and _speedup(r, "ctypes") is not None:
         lines.append(f"- against ctypes calling the same compiled `kevent()`: "
@@ -271,6 +276,8 @@ def sec_headline(cp: Run, pp: Optional[Run]) -> str:
             lines.append(f"- {pp.python}: empty poll {fmt_ns(p.trusted('kqueue_py'))} "
                          f"({fmt_x(_speedup(p, 'stdlib'))} faster than its "
                          f"`select.epoll`).")
+        if echo(pp) is not None:
+            lines.append(f"- {pp.python}: the asyncio echo server serves {echo(pp)}.")
     return "\n".join(lines) + "\n"
 
 

@@ -329,6 +329,8 @@ def fmt_target_value(t: Dict[str, Any]) -> str:
     if t["value"] is None:
         return "-"
     text = fmt_ns(t["value"]) if t["unit"] == "ns" else fmt_x(t["value"])
+    if t["unit"] == "x" and text == fmt_x(t["bound"]) and t["value"] != t["bound"]:
+        text = f"{t['value']:.3f}x"     # not "1.00x" for a miss of 1.0 by 0.002
     if t.get("aa") is not None:
         text += f" (A/A {fmt_x(t['aa'])})"
     return text
