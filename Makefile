@@ -10,7 +10,7 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 # Extra pytest arguments:  make test ARGS="-k timer"
 ARGS   ?=
 
-.PHONY: install install-pkg pip zig docs test test-no-uring test-fast tsan bench bench-docs asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint peers clean
+.PHONY: install install-pkg pip zig docs test test-no-uring test-fast tsan bench bench-docs compare-builds asan matrix wheel wheels wheels-all test-wheel test-aarch64 sdist-check check-bsd lint peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,13 @@ bench-docs: install-pkg
 	fi
 	$(PY) -m kqueue_py.bench.docs --cpython docs/bench/cpython.json --pypy docs/bench/pypy.json
 	$(PY) -m kqueue_py.bench --replot docs/bench/cpython.json --png docs/bench.png
+
+# The backend of git revision REF against this checkout's (with io_uring on
+# and forced off), kevent() timed by the raw-C program, builds alternated:
+#   make compare-builds REF=340847c ARGS="--scenario ready:64 regdel:1000"
+compare-builds: install-pkg
+	$(if $(REF),,$(error REF=<a git revision> is required))
+	$(PY) tools/compare-builds.py $(REF) installed installed:KQUEUE_PY_IO_URING=0 $(ARGS)
 
 # The whole suite with the C backend under AddressSanitizer + UBSan.
 asan: $(PY)

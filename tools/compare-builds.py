@@ -1,0 +1,203 @@
+"""Compare builds of the backend on the raw-C benchmark program.
+
+What a change to the C backend costs or saves, per ``kevent()`` call, with no
+Python in the way: the benchmark's raw-C program (``rawc_bench.c``, built once)
+``dlopen()``s each build's extension in turn and times the same scenario, the
+builds alternated round by round so that a drift of the machine hits them
+alike.  Each build's number is the median over rounds of the program's own
+statistic (min over groups of the group medians), with its ratio to the first
+build; the plain epoll floors the program also times are given beside them.
+
+    python tools/compare-builds.py BUILD [BUILD ...] [--scenario NAME:N ...]
+
+BUILD is ``installed`` (the package installed in this interpreter) or a git
+revision of this checkout (built into a wheel with this interpreter's pip, in
+a temporary directory), optionally followed by ``:NAME=VALUE,...`` -- the
+environment of that build's runs (``installed:KQUEUE_PY_IO_URING=0``: the
+same build with io_uring forced off).  Scenarios are the program's: ``ready``
+and ``ready_tcp`` (N ready sockets), ``active`` (1 ready among N),
+``regdel`` (N registrations added and deleted), ``empty_poll``, ``user_rt``,
+``trigger``, ``timers``.  Example, the lifetime mechanism's before/after:
+
+    .venv/bin/python tools/compare-builds.py 340847c installed \\
+        installed:KQUEUE_PY_IO_URING=0 --scenario ready:64 ready_tcp:64 regdel:1000
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterator, List, NoReturn, Tuple
+
+from kqueue_py.bench.rawc import RawC, RawCError
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The program's variant timing the backend's kevent() (the others are floors).
+KEVENT = "kq"
+
+
+def _fail(msg: str) -> NoReturn:
+    print(f"compare-builds: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _parse_build(spec: str) -> Tuple[str, Dict[str, str]]:
+    rev, _, env_text = spec.partition(":")
+    env: Dict[str, str] = {}
+    for item in filter(None, env_text.split(",")):
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            _fail(f"{spec!r}: the environment is NAME=VALUE[,NAME=VALUE...]")
+        env[name] = value
+    if not rev:
+        _fail(f"{spec!r}: no revision (or 'installed')")
+    return rev, env
+
+
+def _parse_scenario(spec: str) -> Tuple[str, int]:
+    name, _, n = spec.partition(":")
+    try:
+        return name, int(n or "0")
+    except ValueError:
+        _fail(f"{spec!r}: a scenario is NAME or NAME:N")
+
+
+def _installed_extension() -> str:
+    from kqueue_py import _kqueue  # the compiled module: the backend with it
+
+    path = _kqueue.__file__
+    if not path:
+        _fail("the installed kqueue_py has no compiled extension file")
+    return path
+
+
+def _has_build_deps() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("cffi", "setuptools"))
+
+
+def _build_revision(rev: str, workdir: Path) -> str:
+    """The extension of revision ``rev``, built into a wheel; its path."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        _fail(f"{rev!r} is not a revision of {ROOT}: {proc.stderr.strip()}")
+    commit = proc.stdout.strip()
+    src = workdir / commit[:12]
+    if not src.exists():
+        src.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        print(f"compare-builds: building {rev} ({commit[:12]})", file=sys.stderr)
+        # This interpreter's setuptools and cffi where it has them (no
+        # download), else pip's isolated build environment.
+        isolation = ["--no-build-isolation"] if _has_build_deps() else []
+        built = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q",
+                                "wheel", "--no-deps", *isolation,
+                                "-w", str(src / "wheel"), str(src)],
+                               capture_output=True, text=True, check=False)
+        if built.returncode != 0:
+            _fail(f"building {rev} failed:\n{built.stderr.strip()[-2000:]}")
+    wheels = list((src / "wheel").glob("*.whl"))
+    if len(wheels) != 1:
+        _fail(f"building {rev} left {len(wheels)} wheels")
+    with zipfile.ZipFile(wheels[0]) as z:
+        names = [n for n in z.namelist()
+                 if n.startswith("kqueue_py/_kqueue") and n.endswith(".so")]
+        if len(names) != 1:
+            _fail(f"{wheels[0].name} holds {len(names)} kqueue_py/_kqueue*.so")
+        z.extract(names[0], src / "ext")
+    return str(src / "ext" / names[0])
+
+
+@contextlib.contextmanager
+def _environment(env: Dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _fmt_us(ns: float) -> str:
+    return f"{ns / 1000:.3f} µs" if ns < 1e6 else f"{ns / 1e6:.3f} ms"
+
+
+def main(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("builds", nargs="+", metavar="BUILD",
+                    help="'installed' or a git revision, optionally :NAME=VALUE,... "
+                         "(the environment of its runs); the first is the reference")
+    ap.add_argument("--scenario", nargs="+", default=["ready:64"], metavar="NAME:N")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="alternated rounds (default 7); each round runs every build once")
+    ap.add_argument("--batch-ms", type=float, default=10.0,
+                    help="the program's batch length (default 10 ms)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="batches per run (default 5; the program's statistic is over them)")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1 or args.batch_ms <= 0:
+        _fail("--rounds and --repeats must be at least 1, --batch-ms above 0")
+    builds = [(spec, *_parse_build(spec)) for spec in args.builds]
+    scenarios = [_parse_scenario(s) for s in args.scenario]
+
+    with tempfile.TemporaryDirectory(prefix="kqueue_py-builds-") as tmp:
+        paths: Dict[str, str] = {}
+        for _, rev, _ in builds:
+            if rev not in paths:
+                paths[rev] = (_installed_extension() if rev == "installed"
+                              else _build_revision(rev, Path(tmp)))
+        programs = {rev: RawC(path) for rev, path in paths.items()}
+        try:
+            for p in programs.values():
+                p.build()
+        except RawCError as e:
+            _fail(str(e))
+
+        kevent: Dict[Tuple[str, int, str], List[float]] = {}
+        floors: Dict[Tuple[str, int, str], List[float]] = {}
+        for r in range(args.rounds):
+            order = builds if r % 2 == 0 else builds[::-1]
+            for name, n in scenarios:
+                for spec, rev, env in order:
+                    with _environment(env):
+                        try:
+                            got = programs[rev].run(name, n, args.batch_ms / 1000,
+                                                    repeats=1, group=args.repeats)
+                        except RawCError as e:
+                            _fail(f"{spec}: {e}")
+                    if KEVENT not in got:
+                        _fail(f"{spec}: the program reported no {KEVENT!r} line for {name}")
+                    for variant, m in got.items():
+                        into = kevent if variant == KEVENT else floors
+                        key = (name, n, spec if variant == KEVENT else variant)
+                        into.setdefault(key, []).append(m.value_ns)
+
+    print(f"{args.rounds} alternated rounds; each build's median over rounds, "
+          f"and its ratio to {builds[0][0]}:")
+    for name, n in scenarios:
+        ref = statistics.median(kevent[(name, n, builds[0][0])])
+        cells = []
+        for spec, _, _ in builds:
+            mid = statistics.median(kevent[(name, n, spec)])
+            cells.append(f"{spec} {_fmt_us(mid)} ({mid / ref:.2f}x)")
+        cells += [f"[{variant}: {_fmt_us(statistics.median(v))}]"
+                  for (sc, k, variant), v in sorted(floors.items()) if (sc, k) == (name, n)]
+        print(f"  {name}:{n}  " + "  ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
