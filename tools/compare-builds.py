@@ -5,8 +5,11 @@ Python in the way: the benchmark's raw-C program (``rawc_bench.c``, built once)
 ``dlopen()``s each build's extension in turn and times the same scenario, the
 builds alternated round by round so that a drift of the machine hits them
 alike.  Each build's number is the median over rounds of the program's own
-statistic (min over groups of the group medians), with its ratio to the first
-build; the plain epoll floors the program also times are given beside them.
+statistic (the median of a run's batches), with the median of its ratios to
+the first build measured in the same round (and the middle half of those
+ratios): a slow spell of the machine, which on a shared VM can last a whole
+run, then hits both sides of a ratio.  The plain epoll floors the program
+also times are given beside them.
 
     python tools/compare-builds.py BUILD [BUILD ...] [--scenario NAME:N ...]
 
@@ -185,14 +188,22 @@ def main(argv: List[str]) -> int:
                         key = (name, n, spec if variant == KEVENT else variant)
                         into.setdefault(key, []).append(m.value_ns)
 
-    print(f"{args.rounds} alternated rounds; each build's median over rounds, "
-          f"and its ratio to {builds[0][0]}:")
+    print(f"{args.rounds} alternated rounds; each build's median over rounds, and the "
+          f"median of its ratios to {builds[0][0]} in the same round (with their middle "
+          f"half, from 4 rounds):")
     for name, n in scenarios:
-        ref = statistics.median(kevent[(name, n, builds[0][0])])
-        cells = []
-        for spec, _, _ in builds:
-            mid = statistics.median(kevent[(name, n, spec)])
-            cells.append(f"{spec} {_fmt_us(mid)} ({mid / ref:.2f}x)")
+        ref = kevent[(name, n, builds[0][0])]
+        cells = [f"{builds[0][0]} {_fmt_us(statistics.median(ref))} (1.00x)"]
+        for spec, _, _ in builds[1:]:
+            times = kevent[(name, n, spec)]
+            # Paired by round: a slow spell of the machine hits both sides.
+            ratios = [t / r for t, r in zip(times, ref)]
+            spread = ""
+            if len(ratios) >= 4:
+                q1, _, q3 = statistics.quantiles(ratios, n=4)
+                spread = f", middle half {q1:.2f}-{q3:.2f}x"
+            cells.append(f"{spec} {_fmt_us(statistics.median(times))} "
+                         f"({statistics.median(ratios):.2f}x{spread})")
         cells += [f"[{variant}: {_fmt_us(statistics.median(v))}]"
                   for (sc, k, variant), v in sorted(floors.items()) if (sc, k) == (name, n)]
         print(f"  {name}:{n}  " + "  ".join(cells))
