@@ -8,8 +8,10 @@ alike.  Each build's number is the median over rounds of the program's own
 statistic (the median of a run's batches), with the median of its ratios to
 the first build measured in the same round (and the middle half of those
 ratios): a slow spell of the machine, which on a shared VM can last a whole
-run, then hits both sides of a ratio.  The plain epoll floors the program
-also times are given beside them.
+run, then hits both sides of a ratio.  The first build is also timed once
+more, as if it were another ("REF again", an A/A comparison): its ratios
+are what the machine's noise alone makes of two equal builds.  The plain
+epoll floors the program also times are given beside them.
 
     python tools/compare-builds.py BUILD [BUILD ...] [--scenario NAME:N ...]
 
@@ -154,6 +156,9 @@ def main(argv: List[str]) -> int:
     if args.rounds < 1 or args.repeats < 1 or args.batch_ms <= 0:
         _fail("--rounds and --repeats must be at least 1, --batch-ms above 0")
     builds = [(spec, *_parse_build(spec)) for spec in args.builds]
+    # The first build once more, as if it were another (an A/A comparison):
+    # the spread of its ratios is what the machine's noise alone gives.
+    builds.append((f"{builds[0][0]} again", builds[0][1], builds[0][2]))
     scenarios = [_parse_scenario(s) for s in args.scenario]
 
     with tempfile.TemporaryDirectory(prefix="kqueue_py-builds-") as tmp:
@@ -190,7 +195,8 @@ def main(argv: List[str]) -> int:
 
     print(f"{args.rounds} alternated rounds; each build's median over rounds, and the "
           f"median of its ratios to {builds[0][0]} in the same round (with their middle "
-          f"half, from 4 rounds):")
+          f"half, from 4 rounds); '{builds[0][0]} again' is the first build timed once more "
+          f"(A/A): its ratios are the machine's noise")
     for name, n in scenarios:
         ref = kevent[(name, n, builds[0][0])]
         cells = [f"{builds[0][0]} {_fmt_us(statistics.median(ref))} (1.00x)"]
