@@ -200,8 +200,11 @@ static int probe_own_item(struct kq *kq, int fd, int *set)
 
 /* Does fd still name the file its registrations were made on?  0 if so,
  * -EBADF if the number is closed, -ENOENT if it names another file.  A
- * probe that fails otherwise (ENOMEM) says nothing: live. */
-int kq_life_check(struct kq *kq, int fd)
+ * probe that fails otherwise (ENOMEM) says nothing: live.  learn: a
+ * number found in a nested set gets its shadow item for the next probes
+ * (not for the sweep's, which come back to it only after every other
+ * registered number: the item would cost more than it saves). */
+static int check(struct kq *kq, int fd, int learn)
 {
     assert(fd >= 0 && fd < kq->ids_cap && kq->ids[fd].users > 0);
     struct kq_fdid *id = &kq->ids[fd];
@@ -209,9 +212,9 @@ int kq_life_check(struct kq *kq, int fd)
         int set, err = probe_own_item(kq, fd, &set);
         switch (err) {
         case -EEXIST:
-            /* The file, found in a nested set: the shadow item for the
-             * next probes (a failure to make it says nothing). */
-            if (set >= 0)
+            /* The file, found in a nested set (a failure to make the
+             * shadow item says nothing). */
+            if (set >= 0 && learn)
                 (void)identify(kq, fd);
             return 0;
         case -EBADF:  return -EBADF;
@@ -255,16 +258,26 @@ int kq_life_check(struct kq *kq, int fd)
     return 0;
 }
 
+int kq_life_check(struct kq *kq, int fd)
+{
+    return check(kq, fd, 1);
+}
+
 /* Check, and if the registrations on fd are dead, forget them all (their
  * udata is handed back).  0 or the check's -errno. */
-int kq_life_verify(struct kq *kq, int fd)
+static int verify(struct kq *kq, int fd, int learn)
 {
     if (fd < 0 || fd >= kq->ids_cap || kq->ids[fd].users == 0)
         return 0;
-    int err = kq_life_check(kq, fd);
+    int err = check(kq, fd, learn);
     if (err != 0)
         kq_forget_number(kq, fd);
     return err;
+}
+
+int kq_life_verify(struct kq *kq, int fd)
+{
+    return verify(kq, fd, 1);
 }
 
 /* A new registration on fd: record what the number names, or (other
@@ -457,7 +470,7 @@ void kq_sweep(struct kq *kq)
         if (kq->ids[fd].users == 0)
             continue;
         probed++;
-        (void)kq_life_verify(kq, fd);
+        (void)verify(kq, fd, 0);
     }
 }
 
