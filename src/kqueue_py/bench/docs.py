@@ -262,10 +262,10 @@ def sec_headline(cp: Run, pp: Optional[Run]) -> str:
                   if again is not None else "")
         return f"**{fmt_x(x)}** the requests per second of the default loop{spread}"
 
-    e = cp.get("asyncio_echo")
-    if e is not None and echo(cp) is not None:
+    e, served = cp.get("asyncio_echo"), echo(cp)
+    if e is not None and served is not None:
         lines.append(f"- asyncio echo server, {e.unit.split('(')[-1].rstrip(')')}: "
-                     f"`SelectorEventLoop(KqueueSelector())` serves {echo(cp)}.")
+                     f"`SelectorEventLoop(KqueueSelector())` serves {served}.")
     r = cp.get("empty_poll")
     if r is not None and _speedup(r, "ctypes") is not None:
         lines.append(f"- against ctypes calling the same compiled `kevent()`: "
@@ -276,8 +276,9 @@ def sec_headline(cp: Run, pp: Optional[Run]) -> str:
             lines.append(f"- {pp.python}: empty poll {fmt_ns(p.trusted('kqueue_py'))} "
                          f"({fmt_x(_speedup(p, 'stdlib'))} faster than its "
                          f"`select.epoll`).")
-        if echo(pp) is not None:
-            lines.append(f"- {pp.python}: the asyncio echo server serves {echo(pp)}.")
+        served = echo(pp)
+        if served is not None:
+            lines.append(f"- {pp.python}: the asyncio echo server serves {served}.")
     return "\n".join(lines) + "\n"
 
 

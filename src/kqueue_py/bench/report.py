@@ -305,10 +305,9 @@ def evaluate_targets(results: List[ScenarioResult],
         else:
             den, den_name, den_bad = _target_side(by, t.den_scenario or t.scenario, t.den)
             value = ratio(num, den)
-        aa = None
-        if t.aa is not None:
-            # Shown even when flagged: an A/A far from 1 is why it is.
-            aa = ratio(num, _target_side(by, t.scenario, t.aa)[0])
+        # num's program timed again, apart (A/A), where the scenario has it;
+        # shown even when flagged: an A/A far from 1 is why it is.
+        aa = ratio(num, _target_side(by, t.scenario, f"{t.num} again")[0])
         if value is None:
             status = "n/a"
         elif num_bad or den_bad:

@@ -1109,10 +1109,12 @@ class Target:
     """What kqueue_py aims for: ``num`` / ``den`` (roles or variant names of
     scenario ``scenario``; ``den_scenario`` if the denominator is another
     scenario's) compared with ``bound`` by ``op``; with ``den`` None,
-    ``num``'s time per operation in ns.  ``aa``: a role timing ``num``'s
-    program a second time, apart; ``num`` / ``aa`` (an A/A comparison) is
-    reported beside the value, as the spread the run's noise alone gives
-    two equal programs -- the verdict does not use it."""
+    ``num``'s time per operation in ns.  Where the scenario also has a
+    role ``"<num> again"`` (``num``'s program timed a second time, apart),
+    ``num`` / that (an A/A comparison) is reported beside the value: the
+    spread the run's noise alone gives two equal programs.  The verdict
+    does not compare with it, but an A/A beyond ``report.AA_SPREAD`` flags
+    the scenario, and a flagged target is not scored."""
 
     scenario: str
     label: str
@@ -1121,7 +1123,6 @@ class Target:
     op: str
     bound: float
     den_scenario: Optional[str] = None
-    aa: Optional[str] = None
 
 
 TARGETS: List[Target] = [
@@ -1152,5 +1153,5 @@ TARGETS: List[Target] = [
            "KQueue", "stdlib", "<=", 1.2),
     Target("trigger", "KQueue.trigger, per call", "KQueue.trigger", None, "<=", 1000.0),
     Target("asyncio_echo", "asyncio echo: requests/s, KqueueSelector / the default loop",
-           "stdlib", "kqueue_py", ">=", 1.0, aa="stdlib again"),
+           "stdlib", "kqueue_py", ">=", 1.0),
 ]
