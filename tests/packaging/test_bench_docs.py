@@ -230,6 +230,30 @@ def test_a_target_shows_its_a_a_ratio_beside_an_unchanged_verdict(tmp_path: Path
     assert t["aa"] is None and report.fmt_target_value(t) == "1.12x"
 
 
+def test_a_time_that_mixes_two_modes_is_flagged(tmp_path: Path) -> None:
+    doc = _run("PyPy 3.9.16", 150, 5000)
+    # The committed-run shape: batches of about 7 us and of 48-60 us in
+    # every group of five; the min of the group medians, 10 us, is neither.
+    group = [7_000.0, 7_500.0, 10_000.0, 48_000.0, 60_000.0]
+    variant = _variant(10_000, median=10_000)
+    variant["samples_ns"] = group * 7
+    doc["scenarios"]["user_wake_rt"]["variants"]["kqueue_py kq_apply/kq_wait"] = variant
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    wake = Run.read(str(path)).get("user_wake_rt")
+    assert wake is not None
+    assert any(s.startswith("mixed: kqueue_py kq_apply/kq_wait's batches ran in two modes")
+               for s in wake.suspect), wake.suspect
+    assert wake.trusted("kqueue_py") is None
+    # Two modes, reported from the fast one (its groups' medians are fast):
+    # that number is sound.
+    variant["samples_ns"] = [7_000.0, 7_100.0, 7_200.0, 7_300.0, 60_000.0] * 7
+    variant["value_ns"] = variant["median_ns"] = 7_200.0
+    path.write_text(json.dumps(doc))
+    wake = Run.read(str(path)).get("user_wake_rt")
+    assert wake is not None and not wake.suspect
+
+
 def test_a_program_unequal_to_itself_flags_its_scenario(tmp_path: Path) -> None:
     from kqueue_py.bench.scenarios import Target
 

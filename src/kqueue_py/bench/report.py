@@ -35,6 +35,13 @@ __all__ = ["ScenarioResult", "Run", "fmt_ns", "fmt_x", "ratio", "check_result",
 #: most of its batches ran in a much slower mode than the one reported.
 UNSTABLE = 3.0
 
+#: A variant whose batches ran in two modes (its slowest tenth more than
+#: UNSTABLE times its fastest tenth) and whose reported time is more than
+#: this factor above its fast mode: its groups mixed the two modes, and the
+#: time reported is neither (a PyPy wake-up round trip: batches of 7 and of
+#: 45-66 us, reported 10.3 us against a comparator's 7.8 us).
+MIXED = 1.25
+
 #: A program timed twice, apart (a role and its "<role> again", the same
 #: program on objects of its own), whose two times differ by more than
 #: this factor: the run measured the machine's phases, not the programs,
@@ -222,7 +229,9 @@ def check_result(r: ScenarioResult) -> tuple[List[str], List[str]]:
     tenth of batches is more than UNSTABLE times faster than its reported
     value ran in two modes and is reported from the slow one (a wake-up
     round trip on a VM: the comparator of a PyPy run took 55 us, its
-    fast batches 11 us); a program timed twice, apart, whose two times
+    fast batches 11 us); one whose batches ran in two modes and whose
+    reported time is more than :data:`MIXED` times its fast mode mixed the
+    two in every group; a program timed twice, apart, whose two times
     differ by more than :data:`AA_SPREAD` ran on a machine too noisy for
     its scenario's ratios (an asyncio echo's default loop against itself:
     0.88x in a full PyPy run)."""
@@ -254,6 +263,15 @@ def check_result(r: ScenarioResult) -> tuple[List[str], List[str]]:
                            f"{m.value_ns / fast:.1f}x its fastest tenth of batches "
                            f"({fmt_ns(fast)}): most of its groups ran in the slow mode")
             names.append(name)
+            continue
+        slow = _tenth_slowest(m.samples_ns) if m is not None else None
+        if (m is not None and fast is not None and slow is not None
+                and slow > UNSTABLE * fast and m.value_ns > MIXED * fast):
+            reasons.append(f"mixed: {name}'s batches ran in two modes (its slowest tenth, "
+                           f"{fmt_ns(slow)}, is {slow / fast:.1f}x its fastest, "
+                           f"{fmt_ns(fast)}), and its reported time ({fmt_ns(m.value_ns)}) is "
+                           f"{m.value_ns / fast:.2f}x the fast one: its groups mixed the two")
+            names.append(name)
     for role, name in sorted(r.roles.items()):
         twin = r.roles.get(f"{role} again")
         a = r.variants.get(name)
@@ -274,6 +292,13 @@ def _tenth_fastest(samples: List[float]) -> Optional[float]:
     if len(samples) < 10:
         return None
     return sorted(samples)[len(samples) // 10]
+
+
+def _tenth_slowest(samples: List[float]) -> Optional[float]:
+    """The batch time a tenth of the batches exceed (None: too few to say)."""
+    if len(samples) < 10:
+        return None
+    return sorted(samples)[-1 - len(samples) // 10]
 
 
 # ---------------------------------------------------------------- targets
