@@ -251,22 +251,24 @@ def check_result(r: ScenarioResult) -> tuple[List[str], List[str]]:
     role_variants = set(r.roles.values()) | {RAWC_KEVENT, RAWC_EPOLL}
     for name in sorted(role_variants):
         m = r.variants.get(name)
-        if m is not None and m.median_ns > UNSTABLE * m.value_ns:
+        if m is None:
+            continue
+        if m.median_ns > UNSTABLE * m.value_ns:
             reasons.append(f"unstable: {name}'s median batch ({fmt_ns(m.median_ns)}) is "
                            f"{m.median_ns / m.value_ns:.1f}x its reported time "
                            f"({fmt_ns(m.value_ns)})")
             names.append(name)
             continue
-        fast = _tenth_fastest(m.samples_ns) if m is not None else None
-        if m is not None and fast is not None and m.value_ns > UNSTABLE * fast:
+        tenths = _tenths(m.samples_ns)
+        if tenths is None:
+            continue
+        fast, slow = tenths
+        if m.value_ns > UNSTABLE * fast:
             reasons.append(f"bimodal: {name}'s reported time ({fmt_ns(m.value_ns)}) is "
                            f"{m.value_ns / fast:.1f}x its fastest tenth of batches "
                            f"({fmt_ns(fast)}): most of its groups ran in the slow mode")
             names.append(name)
-            continue
-        slow = _tenth_slowest(m.samples_ns) if m is not None else None
-        if (m is not None and fast is not None and slow is not None
-                and slow > UNSTABLE * fast and m.value_ns > MIXED * fast):
+        elif slow > UNSTABLE * fast and m.value_ns > MIXED * fast:
             reasons.append(f"mixed: {name}'s batches ran in two modes (its slowest tenth, "
                            f"{fmt_ns(slow)}, is {slow / fast:.1f}x its fastest, "
                            f"{fmt_ns(fast)}), and its reported time ({fmt_ns(m.value_ns)}) is "
@@ -287,18 +289,13 @@ def check_result(r: ScenarioResult) -> tuple[List[str], List[str]]:
     return reasons, sorted(set(names))
 
 
-def _tenth_fastest(samples: List[float]) -> Optional[float]:
-    """The batch time a tenth of the batches beat (None: too few to say)."""
+def _tenths(samples: List[float]) -> Optional[tuple[float, float]]:
+    """(the batch time a tenth of the batches beat, the one a tenth exceed);
+    None: too few batches to say."""
     if len(samples) < 10:
         return None
-    return sorted(samples)[len(samples) // 10]
-
-
-def _tenth_slowest(samples: List[float]) -> Optional[float]:
-    """The batch time a tenth of the batches exceed (None: too few to say)."""
-    if len(samples) < 10:
-        return None
-    return sorted(samples)[-1 - len(samples) // 10]
+    ordered = sorted(samples)
+    return ordered[len(samples) // 10], ordered[-1 - len(samples) // 10]
 
 
 # ---------------------------------------------------------------- targets
