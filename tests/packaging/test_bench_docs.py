@@ -336,3 +336,29 @@ def test_committed_docs_match_the_committed_runs(tmp_path: Path) -> None:
         argv += ["--pypy", str(RUNS / "pypy.json")]
     r = subprocess.run(argv + copies, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_kernel_floor_faster_than_one_doing_less_is_flagged(tmp_path: Path) -> None:
+    """The ready scenarios' kernel floors each add a system call per event
+    to the one before (the count, then the identity probe): one measured
+    well below the one it extends measured nothing real."""
+    doc = _run("CPython 3.12.1", 400, 1600)
+    doc["scenarios"]["ready64"] = {
+        "title": "64 ready", "unit": "wait of 64", "notes": [], "error": None,
+        "roles": {"kqueue_py": "kqueue_py kq_wait", "stdlib": "stdlib epoll.poll(0, 64)"},
+        "variants": {"kqueue_py kq_wait": _variant(45_000),
+                     "stdlib epoll.poll(0, 64)": _variant(14_000),
+                     "rawC kevent": _variant(40_000), "rawC epoll": _variant(7_300),
+                     "rawC epoll+FIONREAD": _variant(24_000),
+                     "rawC epoll+FIONREAD+probe": _variant(37_000)}}
+    path = tmp_path / "sound.json"
+    path.write_text(json.dumps(doc))
+    sound = Run.read(str(path)).get("ready64")
+    assert sound is not None and not sound.suspect
+    doc["scenarios"]["ready64"]["variants"]["rawC epoll+FIONREAD+probe"] = _variant(12_000)
+    path.write_text(json.dumps(doc))
+    bad = Run.read(str(path)).get("ready64")
+    assert bad is not None
+    assert any(s.startswith("impossible: rawC epoll+FIONREAD+probe") and
+               "a part of the same system calls" in s for s in bad.suspect)
+    assert {"rawC epoll+FIONREAD", "rawC epoll+FIONREAD+probe"} <= set(bad.suspect_variants)

@@ -43,6 +43,9 @@ __all__ = ["Context", "Built", "Scenario", "SCENARIOS", "SkipScenario", "Target"
 #: The raw-C program's variants (rawc.py names them).
 RAWC_KEVENT = "rawC kevent"
 RAWC_EPOLL = "rawC epoll"
+#: The ready scenarios' kernel floors, each the one before it plus one more
+#: system call per event: the count, then the identity check.
+RAWC_EPOLL_CHAIN = (RAWC_EPOLL, "rawC epoll+FIONREAD", "rawC epoll+FIONREAD+probe")
 
 KEVENT_SIZE: int = ffi.sizeof("struct kevent")
 # (ident, filter, data, udata): flags and fflags are skipped as padding.
@@ -409,6 +412,8 @@ def build_ready64(ctx: Context) -> Built:
                     rawc=("ready", 64), cdata_variant=True)
     b.notes.append("stdlib epoll hands (fd, mask, udata-from-dict): it reports no byte "
                    "count, kqueue_py's data is FIONREAD (see rawC epoll+FIONREAD)")
+    b.notes.append("rawC epoll+FIONREAD+probe adds the identity check as a system call "
+                   "per event: the kernel's part with io_uring off")
     return b
 
 
@@ -1089,8 +1094,10 @@ def floors(variants: List[str], scenario: str = "") -> Dict[str, List[str]]:
     the very ``kevent`` that ``rawC kevent`` calls (not the selector: it
     registers with ``NOTE_NODATA``, which spares the backend work per
     event); the stdlib's epoll variants make the system calls that
-    ``rawC epoll`` makes.  (The batch scenarios' C program keeps its heap
-    as a long-lived process does: see rawc_bench.c's ``mallopt``.)"""
+    ``rawC epoll`` makes; and each of the ready scenarios' kernel floors
+    (:data:`RAWC_EPOLL_CHAIN`) does the work of the ones before it.  (The
+    batch scenarios' C program keeps its heap as a long-lived process
+    does: see rawc_bench.c's ``mallopt``.)"""
     out: Dict[str, List[str]] = {}
     if RAWC_KEVENT in variants:
         out[RAWC_KEVENT] = [v for v in variants if v.startswith(("kqueue_py", "ctypes"))
@@ -1099,6 +1106,10 @@ def floors(variants: List[str], scenario: str = "") -> Dict[str, List[str]]:
         out[RAWC_EPOLL] = [v for v in variants
                            if v.startswith(("stdlib epoll", "stdlib eventfd", "stdlib Epoll",
                                             "stdlib os.eventfd"))]
+    for i, floor in enumerate(RAWC_EPOLL_CHAIN):
+        if floor in variants:
+            out.setdefault(floor, []).extend(
+                v for v in RAWC_EPOLL_CHAIN[i + 1:] if v in variants)
     return {k: v for k, v in out.items() if v}
 
 
