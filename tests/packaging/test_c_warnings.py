@@ -49,6 +49,19 @@ def test_backend_source_compiles_warning_free(path, opt):
     compile_c(path, opt)
 
 
+def test_backend_links_warning_free_with_link_time_optimization(tmp_path):
+    # The release build is linked with -flto=auto (build_kqueue.py): the
+    # whole backend is then optimised as one program, where a declaration
+    # that disagrees with its definition in another file (-Wlto-type-mismatch)
+    # or an inlining the files compiled apart never saw warns.
+    out = tmp_path / "backend.so"
+    cmd = ["gcc", *FLAGS, "-O2", "-flto=auto", "-fPIC", "-shared", "-pthread",
+           "-I", INCLUDE, "-I", CSRC, "-o", str(out), *SOURCES]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "warning" not in r.stderr, " ".join(cmd) + "\n" + r.stderr
+    assert out.stat().st_size > 0
+
+
 @pytest.mark.parametrize("opt", ["-O0", "-O2"])
 def test_cffi_shim_compiles_warning_free(tmp_path, opt):
     pytest.importorskip("cffi")
