@@ -95,7 +95,7 @@ bench-docs: install-pkg
 	$(PY) -m kqueue_py.bench --replot docs/bench/cpython.json --png docs/bench.png
 
 # The backend of git revision REF against this checkout's (with io_uring on
-# and forced off), kevent() timed by the raw-C program, builds alternated:
+# and forced off), kevent() timed by the raw-C program, the builds in one process:
 #   make compare-builds REF=340847c ARGS="--scenario ready:64 regdel:1000"
 compare-builds: install-pkg
 	$(if $(REF),,$(error REF=<a git revision> is required))

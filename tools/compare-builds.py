@@ -2,16 +2,17 @@
 
 What a change to the C backend costs or saves, per ``kevent()`` call, with no
 Python in the way: the benchmark's raw-C program (``rawc_bench.c``, built once)
-``dlopen()``s each build's extension in turn and times the same scenario, the
-builds alternated round by round so that a drift of the machine hits them
-alike.  Each build's number is the median over rounds of the program's own
-statistic (the median of a run's batches), with the median of its ratios to
-the first build measured in the same round (and the middle half of those
-ratios): a slow spell of the machine, which on a shared VM can last a whole
-run, then hits both sides of a ratio.  The first build is also timed once
-more, as if it were another ("REF again", an A/A comparison): its ratios
-are what the machine's noise alone makes of two equal builds.  The plain
-epoll floors the program also times are given beside them.
+``dlopen()``s every build's extension into one process, gives each build its
+own queues on the same descriptors, and times the builds' batches in turn,
+batch by batch, in a rotating order -- so that a slow spell of the machine,
+which on a shared VM comes and goes within a second, falls on all of them
+alike.  Each build's number is the median of its batches, with the median
+of its ratios to the first build's batch timed beside it (and the middle
+half of those ratios).  The first build is also loaded once more, as if it
+were another ("REF again", an A/A comparison): its ratios are what the
+machine's noise alone makes of two equal builds.  The kernel floors the
+program also times (plain epoll) are given beside them.  A round is one
+run of the program per scenario; the batches of all rounds are pooled.
 
     python tools/compare-builds.py BUILD [BUILD ...] [--scenario NAME:N ...]
 
@@ -30,16 +31,15 @@ and ``ready_tcp`` (N ready sockets), ``active`` (1 ready among N),
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, List, NoReturn, Tuple
+from typing import Dict, List, NoReturn, Tuple
 
 from kqueue_py.bench.rawc import RawC, RawCError
 
@@ -60,6 +60,8 @@ def _parse_build(spec: str) -> Tuple[str, Dict[str, str]]:
         name, eq, value = item.partition("=")
         if not eq or not name:
             _fail(f"{spec!r}: the environment is NAME=VALUE[,NAME=VALUE...]")
+        if ";" in item:
+            _fail(f"{spec!r}: a setting cannot hold ';'")
         env[name] = value
     if not rev:
         _fail(f"{spec!r}: no revision (or 'installed')")
@@ -122,18 +124,20 @@ def _build_revision(rev: str, workdir: Path) -> str:
     return str(src / "ext" / names[0])
 
 
-@contextlib.contextmanager
-def _environment(env: Dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def _program_builds(builds: List[Tuple[str, str, Dict[str, str]]], paths: Dict[str, str],
+                    workdir: Path) -> str:
+    """The program's SO_PATH argument: one file per build (the A/A build
+    too: dlopen() would hand back a path it has loaded already), each with
+    the settings its first queue is made under."""
+    specs = []
+    for i, (_, rev, env) in enumerate(builds):
+        copy = workdir / f"build{i}" / Path(paths[rev]).name
+        copy.parent.mkdir()
+        shutil.copy2(paths[rev], copy)
+        if any(c in str(copy) for c in ",;"):
+            _fail(f"the temporary directory's path {workdir} holds ',' or ';'")
+        specs.append(";".join([str(copy), *(f"{k}={v}" for k, v in env.items())]))
+    return ",".join(specs)
 
 
 def _fmt_us(ns: float) -> str:
@@ -146,12 +150,12 @@ def main(argv: List[str]) -> int:
                     help="'installed' or a git revision, optionally :NAME=VALUE,... "
                          "(the environment of its runs); the first is the reference")
     ap.add_argument("--scenario", nargs="+", default=["ready:64"], metavar="NAME:N")
-    ap.add_argument("--rounds", type=int, default=7,
-                    help="alternated rounds (default 7); each round runs every build once")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="runs of the program per scenario (default 5), their batches pooled")
     ap.add_argument("--batch-ms", type=float, default=10.0,
                     help="the program's batch length (default 10 ms)")
-    ap.add_argument("--repeats", type=int, default=5,
-                    help="batches per run (default 5; the program's statistic is over them)")
+    ap.add_argument("--repeats", type=int, default=10,
+                    help="batches of each build per run (default 10)")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1 or args.batch_ms <= 0:
         _fail("--rounds and --repeats must be at least 1, --batch-ms above 0")
@@ -167,49 +171,49 @@ def main(argv: List[str]) -> int:
             if rev not in paths:
                 paths[rev] = (_installed_extension() if rev == "installed"
                               else _build_revision(rev, Path(tmp)))
-        programs = {rev: RawC(path) for rev, path in paths.items()}
+        program = RawC(_program_builds(builds, paths, Path(tmp)))
         try:
-            for p in programs.values():
-                p.build()
+            program.build()
         except RawCError as e:
             _fail(str(e))
 
-        kevent: Dict[Tuple[str, int, str], List[float]] = {}
+        # Per scenario: each build's batches (ns per call, in the order
+        # timed, build i's j-th beside build 0's j-th), and the floors'.
+        batches: Dict[Tuple[str, int], List[List[float]]] = {}
         floors: Dict[Tuple[str, int, str], List[float]] = {}
-        for r in range(args.rounds):
-            order = builds if r % 2 == 0 else builds[::-1]
+        for _ in range(args.rounds):
             for name, n in scenarios:
-                for spec, rev, env in order:
-                    with _environment(env):
-                        try:
-                            got = programs[rev].run(name, n, args.batch_ms / 1000,
-                                                    repeats=1, group=args.repeats)
-                        except RawCError as e:
-                            _fail(f"{spec}: {e}")
-                    if KEVENT not in got:
-                        _fail(f"{spec}: the program reported no {KEVENT!r} line for {name}")
-                    for variant, m in got.items():
-                        into = kevent if variant == KEVENT else floors
-                        key = (name, n, spec if variant == KEVENT else variant)
-                        into.setdefault(key, []).append(m.value_ns)
+                try:
+                    got = program.run(name, n, args.batch_ms / 1000, repeats=1,
+                                      group=args.repeats)
+                except RawCError as e:
+                    _fail(str(e))
+                into = batches.setdefault((name, n), [[] for _ in builds])
+                for i in range(len(builds)):
+                    key = KEVENT if i == 0 else f"{KEVENT}@{i}"
+                    if key not in got:
+                        _fail(f"the program reported no {key!r} line for {name}")
+                    into[i] += got[key].samples_ns
+                for variant, m in got.items():
+                    if variant.partition("@")[0] != KEVENT:
+                        floors.setdefault((name, n, variant), []).append(m.value_ns)
 
-    print(f"{args.rounds} alternated rounds; each build's median over rounds, and the "
-          f"median of its ratios to {builds[0][0]} in the same round (with their middle "
-          f"half, from 4 rounds); '{builds[0][0]} again' is the first build timed once more "
-          f"(A/A): its ratios are the machine's noise")
+    print(f"{args.rounds} rounds of {args.repeats} batches per build, the builds' batches "
+          f"timed in turn in one process; each build's median batch, and the median of its "
+          f"ratios to {builds[0][0]}'s batch beside it (with their middle half); "
+          f"'{builds[0][0]} again' is the first build loaded once more (A/A): its ratios "
+          f"are the machine's noise")
     for name, n in scenarios:
-        ref = kevent[(name, n, builds[0][0])]
-        cells = [f"{builds[0][0]} {_fmt_us(statistics.median(ref))} (1.00x)"]
-        for spec, _, _ in builds[1:]:
-            times = kevent[(name, n, spec)]
-            # Paired by round: a slow spell of the machine hits both sides.
-            ratios = [t / r for t, r in zip(times, ref)]
+        times = batches[(name, n)]
+        cells = [f"{builds[0][0]} {_fmt_us(statistics.median(times[0]))} (1.00x)"]
+        for (spec, _, _), mine in zip(builds[1:], times[1:]):
+            ratios = [t / r for t, r in zip(mine, times[0])]
             spread = ""
             if len(ratios) >= 4:
                 q1, _, q3 = statistics.quantiles(ratios, n=4)
-                spread = f", middle half {q1:.2f}-{q3:.2f}x"
-            cells.append(f"{spec} {_fmt_us(statistics.median(times))} "
-                         f"({statistics.median(ratios):.2f}x{spread})")
+                spread = f", middle half {q1:.3f}-{q3:.3f}x"
+            cells.append(f"{spec} {_fmt_us(statistics.median(mine))} "
+                         f"({statistics.median(ratios):.3f}x{spread})")
         cells += [f"[{variant}: {_fmt_us(statistics.median(v))}]"
                   for (sc, k, variant), v in sorted(floors.items()) if (sc, k) == (name, n)]
         print(f"  {name}:{n}  " + "  ".join(cells))

@@ -10,6 +10,15 @@
  * (every timed batch in order; Python summarizes them as for its own).
  * Exit status 3: the extension could not be loaded.
  *
+ * Builds compared (tools/compare-builds.py): SO_PATH may list several
+ * extension files, separated by ',', each optionally followed by
+ * ';NAME=VALUE' settings of the environment its first kqueue() sees (how
+ * a build decides, once, e.g. KQUEUE_PY_IO_URING=0).  Every build then
+ * gets its own queues on the same descriptors, and the "kq" batches of
+ * the builds are timed in turn, batch by batch, in a rotating order: a
+ * slow spell of the machine falls on all of them alike.  Build 0 prints
+ * "kq", build i "kq@i".
+ *
  * struct kevent and the constants come from <sys/event.h>: on Linux the
  * backend's own header (installed as kqueue_py/include/sys/event.h, or
  * csrc/include in a checkout; kqueue_py/bench/rawc.py passes -I), on
@@ -62,9 +71,25 @@ _Static_assert(NOTE_TRIGGER == KQ_NOTE_TRIGGER, "NOTE_TRIGGER: header and extens
 typedef int (*kqueue_fn)(void);
 typedef int (*kevent_fn)(int, const kev_t *, int, kev_t *, int, const struct timespec *);
 typedef int (*kqclose_fn)(int);
+/* The build being timed (use_build() switches); builds[] holds them all. */
 static kqueue_fn p_kqueue;
 static kevent_fn p_kevent;
 static kqclose_fn p_kqclose;
+
+#define MAX_BUILDS 8
+static struct build {
+    kqueue_fn kqueue;
+    kevent_fn kevent;
+    kqclose_fn kqclose;
+} builds[MAX_BUILDS];
+static int nbuilds;
+
+static void use_build(int b)
+{
+    p_kqueue = builds[b].kqueue;
+    p_kevent = builds[b].kevent;
+    p_kqclose = builds[b].kqclose;
+}
 
 static volatile uint64_t sink;
 static const struct timespec ZERO = {0, 0};
@@ -86,37 +111,84 @@ static int64_t now_ns(void)
 
 typedef void (*op_fn)(void *ctx, long n);
 
-static void bench(const char *variant, op_fn op, void *ctx, int64_t target_ns, int repeats)
+static void warm_up(op_fn op, void *ctx, int64_t target_ns)
 {
-    /* warm up, then size a batch to about target_ns */
-    long n = 1;
     int64_t warm_end = now_ns() + target_ns;
     while (now_ns() < warm_end)
         op(ctx, 1);
-    for (;;) {
+}
+
+/* Operations in a batch of about target_ns. */
+static long batch_size(op_fn op, void *ctx, int64_t target_ns)
+{
+    for (long n = 1;; n *= 2) {
         int64_t t0 = now_ns();
         op(ctx, n);
         int64_t dt = now_ns() - t0;
         if (dt >= target_ns / 4 || n >= 100000000L) {
             if (dt > 0)
                 n = (long)((double)n * (double)target_ns / (double)dt);
-            if (n < 1)
-                n = 1;
-            break;
+            return n < 1 ? 1 : n;
         }
-        n *= 2;
     }
-    double *s = calloc((size_t)repeats, sizeof *s);
-    for (int r = 0; r < repeats; r++) {
-        int64_t t0 = now_ns();
-        op(ctx, n);
-        s[r] = (double)(now_ns() - t0) / (double)n;
-    }
+}
+
+/* ns per operation of one batch of n. */
+static double time_batch(op_fn op, void *ctx, long n)
+{
+    int64_t t0 = now_ns();
+    op(ctx, n);
+    return (double)(now_ns() - t0) / (double)n;
+}
+
+static void print_variant(const char *variant, long n, const double *s, int repeats)
+{
     printf("%s %ld", variant, n);
     for (int r = 0; r < repeats; r++)
         printf(" %.1f", s[r]);
     printf("\n");
     fflush(stdout);
+}
+
+static void bench(const char *variant, op_fn op, void *ctx, int64_t target_ns, int repeats)
+{
+    warm_up(op, ctx, target_ns);
+    long n = batch_size(op, ctx, target_ns);
+    double *s = calloc((size_t)repeats, sizeof *s);
+    for (int r = 0; r < repeats; r++)
+        s[r] = time_batch(op, ctx, n);
+    print_variant(variant, n, s, repeats);
+    free(s);
+}
+
+/* The "kq" variant of every build: ctx[b] is build b's context (made with
+ * build b in use).  Batches of the same size, the builds in turn. */
+static void bench_kq(op_fn op, void **ctx, int64_t target_ns, int repeats)
+{
+    if (nbuilds == 1) {
+        bench("kq", op, ctx[0], target_ns, repeats);
+        return;
+    }
+    for (int b = 0; b < nbuilds; b++) {
+        use_build(b);
+        warm_up(op, ctx[b], target_ns);
+    }
+    use_build(0);
+    long n = batch_size(op, ctx[0], target_ns);
+    double *s = calloc((size_t)(nbuilds * repeats), sizeof *s);
+    for (int r = 0; r < repeats; r++) {
+        for (int k = 0; k < nbuilds; k++) {
+            int b = (r + k) % nbuilds;
+            use_build(b);
+            s[b * repeats + r] = time_batch(op, ctx[b], n);
+        }
+    }
+    use_build(0);
+    for (int b = 0; b < nbuilds; b++) {
+        char name[16];
+        snprintf(name, sizeof name, b == 0 ? "kq" : "kq@%d", b);
+        print_variant(name, n, s + b * repeats, repeats);
+    }
     free(s);
 }
 
@@ -169,6 +241,16 @@ static int new_kq(void)
     if (kq < 0)
         die("kqueue");
     return kq;
+}
+
+/* Close kqs[b], the queue of build b, with its build. */
+static void close_kqs(const int *kqs)
+{
+    for (int b = 0; b < nbuilds; b++) {
+        use_build(b);
+        p_kqclose(kqs[b]);
+    }
+    use_build(0);
 }
 
 static void kq_change(int kq, uintptr_t ident, int16_t filter, uint16_t flags,
@@ -292,11 +374,20 @@ static void scenario_poll(int nfds, int ready, int64_t target, int repeats, int 
     c.cap = ready > 64 ? ready : 64;
     c.expect = ready;
     c.ev = calloc((size_t)c.cap, sizeof *c.ev);
-    c.kq = new_kq();
-    for (int i = 0; i < nfds; i++)
-        kq_change(c.kq, (uintptr_t)fds[i], EVFILT_READ, EV_ADD, 0, 0, (void *)(intptr_t)(i + 1));
-    bench("kq", op_kq_poll, &c, target, repeats);
-    p_kqclose(c.kq);
+    struct pollctx kc[MAX_BUILDS];
+    void *ctx[MAX_BUILDS];
+    int kqs[MAX_BUILDS] = {0};
+    for (int b = 0; b < nbuilds; b++) {
+        use_build(b);
+        kc[b] = c;
+        kc[b].kq = kqs[b] = new_kq();
+        for (int i = 0; i < nfds; i++)
+            kq_change(kc[b].kq, (uintptr_t)fds[i], EVFILT_READ, EV_ADD, 0, 0,
+                      (void *)(intptr_t)(i + 1));
+        ctx[b] = &kc[b];
+    }
+    bench_kq(op_kq_poll, ctx, target, repeats);
+    close_kqs(kqs);
 #ifdef HAVE_EPOLL
     c.ep = epoll_create1(EPOLL_CLOEXEC);
     c.eev = calloc((size_t)c.cap, sizeof *c.eev);
@@ -379,9 +470,17 @@ static void scenario_regdel(int nfds, int64_t target, int repeats)
         fill(&c.add[i], (uintptr_t)c.fds[i], EVFILT_READ, EV_ADD, 0);
         fill(&c.del[i], (uintptr_t)c.fds[i], EVFILT_READ, EV_DELETE, 0);
     }
-    c.kq = new_kq();
-    bench("kq", op_kq_batch, &c, target, repeats);
-    p_kqclose(c.kq);
+    struct batchctx kc[MAX_BUILDS];
+    void *ctx[MAX_BUILDS];
+    int kqs[MAX_BUILDS] = {0};
+    for (int b = 0; b < nbuilds; b++) {
+        use_build(b);
+        kc[b] = c;
+        kc[b].kq = kqs[b] = new_kq();
+        ctx[b] = &kc[b];
+    }
+    bench_kq(op_kq_batch, ctx, target, repeats);
+    close_kqs(kqs);
 #ifdef HAVE_EPOLL
     c.kq = epoll_create1(EPOLL_CLOEXEC);
     bench("epoll", op_ep_regdel, &c, target, repeats);
@@ -401,20 +500,26 @@ static void scenario_timers(int ntimers, int64_t target, int repeats, int wait)
         fill(&c.add[i], (uintptr_t)i, EVFILT_TIMER, EV_ADD, 600000);   /* 10 min periodic */
         fill(&c.del[i], (uintptr_t)i, EVFILT_TIMER, EV_DELETE, 0);
     }
-    c.kq = new_kq();
-    if (!wait) {
-        bench("kq", op_kq_batch, &c, target, repeats);
-    } else {
-        if (p_kevent(c.kq, c.add, c.n, NULL, 0, NULL) < 0)
-            die("kevent add timers");
-        struct pollctx pc = {0};
-        pc.kq = c.kq;
-        pc.cap = 64;
-        pc.expect = 0;
-        pc.ev = calloc(64, sizeof *pc.ev);
-        bench("kq", op_kq_poll, &pc, target, repeats);
+    struct batchctx kc[MAX_BUILDS];
+    struct pollctx pc[MAX_BUILDS];
+    void *ctx[MAX_BUILDS];
+    int kqs[MAX_BUILDS] = {0};
+    kev_t *ev = calloc(64, sizeof *ev);
+    for (int b = 0; b < nbuilds; b++) {
+        use_build(b);
+        kc[b] = c;
+        kc[b].kq = kqs[b] = new_kq();
+        ctx[b] = &kc[b];
+        if (wait) {
+            if (p_kevent(kc[b].kq, c.add, c.n, NULL, 0, NULL) < 0)
+                die("kevent add timers");
+            pc[b] = (struct pollctx){ .kq = kc[b].kq, .cap = 64, .expect = 0, .ev = ev };
+            ctx[b] = &pc[b];
+        }
     }
-    p_kqclose(c.kq);
+    bench_kq(wait ? op_kq_poll : op_kq_batch, ctx, target, repeats);
+    close_kqs(kqs);
+    free(ev);
 }
 
 /* ---- cross-thread wake round trip --------------------------------- */
@@ -422,21 +527,29 @@ static void scenario_timers(int ntimers, int64_t target, int repeats, int wait)
 struct rtctx {
     int a, b;            /* kq: queues; epoll: epoll fds */
     int efa, efb;        /* epoll: eventfds */
+    kevent_fn kevent;    /* kq: the build the queues are of (the echo
+                            thread's, whatever build the timer uses) */
     volatile int stop;
     pthread_t thread;
 };
 
-static void kq_trigger(int kq)
+static void kq_trigger(const struct rtctx *c, int kq)
 {
-    kq_change(kq, 1, EVFILT_USER, 0, NOTE_TRIGGER, 0, NULL);
+    kev_t ch;
+    memset(&ch, 0, sizeof ch);
+    ch.ident = 1;
+    ch.filter = EVFILT_USER;
+    ch.fflags = NOTE_TRIGGER;
+    if (c->kevent(kq, &ch, 1, NULL, 0, NULL) < 0)
+        die("kevent trigger");
 }
 
-static void kq_wait1(int kq)
+static void kq_wait1(const struct rtctx *c, int kq)
 {
     kev_t ev;
     int r;
     do
-        r = p_kevent(kq, NULL, 0, &ev, 1, NULL);
+        r = c->kevent(kq, NULL, 0, &ev, 1, NULL);
     while (r < 0 && errno == EINTR);
     if (r != 1)
         die("kevent wait");
@@ -446,10 +559,10 @@ static void *kq_echo(void *p)
 {
     struct rtctx *c = p;
     for (;;) {
-        kq_wait1(c->b);
+        kq_wait1(c, c->b);
         if (c->stop)
             break;
-        kq_trigger(c->a);
+        kq_trigger(c, c->a);
     }
     return NULL;
 }
@@ -458,8 +571,8 @@ static void op_kq_rt(void *p, long n)
 {
     struct rtctx *c = p;
     for (long i = 0; i < n; i++) {
-        kq_trigger(c->b);
-        kq_wait1(c->a);
+        kq_trigger(c, c->b);
+        kq_wait1(c, c->a);
     }
 }
 
@@ -526,23 +639,40 @@ static void pin_to_one_cpu(void)
 #endif
 }
 
+/* A queue of the build in use with USER event 1 (EV_CLEAR) in it. */
+static int new_user_kq(void)
+{
+    int kq = new_kq();
+    kq_change(kq, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
+    return kq;
+}
+
 static void scenario_user_rt(int64_t target, int repeats)
 {
-    struct rtctx c = {0};
     pin_to_one_cpu();
-    c.a = new_kq();
-    c.b = new_kq();
-    kq_change(c.a, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
-    kq_change(c.b, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
-    pthread_create(&c.thread, NULL, kq_echo, &c);
-    bench("kq", op_kq_rt, &c, target, repeats);
-    c.stop = 1;
-    kq_trigger(c.b);
-    pthread_join(c.thread, NULL);
-    p_kqclose(c.a);
-    p_kqclose(c.b);
+    struct rtctx kc[MAX_BUILDS];
+    void *ctx[MAX_BUILDS];
+    for (int b = 0; b < nbuilds; b++) {
+        use_build(b);
+        memset(&kc[b], 0, sizeof kc[b]);
+        kc[b].kevent = p_kevent;
+        kc[b].a = new_user_kq();
+        kc[b].b = new_user_kq();
+        pthread_create(&kc[b].thread, NULL, kq_echo, &kc[b]);
+        ctx[b] = &kc[b];
+    }
+    bench_kq(op_kq_rt, ctx, target, repeats);
+    for (int b = 0; b < nbuilds; b++) {
+        kc[b].stop = 1;
+        kq_trigger(&kc[b], kc[b].b);
+        pthread_join(kc[b].thread, NULL);
+        use_build(b);
+        p_kqclose(kc[b].a);
+        p_kqclose(kc[b].b);
+    }
+    use_build(0);
 #ifdef HAVE_EPOLL
-    memset(&c, 0, sizeof c);
+    struct rtctx c = {0};
     c.a = epoll_create1(EPOLL_CLOEXEC);
     c.b = epoll_create1(EPOLL_CLOEXEC);
     c.efa = eventfd(0, EFD_CLOEXEC);
@@ -568,7 +698,7 @@ static void op_kq_trigger(void *p, long n)
 {
     struct rtctx *c = p;
     for (long i = 0; i < n; i++)
-        kq_trigger(c->a);
+        kq_trigger(c, c->a);
 }
 
 #ifdef HAVE_EPOLL
@@ -582,12 +712,20 @@ static void op_ep_trigger(void *p, long n)
 
 static void scenario_trigger(int64_t target, int repeats)
 {
-    struct rtctx c = {0};
-    c.a = new_kq();
-    kq_change(c.a, 1, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
-    bench("kq", op_kq_trigger, &c, target, repeats);
-    p_kqclose(c.a);
+    struct rtctx kc[MAX_BUILDS];
+    void *ctx[MAX_BUILDS];
+    int kqs[MAX_BUILDS] = {0};
+    for (int b = 0; b < nbuilds; b++) {
+        use_build(b);
+        memset(&kc[b], 0, sizeof kc[b]);
+        kc[b].kevent = p_kevent;
+        kc[b].a = kqs[b] = new_user_kq();
+        ctx[b] = &kc[b];
+    }
+    bench_kq(op_kq_trigger, ctx, target, repeats);
+    close_kqs(kqs);
 #ifdef HAVE_EPOLL
+    struct rtctx c = {0};
     c.efa = eventfd(0, EFD_CLOEXEC);
     if (c.efa < 0)
         die("eventfd");
@@ -599,6 +737,60 @@ static void scenario_trigger(int64_t target, int repeats)
 /* ---- main ---------------------------------------------------------- */
 
 static int sys_close(int fd) { return close(fd); }
+
+/* Load one build: "PATH" or "PATH;NAME=VALUE;..." (the environment its
+ * first kqueue() sees, restored afterwards).  0, or 3 if it cannot be
+ * loaded (a message on stderr), 2 for a malformed setting. */
+static int load_build(char *spec, struct build *out)
+{
+    char *settings = strchr(spec, ';');
+    if (settings != NULL)
+        *settings++ = '\0';
+    void *h = dlopen(spec, RTLD_LAZY | RTLD_LOCAL);
+    if (h == NULL) {
+        fprintf(stderr, "rawc_bench: dlopen: %s\n", dlerror());
+        return 3;
+    }
+    out->kqueue = (kqueue_fn)dlsym(h, "kqueue");
+    out->kevent = (kevent_fn)dlsym(h, "kevent");
+    out->kqclose = (kqclose_fn)dlsym(h, "kqueue_close");
+    if (out->kqclose == NULL)
+        out->kqclose = sys_close;
+    if (out->kqueue == NULL || out->kevent == NULL) {
+        fprintf(stderr, "rawc_bench: dlsym: %s\n", dlerror());
+        return 3;
+    }
+    if (settings == NULL)
+        return 0;
+    /* A build decides what it can use (io_uring, ...) once, at its first
+     * queue: make that queue under its settings. */
+    char *names[16], *saved[16];
+    int n = 0;
+    for (char *item = strtok(settings, ";"); item != NULL; item = strtok(NULL, ";")) {
+        char *eq = strchr(item, '=');
+        if (eq == NULL || eq == item || n == 16) {
+            fprintf(stderr, "rawc_bench: %s: a setting is NAME=VALUE\n", item);
+            return 2;
+        }
+        *eq = '\0';
+        names[n] = item;
+        saved[n] = getenv(item) ? strdup(getenv(item)) : NULL;
+        setenv(item, eq + 1, 1);
+        n++;
+    }
+    int kq = out->kqueue();
+    if (kq < 0)
+        die("kqueue");
+    out->kqclose(kq);
+    for (int i = 0; i < n; i++) {
+        if (saved[i] != NULL)
+            setenv(names[i], saved[i], 1);
+        else
+            unsetenv(names[i]);
+        free(saved[i]);
+    }
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -627,26 +819,28 @@ int main(int argc, char **argv)
         fprintf(stderr, "rawc_bench: no system kqueue\n");
         return 3;
 #else
-        p_kqueue = kqueue;
-        p_kevent = kevent;
-        p_kqclose = sys_close;
+        builds[0] = (struct build){ kqueue, kevent, sys_close };
+        nbuilds = 1;
 #endif
     } else {
-        void *h = dlopen(so, RTLD_LAZY | RTLD_LOCAL);
-        if (h == NULL) {
-            fprintf(stderr, "rawc_bench: dlopen: %s\n", dlerror());
-            return 3;
+        char *list = strdup(so);
+        for (char *spec = list; spec != NULL; ) {
+            char *next = strchr(spec, ',');
+            if (next != NULL)
+                *next++ = '\0';
+            if (nbuilds == MAX_BUILDS) {
+                fprintf(stderr, "rawc_bench: at most %d builds\n", MAX_BUILDS);
+                return 2;
+            }
+            int err = load_build(spec, &builds[nbuilds]);
+            if (err != 0)
+                return err;
+            nbuilds++;
+            spec = next;
         }
-        p_kqueue = (kqueue_fn)dlsym(h, "kqueue");
-        p_kevent = (kevent_fn)dlsym(h, "kevent");
-        p_kqclose = (kqclose_fn)dlsym(h, "kqueue_close");
-        if (p_kqclose == NULL)
-            p_kqclose = sys_close;
-        if (p_kqueue == NULL || p_kevent == NULL) {
-            fprintf(stderr, "rawc_bench: dlsym: %s\n", dlerror());
-            return 3;
-        }
+        free(list);
     }
+    use_build(0);
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
