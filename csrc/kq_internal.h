@@ -63,7 +63,9 @@
 
 #define KQ_SUB_SPAN 128  /* items per sub-set (lifetime.c) */
 #define KQ_LINGER 16     /* items remembered per sub-set as maybe lingering */
-#define KQ_SWEEP 4       /* registered numbers one sweep probes */
+#define KQ_SWEEP 4       /* registered numbers one sweep probes, at most */
+#define KQ_SWEEP_CYCLE 4096 /* kevent() calls between two probes of a number,
+                               while fewer than 32 * KQ_SWEEP are registered */
 #define KQ_HOT_MAX 64    /* fd items waiting in the wait set itself (lifetime.c) */
 #define KQ_SET_HOT (-1)  /* u.fd.set of such an item: not in a sub-set */
 #define KQ_SET_PLAIN (-2) /* u.fd.set of a level NOTE_NODATA item, which waits
@@ -341,6 +343,8 @@ struct kq {
     int nwatched;               /* descriptors in the wait set (kq_watch_*) */
     int direct_fd;              /* atomic: the set a poll asks directly, or -1 */
     int sweep_next;             /* the number the sweep looks at next */
+    int sweep_credit;           /* probes owed, in 1/(KQ_SWEEP_CYCLE/KQ_SWEEP_EVERY) */
+    int ids_numbers;            /* numbers with registrations (ids[].users > 0) */
     uint32_t life_batch;        /* the batch whose probes ran together, or 0 */
     uint32_t life_batch_seq;    /* the last such batch's number */
     uint32_t sweep_tick;        /* atomic: kevent() calls, for the sweep */

@@ -679,8 +679,9 @@ def test_kqueue_releases_the_object_of_a_closed_registration():
 @pytest.mark.parametrize("method", ["wait", "wait_tuples"])
 def test_kqueue_wait_alone_releases_the_object_of_a_closed_registration(method):
     # No change batch at all: wait() itself hands the object back, within
-    # a bounded number of calls (the backend's sweep every 128 kevent()
-    # calls finds the dead registration, wait() collects every 128 calls).
+    # a bounded number of calls (the backend's sweep probes each of a few
+    # registered numbers once every 4,096 kevent() calls and finds the dead
+    # registration; wait() collects every 128 calls).
     from kqueue_py import KQueue
 
     class Conn:
@@ -698,10 +699,10 @@ def test_kqueue_wait_alone_releases_the_object_of_a_closed_registration(method):
     wait = getattr(q, method)
     calls = 0
     try:
-        while calls < 3 * 128:
+        while calls < 4096 + 3 * 128:
             assert len(wait(0)) == 1
             calls += 1
-            if calls % 16 == 0:
+            if calls % 128 == 0:
                 gc.collect()                   # PyPy frees objects only then
                 if ref() is None:
                     break
