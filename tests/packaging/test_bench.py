@@ -142,11 +142,15 @@ def test_targets_are_one_table_beside_the_scenarios():
     assert not any("64 ready" in t.label and t.num == "ctypes" for t in TARGETS)
 
 
-def test_trigger_and_asyncio_scenarios_run(tmp_path):
-    out = _bench(tmp_path, "--only", "trigger,asyncio_echo", "--no-rawc",
+def test_trigger_wake_and_asyncio_scenarios_run(tmp_path):
+    out = _bench(tmp_path, "--only", "trigger,user_wake_rt,asyncio_echo", "--no-rawc",
                  "--json", str(tmp_path / "r.json"))
     doc = json.loads((tmp_path / "r.json").read_text())
-    for name in ("trigger", "asyncio_echo"):
+    # The wake round trip, like the echo, times its program twice (A/A).
+    wake = doc["scenarios"]["user_wake_rt"]
+    assert wake["variants"][wake["roles"]["kqueue_py again"]]["value_ns"] > 0
+    assert re.search(r"wake round trip: kq_apply/kq_wait .*\(A/A \d+\.\d\dx\)", out)
+    for name in ("trigger", "user_wake_rt", "asyncio_echo"):
         sc = doc["scenarios"][name]
         assert sc["error"] is None, sc["error"]
         assert sc["variants"][sc["roles"]["kqueue_py"]]["value_ns"] > 0
