@@ -596,10 +596,26 @@ _unpack_from = KEVENT.unpack_from
 _iter_unpack = KEVENT.iter_unpack
 _pair_from = IDENT_FILTER.unpack_from
 
+Row = tuple[int, int, int, int, int, int]
 
-def decode_rows(buf: Buffer, n: int) -> list[tuple[int, int, int, int, int, int]]:
+if sys.implementation.name == "pypy":
+    def rows(view: memoryview, n: int) -> Iterable[Row]:
+        """The first ``n`` events of an event array's bytes, as raw
+        6-tuples: every decoder walks them.  On PyPy an ``unpack_from``
+        per event, which its JIT runs 2-3 times faster than ``iter_unpack``
+        (64 events: about 5 against 12-16 us)."""
+        return (_unpack_from(view, i * SIZE) for i in range(n))
+else:
+    def rows(view: memoryview, n: int) -> Iterable[Row]:
+        """The first ``n`` events of an event array's bytes, as raw
+        6-tuples: every decoder walks them.  On CPython one ``iter_unpack``
+        over the array, the fastest at any n > 1."""
+        return _iter_unpack(view[: n * SIZE])
+
+
+def decode_rows(buf: Buffer, n: int) -> list[Row]:
     """The first ``n`` events as 6-tuples, ``udata`` as the raw word."""
-    return list(_iter_unpack(buf.view[: n * SIZE]))
+    return list(rows(buf.view, n))
 
 
 def decode_tuples(buf: Buffer, n: int, get: Callable[[int], Any]
@@ -613,8 +629,7 @@ def decode_tuples(buf: Buffer, n: int, get: Callable[[int], Any]
         return list(zip(c["ident"][:n].tolist(), c["filter"][:n].tolist(),
                         c["flags"][:n].tolist(), c["fflags"][:n].tolist(),
                         c["data"][:n].tolist(), map(get, c["udata"][:n].tolist())))
-    return [(i, f, fl, ff, d, get(u))
-            for i, f, fl, ff, d, u in _iter_unpack(buf.view[: n * SIZE])]
+    return [(i, f, fl, ff, d, get(u)) for i, f, fl, ff, d, u in rows(buf.view, n)]
 
 
 def decode_pairs(buf: Buffer, n: int) -> Iterable[tuple[int, int]]:
@@ -663,7 +678,7 @@ def submit(q: QueueBase, fd: int, packed: bytearray, n: int) -> list[tuple[int, 
     if r < 0:
         raise failure(q._fd, r)
     # The receipts come back in change order, one per change.
-    return [(row[2], row[4]) for row in _iter_unpack(ffi.buffer(out, r * SIZE))]
+    return [(row[2], row[4]) for row in rows(memoryview(ffi.buffer(out, r * SIZE)), r)]
 
 
 # ---------------------------------------------------------------------------
@@ -755,7 +770,7 @@ class UdataMap:
         on every wait, where this pass runs only while some registration
         with a udata object ends at its first event (``finite`` non-empty)."""
         finite = self.finite
-        ended = [u for _i, f, fl, ff, _d, u in _iter_unpack(buf.view[: n * SIZE])
+        ended = [u for _i, f, fl, ff, _d, u in rows(buf.view, n)
                  if u in finite and (fl & EV_ONESHOT or (f == EVFILT_PROC and ff & NOTE_EXIT))]
         if ended:
             with self.lock:

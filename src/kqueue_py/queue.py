@@ -33,7 +33,6 @@ from ._core import (
     KEEP,
     MAX_EVENTS,
     MINUS_EINTR,
-    SIZE,
     STRIDED,
     Buffer,
     FileDescriptorLike,
@@ -60,7 +59,6 @@ _EV_DELETE = lib.EV_DELETE
 _EV_ONESHOT = lib.EV_ONESHOT
 _monotonic_ns = time.monotonic_ns
 _unpack_from = _core.KEVENT.unpack_from
-_iter_unpack = _core.KEVENT.iter_unpack
 _new_tuple = tuple.__new__
 _UNSEEN = _core.UNSEEN
 #: wait() releases the udata of registrations the backend dropped on its own
@@ -112,7 +110,7 @@ def _decode_events(buf: Buffer, n: int, get: Callable[[int], Any]) -> list[Event
             c["fflags"][:n].tolist(), c["data"][:n].tolist(),
             map(get, c["udata"][:n].tolist()))))
     return [_new_tuple(Event, (i, f, fl, ff, d, get(u)))
-            for i, f, fl, ff, d, u in _iter_unpack(buf.view[: n * SIZE])]
+            for i, f, fl, ff, d, u in _core.rows(buf.view, n)]
 
 
 class Change(NamedTuple):
