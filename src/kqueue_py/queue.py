@@ -33,6 +33,7 @@ from ._core import (
     KEEP,
     MAX_EVENTS,
     MINUS_EINTR,
+    SIZE,
     STRIDED,
     Buffer,
     FileDescriptorLike,
@@ -94,6 +95,7 @@ def _event_maker() -> Callable[[Any], Event]:
 
 
 _make_event = _event_maker()
+_rows = _core.rows
 
 
 def _decode_events(buf: Buffer, n: int, get: Callable[[int], Any]) -> list[Event]:
@@ -110,7 +112,7 @@ def _decode_events(buf: Buffer, n: int, get: Callable[[int], Any]) -> list[Event
             c["fflags"][:n].tolist(), c["data"][:n].tolist(),
             map(get, c["udata"][:n].tolist()))))
     return [_new_tuple(Event, (i, f, fl, ff, d, get(u)))
-            for i, f, fl, ff, d, u in _core.rows(buf.view, n)]
+            for i, f, fl, ff, d, u in _rows(buf.view[: n * SIZE])]
 
 
 class Change(NamedTuple):
