@@ -5,7 +5,9 @@ same work in the same process:
 
 * ``kqueue_py`` -- the cffi module (``kqueue_py.lib``/``ffi``) and the raw
   helpers (``kq_wait``), events decoded from the array as one buffer with
-  ``struct.iter_unpack``, never field by field through cdata attributes;
+  ``struct`` as the package decodes them (``iter_unpack`` on CPython, an
+  ``unpack_from`` per event on PyPy), never field by field through cdata
+  attributes;
   plus the Pythonic ``kqueue_py.KQueue``;
 * ``ctypes`` -- a ctypes binding of the very same compiled ``kqueue``/
   ``kevent``/``kqueue_close`` (``ctypes.CDLL`` on the installed extension),

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import kqueue_py
 from kqueue_py import KQueue, ffi, kev_change, kq_apply, kq_wait, lib, new_events
+from kqueue_py._core import row_decoder
 from kqueue_py.raw import kevent_struct
 
 from .ctypes_binding import CtypesKqueue, KEvent, Timespec
@@ -50,6 +51,8 @@ RAWC_EPOLL_CHAIN = (RAWC_EPOLL, "rawC epoll+FIONREAD", "rawC epoll+FIONREAD+prob
 KEVENT_SIZE: int = ffi.sizeof("struct kevent")
 # (ident, filter, data, udata): flags and fflags are skipped as padding.
 _KEV4 = kevent_struct(("ident", "filter", "data", "udata"))
+# Its records walked the way the package walks events on this interpreter.
+_kev4_rows = row_decoder(_KEV4)
 _KEVFULL = kevent_struct()
 
 HAVE_EPOLL = hasattr(select, "epoll")
@@ -213,7 +216,7 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
     last: Dict[str, Any] = {}
 
     def run_kq_wait(n: int) -> None:
-        wait, it, ev, k_, v = kq_wait, _KEV4.iter_unpack, events, kq, view
+        wait, it, ev, k_, v = kq_wait, _kev4_rows, events, kq, view
         out: List[Tuple[int, int, int, int]] = []
         for _ in range(n):
             k = wait(k_, ev, cap, 0)
@@ -227,7 +230,7 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
         ts0 = ffi.new("struct timespec *")
 
         def run_lib(n: int) -> None:
-            kevent, null, it, ev, k_, v = lib.kevent, ffi.NULL, _KEV4.iter_unpack, events, kq, view
+            kevent, null, it, ev, k_, v = lib.kevent, ffi.NULL, _kev4_rows, events, kq, view
             out: List[Tuple[int, int, int, int]] = []
             for _ in range(n):
                 k = kevent(k_, null, 0, ev, cap, ts0)
