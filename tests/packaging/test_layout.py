@@ -12,6 +12,7 @@ import pytest
 from cffi import FFI
 
 from kqueue_py import ffi, lib
+from kqueue_py._core import row_decoder
 from kqueue_py.raw import KEVENT_FIELDS, kevent_struct
 
 # The six common fields; each layout below adds what its platform has.
@@ -83,6 +84,23 @@ def test_subset_of_fields_skips_the_others():
     arr[1].ident, arr[1].filter = 12, -2
     assert head.unpack_from(f.buffer(arr), 64) == (12, -2)
     assert kevent_struct(("ident", "data", "udata"), ffi=f).format in ("=Q8xqQ32x", b"=Q8xqQ32x")
+
+
+def test_row_decoder_walks_every_record_as_iter_unpack_does():
+    """The per-interpreter record walker (an unpack_from per record on PyPy,
+    iter_unpack itself on CPython) gives what iter_unpack gives, for the
+    full struct and for a subset of its fields, and nothing for no bytes."""
+    arr = ffi.new("struct kevent[]", 5)
+    for i in range(5):
+        arr[i].ident, arr[i].filter, arr[i].data = 100 + i, -1 - i, -7 * i
+        arr[i].udata = ffi.cast("void *", 0xF00 + i)
+    view = memoryview(ffi.buffer(arr))
+    for fields in (KEVENT_FIELDS, ("ident", "filter", "data", "udata")):
+        fmt = kevent_struct(fields)
+        walk = row_decoder(fmt)
+        assert list(walk(view)) == list(fmt.iter_unpack(view))
+        assert [r[0] for r in walk(view[: 3 * fmt.size])] == [100, 101, 102]
+        assert list(walk(view[:0])) == []
 
 
 def test_fields_out_of_memory_order_are_refused():
