@@ -257,60 +257,58 @@ static void kqpy_qmemo_free(PyObject *capsule)
     }
 }
 
-/* [Event(...)] for one struct kevent: state[5] is the udata objects by
- * token, state[7] makes an Event of a 6-tuple, state[4] is None. */
-static PyObject *kqpy_one_event(PyObject *state, const struct kevent *e)
+/* [Event(...), ...] for n struct kevents, as KQueue.wait decodes them:
+ * (ident, filter, flags, fflags, data, objects.get(udata)).  state[5] is
+ * the udata objects by token, state[7] the Event class (a tuple subclass
+ * defined in Python, so its tp_alloc is PyType_GenericAlloc), state[4]
+ * None.  Each Event is made as tuple.__new__(Event, fields) makes it --
+ * the class's allocator, then its six items -- without the 6-tuple and
+ * the two calls between. */
+static PyObject *kqpy_events(PyObject *state, const struct kevent *e, int n)
 {
-    PyObject *objects = PyTuple_GetItem(state, 5), *make = PyTuple_GetItem(state, 7);
+    PyObject *objects = PyTuple_GetItem(state, 5), *type = PyTuple_GetItem(state, 7);
     PyObject *none = PyTuple_GetItem(state, 4);
-    if (objects == NULL || make == NULL || none == NULL)
+    if (objects == NULL || type == NULL || none == NULL)
         return NULL;
-    PyObject *token = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)e->udata);
-    if (token == NULL)
+    PyObject *list = PyList_New(n);
+    if (list == NULL)
         return NULL;
-    PyObject *obj = PyDict_GetItemWithError(objects, token);   /* borrowed */
-    Py_DECREF(token);
-    if (obj == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        obj = none;
+    for (int i = 0; i < n; i++, e++) {
+        PyObject *token = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)e->udata);
+        if (token == NULL)
+            goto fail;
+        PyObject *obj = PyDict_GetItemWithError(objects, token);   /* borrowed */
+        Py_DECREF(token);
+        if (obj == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            obj = none;
+        }
+        PyObject *v[6] = {
+            PyLong_FromUnsignedLongLong((unsigned long long)e->ident),
+            PyLong_FromLong((long)e->filter),
+            PyLong_FromLong((long)e->flags),
+            PyLong_FromUnsignedLong((unsigned long)e->fflags),
+            PyLong_FromLongLong((long long)e->data),
+            obj,
+        };
+        Py_INCREF(obj);
+        PyObject *ev = NULL;
+        if (v[0] != NULL && v[1] != NULL && v[2] != NULL && v[3] != NULL && v[4] != NULL)
+            ev = PyType_GenericAlloc((PyTypeObject *)type, 6);
+        if (ev == NULL) {
+            for (int k = 0; k < 6; k++)
+                Py_XDECREF(v[k]);
+            goto fail;
+        }
+        for (int k = 0; k < 6; k++)
+            PyTuple_SetItem(ev, k, v[k]);       /* steals; ev is new (one reference) */
+        PyList_SetItem(list, i, ev);            /* steals */
     }
-    /* The 6-tuple built field by field (Py_BuildValue would parse its
-     * format on every call). */
-    PyObject *fields = PyTuple_New(6);
-    if (fields == NULL)
-        return NULL;
-    PyObject *v[5] = {
-        PyLong_FromUnsignedLongLong((unsigned long long)e->ident),
-        PyLong_FromLong((long)e->filter),
-        PyLong_FromLong((long)e->flags),
-        PyLong_FromUnsignedLong((unsigned long)e->fflags),
-        PyLong_FromLongLong((long long)e->data),
-    };
-    int bad = 0;
-    for (int i = 0; i < 5; i++) {
-        if (v[i] == NULL)
-            bad = 1;
-        else
-            PyTuple_SetItem(fields, i, v[i]);   /* steals */
-    }
-    Py_INCREF(obj);
-    PyTuple_SetItem(fields, 5, obj);
-    if (bad) {
-        Py_DECREF(fields);      /* a NULL item is fine to dealloc */
-        return NULL;
-    }
-    PyObject *ev = PyObject_CallFunctionObjArgs(make, fields, NULL);
-    Py_DECREF(fields);
-    if (ev == NULL)
-        return NULL;
-    PyObject *list = PyList_New(1);
-    if (list == NULL) {
-        Py_DECREF(ev);
-        return NULL;
-    }
-    PyList_SetItem(list, 0, ev);    /* steals ev */
     return list;
+fail:
+    Py_DECREF(list);        /* the items not set yet are NULL: fine to dealloc */
+    return NULL;
 }
 
 static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t nargs,
@@ -362,13 +360,13 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
     PyObject *r;
     if (n == 0) {
         r = PyList_New(0);
-    } else if (n == 1 && PySet_Size(PyTuple_GetItem(state, 6)) == 0) {
-        /* One event and no udata to release (the common case): decoded
-         * here as finish would, [Event(ident, filter, flags, fflags, data,
-         * objects.get(udata))], the event array read in place. */
-        r = kqpy_one_event(state, &req->eventlist[0]);
+    } else if (n > 0 && PySet_Size(PyTuple_GetItem(state, 6)) == 0) {
+        /* Events and no udata to release (the common case): decoded here
+         * as finish would, the event array read in place. */
+        r = kqpy_events(state, req->eventlist, n);
     } else {
-        /* Decoded (or raised) before the buffer is free again. */
+        /* udata to release, or a failure: decoded (or raised) before the
+         * buffer is free again. */
         PyObject *finish = PyTuple_GetItem(state, 3);
         r = finish != NULL ? PyObject_CallFunction(finish, "Oi", buf, n) : NULL;
     }
@@ -384,11 +382,11 @@ static PyObject *kqpy_qwait(PyObject *state, PyObject *const *args, Py_ssize_t n
 static PyMethodDef kqpy_qwait_def = {
     "wait", (PyCFunction)(void (*)(void))kqpy_qwait, KQPY_METH_FASTCALL | METH_KEYWORDS, NULL};
 
-/* _qwait_bind(pool, slow, finish, function, objects, finite, make_event,
+/* _qwait_bind(pool, slow, finish, function, objects, finite, event_class,
  * collect, every) -> (the C wait, its memo); function (KQueue.wait) lends
- * its docstring; objects, finite and make_event are what one event is
- * decoded with (see kqpy_one_event); collect() is called every `every`
- * calls. */
+ * its docstring; objects, finite and event_class (a tuple subclass) are
+ * what events are decoded with (see kqpy_events); collect() is called
+ * every `every` calls. */
 static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -403,6 +401,12 @@ static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize
         PyErr_BadArgument();
         return NULL;
     }
+    PyObject *cls = args[6];
+    if (!PyType_Check(cls) || !(PyType_GetFlags((PyTypeObject *)cls) & Py_TPFLAGS_TUPLE_SUBCLASS)) {
+        PyErr_BadArgument();
+        return NULL;
+    }
+
     if (kqpy_qwait_def.ml_doc == NULL && kqpy_doc(&kqpy_qwait_def, args[3]) < 0)
         return NULL;
     /* (PyMem_Malloc: PyMem_Calloc is outside 3.9's limited API.) */

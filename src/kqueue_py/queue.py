@@ -210,10 +210,11 @@ class KQueue(QueueObject):
     # attribute lookup finds it before the class's method: ``q.wait(0)``
     # is then one C call.  The C wait serves a poll or a wait for ever with
     # the (timeout, max_events) objects a free buffer was last prepared for
-    # (_prepare reports them through self._memo), and decodes one event;
-    # the C trigger applies a prepared trigger (self._triggers); everything
-    # else goes to the class's methods (KQueue.wait, KQueue.trigger), more
-    # events and failures to finish/_finish.  They hold this queue weakly,
+    # (_prepare reports them through self._memo), and decodes the events
+    # into Event objects itself (no Python call per event); the C trigger
+    # applies a prepared trigger (self._triggers); everything else goes to
+    # the class's methods (KQueue.wait, KQueue.trigger), events whose udata
+    # is to be released and failures to finish/_finish.  They hold this queue weakly,
     # so dropping the queue closes it as before.  Not for subclasses that
     # override the method.
     def _fast_wait(self) -> None:
@@ -244,7 +245,7 @@ class KQueue(QueueObject):
                 q._collect_dropped()
 
         fast, self._memo = bind(self._free, slow, finish, KQueue.wait, objects, finite,
-                                _make_event, collect, _COLLECT_EVERY)
+                                Event, collect, _COLLECT_EVERY)
         self.__dict__["wait"] = fast
 
         def slow_trigger(*args: Any, **kw: Any) -> None:

@@ -229,6 +229,37 @@ def test_one_event_decoded_in_c_has_every_field_as_the_method_gives_it():
         assert seen[0].filter == lib.EVFILT_USER < 0
 
 
+def test_many_events_decoded_in_c_match_the_method_event_for_event():
+    """Level-triggered READ registrations stay ready, so the C form and
+    the Python method can be asked for the same events in turn: every
+    field, udata object and type equal, whatever the count asked."""
+    import socket
+    pairs = [socket.socketpair() for _ in range(40)]
+    try:
+        with KQueue() as q:
+            marks = [object() for _ in pairs]
+            for k, ((a, b), mark) in enumerate(zip(pairs, marks)):
+                b.send(b"x" * (k + 1))
+                q.add_reader(a.fileno(), mark if k % 3 else None)
+            ref = {e.ident: e for e in KQueue.wait(q, 0, 64)}     # the method's
+            assert len(ref) == len(pairs)
+            for cap in (40, 7, 2):
+                for _ in range(3):          # repeated: the C form serves them
+                    got = q.wait(0, cap)
+                    assert len(got) == cap and len({e.ident for e in got}) == cap
+                    for e in got:
+                        assert tuple(e) == tuple(ref[e.ident]) and type(e) is type(ref[e.ident])
+                        assert e.udata is ref[e.ident].udata
+            for k, ((a, _b), mark) in enumerate(zip(pairs, marks)):
+                e = ref[a.fileno()]
+                assert (e.filter, e.data) == (lib.EVFILT_READ, k + 1)
+                assert e.udata is (mark if k % 3 else None)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 @pytest.mark.skipif(not FAST, reason="the C form exists on CPython with the GIL only")
 def test_a_queue_triggers_in_c_and_the_class_keeps_the_method():
     with KQueue() as q:
