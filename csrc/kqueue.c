@@ -1241,6 +1241,7 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             wake_signal(kq);
     }
 
+    int looked = 0;     /* the first pass has looked into direct_fd */
     for (;;) {
         int64_t timeout_ns = 0;
         if (n == 0 && deadline != KQ_POLL) {
@@ -1274,8 +1275,22 @@ static int scan(struct kq *kq, struct kevent *events, int nevents, int64_t deadl
             pthread_mutex_unlock(&kq->lock);
         }
         int room = nevents - n < want ? nevents - n : want;
-        int direct = deadline == KQ_POLL ? __atomic_load_n(&kq->direct_fd, __ATOMIC_RELAXED) : -1;
-        int r = ep_wait(direct >= 0 ? direct : kq->waitfd, ebuf, room, wait_ns);
+        /* A queue whose wait set holds only its one READ set (direct_fd):
+         * a poll asks that set directly, one epoll_wait instead of two, and
+         * so does a wait, first, without blocking -- an event loop's wait
+         * mostly finds events there already; only if it finds none does it
+         * block in the wait set (where the wake-ups of other threads and
+         * close() arrive), at the cost of that one look. */
+        int direct = looked ? -1 : __atomic_load_n(&kq->direct_fd, __ATOMIC_RELAXED);
+        looked = 1;
+        int r;
+        if (direct >= 0) {
+            r = ep_wait(direct, ebuf, room, 0);
+            if (r == 0 && wait_ns != 0)
+                r = ep_wait(kq->waitfd, ebuf, room, wait_ns);
+        } else {
+            r = ep_wait(kq->waitfd, ebuf, room, wait_ns);
+        }
         if (r < 0) {
             if (n == 0)
                 n = -errno;     /* else report what we have; the signal stays pending */
