@@ -406,7 +406,6 @@ static PyObject *kqpy_qwait_bind(PyObject *self, PyObject *const *args, Py_ssize
         PyErr_BadArgument();
         return NULL;
     }
-
     if (kqpy_qwait_def.ml_doc == NULL && kqpy_doc(&kqpy_qwait_def, args[3]) < 0)
         return NULL;
     /* (PyMem_Malloc: PyMem_Calloc is outside 3.9's limited API.) */
