@@ -254,6 +254,35 @@ def test_select_decodes_as_epoll_selector_in_c_and_in_python(fds):
     assert _ready_sets(KqueueSelector, pairs, decode_in_c=False) == want
 
 
+@pytest.mark.parametrize("ready_for", [EVENT_READ, EVENT_WRITE], ids=["read", "write"])
+def test_one_ready_descriptor_reports_as_epoll_selector(fds, ready_for):
+    """One event among idle registrations (PyPy decodes it without a
+    loop; CPython in C, or in Python without the C decode)."""
+    pairs = [fds.socketpair() for _ in range(5)]
+
+    def once(selector_cls, decode_in_c=True):
+        sel = selector_cls()
+        try:
+            if not decode_in_c:
+                sel._ready_c = None
+            for i, (a, _b) in enumerate(pairs):
+                # The others wait for data that never comes.
+                sel.register(a, ready_for if i == 2 else EVENT_READ, i)
+            if ready_for == EVENT_READ:
+                pairs[2][1].send(b"x")
+            got = [(key.data, ev) for key, ev in sel.select(1)]
+            if ready_for == EVENT_READ:
+                pairs[2][0].recv(1)
+            return got
+        finally:
+            sel.close()
+
+    want = once(selectors.EpollSelector)
+    assert want == [(2, ready_for)]
+    assert once(KqueueSelector) == want
+    assert once(KqueueSelector, decode_in_c=False) == want
+
+
 def test_c_decode_rejects_what_it_cannot_read():
     from kqueue_py import _core
     if _core._select_ready is None:
