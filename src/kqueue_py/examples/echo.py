@@ -13,7 +13,8 @@ The shape of a kqueue server, short enough to read first:
 * when ``accept()`` fails with EMFILE the listener is disabled and a
   one-shot ``EVFILT_TIMER`` enables it again ``accept_backoff`` s later;
 * ``stop()`` triggers an ``EVFILT_USER`` event (safe from any thread);
-  SIGINT and SIGTERM call it, and the program exits with status 0.
+  SIGINT and SIGTERM are counted in the queue (``EVFILT_SIGNAL``) and
+  stop it too, and the program exits with status 0.
 
 The HTTP example (``kqueue_py.examples.http``) runs the same loop
 edge-triggered, with read budgets, deadlines, a worker pool and a drain.
@@ -35,6 +36,7 @@ from kqueue_py import (
     EV_ENABLE,
     EV_ONESHOT,
     EVFILT_READ,
+    EVFILT_SIGNAL,
     EVFILT_TIMER,
     EVFILT_USER,
     EVFILT_WRITE,
@@ -93,7 +95,7 @@ class EchoServer:
                 changes, self._changes = self._changes, []
                 self.queue.apply(changes, raise_errors=False)
                 for ident, filt, _, _, _, _ in self.queue.wait_tuples():
-                    if filt == EVFILT_USER:
+                    if filt == EVFILT_USER or filt == EVFILT_SIGNAL:
                         return
                     if filt == EVFILT_TIMER:
                         self._changes.append(Change(lfd, EVFILT_READ, EV_ENABLE))
@@ -199,8 +201,16 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr, flush=True)
         return 1
     stop: Any = lambda *_: server.stop()  # noqa: E731
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Counted in the queue, as on BSD (the default action ignored): a
+        # signal that comes just before the loop blocks wakes it all the
+        # same, where a Python handler would wait for the next event to
+        # run.  A backend without EVFILT_SIGNAL gets the handler.
+        try:
+            signal.signal(signum, signal.SIG_IGN)
+            server.queue.add_signal(signum)
+        except OSError:
+            signal.signal(signum, stop)
     print(f"echo server on {server.address[0]}:{server.address[1]}", file=sys.stderr, flush=True)
     server.serve_forever()
     print("echo server stopped", file=sys.stderr, flush=True)
