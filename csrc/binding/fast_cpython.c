@@ -246,6 +246,18 @@ static void kqpy_qmemo_clear(struct kqpy_qmemo *q)
     Py_XDECREF(m);
 }
 
+/* dict[word] for an unsigned machine word (a udata token, an ident):
+ * borrowed, or NULL -- missing, or an error set (PyErr_Occurred() tells). */
+static PyObject *kqpy_get_word(PyObject *dict, unsigned long long word)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(word);
+    if (key == NULL)
+        return NULL;
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+    Py_DECREF(key);
+    return v;
+}
+
 /* The memo lives in a capsule with no name: a private one, and a name
  * would cost a strcmp() per call. */
 static void kqpy_qmemo_free(PyObject *capsule)
@@ -274,11 +286,7 @@ static PyObject *kqpy_events(PyObject *state, const struct kevent *e, int n)
     if (list == NULL)
         return NULL;
     for (int i = 0; i < n; i++, e++) {
-        PyObject *token = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)e->udata);
-        if (token == NULL)
-            goto fail;
-        PyObject *obj = PyDict_GetItemWithError(objects, token);   /* borrowed */
-        Py_DECREF(token);
+        PyObject *obj = kqpy_get_word(objects, (unsigned long long)(uintptr_t)e->udata);
         if (obj == NULL) {
             if (PyErr_Occurred())
                 goto fail;
@@ -561,11 +569,7 @@ static PyObject *kqpy_select_ready(PyObject *self, PyObject *const *args, Py_ssi
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         const struct kevent *ev = &req->eventlist[i];
-        PyObject *ident = PyLong_FromSize_t((size_t)ev->ident);
-        if (ident == NULL)
-            goto fail;
-        PyObject *key = PyDict_GetItemWithError(fd_to_key, ident);  /* borrowed */
-        Py_DECREF(ident);
+        PyObject *key = kqpy_get_word(fd_to_key, (unsigned long long)ev->ident);
         if (key == NULL) {
             if (PyErr_Occurred())
                 goto fail;
