@@ -16,7 +16,8 @@ run of the program per scenario; the batches of all rounds are pooled.
 
     python tools/compare-builds.py BUILD [BUILD ...] [--scenario NAME:N ...]
 
-BUILD is ``installed`` (the package installed in this interpreter) or a git
+BUILD is ``installed`` (the package installed in this interpreter), the path
+of a built extension (``.so``, a variant built by hand), or a git
 revision of this checkout (built into a wheel with this interpreter's pip, in
 a temporary directory), optionally followed by ``:NAME=VALUE,...`` -- the
 environment of that build's runs (``installed:KQUEUE_PY_IO_URING=0``: the
@@ -169,8 +170,12 @@ def main(argv: List[str]) -> int:
         paths: Dict[str, str] = {}
         for _, rev, _ in builds:
             if rev not in paths:
-                paths[rev] = (_installed_extension() if rev == "installed"
-                              else _build_revision(rev, Path(tmp)))
+                if rev == "installed":
+                    paths[rev] = _installed_extension()
+                elif rev.endswith(".so") and Path(rev).is_file():
+                    paths[rev] = rev        # an extension built elsewhere
+                else:
+                    paths[rev] = _build_revision(rev, Path(tmp))
         program = RawC(_program_builds(builds, paths, Path(tmp)))
         try:
             program.build()

@@ -362,3 +362,37 @@ def test_a_kernel_floor_faster_than_one_doing_less_is_flagged(tmp_path: Path) ->
     assert any(s.startswith("impossible: rawC epoll+FIONREAD+probe") and
                "a part of the same system calls" in s for s in bad.suspect)
     assert {"rawC epoll+FIONREAD", "rawC epoll+FIONREAD+probe"} <= set(bad.suspect_variants)
+
+
+def test_a_backend_kevent_faster_than_its_kernel_part_is_flagged(tmp_path: Path) -> None:
+    """The backend's kevent() of ready sockets makes at least the system
+    calls of ``rawC epoll+ring`` (the probes and counts through io_uring;
+    as system calls they cost more): a raw-C kevent well below that floor
+    was not measured, and neither was a ring floor or the older
+    mechanism's (``+MOD``) below the count's floor they extend."""
+    doc = _run("CPython 3.12.1", 400, 1600)
+    variants = {"kqueue_py kq_wait": _variant(30_000),
+                "stdlib epoll.poll(0, 64)": _variant(9_000),
+                "rawC kevent": _variant(20_000), "rawC epoll": _variant(5_000),
+                "rawC epoll+FIONREAD": _variant(12_500),
+                "rawC epoll+FIONREAD+probe": _variant(21_000),
+                "rawC epoll+ring": _variant(18_600),
+                "rawC epoll+FIONREAD+MOD": _variant(24_000)}
+    doc["scenarios"]["ready64"] = {
+        "title": "64 ready", "unit": "wait of 64", "notes": [], "error": None,
+        "roles": {"kqueue_py": "kqueue_py kq_wait", "stdlib": "stdlib epoll.poll(0, 64)"},
+        "variants": variants}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    sound = Run.read(str(path)).get("ready64")
+    assert sound is not None and not sound.suspect, sound.suspect if sound else None
+    for floor, faster, value in (("rawC epoll+ring", "rawC kevent", 9_000),
+                                 ("rawC epoll+FIONREAD", "rawC epoll+ring", 6_000),
+                                 ("rawC epoll+FIONREAD", "rawC epoll+FIONREAD+MOD", 6_000)):
+        doctored = dict(variants)
+        doctored[faster] = _variant(value)
+        doc["scenarios"]["ready64"]["variants"] = doctored
+        path.write_text(json.dumps(doc))
+        bad = Run.read(str(path)).get("ready64")
+        assert bad is not None
+        assert {floor, faster} <= set(bad.suspect_variants), (floor, faster, bad.suspect)

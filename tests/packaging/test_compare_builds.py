@@ -68,7 +68,10 @@ def test_builds_run_side_by_side_in_one_process_each_under_its_settings(tmp_path
     builds = f"{copies[0]},{copies[1]};KQUEUE_PY_IO_URING=0"
     program = RawC(builds)
     got = program.run("ready", 4, 0.002, repeats=1, group=3)
-    assert {"kq", "kq@1", "epoll", "epoll+FIONREAD", "epoll+FIONREAD+probe"} <= set(got)
+    assert {"kq", "kq@1", "epoll", "epoll+FIONREAD", "epoll+FIONREAD+probe",
+            "epoll+FIONREAD+MOD"} <= set(got)
+    # The kernel's part through io_uring, wherever the backend uses it.
+    assert ("epoll+ring" in got) == bool(_kqueue.lib.kqueue_py_io_uring())
     assert len(got["kq"].samples_ns) == len(got["kq@1"].samples_ns) == 3
     strace = shutil.which("strace")
     if strace is None or not _kqueue.lib.kqueue_py_io_uring():

@@ -53,6 +53,16 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #define HAVE_EPOLL 1
+#if defined(__has_include)
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#if defined(__NR_io_uring_setup) && defined(__NR_io_uring_enter)
+#define HAVE_URING 1
+#endif
+#endif
+#endif
 #endif
 
 typedef struct kevent kev_t;
@@ -276,6 +286,8 @@ struct pollctx {
 #ifdef HAVE_EPOLL
     int ep;
     int shadow;     /* every registered descriptor, never waited on */
+    int mod;        /* op_ep_poll_counted: an EPOLL_CTL_MOD per event */
+    int tcp;        /* the descriptors are TCP sockets (SIOCINQ in a ring) */
     struct epoll_event *eev;
 #endif
 };
@@ -332,11 +344,160 @@ static void op_ep_poll_counted(void *p, long n)
                 if (epoll_ctl(c->shadow, EPOLL_CTL_ADD, fd, &probe) == 0 || errno != EEXIST)
                     die("identity probe: not EEXIST");
             }
+            if (c->mod) {
+                /* The older mechanism's check: re-arm the item itself. */
+                struct epoll_event ev = c->eev[j];
+                ev.events = EPOLLIN;
+                if (epoll_ctl(c->ep, EPOLL_CTL_MOD, fd, &ev) < 0)
+                    die("epoll_ctl MOD");
+            }
             acc += c->eev[j].data.u64 + (uint64_t)v;
         }
         sink += acc;
     }
 }
+
+#ifdef HAVE_URING
+#ifndef SOCKET_URING_OP_SIOCINQ
+#define SOCKET_URING_OP_SIOCINQ 0      /* <linux/io_uring.h> of Linux >= 6.7 */
+#endif
+/* A minimal io_uring, as the backend uses one: submit n entries, wait
+ * for n completions. */
+static struct ring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    unsigned entries;
+} ring = {.fd = -1};
+
+static int ring_open(void)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+    int fd = (int)syscall(__NR_io_uring_setup, 256, &p);
+    if (fd < 0)
+        return -1;
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    size_t len = sq_len > cq_len ? sq_len : cq_len;
+    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                      IORING_OFF_SQ_RING);
+    void *sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe),
+                      PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (base == MAP_FAILED || sqes == MAP_FAILED || !(p.features & IORING_FEAT_SINGLE_MMAP)) {
+        close(fd);
+        return -1;
+    }
+    ring.fd = fd;
+    ring.sq_tail = (unsigned *)(base + p.sq_off.tail);
+    ring.sq_mask = (unsigned *)(base + p.sq_off.ring_mask);
+    ring.sq_array = (unsigned *)(base + p.sq_off.array);
+    ring.cq_head = (unsigned *)(base + p.cq_off.head);
+    ring.cq_tail = (unsigned *)(base + p.cq_off.tail);
+    ring.cq_mask = (unsigned *)(base + p.cq_off.ring_mask);
+    ring.cqes = (struct io_uring_cqe *)(base + p.cq_off.cqes);
+    ring.sqes = sqes;
+    ring.entries = p.sq_entries;
+    return 0;
+}
+
+static struct io_uring_sqe *ring_sqe(unsigned i)
+{
+    unsigned idx = (*ring.sq_tail + i) & *ring.sq_mask;
+    ring.sq_array[idx] = idx;
+    struct io_uring_sqe *sqe = &ring.sqes[idx];
+    memset(sqe, 0, sizeof *sqe);
+    sqe->user_data = i;
+    return sqe;
+}
+
+/* Submit n entries made by ring_sqe(0..n-1); their results, in order. */
+static void ring_run(unsigned n, int32_t *res)
+{
+    __atomic_store_n(ring.sq_tail, *ring.sq_tail + n, __ATOMIC_RELEASE);
+    if (syscall(__NR_io_uring_enter, ring.fd, n, n, IORING_ENTER_GETEVENTS, NULL, (size_t)0) !=
+        (long)n)
+        die("io_uring_enter");
+    unsigned head = *ring.cq_head, tail = __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE);
+    for (; head != tail; head++) {
+        const struct io_uring_cqe *cqe = &ring.cqes[head & *ring.cq_mask];
+        if (cqe->user_data < n)
+            res[cqe->user_data] = cqe->res;
+    }
+    __atomic_store_n(ring.cq_head, head, __ATOMIC_RELEASE);
+}
+
+/* The kernel's part of the backend's events with io_uring: epoll_wait,
+ * then one io_uring_enter running every event's identity probe (and, on
+ * TCP, its count: SIOCINQ), and a FIONREAD system call for each count the
+ * ring cannot give (AF_UNIX). */
+static void op_ep_poll_ring(void *p, long n)
+{
+    static const struct epoll_event probe = {.events = 0};
+    struct pollctx *c = p;
+    int32_t res[2 * 128];
+    for (long i = 0; i < n; i++) {
+        int r = epoll_wait(c->ep, c->eev, c->cap, 0);
+        if (r != c->expect || r > 128)
+            die("epoll_wait: unexpected count");
+        uint64_t acc = 0;
+        unsigned k = 0;
+        for (int j = 0; j < r; j++) {
+            int fd = (int)c->eev[j].data.u32;
+            struct io_uring_sqe *sqe = ring_sqe(k++);
+            sqe->opcode = IORING_OP_EPOLL_CTL;
+            sqe->fd = c->shadow;
+            sqe->off = (uint64_t)(uint32_t)fd;
+            sqe->len = EPOLL_CTL_ADD;
+            sqe->addr = (uint64_t)(uintptr_t)&probe;
+            if (c->tcp) {
+                sqe = ring_sqe(k++);
+                sqe->opcode = IORING_OP_URING_CMD;
+                sqe->fd = fd;
+                sqe->cmd_op = SOCKET_URING_OP_SIOCINQ;
+            }
+        }
+        ring_run(k, res);
+        k = 0;
+        for (int j = 0; j < r; j++) {
+            int v = 0, fd = (int)c->eev[j].data.u32;
+            if (res[k++] != -EEXIST)
+                die("identity probe in the ring: not EEXIST");
+            if (c->tcp)
+                v = res[k++];
+            else
+                ioctl(fd, FIONREAD, &v);
+            if (v < 0)
+                die("SIOCINQ in the ring");
+            acc += c->eev[j].data.u64 + (uint64_t)v;
+        }
+        sink += acc;
+    }
+}
+
+/* Does the ring run both operations as the backend needs them? */
+static int ring_usable(const struct pollctx *c, int fd)
+{
+    static const struct epoll_event probe = {.events = 0};
+    if (ring.fd < 0 && ring_open() < 0)
+        return 0;
+    int32_t res[2] = {0, 0};
+    struct io_uring_sqe *sqe = ring_sqe(0);
+    sqe->opcode = IORING_OP_EPOLL_CTL;
+    sqe->fd = c->shadow;
+    sqe->off = (uint64_t)(uint32_t)fd;
+    sqe->len = EPOLL_CTL_ADD;
+    sqe->addr = (uint64_t)(uintptr_t)&probe;
+    sqe = ring_sqe(1);
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fd;
+    sqe->cmd_op = SOCKET_URING_OP_SIOCINQ;
+    ring_run(2, res);
+    return res[0] == -EEXIST && (!c->tcp || res[1] >= 0);
+}
+#endif
 #endif
 
 /* nfds registered for READ, the first `ready` of them readable. */
@@ -393,7 +554,16 @@ static void scenario_poll(int nfds, int ready, int64_t target, int repeats, int 
                 die("epoll_ctl shadow");
         }
         bench("epoll+FIONREAD+probe", op_ep_poll_counted, &c, target, repeats);
+#ifdef HAVE_URING
+        c.tcp = tcp;
+        if (ring_usable(&c, fds[0]))
+            bench("epoll+ring", op_ep_poll_ring, &c, target, repeats);
+#endif
         close(c.shadow);
+        c.shadow = -1;
+        c.mod = 1;
+        bench("epoll+FIONREAD+MOD", op_ep_poll_counted, &c, target, repeats);
+        c.mod = 0;
     }
     close(c.ep);
 #endif

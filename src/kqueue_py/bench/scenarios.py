@@ -47,6 +47,11 @@ RAWC_EPOLL = "rawC epoll"
 #: The ready scenarios' kernel floors, each the one before it plus one more
 #: system call per event: the count, then the identity check.
 RAWC_EPOLL_CHAIN = (RAWC_EPOLL, "rawC epoll+FIONREAD", "rawC epoll+FIONREAD+probe")
+#: Beside the chain, on the count's floor: the identity checks made as
+#: the backend makes them with io_uring (one ring run per wait), and as
+#: the mechanism before them made them (an EPOLL_CTL_MOD per event).
+RAWC_EPOLL_RING = "rawC epoll+ring"
+RAWC_EPOLL_MOD = "rawC epoll+FIONREAD+MOD"
 
 KEVENT_SIZE: int = ffi.sizeof("struct kevent")
 # (ident, filter, data, udata): flags and fflags are skipped as padding.
@@ -415,15 +420,25 @@ def build_ready64(ctx: Context) -> Built:
                     rawc=("ready", 64), cdata_variant=True)
     b.notes.append("stdlib epoll hands (fd, mask, udata-from-dict): it reports no byte "
                    "count, kqueue_py's data is FIONREAD (see rawC epoll+FIONREAD)")
+    _identity_notes(b)
+    return b
+
+
+def _identity_notes(b: Built) -> None:
     b.notes.append("rawC epoll+FIONREAD+probe adds the identity check as a system call "
                    "per event: the kernel's part with io_uring off")
-    return b
+    b.notes.append("rawC epoll+ring: the kernel's part with io_uring, as the backend "
+                   "makes it (the probes, and on TCP the counts, in one io_uring_enter "
+                   "per wait; where the kernel has io_uring)")
+    b.notes.append("rawC epoll+FIONREAD+MOD: the kernel's part of the check the lifetime "
+                   "rule replaced (an EPOLL_CTL_MOD of the item per event)")
 
 
 def build_ready64_tcp(ctx: Context) -> Built:
     b = _build_poll(ctx, nfds=128, ready=64, cap=64, unit="wait of 64",
                     rawc=("ready_tcp", 64), cdata_variant=True, tcp=True)
     b.notes.append("ready64 over connected TCP pairs on loopback instead of AF_UNIX")
+    _identity_notes(b)
     return b
 
 
@@ -1105,7 +1120,9 @@ def floors(variants: List[str], scenario: str = "") -> Dict[str, List[str]]:
     registers with ``NOTE_NODATA``, which spares the backend work per
     event); the stdlib's epoll variants make the system calls that
     ``rawC epoll`` makes; and each of the ready scenarios' kernel floors
-    (:data:`RAWC_EPOLL_CHAIN`) does the work of the ones before it.  (The
+    (:data:`RAWC_EPOLL_CHAIN`) does the work of the ones before it, and
+    the backend's ``kevent()`` of ready sockets at least what
+    :data:`RAWC_EPOLL_RING` does.  (The
     batch scenarios' C program keeps its heap as a long-lived process
     does: see rawc_bench.c's ``mallopt``.)"""
     out: Dict[str, List[str]] = {}
@@ -1120,6 +1137,13 @@ def floors(variants: List[str], scenario: str = "") -> Dict[str, List[str]]:
         if floor in variants:
             out.setdefault(floor, []).extend(
                 v for v in RAWC_EPOLL_CHAIN[i + 1:] if v in variants)
+    if RAWC_EPOLL_CHAIN[1] in variants:
+        out.setdefault(RAWC_EPOLL_CHAIN[1], []).extend(
+            v for v in (RAWC_EPOLL_RING, RAWC_EPOLL_MOD) if v in variants)
+    if RAWC_EPOLL_RING in variants and RAWC_KEVENT in variants:
+        # The backend's kevent() of these events makes at least those
+        # calls (through the ring, or dearer as system calls).
+        out[RAWC_EPOLL_RING] = [RAWC_KEVENT]
     return {k: v for k, v in out.items() if v}
 
 
