@@ -512,10 +512,13 @@ static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int
 {
     kq_life_batch_end(kq);
     int ring = kq_uring_enabled();
-    if (r < 2 && (!ring || !one_counts_by_ring(kq, ebuf)))
-        return;     /* one system call either way: made when needed */
+    /* Without the ring each probe is a system call either way: made by
+     * the event's own check, beside its count (a pass of its own over the
+     * batch first gained nothing).  A batch of one: the same. */
+    if (!ring || (r < 2 && !one_counts_by_ring(kq, ebuf)))
+        return;
     kq_life_batch_begin(kq);
-    int shadow = kq_life_shadow(kq), inq_ok = ring && kq_uring_inq_enabled(), saved = errno;
+    int shadow = kq_life_shadow(kq), inq_ok = kq_uring_inq_enabled(), saved = errno;
     struct kq_uop ops[2 * PREFETCH_MAX];
     int32_t res[2 * PREFETCH_MAX];
     struct knote *owner[2 * PREFETCH_MAX];
@@ -545,7 +548,7 @@ static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int
                 }
             }
         }
-        if (ring && n >= 2 && kq_uring_run(kq, ops, n, res) == 0) {
+        if (n >= 2 && kq_uring_run(kq, ops, n, res) == 0) {
             for (int k = 0; k < n; k++) {
                 if (ops[k].kind == KQ_UOP_PROBE)
                     kq_life_batch_probe(kq, ops[k].fd, res[k]);
@@ -556,8 +559,9 @@ static void fd_prefetch_items(struct kq *kq, const struct epoll_event *ebuf, int
             }
             continue;
         }
-        /* The plain system calls: the probes together, before the events
-         * (the counts come with each event, fd_read_data()). */
+        /* The ring is another thread's or failed: the plain system calls,
+         * the probes together, before the events (the counts come with
+         * each event, fd_read_data()). */
         for (int k = 0; k < n; k++)
             if (ops[k].kind == KQ_UOP_PROBE)
                 kq_life_batch_probe(kq, ops[k].fd, kq_life_probe_now(kq, ops[k].fd));
