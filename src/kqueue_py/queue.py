@@ -33,7 +33,6 @@ from ._core import (
     KEEP,
     MAX_EVENTS,
     MINUS_EINTR,
-    SIZE,
     STRIDED,
     Buffer,
     FileDescriptorLike,
@@ -112,7 +111,7 @@ def _decode_events(buf: Buffer, n: int, get: Callable[[int], Any]) -> list[Event
             c["fflags"][:n].tolist(), c["data"][:n].tolist(),
             map(get, c["udata"][:n].tolist()))))
     return [_new_tuple(Event, (i, f, fl, ff, d, get(u)))
-            for i, f, fl, ff, d, u in _rows(buf.view[: n * SIZE])]
+            for i, f, fl, ff, d, u in _rows(buf, n)]
 
 
 class Change(NamedTuple):

@@ -12,7 +12,7 @@ import pytest
 from cffi import FFI
 
 from kqueue_py import ffi, lib
-from kqueue_py._core import row_decoder
+from kqueue_py._core import Buffer, row_walker
 from kqueue_py.raw import KEVENT_FIELDS, kevent_struct
 
 # The six common fields; each layout below adds what its platform has.
@@ -86,21 +86,29 @@ def test_subset_of_fields_skips_the_others():
     assert kevent_struct(("ident", "data", "udata"), ffi=f).format in ("=Q8xqQ32x", b"=Q8xqQ32x")
 
 
-def test_row_decoder_walks_every_record_as_iter_unpack_does():
-    """The per-interpreter record walker (an unpack_from per record on PyPy,
-    iter_unpack itself on CPython) gives what iter_unpack gives, for the
-    full struct and for a subset of its fields, and nothing for no bytes."""
-    arr = ffi.new("struct kevent[]", 5)
+def test_row_walker_reads_every_event_as_iter_unpack_does():
+    """The per-interpreter event walker (typed pointers on PyPy, iter_unpack
+    itself on CPython) gives what iter_unpack gives, for the full struct and
+    for a subset of its fields, for the first n events only, and nothing
+    for none -- unsigned 64-bit fields included at their extremes (PyPy
+    reads them signed and fixes them up)."""
+    buf = Buffer(6)
+    arr = buf.events
+    top = 2**(8 * ffi.sizeof("uintptr_t")) - 1
     for i in range(5):
         arr[i].ident, arr[i].filter, arr[i].data = 100 + i, -1 - i, -7 * i
+        arr[i].flags, arr[i].fflags = 0x8000 + i, 0xFFFF_FFF0 + i
         arr[i].udata = ffi.cast("void *", 0xF00 + i)
-    view = memoryview(ffi.buffer(arr))
+    arr[5].ident, arr[5].udata, arr[5].data = top, ffi.cast("void *", top), -2**63
+    arr[5].filter, arr[5].fflags = -32768, 2**32 - 1
     for fields in (KEVENT_FIELDS, ("ident", "filter", "data", "udata")):
         fmt = kevent_struct(fields)
-        walk = row_decoder(fmt)
-        assert list(walk(view)) == list(fmt.iter_unpack(view))
-        assert [r[0] for r in walk(view[: 3 * fmt.size])] == [100, 101, 102]
-        assert list(walk(view[:0])) == []
+        walk = row_walker(fields)
+        expect = list(fmt.iter_unpack(buf.view))
+        assert list(walk(buf, 6)) == expect
+        assert expect[5][0] == top and expect[5][-1] == top
+        assert [r[0] for r in walk(buf, 3)] == [100, 101, 102]
+        assert list(walk(buf, 0)) == []
 
 
 def test_fields_out_of_memory_order_are_refused():

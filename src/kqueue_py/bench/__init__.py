@@ -4,10 +4,10 @@ Every number it prints is a ratio from one run, against comparators doing the
 same work in the same process:
 
 * ``kqueue_py`` -- the cffi module (``kqueue_py.lib``/``ffi``) and the raw
-  helpers (``kq_wait``), events decoded from the array as one buffer with
-  ``struct`` as the package decodes them (``iter_unpack`` on CPython, an
-  ``unpack_from`` per event on PyPy), never field by field through cdata
-  attributes;
+  helpers (``kq_wait``), events decoded from the array as one buffer as
+  the package decodes them (``struct``'s ``iter_unpack`` on CPython, typed
+  pointers into the array on PyPy: ``kqueue_py._core.row_walker``), never
+  field by field through cdata attributes;
   plus the Pythonic ``kqueue_py.KQueue``;
 * ``ctypes`` -- a ctypes binding of the very same compiled ``kqueue``/
   ``kevent``/``kqueue_close`` (``ctypes.CDLL`` on the installed extension),

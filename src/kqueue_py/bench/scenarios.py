@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import kqueue_py
 from kqueue_py import KQueue, ffi, kev_change, kq_apply, kq_wait, lib, new_events
-from kqueue_py._core import row_decoder
+from kqueue_py._core import Buffer, row_walker
 from kqueue_py.raw import kevent_struct
 
 from .ctypes_binding import CtypesKqueue, KEvent, Timespec
@@ -54,10 +54,9 @@ RAWC_EPOLL_RING = "rawC epoll+ring"
 RAWC_EPOLL_MOD = "rawC epoll+FIONREAD+MOD"
 
 KEVENT_SIZE: int = ffi.sizeof("struct kevent")
-# (ident, filter, data, udata): flags and fflags are skipped as padding.
-_KEV4 = kevent_struct(("ident", "filter", "data", "udata"))
-# Its records walked the way the package walks events on this interpreter.
-_kev4_rows = row_decoder(_KEV4)
+# (ident, filter, data, udata) of a buffer's events (flags and fflags
+# skipped), walked the way the package walks events on this interpreter.
+_kev4_rows = row_walker(("ident", "filter", "data", "udata"))
 _KEVFULL = kevent_struct()
 
 HAVE_EPOLL = hasattr(select, "epoll")
@@ -216,16 +215,16 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
     # -- kqueue_py: the raw helper kq_wait + one-buffer decode -----------
     kq = _new_kq(built)
     _kq_apply_all(kq, _kq_batch(regs), len(regs))
-    events = new_events(cap)
-    view = memoryview(ffi.buffer(events))
+    buf = Buffer(cap)       # an event array with the package's views of it
+    events = buf.events
     last: Dict[str, Any] = {}
 
     def run_kq_wait(n: int) -> None:
-        wait, it, ev, k_, v = kq_wait, _kev4_rows, events, kq, view
+        wait, it, ev, k_, b = kq_wait, _kev4_rows, events, kq, buf
         out: List[Tuple[int, int, int, int]] = []
         for _ in range(n):
             k = wait(k_, ev, cap, 0)
-            out = list(it(v[: k * KEVENT_SIZE])) if k > 0 else []
+            out = list(it(b, k)) if k > 0 else []
         last["kqueue_py"] = out
 
     built.runners["kqueue_py kq_wait"] = run_kq_wait
@@ -235,11 +234,11 @@ def _build_poll(ctx: Context, *, nfds: int, ready: int, cap: int, timers: int = 
         ts0 = ffi.new("struct timespec *")
 
         def run_lib(n: int) -> None:
-            kevent, null, it, ev, k_, v = lib.kevent, ffi.NULL, _kev4_rows, events, kq, view
+            kevent, null, it, ev, k_, b = lib.kevent, ffi.NULL, _kev4_rows, events, kq, buf
             out: List[Tuple[int, int, int, int]] = []
             for _ in range(n):
                 k = kevent(k_, null, 0, ev, cap, ts0)
-                out = list(it(v[: k * KEVENT_SIZE])) if k > 0 else []
+                out = list(it(b, k)) if k > 0 else []
             last["lib"] = out
 
         built.runners["kqueue_py lib.kevent"] = run_lib
