@@ -101,6 +101,20 @@ def test_a_revision_is_built_and_compared() -> None:
                      rf"\(\d+\.\d{{3}}x\)", p.stdout), p.stdout
 
 
+def test_a_built_extension_is_compared_by_its_path(tmp_path: Path) -> None:
+    """A variant built by hand, named by the path of its extension file."""
+    from kqueue_py import _kqueue
+
+    so = tmp_path / Path(str(_kqueue.__file__)).name
+    shutil.copy2(str(_kqueue.__file__), so)
+    p = _tool(str(so), "installed", "--scenario", "empty_poll", "--rounds", "1",
+              "--repeats", "1", "--batch-ms", "2")
+    assert p.returncode == 0, p.stderr
+    assert "building" not in p.stderr
+    assert re.search(rf"empty_poll:0  {re.escape(str(so))} {NUM} \(1\.00x\)  installed {NUM} "
+                     rf"\(\d+\.\d{{3}}x\)", p.stdout), p.stdout
+
+
 @pytest.mark.parametrize("args, says", [
     (["no-such-revision", "installed"], "'no-such-revision' is not a revision"),
     (["installed:FOO"], "the environment is NAME=VALUE"),
