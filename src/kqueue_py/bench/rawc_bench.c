@@ -377,6 +377,10 @@ static int ring_open(void)
     memset(&p, 0, sizeof p);
     p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
     int fd = (int)syscall(__NR_io_uring_setup, 256, &p);
+    if (fd < 0 && errno == EINVAL) {
+        memset(&p, 0, sizeof p);    /* before Linux 5.19: as the backend, no flags */
+        fd = (int)syscall(__NR_io_uring_setup, 256, &p);
+    }
     if (fd < 0)
         return -1;
     size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
