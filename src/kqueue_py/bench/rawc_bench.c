@@ -417,6 +417,28 @@ static struct io_uring_sqe *ring_sqe(unsigned i)
     return sqe;
 }
 
+/* Entry k: the identity probe of fd (an EPOLL_CTL_ADD into shadow, which
+ * answers EEXIST while fd names the file already there). */
+static void ring_probe(unsigned k, int shadow, int fd)
+{
+    static const struct epoll_event probe = {.events = 0};
+    struct io_uring_sqe *sqe = ring_sqe(k);
+    sqe->opcode = IORING_OP_EPOLL_CTL;
+    sqe->fd = shadow;
+    sqe->off = (uint64_t)(uint32_t)fd;
+    sqe->len = EPOLL_CTL_ADD;
+    sqe->addr = (uint64_t)(uintptr_t)&probe;
+}
+
+/* Entry k: fd's READ count (SIOCINQ; TCP and UDP sockets). */
+static void ring_inq(unsigned k, int fd)
+{
+    struct io_uring_sqe *sqe = ring_sqe(k);
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fd;
+    sqe->cmd_op = SOCKET_URING_OP_SIOCINQ;
+}
+
 /* Submit n entries made by ring_sqe(0..n-1); their results, in order. */
 static void ring_run(unsigned n, int32_t *res)
 {
@@ -439,7 +461,6 @@ static void ring_run(unsigned n, int32_t *res)
  * ring cannot give (AF_UNIX). */
 static void op_ep_poll_ring(void *p, long n)
 {
-    static const struct epoll_event probe = {.events = 0};
     struct pollctx *c = p;
     int32_t res[2 * 128];
     for (long i = 0; i < n; i++) {
@@ -450,18 +471,9 @@ static void op_ep_poll_ring(void *p, long n)
         unsigned k = 0;
         for (int j = 0; j < r; j++) {
             int fd = (int)c->eev[j].data.u32;
-            struct io_uring_sqe *sqe = ring_sqe(k++);
-            sqe->opcode = IORING_OP_EPOLL_CTL;
-            sqe->fd = c->shadow;
-            sqe->off = (uint64_t)(uint32_t)fd;
-            sqe->len = EPOLL_CTL_ADD;
-            sqe->addr = (uint64_t)(uintptr_t)&probe;
-            if (c->tcp) {
-                sqe = ring_sqe(k++);
-                sqe->opcode = IORING_OP_URING_CMD;
-                sqe->fd = fd;
-                sqe->cmd_op = SOCKET_URING_OP_SIOCINQ;
-            }
+            ring_probe(k++, c->shadow, fd);
+            if (c->tcp)
+                ring_inq(k++, fd);
         }
         ring_run(k, res);
         k = 0;
@@ -484,20 +496,11 @@ static void op_ep_poll_ring(void *p, long n)
 /* Does the ring run both operations as the backend needs them? */
 static int ring_usable(const struct pollctx *c, int fd)
 {
-    static const struct epoll_event probe = {.events = 0};
     if (ring.fd < 0 && ring_open() < 0)
         return 0;
     int32_t res[2] = {0, 0};
-    struct io_uring_sqe *sqe = ring_sqe(0);
-    sqe->opcode = IORING_OP_EPOLL_CTL;
-    sqe->fd = c->shadow;
-    sqe->off = (uint64_t)(uint32_t)fd;
-    sqe->len = EPOLL_CTL_ADD;
-    sqe->addr = (uint64_t)(uintptr_t)&probe;
-    sqe = ring_sqe(1);
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = fd;
-    sqe->cmd_op = SOCKET_URING_OP_SIOCINQ;
+    ring_probe(0, c->shadow, fd);
+    ring_inq(1, fd);
     ring_run(2, res);
     return res[0] == -EEXIST && (!c->tcp || res[1] >= 0);
 }
